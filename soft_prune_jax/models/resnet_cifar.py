@@ -1,0 +1,110 @@
+"""Pre-activation ResNets for CIFAR: ResNet-56/110 (basic blocks) and ResNet-164 (bottlenecks).
+
+Operation-aware placement (METHOD.md section 3): every unit is BN -> ReLU -> mask -> conv, so a
+mask prunes only the input channels of the conv that follows it (and the BN feeding it).
+
+  basic:      [masked_bn1] -> conv1 -> [masked_bn2] -> conv2            (+ shortcut)
+  bottleneck: [masked_bn1] -> conv1 -> [masked_bn2] -> conv2 -> [masked_bn3] -> conv3
+
+The residual stream, the last conv's outputs and the projection shortcut are never pruned. The
+first block of each stage shares its BN-ReLU with a 1x1 projection shortcut, so that BN is unmasked
+(``bn1``) and the block has no mask1. The final BN-ReLU before pooling is masked.
+
+A compact model is the same class with ``block_widths`` (the kept inner widths of each block) and
+``block_reads`` (which residual-stream channels each block's masked_bn1 reads, None = all). A block
+whose last inner width is 0 has a residual branch that is exactly 0 and is removed (the block is
+then the identity, or just its projection shortcut).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from soft_prune_jax.layers import MaskedBNReLU, conv
+from soft_prune_jax.masks import MaskConfig
+
+Reads = Optional[Tuple[int, ...]]
+
+
+def select_channels(x, reads: Reads):
+    """x[..., reads] with a static index tuple (None = every channel)."""
+    if reads is None:
+        return x
+    return jnp.take(x, jnp.asarray(reads, dtype=jnp.int32), axis=-1)
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic (2 convs) or bottleneck (3 convs) block."""
+
+    out_width: int
+    inner_widths: Tuple[int, ...]  # basic: (conv1 out,), bottleneck: (conv1 out, conv2 out)
+    stride: int = 1
+    first: bool = False  # first block of a stage: shared unmasked BN-ReLU + projection shortcut
+    reads: Reads = None
+    mask: Optional[MaskConfig] = MaskConfig()
+    axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.first:
+            u = MaskedBNReLU(None, axis_name=self.axis_name, name="bn1")(x, train)
+            shortcut = conv(u, self.out_width, 1, self.stride, name="proj")
+        else:
+            shortcut = x
+            u = MaskedBNReLU(self.mask, axis_name=self.axis_name, name="masked_bn1")(
+                select_channels(x, self.reads), train)
+        if self.inner_widths[-1] == 0:  # the last conv reads nothing: the branch is exactly 0
+            return shortcut
+        bottleneck = len(self.inner_widths) == 2
+        kernels = (1, 3, 1) if bottleneck else (3, 3)
+        strides = (1, self.stride, 1) if bottleneck else (self.stride, 1)
+        widths = tuple(self.inner_widths) + (self.out_width,)
+        h = u
+        for j, (width, kernel, stride) in enumerate(zip(widths, kernels, strides)):
+            if j > 0:
+                h = MaskedBNReLU(self.mask, axis_name=self.axis_name, name=f"masked_bn{j + 1}")(h, train)
+            h = conv(h, width, kernel, stride, name=f"conv{j + 1}")
+        return shortcut + h
+
+
+class PreActResNet(nn.Module):
+    """stem conv -> stages of pre-activation blocks -> masked BN-ReLU -> global pool -> dense."""
+
+    stage_sizes: Sequence[int] = (9, 9, 9)
+    stage_widths: Sequence[int] = (16, 32, 64)  # inner width of each stage's blocks
+    bottleneck: bool = False  # outputs are 4x the inner width when True
+    stem_width: int = 16
+    num_classes: int = 10
+    block_widths: Optional[Tuple[Tuple[int, ...], ...]] = None  # per block; None = full
+    block_reads: Optional[Tuple[Reads, ...]] = None  # per block; None = all channels
+    final_reads: Reads = None
+    mask: Optional[MaskConfig] = MaskConfig()
+    axis_name: Optional[str] = None
+
+    def full_block_widths(self) -> list[Tuple[int, ...]]:
+        n = 2 if self.bottleneck else 1
+        return [(w,) * n for size, w in zip(self.stage_sizes, self.stage_widths) for _ in range(size)]
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        inner = self.block_widths or self.full_block_widths()
+        reads = self.block_reads or (None,) * len(inner)
+        if len(inner) != sum(self.stage_sizes) or len(reads) != len(inner):
+            raise ValueError(f"block_widths/block_reads need {sum(self.stage_sizes)} entries, got "
+                             f"{len(inner)}/{len(reads)}")
+        x = conv(x, self.stem_width, 3, name="stem")
+        b = 0
+        for s, (size, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
+            out_width = width * 4 if self.bottleneck else width
+            for i in range(size):
+                x = PreActBlock(out_width, tuple(inner[b]), stride=(2 if s > 0 and i == 0 else 1), first=(i == 0),
+                                reads=reads[b], mask=self.mask, axis_name=self.axis_name,
+                                name=f"block{b}")(x, train)
+                b += 1
+        x = MaskedBNReLU(self.mask, axis_name=self.axis_name, name="masked_bn_final")(
+            select_channels(x, self.final_reads), train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, name="head")(x)
