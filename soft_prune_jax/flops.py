@@ -55,9 +55,9 @@ class LayerCount:
 class FlopCount:
     """Per-layer rows and totals for one model at one input shape (per example).
 
-    masked_channels: {masked BN layer path: channels it acts on}; the widths that SCP's masks
-      prune. A compact model keeps the module names, so comparing two counts gives the kept
-      channels (see ``reduction``).
+    masked_channels: {masked BN layer path: channels it acts on}, in execution order; the widths
+      that SCP's masks prune. A compact model keeps the module names, so comparing two counts
+      gives the kept channels (see ``reduction``).
     """
 
     layers: tuple[LayerCount, ...]
@@ -161,6 +161,7 @@ def count(model: nn.Module, variables: Optional[Mapping[str, Any]], input_shape:
         raise ValueError(f"variables must be the full Flax variables dict with a 'params' collection, got {keys}")
 
     rows: list[LayerCount] = []
+    call_order: list[str] = []  # masked layers in execution order (the params tree is sorted by name)
 
     def record(next_fun, args, kwargs, context):
         y = next_fun(*args, **kwargs)
@@ -168,13 +169,17 @@ def count(model: nn.Module, variables: Optional[Mapping[str, Any]], input_shape:
             row = _layer_row(context.module, args[0], y)
             if row is not None:
                 rows.append(row)
+            elif (context.module.name or "").startswith(M.MASKED_PREFIX):
+                call_order.append("/".join(context.module.path))
         return y
 
     with nn.intercept_methods(record):
         jax.eval_shape(model.apply, variables, x)
 
     params = variables["params"]
-    masked = {name: math.prod(layer["scale"].shape) for name, layer in M.masked_layers(params).items()}
+    widths = {name: math.prod(layer["scale"].shape) for name, layer in M.masked_layers(params).items()}
+    order = [name for name in dict.fromkeys(call_order) if name in widths]
+    masked = {name: widths[name] for name in order + sorted(set(widths) - set(order))}
     return FlopCount(layers=tuple(rows), params=_num_leaves(params), masked_channels=masked, input_shape=shape)
 
 
