@@ -18,6 +18,10 @@ import jax.numpy as jnp
 from soft_prune_jax import masks as M
 
 GUMBEL_RNG = "gumbel"
+# Optional collection holding a fixed 0/1 keep-mask per unit ({'keep': (C,)}): evaluation then uses it
+# instead of the hard mask computed from the BN parameters (surgery tests with rounded masks, Network
+# Slimming's masks applied to the same network).
+MASK_OVERRIDE = "mask_override"
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
@@ -55,7 +59,9 @@ class MaskedBNReLU(nn.Module):
             return x
 
         mask = None
-        if self.mask is not None:
+        if not train and self.has_variable(MASK_OVERRIDE, "keep"):
+            mask = jnp.asarray(self.get_variable(MASK_OVERRIDE, "keep"), jnp.float32)
+        elif self.mask is not None:
             pi = self.prune_probability(scale, bias)
             if train:
                 mask = M.soft_mask(self.make_rng(GUMBEL_RNG), pi, self.mask.tau)
@@ -132,3 +138,19 @@ def conv(x, features: int, kernel_size: Sequence[int] | int, strides: int = 1, n
         return jnp.zeros(x.shape[:1] + spatial + (features,), x.dtype)
     return nn.Conv(features, ks, strides=(strides, strides), padding=padding, use_bias=use_bias,
                    kernel_init=he_normal, dtype=dtype, name=name)(x)
+
+
+def _allow_empty(init: Callable) -> Callable:
+    """An initializer that returns an empty array for a zero-size shape instead of dividing by 0."""
+
+    def wrapped(key, shape, dtype=jnp.float32):
+        if 0 in shape:
+            return jnp.zeros(shape, dtype)
+        return init(key, shape, dtype)
+
+    return wrapped
+
+
+def classifier(x, num_classes: int, name: str = "head"):
+    """The dense head; exact when every feature was pruned (then it outputs its bias)."""
+    return nn.Dense(num_classes, kernel_init=_allow_empty(nn.initializers.lecun_normal()), name=name)(x)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from soft_prune_jax.layers import MaskedBNReLU, conv
+from soft_prune_jax.layers import classifier, conv, MaskedBNReLU
 from soft_prune_jax.masks import MaskConfig
 from soft_prune_jax.models.resnet_cifar import Reads, select_channels
 
@@ -60,4 +60,4 @@ class DenseNet(nn.Module):
         x = MaskedBNReLU(self.mask, axis_name=self.axis_name, name=f"masked_bn{unit}")(
             select_channels(x, reads[unit]), train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, name="head")(x)
+        return classifier(x, self.num_classes)

@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from soft_prune_jax.layers import MaskedBNReLU, conv
+from soft_prune_jax.layers import classifier, conv, MaskedBNReLU
 from soft_prune_jax.masks import MaskConfig
 
 Reads = Optional[Tuple[int, ...]]
@@ -54,6 +54,8 @@ class PreActBlock(nn.Module):
             shortcut = conv(u, self.out_width, 1, self.stride, name="proj")
         else:
             shortcut = x
+            if self.inner_widths[-1] == 0:  # removed block: the identity
+                return x
             u = MaskedBNReLU(self.mask, axis_name=self.axis_name, name="masked_bn1")(
                 select_channels(x, self.reads), train)
         if self.inner_widths[-1] == 0:  # the last conv reads nothing: the branch is exactly 0
@@ -107,4 +109,4 @@ class PreActResNet(nn.Module):
         x = MaskedBNReLU(self.mask, axis_name=self.axis_name, name="masked_bn_final")(
             select_channels(x, self.final_reads), train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, name="head")(x)
+        return classifier(x, self.num_classes)

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from soft_prune_jax.layers import BatchNorm, MaskedBNReLU, conv
+from soft_prune_jax.layers import BatchNorm, classifier, conv, MaskedBNReLU
 from soft_prune_jax.masks import MaskConfig
 
 
@@ -74,4 +74,4 @@ class ResNet(nn.Module):
                                 axis_name=self.axis_name, name=f"block{b}")(x, train)
                 b += 1
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, name="head")(x)
+        return classifier(x, self.num_classes)

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from soft_prune_jax.layers import MaskedBNReLU, conv
+from soft_prune_jax.layers import classifier, conv, MaskedBNReLU
 from soft_prune_jax.masks import MaskConfig
 
 POOL = "M"
@@ -44,7 +44,7 @@ class VGG(nn.Module):
             x = MaskedBNReLU(self.mask, keep_at_least_one=True, axis_name=self.axis_name, name=f"masked_bn{i}")(x, train)
             i += 1
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, name="head")(x)
+        return classifier(x, self.num_classes)
 
     @property
     def conv_widths(self) -> list[int]:

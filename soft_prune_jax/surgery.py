@@ -1,0 +1,162 @@
+"""Physical channel pruning: (model, variables) -> (compact model, compact variables), exactly.
+
+A pruned channel of the hard-masked network outputs exactly 0, so cutting it out changes nothing:
+``compact.apply(compact_vars, x) == model.apply(vars, x)`` (up to float rounding). Which arrays each
+mask governs comes from ``structure.describe``; this module only plans kept channels and slices.
+
+    compact, compact_vars = prune(model, variables)              # the model's own hard masks
+    compact, compact_vars = prune(model, variables, round_to=8)  # widths aligned to multiples of 8
+    compact, compact_vars = prune(dense, variables, masks=ns)    # externally chosen masks
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from flax.core import unfreeze
+
+from soft_prune_jax import masks as M
+from soft_prune_jax.layers import MASK_OVERRIDE
+from soft_prune_jax.structure import Structure, describe
+
+
+class SurgeryError(ValueError):
+    """The variables do not fit the model, or the masks do not fit the structure."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    kept: np.ndarray  # sorted indices of kept channels
+    total: int
+    from_hard_mask: int  # how many were kept by the mask itself (before rounding / keep-one)
+    kept_by_fallback: bool  # the layer would have lost every channel; the lowest-pi one was kept
+
+
+def _pi(model: nn.Module, layer: Mapping) -> np.ndarray:
+    config = model.mask or M.MaskConfig()
+    q = M.deactivation_probability(layer["scale"], layer["bias"], config.eps)
+    return np.asarray(M.prune_probability(q, config.k, config.c))
+
+
+def model_hard_masks(model: nn.Module, params) -> dict[str, np.ndarray]:
+    """The 0/1 masks the model itself applies at evaluation, per masked BN unit (all ones without masks)."""
+    params = params.get("params", params)
+    layers = M.masked_layers(params)
+    out = {}
+    for group in describe(model).groups:
+        layer = layers[group.name]
+        if model.mask is None:
+            out[group.name] = np.ones(np.shape(layer["scale"]), np.float32)
+            continue
+        pi = jnp.asarray(_pi(model, layer))
+        rule = M.hard_mask_keep_one if group.keep_at_least_one else M.hard_mask
+        out[group.name] = np.asarray(rule(pi))
+    return out
+
+
+def plan(model: nn.Module, variables, *, round_to: int = 1,
+         masks: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, LayerPlan]:
+    """Kept channel indices per masked unit.
+
+    round_to: keep the next-best channels (lowest pruning probability) until every non-empty kept
+      width is a multiple of ``round_to`` (or the full width). Empty layers stay empty.
+    masks: {unit name: 0/1 array} to use instead of the model's own hard masks.
+    """
+    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+        raise ValueError(f"round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment)")
+    params = variables["params"]
+    structure = describe(model)
+    layers = M.masked_layers(params)
+    names = [g.name for g in structure.groups]
+    missing = [n for n in names if n not in layers]
+    if missing:
+        raise SurgeryError(f"variables do not fit {type(model).__name__}: masked units {missing[:3]} are missing")
+    own = model_hard_masks(model, params)
+    if masks is None:
+        masks = own
+    else:
+        unknown = sorted(set(masks) - set(names))
+        if unknown or len(masks) != len(names):
+            raise SurgeryError(f"masks must have exactly one entry per masked unit; unknown: {unknown[:3]}, "
+                               f"missing: {sorted(set(names) - set(masks))[:3]}")
+    result = {}
+    for group in structure.groups:
+        total = int(np.shape(layers[group.name]["scale"])[0])
+        mask = np.asarray(masks[group.name]).reshape(-1)
+        if mask.shape != (total,):
+            raise SurgeryError(f"mask for {group.name} has shape {mask.shape}, expected ({total},)")
+        keep = mask > 0
+        fallback = False
+        if group.keep_at_least_one and not keep.any() and total:
+            keep[np.argmin(_pi(model, layers[group.name]))] = True
+            fallback = True
+        from_mask = int(np.sum(mask > 0))
+        count = int(keep.sum())
+        target = min(total, -(-count // round_to) * round_to) if count else 0
+        if target > count:
+            order = np.argsort(_pi(model, layers[group.name]), kind="stable")  # lowest pi first
+            extra = [i for i in order if not keep[i]][: target - count]
+            keep[extra] = True
+        result[group.name] = LayerPlan(np.flatnonzero(keep), total, from_mask, fallback)
+    return result
+
+
+def prune(model: nn.Module, variables, *, round_to: int = 1,
+          masks: Optional[Mapping[str, np.ndarray]] = None):
+    """Returns (compact_model, compact_variables): the same class with smaller widths, no masks.
+
+    The compact model's outputs equal ``apply_with_masks(model, variables, masks_of(plan))``; with
+    ``round_to=1`` and no ``masks`` that is simply ``model.apply(variables, x, train=False)``.
+    """
+    structure = describe(model)
+    kept = {name: p.kept for name, p in plan(model, variables, round_to=round_to, masks=masks).items()}
+    return slice_to(structure, variables, kept)
+
+
+def slice_to(structure: Structure, variables, kept: Mapping[str, np.ndarray]):
+    """Slices every governed array by its group's kept indices and fits them into the compact model."""
+    flat = traverse_util.flatten_dict(unfreeze(dict(variables)))
+    for group in structure.groups:
+        for s in group.slices:
+            key = (s.collection,) + s.path
+            if key in flat:  # parts of an already-compact model may be absent
+                flat[key] = np.take(np.asarray(flat[key]), kept[group.name], axis=s.axis)
+    compact = structure.rebuild(kept)
+    in_kernel = ("params",) + structure.input_kernel
+    if in_kernel not in flat:
+        raise SurgeryError(f"variables have no input conv kernel at {'/'.join(structure.input_kernel)}")
+    in_channels = flat[in_kernel].shape[2]
+    # Parameter shapes do not depend on the spatial size, so any size that survives the strides works.
+    target = jax.eval_shape(lambda: compact.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, in_channels)),
+                                                 train=False))
+    out = {}
+    for key, leaf in traverse_util.flatten_dict(unfreeze(dict(target))).items():
+        if key not in flat or tuple(flat[key].shape) != tuple(leaf.shape):
+            got = None if key not in flat else tuple(flat[key].shape)
+            raise SurgeryError(f"{'/'.join(key)}: compact model expects shape {tuple(leaf.shape)}, sliced variables "
+                               f"give {got}")
+        out[key] = jnp.asarray(flat[key], dtype=leaf.dtype)
+    return compact, traverse_util.unflatten_dict(out)
+
+
+def masks_of(layer_plans: Mapping[str, LayerPlan]) -> dict[str, np.ndarray]:
+    """0/1 masks that keep exactly the planned channels."""
+    out = {}
+    for name, p in layer_plans.items():
+        m = np.zeros(p.total, np.float32)
+        m[p.kept] = 1.0
+        out[name] = m
+    return out
+
+
+def apply_with_masks(model: nn.Module, variables, masks: Mapping[str, np.ndarray], x):
+    """Evaluation of ``model`` with fixed 0/1 masks in place of its own hard masks."""
+    override = traverse_util.unflatten_dict(
+        {tuple(name.split("/")) + ("keep",): jnp.asarray(m, jnp.float32) for name, m in masks.items()})
+    return model.apply({**variables, MASK_OVERRIDE: override}, x, train=False)
