@@ -68,6 +68,17 @@ class TrainCheckpointer:
         restored = self._manager.restore(int(step), args=ocp.args.StandardRestore(target))
         return serialization.from_state_dict(template, restored)
 
+    def restore_raw(self, step: Optional[int] = None) -> dict:
+        """Checkpoint ``step`` (default: the newest) as stored: nested dicts of numpy arrays.
+
+        Needs no template, so a later phase can read a finished run's params and batch_stats without
+        rebuilding its optimiser state.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        return self._manager.restore(int(step), args=ocp.args.StandardRestore())
+
     def restore_or(self, template: Any) -> Any:
         """The newest checkpoint if there is one, else ``template`` itself (a fresh start)."""
         return template if self.latest_step() is None else self.restore(template)

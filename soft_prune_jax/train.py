@@ -349,6 +349,7 @@ class Phase:
     regulariser: Callable[[Any], jax.Array] = no_regulariser
     mask: Optional[M.MaskConfig] = None
     variables: Optional[Mapping[str, Any]] = None
+    lr_boundaries: Optional[Sequence[float]] = None  # epochs; None = config.lr_boundaries
     seed_offset: int = 0
 
 
@@ -363,11 +364,6 @@ class FitResult:
 def default_dataset():
     from soft_prune_jax import data  # TensorFlow is imported only when real data is read
     return data
-
-
-def num_train_examples(config, info) -> int:
-    n = config.get("num_train_examples") or info.num_train
-    return int(n) - int(config.get("validation_examples") or 0)
 
 
 def _mean_metrics(window: list[dict]) -> dict:
@@ -390,16 +386,17 @@ def fit(config, workdir: str, phase: Phase, *, dataset=None, devices: Optional[S
 
     dataset: a module-like object with ``get_dataset_info``, ``train_iterator`` and ``eval_iterator``
       (default: ``soft_prune_jax.data``); tests pass a synthetic one.
-    macs_fn: params -> {'macs', 'ratio'} for the progress line (expected MACs under the hard masks).
+    macs_fn: variables -> {'macs', 'ratio'} for the progress line (MACs under the hard masks).
     Raises FloatingPointError on a non-finite loss; checkpoints written before it are kept.
     """
     dataset = dataset if dataset is not None else default_dataset()
     parallel = Parallel(config.parallel, devices)
     check_global_batch(config.batch_size, parallel.num_local_devices * jax.process_count())
     info = dataset.get_dataset_info(config)
-    spe = steps_per_epoch(num_train_examples(config, info), config.batch_size)
+    spe = steps_per_epoch(int(info.num_train), config.batch_size)  # validation already excluded
     total_steps = phase.num_epochs * spe
-    lr_fn = create_learning_rate_fn(phase.learning_rate, config.lr_boundaries, config.lr_decay, spe)
+    boundaries = config.lr_boundaries if phase.lr_boundaries is None else phase.lr_boundaries
+    lr_fn = create_learning_rate_fn(phase.learning_rate, boundaries, config.lr_decay, spe)
 
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), phase.seed_offset)
     init_key, gumbel_key = jax.random.split(key)
@@ -444,9 +441,9 @@ def fit(config, workdir: str, phase: Phase, *, dataset=None, devices: Optional[S
         rate = (step - last_log[1]) / max(now - last_log[0], 1e-9)
         last_log = (now, step)
         mean = last_mean = _mean_metrics(window)
-        params = parallel.unreplicate(state.params)
-        channels = channel_summary(params, phase.mask)
-        macs = macs_fn(params) if macs_fn is not None else None
+        host = parallel.unreplicate(state)
+        channels = channel_summary(host.params, phase.mask)
+        macs = macs_fn(host.variables) if macs_fn is not None else None
         logging.info(_format_progress(phase.name, step, total_steps, rate, mean, channels, macs))
         scalars = {f"train/{k}": v for k, v in mean.items()} | {"train/steps_per_second": rate}
         if channels is not None:

@@ -32,7 +32,7 @@ class SyntheticData:
     serves NaN images from that batch on (a diverging run).
     """
 
-    def __init__(self, num_train=64, num_test=36, shape=(8, 8, 1), num_classes=4, kill_at=None, nan_at=None):
+    def __init__(self, num_train=64, num_test=36, shape=(8, 8, 1), num_classes=10, kill_at=None, nan_at=None):
         rng = np.random.default_rng(1234)
         prototypes = rng.normal(size=(num_classes,) + shape).astype(np.float32)
 
@@ -47,7 +47,8 @@ class SyntheticData:
         self.served = 0
 
     def get_dataset_info(self, config):
-        return DatasetInfo(self.num_classes, self.shape, len(self.train[1]), len(self.test[1]))
+        return DatasetInfo(self.num_classes, self.shape, config.num_train_examples or len(self.train[1]),
+                           len(self.test[1]))
 
     def train_iterator(self, config, *, local_devices, seed):
         images, labels = self.train
@@ -87,7 +88,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     c.model = "fmnist_cnn"
     c.model_kwargs = ml_collections.ConfigDict({"widths": TINY_WIDTHS})
     c.dataset = "fashion_mnist"
-    c.num_classes = 4
+    c.num_classes = 10
     c.data_dir = None
     c.manual_dir = None
     c.batch_size = 16

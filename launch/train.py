@@ -1,0 +1,49 @@
+"""Runs an experiment's phases on one workdir.
+
+    python launch/train.py --config=configs/fashion_mnist.py --workdir=/tmp/scp_fmnist
+    python launch/train.py --config=configs/cifar10_resnet56.py --workdir=DIR --phases=evaluate,report
+    python launch/train.py --config=configs/cifar10_vgg16.py --config.num_epochs=1 --workdir=DIR
+
+Phases (default: all, in this order): train, prune, finetune, evaluate, benchmark, report.
+Killed and started again with the same command, a run resumes from its last checkpoint; a workdir
+holding a run of another config is refused. Multi-host: set --config.distributed.coordinator_address,
+num_processes and process_id (or leave them None where the cluster environment provides them).
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "An ml_collections config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, the compact model and the report.")
+flags.DEFINE_string("phases", "train,prune,finetune,evaluate,benchmark,report",
+                    "Comma-separated phases to run, in pipeline order.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import jax
+
+    config = FLAGS.config
+    dist = config.distributed
+    if dist.coordinator_address is not None or dist.num_processes is not None:
+        jax.distributed.initialize(coordinator_address=dist.coordinator_address, num_processes=dist.num_processes,
+                                   process_id=dist.process_id)
+    try:  # TensorFlow (the input pipeline) must leave the accelerators to JAX
+        import tensorflow as tf
+        tf.config.experimental.set_visible_devices([], "GPU")
+    except ImportError:
+        pass
+    logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
+                 jax.local_devices())
+
+    from soft_prune_jax import pipeline
+    pipeline.run(config, FLAGS.workdir, FLAGS.phases)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,355 @@
+"""The experiment as phases over one workdir: train -> prune -> finetune -> evaluate -> benchmark -> report.
+
+Each phase reads what earlier phases left in WORKDIR and writes its own outputs, so any phase can
+run alone on an existing workdir (``--phases=evaluate,report``):
+
+  train      joint training from scratch (soft masks for 'scp')   checkpoints/train/, train.json
+  prune      surgery.prune (global |scale| masks for 'slimming')   compact/ (export.save_compact), prune.json
+  finetune   the compact model (mask=None), LR finetune_learning_rate, the same schedule shape
+             over finetune_epochs (0 = skipped)                    checkpoints/finetune/, finetuned/, finetune.json
+  evaluate   test accuracy of the trained (hard-masked) and compact models, and the largest
+             |logit difference| between them before fine-tuning   evaluate.json
+  benchmark  median latency of the dense architecture and the final compact model   benchmark.json
+  report     everything above plus MACs, parameters, channels     report.json, report.md, widths.png
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax import lax
+
+from soft_prune_jax import checkpoint as ckpt_lib
+from soft_prune_jax import masks as M
+from soft_prune_jax import train as T
+
+PHASES = ("train", "prune", "finetune", "evaluate", "benchmark", "report")
+COMPACT_DIR, FINETUNED_DIR = "compact", "finetuned"
+
+
+def parse_phases(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'train,prune' -> ('train', 'prune'), in pipeline order; unknown names are a clear error."""
+    names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
+    unknown = [p for p in names if p not in PHASES]
+    if unknown or not names:
+        raise ValueError(f"phases={text!r} is invalid: expected a comma-separated subset of {','.join(PHASES)}")
+    return tuple(p for p in PHASES if p in names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdir files.
+# ---------------------------------------------------------------------------------------------
+
+def _write_json(workdir: str, name: str, data: Mapping[str, Any]) -> None:
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, name)
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
+    os.replace(path + ".tmp", path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _read_json(workdir: str, name: str, *, needed_by: str) -> dict:
+    path = os.path.join(workdir, name)
+    if not os.path.exists(path):
+        producer = name.split(".")[0]
+        raise FileNotFoundError(f"{path} does not exist: the {needed_by} phase needs the {producer} phase's "
+                                f"output; run --phases={producer} first")
+    with open(path) as f:
+        return json.load(f)
+
+
+def trained_variables(config, workdir: str) -> dict:
+    """params and batch_stats of the finished train phase (its newest checkpoint)."""
+    checkpointer = ckpt_lib.TrainCheckpointer(ckpt_lib.checkpoint_dir(workdir, "train"),
+                                              max_to_keep=config.keep_checkpoints)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no train checkpoint in {checkpointer.directory}: run --phases=train first")
+        expected = _read_json(workdir, "train.json", needed_by="prune/evaluate")["steps"]
+        if step != expected:
+            raise ValueError(f"the train checkpoint is at step {step}, expected the finished run's {expected}: "
+                             "rerun --phases=train to complete it")
+        state = checkpointer.restore_raw(step)
+    finally:
+        checkpointer.close()
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def _export():
+    from soft_prune_jax import export  # written by another module owner; imported where used
+    return export
+
+
+def final_compact(workdir: str):
+    """(model, variables, which): the fine-tuned compact model if there is one, else the pruned one."""
+    name = FINETUNED_DIR if os.path.isdir(os.path.join(workdir, FINETUNED_DIR)) else COMPACT_DIR
+    model, variables = _export().load_compact(os.path.join(workdir, name))
+    return model, variables, name
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks and counts.
+# ---------------------------------------------------------------------------------------------
+
+def slimming_masks(params, keep_ratio: float) -> dict[str, np.ndarray]:
+    """Network Slimming: one global |scale| threshold keeping ``keep_ratio`` of the masked channels."""
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"slimming.target_channel_ratio={keep_ratio!r} is invalid: expected a number in (0, 1]")
+    layers = {name: np.abs(np.asarray(layer["scale"])) for name, layer in M.masked_layers(params).items()}
+    if not layers:
+        raise ValueError("the model has no masked BN layers to prune: expected a registry model")
+    scores = np.concatenate(list(layers.values()))
+    keep = max(1, int(round(keep_ratio * scores.size)))
+    threshold = np.sort(scores)[::-1][keep - 1]
+    return {name: (score >= threshold).astype(np.float32) for name, score in layers.items()}
+
+
+def effective_masks(config, model, variables) -> dict[str, np.ndarray]:
+    """The 0/1 masks whose hard-masked network the compact model reproduces exactly."""
+    from soft_prune_jax import surgery
+    override = None
+    if config.method == "slimming":
+        override = slimming_masks(variables["params"], float(config.slimming.target_channel_ratio))
+    return surgery.masks_of(surgery.plan(model, variables, round_to=int(config.round_to), masks=override))
+
+
+def make_macs_fn(model, input_shape) -> Callable[[Mapping[str, Any]], dict]:
+    """variables -> {'macs', 'ratio'}: MACs of the network the current hard masks leave (for progress)."""
+    from soft_prune_jax import flops, surgery
+    dense_macs = flops.count(model, None, input_shape).macs
+
+    def macs_fn(variables):
+        compact, compact_vars = surgery.prune(model, variables)
+        macs = flops.count(compact, compact_vars, input_shape).macs
+        return {"macs": macs, "ratio": macs / dense_macs}
+    return macs_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Phases.
+# ---------------------------------------------------------------------------------------------
+
+def train_phase(config, workdir, *, dataset, devices=None) -> dict:
+    model = T.create_model(config)
+    info = dataset.get_dataset_info(config)
+    macs_fn = make_macs_fn(model, info.input_shape) if T.mask_config(config) is not None else None
+    phase = T.Phase("train", model, float(config.learning_rate), int(config.num_epochs),
+                    regulariser=T.create_regulariser(config), mask=T.mask_config(config))
+    result = T.fit(config, workdir, phase, dataset=dataset, devices=devices, macs_fn=macs_fn)
+    summary = {"steps": result.steps, "train_metrics": result.train_metrics, "validation": result.validation}
+    _write_json(workdir, "train.json", summary)
+    return summary
+
+
+def prune_phase(config, workdir, **_) -> dict:
+    from soft_prune_jax import surgery
+    model = T.create_model(config)
+    variables = trained_variables(config, workdir)
+    override = None
+    if config.method == "slimming":
+        override = slimming_masks(variables["params"], float(config.slimming.target_channel_ratio))
+    plans = surgery.plan(model, variables, round_to=int(config.round_to), masks=override)
+    compact, compact_vars = surgery.prune(model, variables, round_to=int(config.round_to), masks=override)
+    _export().save_compact(os.path.join(workdir, COMPACT_DIR), compact, compact_vars)
+    summary = {
+        "kept_channels": {name: len(p.kept) for name, p in plans.items()},
+        "total_channels": {name: p.total for name, p in plans.items()},
+        # METHOD.md section 3: a plain chain never loses its last channel; say where that happened.
+        "kept_by_fallback": sorted(name for name, p in plans.items() if p.kept_by_fallback),
+    }
+    _write_json(workdir, "prune.json", summary)
+    return summary
+
+
+def finetune_phase(config, workdir, *, dataset, devices=None) -> dict:
+    epochs = int(config.finetune_epochs)
+    if epochs == 0:
+        summary = {"skipped": True, "reason": "finetune_epochs=0"}
+        _write_json(workdir, "finetune.json", summary)
+        return summary
+    model, variables = _export().load_compact(os.path.join(workdir, COMPACT_DIR))
+    # The same schedule shape: the boundaries keep their fraction of the run.
+    scale = epochs / float(config.num_epochs)
+    phase = T.Phase("finetune", model, float(config.finetune_learning_rate), epochs,
+                    lr_boundaries=tuple(b * scale for b in config.lr_boundaries), variables=variables,
+                    seed_offset=1)
+    result = T.fit(config, workdir, phase, dataset=dataset, devices=devices)
+    _export().save_compact(os.path.join(workdir, FINETUNED_DIR), model, result.state.variables)
+    summary = {"skipped": False, "steps": result.steps, "train_metrics": result.train_metrics,
+               "validation": result.validation}
+    _write_json(workdir, "finetune.json", summary)
+    return summary
+
+
+def _compare_step(pair, batch, *, reference: Callable, compact_model, axis_name=T.AXIS):
+    """Accuracy sums of both models and the largest |logit difference| over real examples."""
+    ref_logits = reference(pair["reference"], batch["image"])
+    new_logits = compact_model.apply(pair["compact"], batch["image"], train=False)
+    weight = batch["mask"]
+    labels = batch["label"]
+    diff = jnp.max(jnp.abs(ref_logits - new_logits), axis=-1) * weight
+    out = {
+        "reference_correct": jnp.sum((jnp.argmax(ref_logits, -1) == labels) * weight),
+        "compact_correct": jnp.sum((jnp.argmax(new_logits, -1) == labels) * weight),
+        "count": jnp.sum(weight),
+    }
+    out = lax.psum(out, axis_name)
+    out["max_logit_diff"] = lax.pmax(jnp.max(diff), axis_name)
+    return out
+
+
+def evaluate_phase(config, workdir, *, dataset, devices=None) -> dict:
+    from soft_prune_jax import surgery
+    parallel = T.Parallel(config.parallel, devices)
+    T.check_global_batch(config.eval_batch_size, parallel.num_local_devices * jax.process_count(),
+                         what="eval_batch_size")
+    model = T.create_model(config)
+    variables = trained_variables(config, workdir)
+    masks = effective_masks(config, model, variables)
+    compact, compact_vars = _export().load_compact(os.path.join(workdir, COMPACT_DIR))
+
+    def reference(v, x):  # the trained network under the masks the surgery cut by
+        return surgery.apply_with_masks(model, v, masks, x)
+
+    step = parallel.map(functools.partial(_compare_step, reference=reference, compact_model=compact))
+    pair = parallel.replicate({"reference": variables, "compact": compact_vars})
+    totals = None
+    for batch in dataset.eval_iterator(config, local_devices=parallel.num_local_devices, split="test"):
+        out = step(pair, parallel.shard_batch(batch))
+        out = parallel.unreplicate(out)
+        if totals is None:
+            totals = out
+        else:
+            totals = {k: (max if k == "max_logit_diff" else np.add)(totals[k], out[k]) for k in out}
+    count = float(totals["count"])
+    summary = {
+        "test_examples": int(count),
+        "trained_hard_masked_accuracy": float(totals["reference_correct"]) / count,
+        "compact_accuracy_before_finetune": float(totals["compact_correct"]) / count,
+        "max_abs_logit_diff_before_finetune": float(totals["max_logit_diff"]),
+    }
+    if os.path.isdir(os.path.join(workdir, FINETUNED_DIR)):
+        tuned, tuned_vars = _export().load_compact(os.path.join(workdir, FINETUNED_DIR))
+        p_eval = parallel.map(functools.partial(T.eval_step, model=tuned))
+        batches = dataset.eval_iterator(config, local_devices=parallel.num_local_devices, split="test")
+        summary["compact_accuracy_after_finetune"] = T.evaluate(parallel, p_eval, parallel.replicate(tuned_vars),
+                                                                batches)["accuracy"]
+    summary["final_accuracy"] = summary.get("compact_accuracy_after_finetune",
+                                            summary["compact_accuracy_before_finetune"])
+    logging.info("evaluate: %s", summary)
+    _write_json(workdir, "evaluate.json", summary)
+    return summary
+
+
+def benchmark_phase(config, workdir, *, dataset, **_) -> dict:
+    from soft_prune_jax import benchmark
+    # The dense architecture with the trained weights (masks off): what pruning is measured against.
+    dense = T.create_model(config, mask=None)
+    variables = trained_variables(config, workdir)
+    compact, compact_vars, which = final_compact(workdir)
+    input_shape = tuple(dataset.get_dataset_info(config).input_shape)
+    rows = []
+    for batch_size in config.benchmark_batch_sizes:
+        d = benchmark.time_inference(dense, variables, int(batch_size), runs=int(config.benchmark_runs),
+                                     input_shape=input_shape)
+        c = benchmark.time_inference(compact, compact_vars, int(batch_size), runs=int(config.benchmark_runs),
+                                     input_shape=input_shape)
+        rows.append({"batch_size": int(batch_size), "dense_median_ms": d["median_ms"],
+                     "compact_median_ms": c["median_ms"], "speedup": d["median_ms"] / c["median_ms"],
+                     "dense": d, "compact": c})
+        logging.info("benchmark batch %d: dense %.2f ms, compact %.2f ms, speed-up %.2fx", batch_size,
+                     d["median_ms"], c["median_ms"], d["median_ms"] / c["median_ms"])
+    summary = {"compact_model": which, "device": str(jax.devices()[0].device_kind), "rows": rows}
+    _write_json(workdir, "benchmark.json", summary)
+    return summary
+
+
+def report_phase(config, workdir, *, dataset, **_) -> dict:
+    from soft_prune_jax import flops, report
+    input_shape = tuple(dataset.get_dataset_info(config).input_shape)
+    dense_model = T.create_model(config)
+    variables = trained_variables(config, workdir)
+    compact, compact_vars, which = final_compact(workdir)
+    comparison = report.compare(flops.count(dense_model, variables, input_shape),
+                                flops.count(compact, compact_vars, input_shape))
+    out = {
+        "model": config.model, "dataset": config.dataset, "method": config.method,
+        "macs_convention": "multiply-accumulates per example of conv and dense layers (FLOPs = 2 x MACs)",
+        "pruning": report.to_dict(comparison),
+        "compact_model": which,
+    }
+    for name in ("train", "prune", "finetune", "evaluate", "benchmark"):
+        path = os.path.join(workdir, f"{name}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                out[name] = json.load(f)
+    _write_json(workdir, "report.json", out)
+    plot = None
+    if jax.process_index() == 0:
+        plot = report.plot_widths(os.path.join(workdir, "widths.png"), comparison,
+                                  title=f"{config.model} on {config.dataset}, {config.method}")
+        with open(os.path.join(workdir, "report.md"), "w") as f:
+            f.write(_markdown(config, out, report.format_table(comparison), plot))
+    return out
+
+
+def _markdown(config, out: Mapping[str, Any], table: str, plot: Optional[str]) -> str:
+    s = out["pruning"]["summary"]
+    lines = [f"# {config.model} on {config.dataset} ({config.method})", "", "| metric | value |", "|---|---|"]
+    ev = out.get("evaluate")
+    if ev:
+        lines += [f"| test accuracy, trained (hard masks) | {100 * ev['trained_hard_masked_accuracy']:.2f}% |",
+                  f"| test accuracy, compact before fine-tuning | {100 * ev['compact_accuracy_before_finetune']:.2f}% |"]
+        if "compact_accuracy_after_finetune" in ev:
+            lines.append(f"| test accuracy, compact after fine-tuning | {100 * ev['compact_accuracy_after_finetune']:.2f}% |")
+        lines.append(f"| max abs logit difference, hard-masked vs compact | {ev['max_abs_logit_diff_before_finetune']:.3g} |")
+    lines += [f"| MACs per example | {s['dense_macs']:,} -> {s['compact_macs']:,} (-{s['macs_reduction_pct']:.2f}%) |",
+              f"| parameters | {s['dense_params']:,} -> {s['compact_params']:,} (-{s['params_reduction_pct']:.2f}%) |",
+              f"| channels of masked layers | {s['total_channels']:,} -> {s['kept_channels']:,} "
+              f"(-{s['channel_reduction_pct']:.2f}%) |"]
+    for row in (out.get("benchmark") or {}).get("rows", []):
+        lines.append(f"| latency at batch {row['batch_size']} (median) | dense {row['dense_median_ms']:.2f} ms, "
+                     f"compact {row['compact_median_ms']:.2f} ms, speed-up {row['speedup']:.2f}x |")
+    fallback = (out.get("prune") or {}).get("kept_by_fallback")
+    if fallback:
+        lines += ["", f"Layers that would have lost every channel kept their lowest-pi channel: {', '.join(fallback)}."]
+    lines += ["", "MACs: " + out["macs_convention"] + ".", "", "```", table, "```"]
+    if plot:
+        lines += ["", f"![kept channels per layer]({os.path.basename(plot)})"]
+    return "\n".join(lines) + "\n"
+
+
+_RUNNERS = {"train": train_phase, "prune": prune_phase, "finetune": finetune_phase, "evaluate": evaluate_phase,
+            "benchmark": benchmark_phase, "report": report_phase}
+
+
+def run(config, workdir: str, phases: str | Sequence[str] = PHASES, *, dataset=None,
+        devices: Optional[Sequence[jax.Device]] = None) -> dict:
+    """Validates the config, records it in the workdir (refusing a different one) and runs ``phases``."""
+    from soft_prune_jax import config_validation
+    phases = parse_phases(phases)
+    config_validation.validate(config, num_devices=len(devices) * jax.process_count() if devices else None)
+    ckpt_lib.ensure_workdir_config(workdir, config)
+    dataset = dataset if dataset is not None else T.default_dataset()
+    results = {}
+    for name in phases:
+        logging.info("phase %s (workdir %s)", name, workdir)
+        results[name] = _RUNNERS[name](config, workdir, dataset=dataset, devices=devices)
+    return results
