@@ -1,0 +1,308 @@
+"""Jitted latency measurement: whole models, single layers, the machine's sgemm rate, train steps.
+
+Every timing follows one protocol (``time_compiled``): the function is AOT-compiled
+(``jax.jit(f).lower(*args).compile()``) so compilation is never timed, its inputs are already on
+the device (``jax.device_put``), a few warm-up calls run first, and each timed call ends with
+``block_until_ready``. The median of many runs is the number to quote; p10/p90 show the spread
+(on a shared machine, compare medians taken in the same process, minutes apart at most).
+
+A latency alone cannot show whether a model runs well on a machine, so everything here can be
+put next to ``sgemm_rate()``: the GFLOP/s of a jitted 2048^3 float32 matmul, the rate the machine
+reaches on the friendliest possible work. ``flop_rate(macs, ms)`` (2 FLOPs per MAC) of a model or
+of one layer, over the sgemm rate, says how close to that limit it gets; ``time_layers`` times
+every conv/dense layer alone so that one pathological conv shape cannot hide inside a total.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import platform
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from soft_prune_jax import fast_conv
+from soft_prune_jax import masks as M
+from soft_prune_jax.layers import GUMBEL_RNG
+
+DEFAULT_RUNS = 50
+DEFAULT_WARMUP = 5
+SGEMM_SIZE = 2048
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol.
+# ---------------------------------------------------------------------------------------------
+
+def _check_counts(runs: int, warmup: int) -> None:
+    if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+        raise ValueError(f"runs={runs!r} is invalid: expected an int >= 1")
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"warmup={warmup!r} is invalid: expected an int >= 0")
+
+
+def device_description(device: Optional[jax.Device] = None) -> str:
+    """'cpu: <processor model> (N cores)' or '<platform>: <device kind>', for result tables."""
+    device = device or jax.devices()[0]
+    if device.platform == "cpu":
+        model = platform.processor() or "unknown"
+        try:
+            with open("/proc/cpuinfo") as f:
+                names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            model = names[0] if names else model
+        except OSError:
+            pass
+        return f"cpu: {model} ({os.cpu_count()} cores)"
+    return f"{device.platform}: {device.device_kind}"
+
+
+def summarize(seconds: Sequence[float]) -> dict[str, float]:
+    """median/p10/p90/min of a list of durations, in milliseconds."""
+    ms = np.asarray(seconds, np.float64) * 1e3
+    return {"median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
+            "p90_ms": float(np.percentile(ms, 90)), "min_ms": float(np.min(ms)), "runs": int(ms.size)}
+
+
+def time_compiled(fn: Callable, args: Sequence[Any], *, runs: int = DEFAULT_RUNS,
+                  warmup: int = DEFAULT_WARMUP) -> dict[str, float]:
+    """Times ``fn(*args)`` by the protocol above; returns ``summarize`` of the runs plus 'compile_s'.
+
+    ``args`` are put on the default device first; ``fn`` must be jit-able with them.
+    """
+    _check_counts(runs, warmup)
+    args = jax.device_put(tuple(args))
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    for _ in range(warmup):
+        jax.block_until_ready(compiled(*args))
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        seconds.append(time.perf_counter() - start)
+    return {**summarize(seconds), "compile_s": compile_s}
+
+
+def flop_rate(macs: float, milliseconds: float) -> float:
+    """GFLOP/s of ``macs`` multiply-accumulates (2 FLOPs each) done in ``milliseconds``."""
+    return 2.0 * macs / (milliseconds * 1e-3) / 1e9 if milliseconds > 0 else float("nan")
+
+
+def sgemm_rate(*, size: int = SGEMM_SIZE, runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP) -> float:
+    """GFLOP/s of a jitted ``size``^3 float32 matmul (median run): the machine's reference rate."""
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size={size!r} is invalid: expected an int >= 1")
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    result = time_compiled(jnp.matmul, (a, b), runs=runs, warmup=warmup)
+    return flop_rate(size ** 3, result["median_ms"])
+
+
+def _input_batch(batch_size: int, input_shape: Sequence[int], seed: int):
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is invalid: expected an int >= 1")
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ValueError(f"input_shape={tuple(input_shape)!r} is invalid: expected positive ints (H, W, C)")
+    return jax.random.normal(jax.random.key(seed), (batch_size,) + shape, jnp.float32)
+
+
+def _with_formulation(apply: Callable, formulation: Optional[str]) -> Callable:
+    """``apply`` whose nn.Conv calls run through ``fast_conv.conv2d(formulation)`` while tracing."""
+    if formulation is None:
+        return apply
+
+    @functools.wraps(apply)
+    def wrapped(*args, **kwargs):
+        with fast_conv.flax_conv_formulation(formulation):
+            return apply(*args, **kwargs)
+
+    return wrapped
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole models.
+# ---------------------------------------------------------------------------------------------
+
+def time_inference(model: nn.Module, variables: Mapping[str, Any], batch_size: int, *, runs: int = DEFAULT_RUNS,
+                   warmup: int = DEFAULT_WARMUP, seed: int = 0, input_shape: Sequence[int] = (32, 32, 3),
+                   conv_formulation: Optional[str] = None) -> dict[str, Any]:
+    """Latency of ``model.apply(variables, x, train=False)`` for a random batch of ``batch_size``.
+
+    Args:
+      input_shape: one example (H, W, C); CIFAR by default.
+      conv_formulation: None runs the model as built; 'xla', 'im2col', 'matmul' or 'auto' runs its
+        ``nn.Conv`` layers through ``fast_conv.conv2d`` with that formulation.
+    Returns: {median_ms, p10_ms, p90_ms, min_ms, runs, batch_size, device, compile_s}.
+    """
+    x = _input_batch(batch_size, input_shape, seed)
+    apply = _with_formulation(lambda v, x: model.apply(v, x, train=False), conv_formulation)
+    result = time_compiled(apply, (variables, x), runs=runs, warmup=warmup)
+    return {**result, "batch_size": batch_size, "device": device_description()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Single layers.
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LayerShape:
+    """One conv/dense call of a model: enough to rebuild and time it alone."""
+
+    path: str
+    kind: str  # 'conv' | 'dense'
+    input_shape: tuple[int, ...]  # with the batch axis
+    kernel_shape: tuple[int, ...]  # conv: (kh, kw, in, out); dense: (in, out)
+    strides: tuple[int, int]  # (1, 1) for dense layers
+    padding: Any  # 'SAME' | 'VALID' | ((lo, hi), (lo, hi)); None for dense layers
+
+    @property
+    def macs(self) -> int:
+        """MACs for the whole batch (the flops.py convention: kernel size times output positions)."""
+        if self.kind == "dense":
+            return math.prod(self.input_shape[:-1]) * self.kernel_shape[-1] * self.kernel_shape[0]
+        pads = fast_conv._explicit_padding(self.input_shape[1:3], self.kernel_shape[:2], self.strides, self.padding)
+        ho, wo = fast_conv.output_spatial(self.input_shape[1:3], self.kernel_shape[:2], self.strides, pads)
+        return self.input_shape[0] * ho * wo * math.prod(self.kernel_shape)
+
+    def key(self) -> tuple:
+        return (self.kind, self.input_shape, self.kernel_shape, self.strides, str(self.padding))
+
+
+def layer_shapes(model: nn.Module, variables: Mapping[str, Any], batch_size: int,
+                 input_shape: Sequence[int] = (32, 32, 3)) -> list[LayerShape]:
+    """Every ``nn.Conv``/``nn.Dense`` call of ``model.apply(variables, x, train=False)``, in call order.
+
+    Found with ``nn.intercept_methods`` under ``jax.eval_shape`` (nothing is computed). Unlike
+    ``flops.count`` rows this keeps strides and padding, which timing a layer alone needs.
+    """
+    x = jax.ShapeDtypeStruct((batch_size,) + tuple(input_shape), jnp.float32)
+    rows: list[LayerShape] = []
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name == "__call__" and type(module) in (nn.Conv, nn.Dense):
+            kernel_shape = tuple(module.get_variable("params", "kernel").shape)
+            if isinstance(module, nn.Conv):
+                strides = fast_conv._pair(module.strides if module.strides is not None else 1, "strides")
+                padding = module.padding
+                padding = padding.upper() if isinstance(padding, str) else tuple(map(tuple, padding))
+                rows.append(LayerShape("/".join(module.path), "conv", tuple(args[0].shape), kernel_shape, strides,
+                                       padding))
+            else:
+                rows.append(LayerShape("/".join(module.path), "dense", tuple(args[0].shape), kernel_shape, (1, 1),
+                                       None))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    return rows
+
+
+def time_layer(layer: LayerShape, *, formulation: str = "xla", runs: int = DEFAULT_RUNS,
+               warmup: int = DEFAULT_WARMUP, seed: int = 0) -> dict[str, Any]:
+    """Times one layer alone on random data: {median_ms, ..., macs, gflops, formulation}."""
+    kx, kk = jax.random.split(jax.random.key(seed))
+    x = jax.random.normal(kx, layer.input_shape, jnp.float32)
+    kernel = jax.random.normal(kk, layer.kernel_shape, jnp.float32)
+    if layer.kind == "dense":
+        fn, used = jnp.dot, "matmul"
+    else:
+        used = (fast_conv.choose_formulation(layer.input_shape, layer.kernel_shape, layer.strides, layer.padding)
+                if formulation == "auto" else formulation)
+        fn = functools.partial(fast_conv.conv2d, strides=layer.strides, padding=layer.padding, formulation=used)
+    result = time_compiled(fn, (x, kernel), runs=runs, warmup=warmup)
+    return {**result, "macs": layer.macs, "gflops": flop_rate(layer.macs, result["median_ms"]), "formulation": used}
+
+
+def time_layers(model: nn.Module, variables: Mapping[str, Any], batch_size: int, *,
+                input_shape: Sequence[int] = (32, 32, 3), formulations: Sequence[str] = ("xla",),
+                runs: int = 10, warmup: int = 2, seed: int = 0) -> list[dict[str, Any]]:
+    """Per-layer latency and FLOP rate of every conv/dense layer, timed alone, per formulation.
+
+    Layers with identical shapes are timed once (a ResNet-56 has 57 convs but 9 distinct shapes).
+    Returns one row per distinct shape: {paths, count, kind, input_shape, kernel_shape, strides,
+    macs, <formulation>: {median_ms, gflops, formulation, ...}} in first-call order.
+    """
+    for f in formulations:
+        if f not in fast_conv.FORMULATIONS:
+            raise ValueError(f"formulation={f!r} is invalid: expected one of {', '.join(fast_conv.FORMULATIONS)}")
+    groups: dict[tuple, list[LayerShape]] = {}
+    for layer in layer_shapes(model, variables, batch_size, input_shape):
+        groups.setdefault(layer.key(), []).append(layer)
+    rows = []
+    for layers in groups.values():
+        layer = layers[0]
+        row = {"paths": [l.path for l in layers], "count": len(layers), "kind": layer.kind,
+               "input_shape": list(layer.input_shape), "kernel_shape": list(layer.kernel_shape),
+               "strides": list(layer.strides), "macs": layer.macs}
+        for f in formulations:
+            row[f] = time_layer(layer, formulation=f, runs=runs, warmup=warmup, seed=seed)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Train steps.
+# ---------------------------------------------------------------------------------------------
+
+def _sgd_step(model: nn.Module, sparsity_lambda: float, sparsity_s: float, learning_rate: float,
+              conv_formulation: Optional[str]):
+    """A minimal train step: CE (+ lambda * SCP penalty when > 0) -> grads -> plain SGD update."""
+
+    def loss_fn(params, batch_stats, x, labels, key):
+        logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                      rngs={GUMBEL_RNG: key}, mutable=["batch_stats"])
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+        if sparsity_lambda:
+            loss = loss + sparsity_lambda * M.sparsity_penalty(params, sparsity_s)
+        return loss, updates["batch_stats"]
+
+    loss_fn = _with_formulation(loss_fn, conv_formulation)
+
+    def step(params, batch_stats, x, labels, key):
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, x, labels, key)
+        params = jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
+        return params, batch_stats, loss
+
+    return step
+
+
+def time_train_step(model: nn.Module, variables: Mapping[str, Any], batch_size: int, *,
+                    input_shape: Sequence[int] = (32, 32, 3), num_classes: Optional[int] = None,
+                    sparsity_lambda: float = 5e-5, sparsity_s: float = 2.0, learning_rate: float = 0.1,
+                    runs: int = 20, warmup: int = 3, seed: int = 0,
+                    conv_formulation: Optional[str] = None) -> dict[str, Any]:
+    """One jitted SGD step of the SCP model against the same model with ``mask=None``, same batch.
+
+    The SCP step samples Gumbel soft masks, gates BN statistics and adds the sparsity penalty; the
+    plain step is the dense baseline's. Both share ``variables`` (masks add no parameters) and run
+    in this call: plain, SCP, plain again. Returns {'plain', 'scp', 'plain_again': timings,
+    'ratio': scp / the faster plain median, 'batch_size', 'device'}.
+    """
+    if getattr(model, "mask", None) is None:
+        raise ValueError(f"{type(model).__name__} has mask=None: time_train_step needs the SCP (masked) model")
+    x = _input_batch(batch_size, input_shape, seed)
+    num_classes = num_classes or int(getattr(model, "num_classes", 10))
+    labels = jax.random.randint(jax.random.key(seed + 1), (batch_size,), 0, num_classes)
+    key = jax.random.key(seed + 2)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    results = {}
+    for name, m, lam in (("plain", model.clone(mask=None), 0.0), ("scp", model, sparsity_lambda),
+                         ("plain_again", model.clone(mask=None), 0.0)):
+        step = _sgd_step(m, lam, sparsity_s, learning_rate, conv_formulation)
+        results[name] = time_compiled(step, (params, batch_stats, x, labels, key), runs=runs, warmup=warmup)
+    # Plain is timed before and after SCP, so a load change during the call shows up as a gap
+    # between the two; the ratio uses the faster (less disturbed) of them.
+    plain = min(results["plain"]["median_ms"], results["plain_again"]["median_ms"])
+    return {**results, "ratio": results["scp"]["median_ms"] / plain, "batch_size": batch_size,
+            "device": device_description()}

@@ -1,0 +1,212 @@
+"""2-D convolution formulations that avoid XLA:CPU's slow conv shapes.
+
+XLA:CPU lowers ``lax.conv_general_dilated`` to one Eigen kernel that is fast on most shapes but
+pathological on a few (measured on a 2-core x86 CPU, jax 0.10.2, float32, batch 64; see
+``launch/benchmark.py --per_layer`` to re-measure):
+
+* 3x3 SAME on a 2x2 (or 1x1) input, as in VGG-16's last group on CIFAR: 2x2x512 -> 512 takes
+  ~600-1100 ms (1-2 GFLOP/s) against ~5-11 ms (100-240 GFLOP/s) as im2col + one matmul.
+* 1x1 convs run at 40-100 GFLOP/s as convs and at 130-200 GFLOP/s as a plain matmul.
+
+So ``conv2d`` offers several formulations of the same convolution, all numerically equal to
+``lax.conv_general_dilated`` (up to float summation order):
+
+* ``'xla'``: ``lax.conv_general_dilated`` itself.
+* ``'im2col'``: pad, gather the kh*kw shifted (strided) views of the input side by side along
+  the channel axis, and multiply by the kernel reshaped to (kh*kw*in, out): one big GEMM.
+  Costs kh*kw times the input's memory, so it only pays where the spatial size is tiny.
+* ``'matmul'``: for 1x1 kernels: a strided slice and one GEMM (no patch copy).
+
+``'auto'`` picks by a fixed shape rule (no timing at call time), see ``choose_formulation``.
+``Conv`` is a drop-in linen module (param 'kernel' of shape (kh, kw, in, out), optional 'bias')
+that uses ``conv2d``, so checkpoints of ``nn.Conv`` layers load unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+FORMULATIONS = ("auto", "xla", "im2col", "matmul")
+Padding = Union[str, Sequence[Tuple[int, int]]]
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+# im2col wins by 10-100x when the output has at most this many spatial positions (2x2); at 3x3 it
+# is a wash and from 4x4 up XLA's own conv is faster (it avoids the kh*kw patch copy).
+IM2COL_MAX_OUTPUT_POSITIONS = 4
+
+
+def _pair(value, name: str) -> Tuple[int, int]:
+    if isinstance(value, int):
+        value = (value, value)
+    value = tuple(value)
+    if len(value) != 2 or not all(isinstance(v, int) and v >= 1 for v in value):
+        raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1 or a pair of them")
+    return value
+
+
+def _explicit_padding(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int],
+                      padding: Padding) -> Tuple[Tuple[int, int], ...]:
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"padding={padding!r} is invalid: expected 'SAME', 'VALID' or ((lo, hi), (lo, hi))")
+        return tuple(lax.padtype_to_pads(tuple(spatial), tuple(window), tuple(strides), padding.upper()))
+    pads = tuple(tuple(p) for p in padding)
+    if len(pads) != 2 or not all(len(p) == 2 and all(isinstance(v, int) and v >= 0 for v in p) for p in pads):
+        raise ValueError(f"padding={padding!r} is invalid: expected 'SAME', 'VALID' or ((lo, hi), (lo, hi)) ints >= 0")
+    return pads
+
+
+def output_spatial(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int],
+                   pads: Sequence[Tuple[int, int]]) -> Tuple[int, ...]:
+    """Output height/width of a conv with explicit padding (0 when the window does not fit)."""
+    return tuple(max((d + lo + hi - k) // s + 1, 0) for d, k, s, (lo, hi) in zip(spatial, window, strides, pads))
+
+
+def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int], strides=1,
+                       padding: Padding = "SAME") -> str:
+    """The formulation ``'auto'`` uses for these shapes (NHWC input, HWIO kernel).
+
+    The rule (measured, module docstring): 1x1 kernel -> 'matmul'; an output of at most
+    ``IM2COL_MAX_OUTPUT_POSITIONS`` spatial positions -> 'im2col'; otherwise 'xla'.
+    """
+    strides = _pair(strides, "strides")
+    kh, kw = kernel_shape[:2]
+    if (kh, kw) == (1, 1):
+        return "matmul"
+    pads = _explicit_padding(input_shape[1:3], (kh, kw), strides, padding)
+    ho, wo = output_spatial(input_shape[1:3], (kh, kw), strides, pads)
+    if ho * wo <= IM2COL_MAX_OUTPUT_POSITIONS:
+        return "im2col"
+    return "xla"
+
+
+def _shifted_views(x, window, strides, pads, out_hw):
+    """The kh*kw strided views x_pad[:, i::sh, j::sw, :] cropped to the output size, (i, j) row-major."""
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    (sh, sw), (ho, wo) = strides, out_hw
+    return [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, xp.shape[3]),
+                      (1, sh, sw, 1))
+            for i in range(window[0]) for j in range(window[1])]
+
+
+def _im2col(x, kernel, strides, pads, out_hw):
+    kh, kw, cin, cout = kernel.shape
+    patches = jnp.concatenate(_shifted_views(x, (kh, kw), strides, pads, out_hw), axis=-1)
+    # Patch channels are ordered (i, j, c), which is exactly the HWIO kernel's row-major order.
+    out = jnp.dot(patches.reshape(-1, kh * kw * cin), kernel.reshape(kh * kw * cin, cout),
+                  preferred_element_type=jnp.result_type(x, kernel))
+    return out.reshape(x.shape[0], out_hw[0], out_hw[1], cout)
+
+
+def _matmul_1x1(x, kernel, strides, pads, out_hw):
+    (view,) = _shifted_views(x, (1, 1), strides, pads, out_hw)
+    return jnp.einsum("nhwc,co->nhwo", view, kernel[0, 0], preferred_element_type=jnp.result_type(x, kernel))
+
+
+def conv2d(x, kernel, strides=1, padding: Padding = "SAME", formulation: str = "auto"):
+    """A 2-D convolution, NHWC input and HWIO kernel (as ``nn.Conv``), no dilation, one group.
+
+    Equal to ``lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=
+    ('NHWC', 'HWIO', 'NHWC'))`` for every formulation; empty channel sets give exact zeros (no
+    input channels) or an empty array (no output channels).
+
+    Args:
+      x: (batch, height, width, in_channels).
+      kernel: (kh, kw, in_channels, out_channels).
+      strides: an int or an (sh, sw) pair.
+      padding: 'SAME', 'VALID' or ((top, bottom), (left, right)).
+      formulation: one of ``FORMULATIONS``; 'auto' follows ``choose_formulation``.
+    """
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"formulation={formulation!r} is invalid: expected one of {', '.join(FORMULATIONS)}")
+    if x.ndim != 4 or kernel.ndim != 4:
+        raise ValueError(f"conv2d needs a 4-D NHWC input and a 4-D HWIO kernel, got shapes {x.shape} and {kernel.shape}")
+    if x.shape[-1] != kernel.shape[2]:
+        raise ValueError(f"input channels {x.shape[-1]} != kernel input channels {kernel.shape[2]} "
+                         f"(shapes {x.shape}, {kernel.shape})")
+    strides = _pair(strides, "strides")
+    window = tuple(kernel.shape[:2])
+    pads = _explicit_padding(x.shape[1:3], window, strides, padding)
+    out_hw = output_spatial(x.shape[1:3], window, strides, pads)
+    dtype = jnp.result_type(x, kernel)
+    if x.shape[-1] == 0 or kernel.shape[-1] == 0 or 0 in out_hw or x.shape[0] == 0:
+        return jnp.zeros((x.shape[0],) + out_hw + (kernel.shape[-1],), dtype)
+    if formulation == "auto":
+        formulation = choose_formulation(x.shape, kernel.shape, strides, pads)
+    if formulation == "matmul" and window != (1, 1):
+        raise ValueError(f"formulation='matmul' needs a 1x1 kernel, got {window[0]}x{window[1]}")
+    if formulation == "xla":
+        return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS)
+    if formulation == "matmul":
+        return _matmul_1x1(x, kernel, strides, pads, out_hw)
+    return _im2col(x, kernel, strides, pads, out_hw)
+
+
+class Conv(nn.Module):
+    """A bias-optional 2-D conv with ``nn.Conv``'s parameter names and shapes, computed by ``conv2d``.
+
+    Params: 'kernel' (kh, kw, in, out) and, with ``use_bias``, 'bias' (out,) -- so a checkpoint of
+    an ``nn.Conv`` restores into it unchanged.
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Union[int, Sequence[int]] = 1
+    padding: Padding = "SAME"
+    use_bias: bool = False
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros
+    dtype: Any = jnp.float32
+    formulation: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        kh, kw = _pair(tuple(self.kernel_size), "kernel_size")
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding, self.formulation)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+@contextlib.contextmanager
+def flax_conv_formulation(formulation: Optional[str] = "auto"):
+    """Within this context, every applied ``nn.Conv`` (2-D, undilated, one group) runs through ``conv2d``.
+
+    For measuring existing models with another formulation without touching their code (the
+    parameters are read from the bound module, so it only changes ``apply``, not ``init``).
+    ``None`` or 'xla' leaves the convs alone.
+    """
+    if formulation is not None and formulation not in FORMULATIONS:
+        raise ValueError(f"formulation={formulation!r} is invalid: expected None or one of {', '.join(FORMULATIONS)}")
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if (formulation in (None, "xla") or type(module) is not nn.Conv or context.method_name != "__call__"
+                or not module.has_variable("params", "kernel") or module.feature_group_count != 1
+                or module.kernel_dilation not in (None, 1, (1, 1)) or module.input_dilation not in (None, 1, (1, 1))
+                or args[0].ndim != 4):
+            return next_fun(*args, **kwargs)
+        x = args[0]
+        kernel = module.get_variable("params", "kernel")
+        strides = module.strides if module.strides is not None else 1
+        padding = module.padding
+        if isinstance(padding, int):
+            padding = ((padding, padding),) * 2
+        elif not isinstance(padding, str):
+            padding = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+        elif padding.upper() not in ("SAME", "VALID"):  # CIRCULAR etc.: leave to nn.Conv
+            return next_fun(*args, **kwargs)
+        dtype = module.dtype or jnp.result_type(x, kernel)
+        y = conv2d(x.astype(dtype), kernel.astype(dtype), strides, padding, formulation)
+        if module.use_bias:
+            y = y + module.get_variable("params", "bias").astype(dtype)
+        return y
+
+    with nn.intercept_methods(interceptor):
+        yield
