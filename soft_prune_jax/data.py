@@ -410,7 +410,8 @@ def train_iterator(config, *, local_devices: Union[int, Sequence[Any]], seed: in
                          f"{per_device * devices}: lower config.batch_size or raise num_train_examples")
     if spec.tfds_name != "imagenet2012":
         ds = ds.cache()  # decoded uint8 CIFAR / Fashion-MNIST fits in memory
-    ds = ds.repeat().shuffle(min(spec.shuffle_buffer, count), seed=process_seed, reshuffle_each_iteration=True)
+    # Shuffle before repeat: every epoch is a permutation (a new one each epoch, fixed by the seed).
+    ds = ds.shuffle(min(spec.shuffle_buffer, count), seed=process_seed, reshuffle_each_iteration=True).repeat()
     augment = bool(config.get("augment", True))
 
     def preprocess(index, example):
