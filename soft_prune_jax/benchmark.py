@@ -306,3 +306,111 @@ def time_train_step(model: nn.Module, variables: Mapping[str, Any], batch_size: 
     plain = min(results["plain"]["median_ms"], results["plain_again"]["median_ms"])
     return {**results, "ratio": results["scp"]["median_ms"] / plain, "batch_size": batch_size,
             "device": device_description()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense against compact: the numbers a results page needs.
+# ---------------------------------------------------------------------------------------------
+
+def _macs(model: nn.Module, variables: Mapping[str, Any], input_shape: Sequence[int]) -> dict[str, int]:
+    from soft_prune_jax import flops  # MACs per example, the library's one convention
+    count = flops.count(model, variables, input_shape)
+    return {"macs": count.macs, "params": count.params}
+
+
+def compare(dense: nn.Module, dense_variables: Mapping[str, Any], compact: Optional[nn.Module] = None,
+            compact_variables: Optional[Mapping[str, Any]] = None, *, input_shape: Sequence[int] = (32, 32, 3),
+            batch_sizes: Sequence[int] = (1, 64, 256), runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP,
+            conv_formulation: Optional[str] = None, seed: int = 0) -> dict[str, Any]:
+    """Latency, MACs and FLOP rates of a dense model and (optionally) its compact version.
+
+    Per batch size: both timings, the speed-up, the MAC ratio (dense MACs / compact MACs), their
+    quotient (1.0 = the speed-up is all the MAC cut promises) and each model's GFLOP/s over the
+    sgemm rate. The sgemm rate is measured before and after the model timings (a gap between the
+    two means the machine's load changed meanwhile); rates use the mean of the two.
+    """
+    if (compact is None) != (compact_variables is None):
+        raise ValueError("compact and compact_variables must be given together (or neither)")
+    for b in batch_sizes:
+        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+            raise ValueError(f"batch size {b!r} is invalid: expected ints >= 1")
+    models = {"dense": (dense, dense_variables)}
+    if compact is not None:
+        models["compact"] = (compact, compact_variables)
+    result: dict[str, Any] = {
+        "device": device_description(), "jax_version": jax.__version__, "load_average": list(os.getloadavg()),
+        "input_shape": list(input_shape), "conv_formulation": conv_formulation or "model",
+        "runs": runs, "sgemm_gflops_before": sgemm_rate(runs=runs, warmup=warmup),
+    }
+    for name, (model, variables) in models.items():
+        result[name] = _macs(model, variables, input_shape)
+    if compact is not None:
+        result["mac_ratio"] = result["dense"]["macs"] / max(result["compact"]["macs"], 1)
+        result["macs_reduction_pct"] = 100.0 * (1.0 - result["compact"]["macs"] / result["dense"]["macs"])
+    rows = []
+    for b in batch_sizes:
+        row: dict[str, Any] = {"batch_size": b}
+        for name, (model, variables) in models.items():
+            row[name] = time_inference(model, variables, b, runs=runs, warmup=warmup, seed=seed,
+                                       input_shape=input_shape, conv_formulation=conv_formulation)
+        rows.append(row)
+    result["sgemm_gflops_after"] = sgemm_rate(runs=runs, warmup=warmup)
+    sgemm = 0.5 * (result["sgemm_gflops_before"] + result["sgemm_gflops_after"])
+    result["sgemm_gflops"] = sgemm
+    for row in rows:
+        for name in models:
+            gflops = flop_rate(result[name]["macs"] * row["batch_size"], row[name]["median_ms"])
+            row[f"{name}_gflops"] = gflops
+            row[f"{name}_sgemm_fraction"] = gflops / sgemm
+        if compact is not None:
+            row["speedup"] = row["dense"]["median_ms"] / row["compact"]["median_ms"]
+            row["speedup_over_mac_ratio"] = row["speedup"] / result["mac_ratio"]
+    result["rows"] = rows
+    result["load_average_after"] = list(os.getloadavg())
+    return result
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """A plain-text table of ``compare``'s result for humans."""
+    has_compact = "compact" in result
+    lines = [f"device: {result['device']}  jax {result['jax_version']}  load avg {result['load_average'][0]:.2f}"
+             f" -> {result['load_average_after'][0]:.2f}",
+             f"sgemm {SGEMM_SIZE}^3 float32: {result['sgemm_gflops_before']:.0f} / {result['sgemm_gflops_after']:.0f}"
+             f" GFLOP/s (before / after)   input {tuple(result['input_shape'])}   convs: {result['conv_formulation']}",
+             f"dense: {result['dense']['macs'] / 1e6:.2f} M MACs/example, {result['dense']['params'] / 1e6:.3f} M params"]
+    if has_compact:
+        lines.append(f"compact: {result['compact']['macs'] / 1e6:.2f} M MACs/example, "
+                     f"{result['compact']['params'] / 1e6:.3f} M params   MAC reduction "
+                     f"{result['macs_reduction_pct']:.1f}% (ratio {result['mac_ratio']:.2f}x)")
+    header = f"{'batch':>5} | {'dense ms':>9} {'p10-p90':>15} {'GF/s':>6} {'%sgemm':>6}"
+    if has_compact:
+        header += f" | {'compact ms':>10} {'p10-p90':>15} {'GF/s':>6} {'%sgemm':>6} | {'speed-up':>8} {'/MACratio':>9}"
+    lines += [header, "-" * len(header)]
+    for row in result["rows"]:
+        d = row["dense"]
+        line = (f"{row['batch_size']:>5} | {d['median_ms']:>9.2f} {d['p10_ms']:>7.2f}-{d['p90_ms']:<7.2f} "
+                f"{row['dense_gflops']:>6.1f} {100 * row['dense_sgemm_fraction']:>5.0f}%")
+        if has_compact:
+            c = row["compact"]
+            line += (f" | {c['median_ms']:>10.2f} {c['p10_ms']:>7.2f}-{c['p90_ms']:<7.2f} {row['compact_gflops']:>6.1f}"
+                     f" {100 * row['compact_sgemm_fraction']:>5.0f}% | {row['speedup']:>7.2f}x"
+                     f" {row['speedup_over_mac_ratio']:>9.2f}")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def format_layers(rows: Sequence[Mapping[str, Any]], formulations: Sequence[str], sgemm: Optional[float] = None) -> str:
+    """A per-layer table of ``time_layers`` rows: shapes, MACs, ms and GFLOP/s per formulation."""
+    header = f"{'layer (count)':<28} {'input':<18} {'kernel':<18} {'s':>2} {'MMACs':>8}"
+    for f in formulations:
+        header += f" | {f + ' ms':>10} {'GF/s':>6}" + (f" {'%sg':>4}" if sgemm else "")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        name = f"{row['paths'][0]} ({row['count']})"
+        line = (f"{name:<28.28} {'x'.join(map(str, row['input_shape'])):<18} "
+                f"{'x'.join(map(str, row['kernel_shape'])):<18} {row['strides'][0]:>2} {row['macs'] / 1e6:>8.1f}")
+        for f in formulations:
+            t = row[f]
+            line += f" | {t['median_ms']:>10.3f} {t['gflops']:>6.1f}" + (f" {100 * t['gflops'] / sgemm:>3.0f}%" if sgemm else "")
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""Jitted latency of a dense model against its compact version, with FLOP rates a reader can check.
+
+Three ways to name the models:
+
+    # a finished run: the dense architecture with the trained weights vs the compact export
+    python launch/benchmark.py --workdir=/tmp/scp_resnet56
+    # an experiment config, random BN parameters pruning ~50% of each masked layer's channels
+    python launch/benchmark.py --config=configs/cifar10_resnet56.py --random_prune=0.5
+    # a registry model without a config
+    python launch/benchmark.py --model=vgg16 --num_classes=10 --input_shape=32,32,3 --random_prune=0.5
+
+Per batch size (--batch_sizes, default 1,64,256) it prints median latency with p10-p90, MACs, the
+MAC-reduction ratio, the speed-up and speed-up / MAC ratio, and each model's GFLOP/s against the
+machine's sgemm rate (a jitted 2048^3 float32 matmul, measured in the same run). --json=- writes the
+same numbers as JSON to stdout (the table then goes to stderr), --json=PATH to a file. --per_layer
+adds every conv/dense layer timed alone (--formulations=xla,auto compares conv formulations), and
+--train_step times the SCP train step against the plain one. --conv_formulation=auto times the models
+with their nn.Conv layers run through soft_prune_jax.fast_conv (default: the models as built).
+Timings on a shared machine are noisy: the output records the load average before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "An experiment config (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "A finished run's workdir: dense train checkpoint + compact export.")
+flags.DEFINE_string("model", None, "A registry model name (instead of --config/--workdir).")
+flags.DEFINE_integer("num_classes", 10, "With --model: number of classes.")
+flags.DEFINE_string("input_shape", None, "One example's H,W,C (default: from the dataset, or 32,32,3).")
+flags.DEFINE_string("model_kwargs", None, "With --model: JSON constructor overrides, e.g. '{\"stage_sizes\": [1,1,1]}'.")
+flags.DEFINE_float("random_prune", 0.5, "With --config/--model: fraction of each masked layer's channels that random "
+                   "BN parameters prune (0 = time the dense model only).")
+flags.DEFINE_integer("round_to", None, "Channel alignment for surgery (default: the config's round_to, else 1).")
+flags.DEFINE_list("batch_sizes", ["1", "64", "256"], "Batch sizes to time.")
+flags.DEFINE_integer("runs", 50, "Timed runs per measurement (the median is reported).")
+flags.DEFINE_integer("warmup", 5, "Untimed warm-up runs per measurement.")
+flags.DEFINE_integer("seed", 0, "Seed of the random weights, BN parameters and inputs.")
+flags.DEFINE_string("json", None, "Write machine-readable results: '-' = stdout, else a file path.")
+flags.DEFINE_enum("conv_formulation", "model", ["model", "auto", "xla", "im2col"],
+                  "How convs run: 'model' = as the model builds them; else through fast_conv.conv2d.")
+flags.DEFINE_bool("per_layer", False, "Also time every conv/dense layer alone (batch: the largest batch size).")
+flags.DEFINE_list("formulations", ["xla", "auto"], "With --per_layer: conv formulations to compare.")
+flags.DEFINE_bool("train_step", False, "Also time the SCP train step against the plain one (largest batch size).")
+
+_INPUT_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "fashion_mnist": (28, 28, 1),
+                 "imagenet2012": (224, 224, 3)}
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise app.UsageError(f"--input_shape={text!r} is invalid: expected three positive ints H,W,C")
+    return shape
+
+
+def _batch_sizes() -> list[int]:
+    try:
+        sizes = [int(v) for v in FLAGS.batch_sizes]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise app.UsageError(f"--batch_sizes={','.join(FLAGS.batch_sizes)!r} is invalid: expected ints >= 1")
+    return sizes
+
+
+def _input_shape(dataset: str | None) -> tuple[int, ...]:
+    if FLAGS.input_shape:
+        return _parse_shape(FLAGS.input_shape)
+    if dataset is None:
+        return (32, 32, 3)
+    if dataset not in _INPUT_SHAPES:
+        raise app.UsageError(f"dataset {dataset!r} has no known input shape; pass --input_shape=H,W,C")
+    return _INPUT_SHAPES[dataset]
+
+
+def _random_compact(model, variables, round_to: int):
+    """Random BN parameters dropping ~--random_prune of each masked layer, then surgery."""
+    from soft_prune_jax import surgery
+    if not 0.0 <= FLAGS.random_prune < 1.0:
+        raise app.UsageError(f"--random_prune={FLAGS.random_prune} is invalid: expected a number in [0, 1)")
+    variables = surgery.randomize_bn(variables, FLAGS.seed, FLAGS.random_prune)
+    if FLAGS.random_prune == 0.0:
+        return variables, None, None
+    compact, compact_vars = surgery.prune(model, variables, round_to=round_to)
+    return variables, compact, compact_vars
+
+
+def _models():
+    """(dense, dense_vars, compact|None, compact_vars|None, input_shape, description)."""
+    import jax
+    from soft_prune_jax import train as T
+
+    sources = [name for name in ("workdir", "config", "model") if getattr(FLAGS, name) is not None]
+    if len(sources) != 1:
+        raise app.UsageError(f"give exactly one of --workdir, --config, --model (got {sources or 'none'})")
+    if FLAGS.workdir is not None:
+        from ml_collections import ConfigDict
+        from soft_prune_jax import checkpoint, pipeline
+        config = ConfigDict(checkpoint.load_workdir_config(FLAGS.workdir))
+        dense = T.create_model(config, mask=None)
+        variables = pipeline.trained_variables(config, FLAGS.workdir)
+        compact, compact_vars, which = pipeline.final_compact(FLAGS.workdir)
+        return dense, variables, compact, compact_vars, _input_shape(config.dataset), \
+            f"workdir {FLAGS.workdir} ({config.model}, compact: {which})"
+
+    if FLAGS.config is not None:
+        config = FLAGS.config
+        model = T.create_model(config)
+        input_shape, name = _input_shape(config.dataset), config.model
+        round_to = FLAGS.round_to or int(config.round_to)
+    else:
+        from soft_prune_jax.models import get_model
+        kwargs = json.loads(FLAGS.model_kwargs) if FLAGS.model_kwargs else {}
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+        try:
+            model = get_model(FLAGS.model, FLAGS.num_classes, **kwargs)
+        except (ValueError, TypeError) as e:
+            raise app.UsageError(str(e))
+        input_shape, name = _input_shape(None), FLAGS.model
+        round_to = FLAGS.round_to or 1
+    variables = T.init_variables(model, jax.random.key(FLAGS.seed), input_shape)
+    variables, compact, compact_vars = _random_compact(model, variables, round_to)
+    return model.clone(mask=None), variables, compact, compact_vars, input_shape, \
+        f"{name}, random BN pruning {FLAGS.random_prune:.2f}, round_to {round_to}"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from soft_prune_jax import benchmark as B
+
+    batch_sizes = _batch_sizes()
+    dense, dense_vars, compact, compact_vars, input_shape, description = _models()
+    formulation = None if FLAGS.conv_formulation == "model" else FLAGS.conv_formulation
+    result = B.compare(dense, dense_vars, compact, compact_vars, input_shape=input_shape, batch_sizes=batch_sizes,
+                       runs=FLAGS.runs, warmup=FLAGS.warmup, conv_formulation=formulation, seed=FLAGS.seed)
+    result["source"] = description
+    human = sys.stderr if FLAGS.json == "-" else sys.stdout
+    print(description, file=human)
+    print(B.format_table(result), file=human)
+
+    largest = max(batch_sizes)
+    if FLAGS.per_layer:
+        result["per_layer"] = {"batch_size": largest, "formulations": list(FLAGS.formulations)}
+        for name, model, variables in (("dense", dense, dense_vars), ("compact", compact, compact_vars)):
+            if model is None:
+                continue
+            rows = B.time_layers(model, variables, largest, input_shape=input_shape,
+                                 formulations=FLAGS.formulations, runs=max(3, FLAGS.runs // 5), seed=FLAGS.seed)
+            result["per_layer"][name] = rows
+            print(f"\n{name} layers, each alone, batch {largest}:", file=human)
+            print(B.format_layers(rows, FLAGS.formulations, result["sgemm_gflops"]), file=human)
+    if FLAGS.train_step:
+        from soft_prune_jax.masks import MaskConfig
+        scp = dense.clone(mask=MaskConfig())
+        step = B.time_train_step(scp, dense_vars, largest, input_shape=input_shape, runs=max(5, FLAGS.runs // 5),
+                                 conv_formulation=formulation)
+        result["train_step"] = step
+        print(f"\ntrain step, batch {largest}: plain {step['plain']['median_ms']:.1f} ms "
+              f"(again: {step['plain_again']['median_ms']:.1f}), SCP {step['scp']['median_ms']:.1f} ms, "
+              f"ratio {step['ratio']:.3f}", file=human)
+
+    if FLAGS.json == "-":
+        json.dump(result, sys.stdout, indent=1)
+        print()
+    elif FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
