@@ -238,7 +238,7 @@ def _tf():
     if not _TF_READY:
         try:
             tf.config.experimental.set_visible_devices([], "GPU")
-        except RuntimeError:  # TF already initialised its devices elsewhere; nothing left to do here
+        except RuntimeError:  # TF initialised its devices before this call; they can no longer be hidden
             logging.warning("TensorFlow was initialised before soft_prune_jax.data could hide the GPUs")
         _TF_READY = True
     return tf, tfds
@@ -268,20 +268,21 @@ def prepare_dataset(config):
     spec = validate_config(config)
     tf, tfds = _tf()
     data_dir = _data_dir(config)
-    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
     key = (spec.tfds_name, data_dir)
-    if key in _PREPARED:
-        return builder
-    with _file_lock(os.path.join(data_dir, f".soft_prune_jax.{spec.tfds_name}.lock")):
-        if not builder.is_prepared():
-            download_config = None
-            if spec.tfds_name == "fashion_mnist" and os.path.isdir(FASHION_MNIST_OFFLINE_DIR):
-                # tfds's MNIST-family builders join their class attribute URL with the file names.
-                builder.URL = "file://" + FASHION_MNIST_OFFLINE_DIR
-            if spec.tfds_name == "imagenet2012":
-                download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
-            logging.info("preparing %s in %s", spec.tfds_name, data_dir)
-            builder.download_and_prepare(download_config=download_config)
+    if key not in _PREPARED:
+        with _file_lock(os.path.join(data_dir, f".soft_prune_jax.{spec.tfds_name}.lock")):
+            builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+            if not builder.is_prepared():
+                download_config = None
+                if spec.tfds_name == "fashion_mnist" and os.path.isdir(FASHION_MNIST_OFFLINE_DIR):
+                    # tfds's MNIST-family builders join their class attribute URL with the file names.
+                    builder.URL = "file://" + FASHION_MNIST_OFFLINE_DIR
+                if spec.tfds_name == "imagenet2012":
+                    download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
+                logging.info("preparing %s in %s", spec.tfds_name, data_dir)
+                builder.download_and_prepare(download_config=download_config)
+    # A fresh builder reads the metadata as it is on disk now (another process may have prepared it).
+    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
     _check_split_sizes(builder, spec)
     _PREPARED.add(key)
     return builder
@@ -290,9 +291,10 @@ def prepare_dataset(config):
 def _check_split_sizes(builder, spec: DatasetSpec) -> None:
     # The slices are computed from DATASETS; a prepared dataset of another size would be misread.
     for split, expected in (("train", spec.train_size), (spec.tfds_test_split, spec.test_size)):
-        info = builder.info.splits.get(split) if hasattr(builder.info.splits, "get") else None
-        actual = getattr(info, "num_examples", None)
-        if isinstance(actual, int) and actual and actual != expected:
+        if split not in builder.info.splits:  # code-only metadata (mocked tests) knows no sizes
+            continue
+        actual = builder.info.splits[split].num_examples
+        if actual != expected:
             raise ValueError(f"{spec.tfds_name} split {split!r} has {actual} examples on disk: expected {expected}")
 
 

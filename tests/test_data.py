@@ -7,6 +7,7 @@ import re
 import runpy
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -245,6 +246,13 @@ def test_imagenet_without_manual_files_fails_before_reading(tmp_path, manual_dir
 def test_bad_config_values_are_named(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         data.get_dataset_info(make_config(tmp_path, **overrides))
+
+
+def test_prepared_data_of_another_size_is_refused():
+    on_disk = types.SimpleNamespace(info=types.SimpleNamespace(splits={
+        "train": types.SimpleNamespace(num_examples=49_000), "test": types.SimpleNamespace(num_examples=10_000)}))
+    with pytest.raises(ValueError, match="split 'train' has 49000 examples on disk: expected 50000"):
+        data._check_split_sizes(on_disk, data.DATASETS["cifar10"])
 
 
 def test_bad_iterator_arguments_are_named(tmp_path):
