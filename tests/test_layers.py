@@ -61,12 +61,30 @@ def test_gradient_reaches_scale_through_the_soft_mask_alone():
         assert np.all(np.isfinite(g["bias"])) and np.all(np.abs(g["bias"]) > 0), g
 
 
+def numpy_variables(model, x, seed=0):
+    """Variables with the model's shapes, filled by numpy: BN scale/var 1, bias/mean 0, He-normal
+    kernels. Compiling ``model.init`` (its PRNG draws) costs seconds per model on 2 cores."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name in ("scale", "var"):
+            return jnp.ones(leaf.shape, leaf.dtype)
+        if name in ("bias", "mean"):
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        fan_in = max(1, int(np.prod(leaf.shape[:-1])))
+        return jnp.asarray(rng.normal(0.0, np.sqrt(2.0 / fan_in), leaf.shape), leaf.dtype)
+
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 @functools.lru_cache(maxsize=None)
 def tiny_vgg(mask=M.MaskConfig()):
-    """A 2-conv VGG on 8x8 inputs; cached, since every initialisation costs compilations."""
+    """A 2-conv VGG on 8x8 inputs (cached)."""
     model = get_model("vgg16", 3, widths=TINY_VGG, mask=mask)
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
-    return model, jax.jit(model.init)(jax.random.key(1), x), x
+    return model, numpy_variables(model, x), x
 
 
 def test_tiny_model_loss_gradients_wrt_bn_scale_and_bias_are_finite_and_nonzero():
@@ -212,7 +230,7 @@ class ConvProbe(nn.Module):
 def test_conv_on_empty_channel_sets_is_exact_zero_without_params(padding, stride):
     x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
     full = ConvProbe(4, 3, stride, padding)
-    y_full = full.apply(full.init(jax.random.key(0), x), x)
+    y_full = jax.eval_shape(lambda x: full.apply(full.init(jax.random.key(0), x), x), x)
     for features, x_in in ((0, x), (4, x[..., :0])):
         probe = ConvProbe(features, 3, stride, padding)
         variables = probe.init(jax.random.key(0), x_in)
