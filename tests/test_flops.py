@@ -1,0 +1,191 @@
+"""Analytic MAC/parameter counts (flops.py): hand arithmetic, full-size models, XLA cross-check."""
+
+import json
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from soft_prune_jax import flops
+from soft_prune_jax import masks as M
+from soft_prune_jax.models import get_model
+
+TINY_VGG = (4, "M", 6)
+
+
+def shapes_of(model, input_shape, batch=1):
+    x = jax.ShapeDtypeStruct((batch,) + tuple(input_shape), jnp.float32)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+
+
+def test_tiny_vgg_by_hand():
+    model = get_model("vgg16", 10, widths=TINY_VGG)
+    count = flops.count(model, shapes_of(model, (8, 8, 3)), (8, 8, 3))
+    conv0 = 8 * 8 * 3 * 3 * 3 * 4  # H_out W_out kh kw C_in C_out
+    conv1 = 4 * 4 * 3 * 3 * 4 * 6  # after the 2x2 max-pool
+    head = 6 * 10
+    assert [(r.path, r.kind, r.in_channels, r.out_channels, r.kernel_size, r.output_spatial, r.macs, r.params)
+            for r in count.layers] == [
+        ("conv0", "conv", 3, 4, (3, 3), (8, 8), conv0, 3 * 3 * 3 * 4),
+        ("conv1", "conv", 4, 6, (3, 3), (4, 4), conv1, 3 * 3 * 4 * 6),
+        ("head", "dense", 6, 10, (), (), head, 6 * 10 + 10),
+    ]
+    assert count.macs == conv0 + conv1 + head
+    assert count.flops == 2 * count.macs
+    bn = 2 * 4 + 2 * 6
+    assert count.params == count.layer_params + bn == 108 + 216 + 70 + bn
+    assert dict(count.masked_channels) == {"masked_bn0": 4, "masked_bn1": 6}
+    assert count.input_shape == (8, 8, 3)
+
+
+class Shapes(nn.Module):
+    """Strides, VALID padding, feature groups, a conv bias and a dense layer over extra positions."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(8, (3, 3), strides=2, padding="SAME", use_bias=False, name="strided")(x)  # 13 -> 7
+        x = nn.Conv(8, (3, 1), padding="VALID", use_bias=True, name="valid")(x)  # 7x7 -> 5x7
+        x = nn.Conv(12, (3, 3), padding="VALID", feature_group_count=4, use_bias=False, name="grouped")(x)
+        return nn.Dense(5, name="per_position")(x)  # (N, 3, 5, 12) -> (N, 3, 5, 5)
+
+
+def test_layer_formulas_for_strides_padding_groups_and_positions():
+    model = Shapes()
+    rows = flops.count(model, None, (13, 13, 3)).by_path()
+    assert rows["strided"].output_spatial == (7, 7)
+    assert rows["strided"].macs == 7 * 7 * 9 * 3 * 8
+    assert rows["valid"].macs == 5 * 7 * 3 * 8 * 8 and rows["valid"].params == 3 * 8 * 8 + 8
+    assert rows["grouped"].macs == 3 * 5 * 9 * (8 // 4) * 12  # each output reads C_in / groups inputs
+    assert rows["per_position"].output_spatial == (3, 5)
+    assert rows["per_position"].macs == 3 * 5 * 12 * 5
+
+
+def test_batch_shape_is_per_example_and_variables_may_be_omitted():
+    model = get_model("vgg16", 10, widths=TINY_VGG)
+    with_vars = flops.count(model, shapes_of(model, (8, 8, 3), batch=4), (8, 8, 3))
+    assert flops.count(model, None, (16, 8, 8, 3)) == with_vars
+
+
+@pytest.mark.parametrize("name,num_classes,shape,expected_macs", [
+    ("resnet56", 10, (32, 32, 3), 125e6), ("resnet50", 1000, (224, 224, 3), 4.1e9), ("vgg16", 10, (32, 32, 3), 313e6),
+])
+def test_full_size_macs(name, num_classes, shape, expected_macs):
+    model = get_model(name, num_classes)
+    count = flops.count(model, None, shape)
+    assert count.macs == pytest.approx(expected_macs, rel=0.02)
+    leaves = jax.tree_util.tree_leaves(shapes_of(model, shape)["params"])
+    assert count.params == sum(math.prod(leaf.shape) for leaf in leaves)
+    assert count.macs == sum(row.macs for row in count.layers)
+
+
+def test_resnet56_rows_follow_execution_order():
+    count = flops.count(get_model("resnet56", 10), None, (32, 32, 3))
+    paths = [row.path for row in count.layers]
+    assert paths[:4] == ["stem", "block0/proj", "block0/conv1", "block0/conv2"]
+    assert paths[-1] == "head" and len(paths) == 1 + 27 * 2 + 3 + 1
+    masked = list(count.masked_channels)
+    assert masked[:3] == ["block0/masked_bn2", "block1/masked_bn1", "block1/masked_bn2"]
+    assert masked[-1] == "masked_bn_final"
+
+
+def xla_flops(model, variables, x):
+    cost = jax.jit(model.apply).lower(variables, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax returned a list
+    return float(cost["flops"])
+
+
+def test_matches_xla_cost_analysis_without_padding():
+    # VALID/1x1/grouped convs and bias-free dense layers: XLA counts 2 flops per MAC, nothing else.
+    class Unpadded(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(8, (3, 3), padding="VALID", use_bias=False)(x)
+            x = nn.Conv(16, (1, 1), strides=2, use_bias=False)(x)
+            x = nn.Conv(16, (3, 3), padding="VALID", feature_group_count=4, use_bias=False)(x)
+            return nn.Dense(10, use_bias=False)(x.reshape(x.shape[0], -1))
+
+    model, batch = Unpadded(), 4
+    x = jax.ShapeDtypeStruct((batch, 12, 12, 3), jnp.float32)
+    count = flops.count(model, None, (12, 12, 3))
+    assert xla_flops(model, shapes_of(model, (12, 12, 3), batch), x) == batch * count.flops
+
+
+def test_close_to_xla_cost_analysis_with_same_padding():
+    # With SAME padding XLA skips the taps that fall on the zero border (our count, like the papers',
+    # includes them) and adds BN/ReLU/pool flops; so XLA lies between the in-bounds MACs and ours.
+    model, batch = get_model("vgg16", 10, widths=(8, "M", 16, 16), mask=None), 4
+    x = jax.ShapeDtypeStruct((batch, 16, 16, 3), jnp.float32)
+    count = flops.count(model, None, (16, 16, 3))
+    in_bounds_taps = {16: (3 * 16 - 2) ** 2, 8: (3 * 8 - 2) ** 2}  # sum over outputs of in-image 3x3 taps
+    in_bounds_macs = (in_bounds_taps[16] * 3 * 8 + in_bounds_taps[8] * 8 * 16 + in_bounds_taps[8] * 16 * 16
+                      + 16 * 10)
+    xla = xla_flops(model, shapes_of(model, (16, 16, 3), batch), x)
+    assert 2 * batch * in_bounds_macs <= xla <= batch * count.flops
+    assert xla == pytest.approx(batch * count.flops, rel=0.15)
+
+
+def test_dropped_layers_do_not_appear():
+    # An empty channel set makes the conv helper skip nn.Conv: the compact model has no such layer.
+    model = get_model("resnet56", 10, stage_sizes=(2, 2, 2), block_widths=((16,), (0,), (32,), (32,), (64,), (64,)))
+    paths = {row.path for row in flops.count(model, None, (32, 32, 3)).layers}
+    assert "block0/conv1" in paths and "block1/conv1" not in paths and "block1/conv2" not in paths
+
+
+def test_dict_round_trip_through_json():
+    count = flops.count(get_model("densenet40", 10, layers_per_block=2, growth_rate=4), None, (16, 16, 3))
+    assert flops.FlopCount.from_dict(json.loads(json.dumps(count.to_dict()))) == count
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (0, 32, 3), (32, 32, 3.0), (1, 1, 32, 32, 3)])
+def test_bad_input_shape_is_rejected(shape):
+    with pytest.raises(ValueError, match="input_shape"):
+        flops.count(get_model("vgg16", 10, widths=TINY_VGG), None, shape)
+
+
+def test_params_tree_instead_of_variables_is_rejected():
+    model = get_model("vgg16", 10, widths=TINY_VGG)
+    with pytest.raises(ValueError, match="'params' collection"):
+        flops.count(model, shapes_of(model, (8, 8, 3))["params"], (8, 8, 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# reduction
+# ----------------------------------------------------------------------------------------------
+
+def test_reduction_of_a_hand_made_compact_vgg():
+    shape = (8, 8, 3)
+    dense = flops.count(get_model("vgg16", 10, widths=(8, "M", 16)), None, shape)
+    compact = flops.count(get_model("vgg16", 10, widths=(2, "M", 4)), None, shape)
+    r = flops.reduction(dense, compact)
+    dense_macs = 64 * 27 * 8 + 16 * 9 * 8 * 16 + 16 * 10
+    compact_macs = 64 * 27 * 2 + 16 * 9 * 2 * 4 + 4 * 10
+    assert (r["dense_macs"], r["compact_macs"]) == (dense_macs, compact_macs)
+    assert r["macs_reduction_pct"] == pytest.approx(100 * (1 - compact_macs / dense_macs))
+    assert r["params_reduction_pct"] == pytest.approx(100 * (1 - compact.params / dense.params))
+    assert (r["total_channels"], r["kept_channels"]) == (24, 6)
+    assert r["channel_reduction_pct"] == pytest.approx(75.0)
+
+
+def test_reduction_channels_agree_with_hard_masks_before_surgery():
+    # Kill channels through the BN parameters, then build the compact net with the kept widths.
+    model = get_model("vgg16", 10, widths=(8, "M", 16))
+    params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32), shapes_of(model, (8, 8, 3))["params"])
+    params["masked_bn0"] = {"scale": np.ones(8, np.float32), "bias": np.array([-5.0] * 5 + [1.0] * 3, np.float32)}
+    params["masked_bn1"] = {"scale": np.ones(16, np.float32), "bias": np.array([-5.0] * 6 + [1.0] * 10, np.float32)}
+    kept = M.kept_channels(M.hard_masks(params))
+    assert kept["per_layer"] == {"masked_bn0": (3, 8), "masked_bn1": (10, 16)}
+    compact = get_model("vgg16", 10, widths=(3, "M", 10))
+    r = flops.reduction(flops.count(model, None, (8, 8, 3)), flops.count(compact, None, (8, 8, 3)))
+    assert (r["kept_channels"], r["total_channels"]) == (kept["kept"], kept["total"])
+
+
+def test_reduction_rejects_mismatched_counts():
+    vgg = flops.count(get_model("vgg16", 10, widths=TINY_VGG), None, (8, 8, 3))
+    with pytest.raises(ValueError, match="different inputs"):
+        flops.reduction(vgg, flops.count(get_model("vgg16", 10, widths=TINY_VGG), None, (16, 16, 3)))
+    other = flops.count(get_model("resnet56", 10, stage_sizes=(1, 1, 1)), None, (8, 8, 3))
+    with pytest.raises(ValueError, match="masked layers the dense one lacks"):
+        flops.reduction(vgg, other)
