@@ -78,10 +78,16 @@ def create_model(config, **overrides) -> nn.Module:
     return get_model(config.model, config.num_classes, mask=mask_config(config), **{**kwargs, **overrides})
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model: nn.Module) -> Callable:
+    # One jitted init per model (modules are frozen dataclasses, hence hashable): compiling the
+    # initialisers' random number generation is the slow part on CPU, and is then done once.
+    return jax.jit(functools.partial(model.init, train=False))
+
+
 def init_variables(model: nn.Module, key, input_shape: Sequence[int]) -> dict:
     """He-normal weights, BN scale 1 / bias 0, from one key (jitted: big models init fast)."""
-    init = jax.jit(functools.partial(model.init, train=False))
-    return init({"params": key}, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
+    return _jitted_init(model)({"params": key}, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
 
 
 def create_train_state(rng, variables: Mapping[str, Any], tx: optax.GradientTransformation) -> TrainState:
@@ -250,10 +256,16 @@ class Parallel:
         return jax.jit(mapped, donate_argnums=donate)
 
     def replicate(self, tree):
+        """One copy per device, laid out exactly as the mapped functions' outputs are.
+
+        (A different layout, e.g. ``device_put_replicated``'s, would make the second step compile again.)
+        """
         if self.kind == "pmap":
-            return flax.jax_utils.replicate(tree, devices=self.devices)
-        return jax.tree_util.tree_map(
+            stacked = jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * len(self.devices)), tree)
+            return jax.pmap(lambda t: t, axis_name=AXIS, devices=self.devices)(stacked)
+        host = jax.tree_util.tree_map(
             lambda x: jax.make_array_from_process_local_data(self._replicated, np.asarray(x)), tree)
+        return jax.jit(lambda t: t, out_shardings=self._replicated)(host)
 
     def unreplicate(self, tree):
         """A host (numpy) copy of one replica."""
