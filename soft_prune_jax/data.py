@@ -58,7 +58,7 @@ DATASETS: dict[str, DatasetSpec] = {
                            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 50_000, True),
     "cifar100": DatasetSpec("cifar100", 100, (32, 32, 3), 50_000, 10_000, "test",
                             (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 50_000, True),
-    # ImageNet is never cached; its shuffle buffer holds encoded JPEGs (~110 kB each).
+    # ImageNet streams from disk every epoch; its shuffle buffer holds encoded JPEGs (~110 kB each).
     "imagenet2012": DatasetSpec("imagenet2012", 1000, (224, 224, 3), 1_281_167, 50_000, "validation",
                                 (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 10_000, False),
     "fashion_mnist": DatasetSpec("fashion_mnist", 10, (28, 28, 1), 60_000, 10_000, "test",
@@ -148,6 +148,8 @@ def validate_config(config) -> DatasetSpec:
     if num_eval is not None and num_eval > spec.test_size:
         raise ValueError(f"config.num_eval_examples={num_eval} is invalid: expected at most "
                          f"{spec.test_size} (the {name} test split) or None")
+    if not isinstance(config.get("augment", True), bool):
+        raise ValueError(f"config.augment={config.get('augment')!r} is invalid: expected True or False")
     for field in ("data_dir", "manual_dir"):
         value = config.get(field)
         if value is not None and not isinstance(value, str):

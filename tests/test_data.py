@@ -9,6 +9,7 @@ import subprocess
 import sys
 import types
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf  # the [data] extra, installed with [test]
@@ -253,6 +254,13 @@ def test_prepared_data_of_another_size_is_refused():
         "train": types.SimpleNamespace(num_examples=49_000), "test": types.SimpleNamespace(num_examples=10_000)}))
     with pytest.raises(ValueError, match="split 'train' has 49000 examples on disk: expected 50000"):
         data._check_split_sizes(on_disk, data.DATASETS["cifar10"])
+
+
+def test_non_bool_augment_is_named(tmp_path):
+    # ConfigDict keeps field types, so a wrong type can only come from a config built by hand.
+    config = ml_collections.ConfigDict({**make_config(tmp_path).to_dict(), "augment": "yes"})
+    with pytest.raises(ValueError, match="config.augment='yes' is invalid: expected True or False"):
+        data.get_dataset_info(config)
 
 
 def test_bad_iterator_arguments_are_named(tmp_path):
