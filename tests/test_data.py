@@ -129,8 +129,11 @@ def test_last_eval_batch_is_padded_and_masked(tmp_path):
 
 def test_augmentation_crops_and_flips_only_train_images(tmp_path):
     with tfds.testing.mock_data(num_examples=8, policy=USE_CODE):
-        plain = next(data.train_iterator(make_config(tmp_path, augment=False, batch_size=8), local_devices=1, seed=0))
-        augmented = next(data.train_iterator(make_config(tmp_path, augment=True, batch_size=8), local_devices=1, seed=0))
+        def first_batch(augment):
+            config = make_config(tmp_path, augment=augment, num_train_examples=8)
+            return next(data.train_iterator(config, local_devices=1, seed=0))
+
+        plain, augmented = first_batch(False), first_batch(True)
         evaluated = np.concatenate([b["image"][0] for b in data.eval_iterator(
             make_config(tmp_path, num_eval_examples=8, eval_batch_size=8), local_devices=1)])
     # Without augmentation the train images are the evaluation images, only shuffled.
