@@ -44,8 +44,11 @@ def _pi(model: nn.Module, layer: Mapping) -> np.ndarray:
     return np.asarray(M.prune_probability(q, config.k, config.c))
 
 
-def model_hard_masks(model: nn.Module, params) -> dict[str, np.ndarray]:
-    """The 0/1 masks the model itself applies at evaluation, per masked BN unit (all ones without masks)."""
+def model_hard_masks(model: nn.Module, params, keep_at_least_one: bool = True) -> dict[str, np.ndarray]:
+    """The 0/1 masks the model itself applies at evaluation, per masked BN unit (all ones without masks).
+
+    keep_at_least_one=False gives the raw [pi < 0.5] masks, before plain chains keep their best channel.
+    """
     params = params.get("params", params)
     layers = M.masked_layers(params)
     out = {}
@@ -55,7 +58,7 @@ def model_hard_masks(model: nn.Module, params) -> dict[str, np.ndarray]:
             out[group.name] = np.ones(np.shape(layer["scale"]), np.float32)
             continue
         pi = jnp.asarray(_pi(model, layer))
-        rule = M.hard_mask_keep_one if group.keep_at_least_one else M.hard_mask
+        rule = M.hard_mask_keep_one if (group.keep_at_least_one and keep_at_least_one) else M.hard_mask
         out[group.name] = np.asarray(rule(pi))
     return out
 
@@ -77,9 +80,8 @@ def plan(model: nn.Module, variables, *, round_to: int = 1,
     missing = [n for n in names if n not in layers]
     if missing:
         raise SurgeryError(f"variables do not fit {type(model).__name__}: masked units {missing[:3]} are missing")
-    own = model_hard_masks(model, params)
     if masks is None:
-        masks = own
+        masks = model_hard_masks(model, params, keep_at_least_one=False)  # the fallback is applied below
     else:
         unknown = sorted(set(masks) - set(names))
         if unknown or len(masks) != len(names):
@@ -160,3 +162,34 @@ def apply_with_masks(model: nn.Module, variables, masks: Mapping[str, np.ndarray
     override = traverse_util.unflatten_dict(
         {tuple(name.split("/")) + ("keep",): jnp.asarray(m, jnp.float32) for name, m in masks.items()})
     return model.apply({**variables, MASK_OVERRIDE: override}, x, train=False)
+
+
+def randomize_bn(variables, seed: int, prune_fraction: float = 0.5):
+    """Random BN parameters and statistics whose hard masks drop about ``prune_fraction`` of channels.
+
+    For benchmarks and tests without training: in every masked unit a random ``prune_fraction`` of
+    channels gets a very negative bias (pi ~ 1); the rest get a positive one (pi ~ 0). Unmasked BNs
+    get random statistics too, so no layer is an identity by accident.
+    """
+    if not 0.0 <= prune_fraction <= 1.0:
+        raise ValueError(f"prune_fraction={prune_fraction!r} is invalid: expected a number in [0, 1]")
+    rng = np.random.default_rng(seed)
+    flat = traverse_util.flatten_dict(unfreeze(dict(jax.tree.map(np.asarray, variables))))
+    for key in sorted(flat):
+        leaf = key[-1]
+        if leaf not in ("scale", "bias", "mean", "var") or flat[key].ndim != 1:
+            continue
+        n = flat[key].shape[0]
+        masked = any(part.startswith(M.MASKED_PREFIX) for part in key)
+        if leaf == "scale":
+            value = rng.uniform(0.5, 1.5, n)
+        elif leaf == "bias" and masked:
+            value = np.where(rng.random(n) < prune_fraction, -10.0, rng.uniform(0.1, 1.0, n))
+        elif leaf == "bias":
+            value = rng.normal(0.0, 0.3, n)
+        elif leaf == "mean":
+            value = rng.normal(0.0, 0.3, n)
+        else:
+            value = rng.uniform(0.5, 2.0, n)
+        flat[key] = jnp.asarray(value, jnp.float32)
+    return traverse_util.unflatten_dict(flat)
