@@ -1,7 +1,8 @@
 """Analytic multiply-accumulate (MAC) and parameter counts, read from shapes only.
 
 Convention (the one pruning papers use; METHOD.md section 4):
-  * MACs are counted per example, for the layers that multiply: every ``nn.Conv`` and ``nn.Dense``.
+  * MACs are counted per example, for the layers that multiply: every ``nn.Conv`` and ``nn.Dense``
+    (any module with its own 'kernel' parameter in their layouts).
     A conv costs H_out * W_out * kh * kw * (C_in / groups) * C_out MACs; a dense layer costs
     C_in * C_out MACs (times any extra positions between the batch and the feature axis).
   * FLOPs = 2 * MACs (a multiply and an add). Biases, BatchNorm, ReLU, masks, pooling, residual
@@ -117,17 +118,31 @@ def _num_leaves(tree) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def _layer_row(module: nn.Module, x, y) -> Optional[LayerCount]:
-    """The count for one intercepted call, or None for modules that are not conv/dense."""
-    if isinstance(module, nn.Conv):
-        kind = CONV
-        kernel_size = tuple(int(k) for k in module.kernel_size)
-    elif isinstance(module, nn.Dense):
-        kind = DENSE
-        kernel_size = ()
-    else:
+def _own_kernel(module: nn.Module):
+    """The module's own (not a submodule's) 'kernel' parameter, or None."""
+    if not module.has_variable("params", "kernel"):
         return None
-    kernel = module.variables["params"]["kernel"]
+    return module.get_variable("params", "kernel")
+
+
+def _layer_row(module: nn.Module, x, y) -> Optional[LayerCount]:
+    """The count for one intercepted call, or None for modules that do not multiply by a kernel.
+
+    Recognised by their own 'kernel' parameter rather than by class, so drop-in replacements of
+    ``nn.Conv`` (e.g. ``fast_conv.Conv``, same kernel layout (kh, kw, C_in/groups, C_out)) count too.
+    """
+    if isinstance(module, nn.ConvTranspose):
+        raise ValueError(f"{'/'.join(module.path)}: transposed convolutions are not supported by flops.count")
+    kernel = _own_kernel(module)
+    if kernel is None:
+        return None
+    if kernel.ndim == 2:
+        kind, kernel_size = DENSE, ()
+    elif kernel.ndim == x.ndim == y.ndim:
+        kind, kernel_size = CONV, tuple(int(k) for k in kernel.shape[:-2])
+    else:
+        raise ValueError(f"{'/'.join(module.path)}: a kernel of shape {kernel.shape} on inputs of shape {x.shape} "
+                         f"is neither a dense (2-d) nor a conv kernel; expected nn.Dense or nn.Conv layouts")
     # One output position costs one MAC per kernel weight feeding it; kernel.size / C_out is
     # kh*kw*C_in/groups for a conv and C_in for a dense layer, so this is the formula above.
     positions = math.prod(y.shape[1:-1])

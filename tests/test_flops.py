@@ -63,6 +63,32 @@ def test_layer_formulas_for_strides_padding_groups_and_positions():
     assert rows["per_position"].macs == 3 * 5 * 12 * 5
 
 
+def test_drop_in_conv_modules_count_like_nn_conv():
+    from soft_prune_jax import fast_conv
+
+    class Pair(nn.Module):
+        cls: type
+
+        @nn.compact
+        def __call__(self, x):
+            x = self.cls(6, (3, 3), strides=2, use_bias=True, name="a")(x)
+            return self.cls(4, (1, 1), use_bias=False, name="b")(x)
+
+    ours, flax_conv = flops.count(Pair(fast_conv.Conv), None, (9, 9, 2)), flops.count(Pair(nn.Conv), None, (9, 9, 2))
+    assert [r.macs for r in ours.layers] == [r.macs for r in flax_conv.layers] == [5 * 5 * 9 * 2 * 6, 25 * 6 * 4]
+    assert ours == flax_conv
+
+
+def test_transposed_conv_is_refused():
+    class Up(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.ConvTranspose(4, (2, 2), strides=(2, 2))(x)
+
+    with pytest.raises(ValueError, match="transposed"):
+        flops.count(Up(), None, (4, 4, 2))
+
+
 def test_batch_shape_is_per_example_and_variables_may_be_omitted():
     model = get_model("vgg16", 10, widths=TINY_VGG)
     with_vars = flops.count(model, shapes_of(model, (8, 8, 3), batch=4), (8, 8, 3))

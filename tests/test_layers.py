@@ -33,13 +33,20 @@ def test_plain_unit_matches_flax_batchnorm_then_relu():
     v_ours, v_ref = init_unit(ours, x), ref.init(jax.random.key(0), x)
     v_ours = with_bn(v_ours, jnp.linspace(0.5, 2, 5), jnp.linspace(-1, 1, 5))
     v_ref = {**v_ref, "params": dict(v_ours["params"])}
-    y, upd = ours.apply(v_ours, x, train=True, mutable=["batch_stats"])
-    y_ref, upd_ref = ref.apply(v_ref, x, mutable=["batch_stats"])
-    np.testing.assert_allclose(y, nn.relu(y_ref), atol=1e-5)
+
+    @jax.jit
+    def both(v_ours, v_ref):
+        y, upd = ours.apply(v_ours, x, train=True, mutable=["batch_stats"])
+        y_ref, upd_ref = ref.apply(v_ref, x, mutable=["batch_stats"])
+        y_eval = ours.apply({**v_ours, **upd}, x)
+        y_eval_ref = nn.BatchNorm(use_running_average=True).apply({**v_ref, **upd_ref}, x)
+        return y, nn.relu(y_ref), upd, upd_ref, y_eval, nn.relu(y_eval_ref)
+
+    y, y_ref, upd, upd_ref, y_eval, y_eval_ref = both(v_ours, v_ref)
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
     for stat in ("mean", "var"):
         np.testing.assert_allclose(upd["batch_stats"][stat], upd_ref["batch_stats"][stat], rtol=1e-5, atol=1e-6)
-    eval_ref = nn.BatchNorm(use_running_average=True).apply({**v_ref, **upd_ref}, x)
-    np.testing.assert_allclose(ours.apply({**v_ours, **upd}, x), nn.relu(eval_ref), atol=1e-5)
+    np.testing.assert_allclose(y_eval, y_eval_ref, atol=1e-5)
 
 
 def test_gradient_reaches_scale_through_the_soft_mask_alone():
@@ -106,7 +113,7 @@ def test_tiny_model_loss_gradients_wrt_bn_scale_and_bias_are_finite_and_nonzero(
 
 def test_evaluation_is_deterministic_and_needs_no_rng():
     model, variables, x = tiny_vgg()
-    a, b = model.apply(variables, x, train=False), model.apply(variables, x)
+    a, b = jax.jit(model.apply)(variables, x), jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     np.testing.assert_array_equal(a, b)
 
 
