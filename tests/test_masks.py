@@ -54,6 +54,13 @@ def test_q_at_zero_scale_is_a_step_never_nan():
     np.testing.assert_array_equal(q, [1.0, 1.0, 1.0, 0.5, 0.0, 0.0])
 
 
+def test_q_gradients_are_finite_at_zero_scale():
+    bias = jnp.array([-1.0, 0.05, 1.0], jnp.float32)
+    g_scale, g_bias = jax.grad(lambda s, b: jnp.sum(M.deactivation_probability(s, b)), argnums=(0, 1))(
+        jnp.zeros(3), bias)
+    assert np.all(np.isfinite(g_scale)) and np.all(np.isfinite(g_bias))
+
+
 def test_q_huge_bias_saturates_without_nan():
     bias = jnp.array([-1e30, -1e6, 1e6, 1e30], jnp.float32)
     for scale in (0.0, 1e-3, 1.0, 1e3):
