@@ -12,6 +12,9 @@ num_processes and process_id (or leave them None where the cluster environment p
 
 from __future__ import annotations
 
+import logging as py_logging
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -23,9 +26,19 @@ flags.DEFINE_string("phases", "train,prune,finetune,evaluate,benchmark,report",
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries:
+    """Drops INFO records of orbax and tfds (a page per checkpoint); warnings and errors still show."""
+
+    _NOISY = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}")
+
+    def filter(self, record) -> bool:
+        return record.levelno >= py_logging.WARNING or not any(p in record.pathname for p in self._NOISY)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     import jax
 
     config = FLAGS.config

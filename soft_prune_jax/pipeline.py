@@ -167,7 +167,9 @@ def prune_phase(config, workdir, **_) -> dict:
         override = slimming_masks(variables["params"], float(config.slimming.target_channel_ratio))
     plans = surgery.plan(model, variables, round_to=int(config.round_to), masks=override)
     compact, compact_vars = surgery.prune(model, variables, round_to=int(config.round_to), masks=override)
-    _export().save_compact(os.path.join(workdir, COMPACT_DIR), compact, compact_vars)
+    # overwrite: rerunning the phase on its own recomputes the same compact model from the same checkpoint.
+    _export().save_compact(os.path.join(workdir, COMPACT_DIR), compact, compact_vars, overwrite=True,
+                           extra={"source": "prune", "method": config.method, "round_to": int(config.round_to)})
     summary = {
         "kept_channels": {name: len(p.kept) for name, p in plans.items()},
         "total_channels": {name: p.total for name, p in plans.items()},
@@ -191,7 +193,8 @@ def finetune_phase(config, workdir, *, dataset, devices=None) -> dict:
                     lr_boundaries=tuple(b * scale for b in config.lr_boundaries), variables=variables,
                     seed_offset=1)
     result = T.fit(config, workdir, phase, dataset=dataset, devices=devices)
-    _export().save_compact(os.path.join(workdir, FINETUNED_DIR), model, result.state.variables)
+    _export().save_compact(os.path.join(workdir, FINETUNED_DIR), model, result.state.variables, overwrite=True,
+                           extra={"source": "finetune", "epochs": epochs})
     summary = {"skipped": False, "steps": result.steps, "train_metrics": result.train_metrics,
                "validation": result.validation}
     _write_json(workdir, "finetune.json", summary)
@@ -259,26 +262,26 @@ def evaluate_phase(config, workdir, *, dataset, devices=None) -> dict:
 
 
 def benchmark_phase(config, workdir, *, dataset, **_) -> dict:
+    """Latency (median of config.benchmark_runs) of the dense architecture and the final compact model.
+
+    ``benchmark.compare`` also reports each model's FLOP rate against the machine's sgemm rate, so a
+    speed-up (or its absence) caused by a slow conv shape cannot hide.
+    """
     from soft_prune_jax import benchmark
     # The dense architecture with the trained weights (masks off): what pruning is measured against.
     dense = T.create_model(config, mask=None)
     variables = trained_variables(config, workdir)
     compact, compact_vars, which = final_compact(workdir)
-    input_shape = tuple(dataset.get_dataset_info(config).input_shape)
-    rows = []
-    for batch_size in config.benchmark_batch_sizes:
-        d = benchmark.time_inference(dense, variables, int(batch_size), runs=int(config.benchmark_runs),
-                                     input_shape=input_shape)
-        c = benchmark.time_inference(compact, compact_vars, int(batch_size), runs=int(config.benchmark_runs),
-                                     input_shape=input_shape)
-        rows.append({"batch_size": int(batch_size), "dense_median_ms": d["median_ms"],
-                     "compact_median_ms": c["median_ms"], "speedup": d["median_ms"] / c["median_ms"],
-                     "dense": d, "compact": c})
-        logging.info("benchmark batch %d: dense %.2f ms, compact %.2f ms, speed-up %.2fx", batch_size,
-                     d["median_ms"], c["median_ms"], d["median_ms"] / c["median_ms"])
-    summary = {"compact_model": which, "device": str(jax.devices()[0].device_kind), "rows": rows}
-    _write_json(workdir, "benchmark.json", summary)
-    return summary
+    result = benchmark.compare(dense, variables, compact, compact_vars,
+                               input_shape=tuple(dataset.get_dataset_info(config).input_shape),
+                               batch_sizes=tuple(int(b) for b in config.benchmark_batch_sizes),
+                               runs=int(config.benchmark_runs))
+    for row in result["rows"]:
+        logging.info("benchmark batch %d: dense %.2f ms, compact %.2f ms, speed-up %.2fx", row["batch_size"],
+                     row["dense"]["median_ms"], row["compact"]["median_ms"], row["speedup"])
+    result["compact_model"] = which
+    _write_json(workdir, "benchmark.json", result)
+    return result
 
 
 def report_phase(config, workdir, *, dataset, **_) -> dict:
@@ -325,8 +328,9 @@ def _markdown(config, out: Mapping[str, Any], table: str, plot: Optional[str]) -
               f"| channels of masked layers | {s['total_channels']:,} -> {s['kept_channels']:,} "
               f"(-{s['channel_reduction_pct']:.2f}%) |"]
     for row in (out.get("benchmark") or {}).get("rows", []):
-        lines.append(f"| latency at batch {row['batch_size']} (median) | dense {row['dense_median_ms']:.2f} ms, "
-                     f"compact {row['compact_median_ms']:.2f} ms, speed-up {row['speedup']:.2f}x |")
+        lines.append(f"| latency at batch {row['batch_size']} (median, {out['benchmark']['device']}) | "
+                     f"dense {row['dense']['median_ms']:.2f} ms, compact {row['compact']['median_ms']:.2f} ms, "
+                     f"speed-up {row['speedup']:.2f}x (MACs ratio {out['benchmark']['mac_ratio']:.2f}x) |")
     fallback = (out.get("prune") or {}).get("kept_by_fallback")
     if fallback:
         lines += ["", f"Layers that would have lost every channel kept their lowest-pi channel: {', '.join(fallback)}."]

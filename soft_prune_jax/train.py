@@ -75,7 +75,7 @@ def create_model(config, **overrides) -> nn.Module:
     """
     kwargs = dict(config.get("model_kwargs") or {})
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}  # JSON lists -> tuples
-    return get_model(config.model, config.num_classes, mask=mask_config(config), **{**kwargs, **overrides})
+    return get_model(config.model, config.num_classes, **{"mask": mask_config(config), **kwargs, **overrides})
 
 
 @functools.lru_cache(maxsize=16)

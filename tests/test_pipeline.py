@@ -1,0 +1,173 @@
+"""Config validation (table-driven) and the whole pipeline end to end on a tiny model.
+
+The end-to-end run uses the synthetic in-memory dataset of test_train.py (a couple of epochs of
+16 steps); the slow-marked test runs the launch script on real Fashion-MNIST with few examples.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from soft_prune_jax import config_validation, pipeline
+from test_train import SyntheticData, tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _set(config, dotted: str, value):
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    return config
+
+
+INVALID = [
+    ("model", "vgg99", r"config.model='vgg99' is unknown: known models are densenet40, fmnist_cnn, "),
+    ("dataset", "mnist", r"config.dataset='mnist' is unknown: known datasets are cifar10, cifar100, "),
+    ("method", "l0", r"config.method='l0' is invalid: expected one of scp, dense, slimming"),
+    ("parallel", "xmap", r"config.parallel='xmap' is invalid: expected one of pmap, shard_map"),
+    ("mask.tau", 0.0, r"tau=0.0 is invalid: expected a finite number > 0"),
+    ("mask.tau", -0.5, r"tau=-0.5 is invalid"),
+    ("mask.delta", 1.0, r"delta=1.0 is invalid: expected a number in \(0.0, 1.0\)"),
+    ("mask.eps", 0.0, r"eps=0.0 is invalid"),
+    ("sparsity_lambda", -1e-4, r"config.sparsity_lambda=-0.0001 is invalid: expected a number >= 0"),
+    ("slimming.target_channel_ratio", 0.0, r"config.slimming.target_channel_ratio=0.0 is invalid"),
+    ("batch_size", 12, r"config.batch_size=12 is not divisible by the 8 devices: expected a multiple of 8"),
+    ("eval_batch_size", 20, r"config.eval_batch_size=20 is not divisible by the 8 devices"),
+    ("batch_size", 0, r"config.batch_size=0 is invalid: expected an int >= 1"),
+    ("num_epochs", 0, r"config.num_epochs=0 is invalid: expected an int >= 1"),
+    ("finetune_epochs", -1, r"config.finetune_epochs=-1 is invalid: expected an int >= 0"),
+    ("learning_rate", 0.0, r"config.learning_rate=0.0 is invalid: expected a number in \(0.0, inf\)"),
+    ("lr_boundaries", (2, 1), r"config.lr_boundaries=\(2, 1\) is invalid: expected increasing epochs"),
+    ("lr_boundaries", (5,), r"config.lr_boundaries=\(5,\) is invalid: .*num_epochs=2"),
+    ("round_to", 0, r"config.round_to=0 is invalid: expected an int >= 1"),
+    ("keep_checkpoints", 0, r"config.keep_checkpoints=0 is invalid"),
+    ("benchmark_batch_sizes", (), r"config.benchmark_batch_sizes=\(\) is invalid"),
+    ("num_classes", 4, r"config.num_classes=4 does not match dataset 'fashion_mnist': expected 10"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", INVALID, ids=[f"{f}={v!r}" for f, v, _ in INVALID])
+def test_invalid_config_is_one_clear_line(field, value, message):
+    config = _set(tiny_config(), field, value)
+    with pytest.raises(ValueError, match=message) as info:
+        config_validation.validate(config, num_devices=8)
+    assert "\n" not in str(info.value)
+
+
+def test_imagenet_without_manual_dir_and_missing_fields(tmp_path):
+    config = tiny_config(model="resnet50", dataset="imagenet2012", num_classes=1000, data_dir=str(tmp_path))
+    config.model_kwargs = {}
+    with pytest.raises(ValueError, match="config.manual_dir is not set"):
+        config_validation.validate(config, num_devices=1)
+    config = tiny_config()
+    del config.seed
+    with pytest.raises(ValueError, match="config lacks field"):
+        config_validation.validate(config, num_devices=1)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                                        if "imagenet" not in p))
+def test_shipped_configs_are_valid(path):
+    config_validation.validate(runpy.run_path(path)["get_config"](), num_devices=1)
+
+
+def test_phase_names():
+    assert pipeline.parse_phases("report,train") == ("train", "report")
+    with pytest.raises(ValueError, match="phases='train,fit' is invalid"):
+        pipeline.parse_phases("train,fit")
+
+
+def test_slimming_masks_keep_the_global_top_scales():
+    params = {"masked_bn0": {"scale": np.array([0.1, -0.9, 0.5, 0.05]), "bias": np.zeros(4)},
+              "block": {"masked_bn1": {"scale": np.array([0.7, 0.2]), "bias": np.zeros(2)}},
+              "head": {"kernel": np.ones((2, 2))}}
+    masks = pipeline.slimming_masks(params, 0.5)
+    np.testing.assert_array_equal(masks["masked_bn0"], [0, 1, 1, 0])
+    np.testing.assert_array_equal(masks["block/masked_bn1"], [1, 0])
+    with pytest.raises(ValueError, match="target_channel_ratio=0"):
+        pipeline.slimming_masks(params, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def e2e_config(**overrides):
+    # delta=0.49 puts the prune threshold c=0.51 next to q=Phi(0.05)=0.52 of a fresh channel, so a
+    # couple of epochs already prune some channels and keep others.
+    config = tiny_config(num_epochs=2, lr_boundaries=(1,), finetune_epochs=1, sparsity_lambda=1e-2,
+                         benchmark_batch_sizes=(8,), benchmark_runs=2, log_every_steps=8)
+    config.mask.delta = 0.49
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("e2e"))
+    results = pipeline.run(e2e_config(), workdir, dataset=SyntheticData(), devices=None)
+    with open(os.path.join(workdir, "report.json")) as f:
+        report = json.load(f)
+    return workdir, results, report
+
+
+def test_every_phase_leaves_its_outputs(e2e):
+    workdir, results, _ = e2e
+    assert set(results) == set(pipeline.PHASES)
+    for name in ("config.json", "train.json", "prune.json", "finetune.json", "evaluate.json", "benchmark.json",
+                 "report.json", "report.md", "widths.png", "compact", "finetuned", "checkpoints/train",
+                 "checkpoints/finetune"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+
+
+def test_report_fields(e2e):
+    _, _, report = e2e
+    summary = report["pruning"]["summary"]
+    assert 0 < summary["kept_channels"] < summary["total_channels"] == 12  # widths (4, M, 8)
+    assert summary["compact_macs"] < summary["dense_macs"]
+    assert report["prune"]["kept_channels"] == {w["path"]: w["after"] for w in report["pruning"]["widths"]}
+    ev = report["evaluate"]
+    assert ev["test_examples"] == 36
+    # Surgery is exact: the compact network reproduces the hard-masked one.
+    assert ev["max_abs_logit_diff_before_finetune"] < 1e-4
+    assert ev["compact_accuracy_before_finetune"] == pytest.approx(ev["trained_hard_masked_accuracy"], abs=1e-9)
+    assert 0.0 <= ev["compact_accuracy_after_finetune"] <= 1.0
+    row = report["benchmark"]["rows"][0]
+    assert row["batch_size"] == 8 and row["dense"]["median_ms"] > 0 and row["compact"]["median_ms"] > 0
+    assert row["speedup"] == pytest.approx(row["dense"]["median_ms"] / row["compact"]["median_ms"])
+    assert report["train"]["steps"] == 2 * 16 and report["finetune"]["steps"] == 16
+
+
+def test_phases_rerun_alone_and_workdir_guard(e2e):
+    workdir, results, _ = e2e
+    # Training is finished: rerunning evaluate alone gives the same numbers without retraining.
+    again = pipeline.run(e2e_config(log_every_steps=3), workdir, "evaluate", dataset=SyntheticData())
+    assert again["evaluate"] == results["evaluate"]
+    with pytest.raises(ValueError, match="holds a run of a different config"):
+        pipeline.run(e2e_config(sparsity_lambda=0.5), workdir, "evaluate", dataset=SyntheticData())
+
+
+@pytest.mark.slow
+def test_launch_on_real_fashion_mnist(tmp_path):
+    """The absl entry point on real Fashion-MNIST (few examples): every phase, a report with real accuracy."""
+    workdir = tmp_path / "fmnist"
+    args = [sys.executable, os.path.join(REPO, "launch", "train.py"), "--config=configs/fashion_mnist.py",
+            f"--workdir={workdir}", "--config.num_epochs=1", "--config.lr_boundaries=(1,)",
+            "--config.num_train_examples=512", "--config.num_eval_examples=500", "--config.eval_batch_size=250",
+            "--config.finetune_epochs=1", "--config.benchmark_runs=2", "--config.log_every_steps=2"]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["evaluate"]["test_examples"] == 500
+    assert report["evaluate"]["max_abs_logit_diff_before_finetune"] < 1e-3
+    assert report["evaluate"]["trained_hard_masked_accuracy"] > 0.3  # 10 classes, 4 steps of batch 128
