@@ -193,3 +193,22 @@ def randomize_bn(variables, seed: int, prune_fraction: float = 0.5):
             value = rng.uniform(0.5, 2.0, n)
         flat[key] = jnp.asarray(value, jnp.float32)
     return traverse_util.unflatten_dict(flat)
+
+
+def random_variables(model: nn.Module, input_shape, seed: int = 0, prune_fraction: float = 0.5):
+    """Variables for ``model`` drawn in NumPy from the shapes alone (no compile of ``model.init``).
+
+    Kernels are He-normal (fan-in), biases zero, BN parameters as ``randomize_bn``. For benchmarks
+    and tests of full-size models without training.
+    """
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(tuple(input_shape)), train=False))
+    rng = np.random.default_rng(seed)
+    flat = traverse_util.flatten_dict(unfreeze(dict(shapes)))
+    for key, leaf in flat.items():
+        shape = tuple(leaf.shape)
+        if key[-1] == "kernel" and 0 not in shape:
+            fan_in = int(np.prod(shape[:-1]))
+            flat[key] = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape).astype(np.float32)
+        else:
+            flat[key] = np.zeros(shape, np.float32)
+    return randomize_bn(traverse_util.unflatten_dict(flat), seed, prune_fraction)

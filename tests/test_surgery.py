@@ -33,7 +33,7 @@ def tiny(name):
         kwargs, shape, classes = TINY[name]
         model = get_model(name, classes, **kwargs)
         x = jax.random.normal(jax.random.PRNGKey(1), shape)
-        _CACHE[name] = (model, model.init(jax.random.PRNGKey(0), x, train=False), x)
+        _CACHE[name] = (model, surgery.random_variables(model, shape, 0, 0.0), x)
     return _CACHE[name]
 
 
