@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import math
 import os
 import time
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence

@@ -18,7 +18,6 @@ import pytest
 
 from soft_prune_jax import masks as M
 from soft_prune_jax import train
-from soft_prune_jax.models import get_model
 
 TINY_WIDTHS = (4, "M", 8)
 DatasetInfo = collections.namedtuple("DatasetInfo", "num_classes input_shape num_train num_test")
@@ -156,7 +155,8 @@ def test_steps_per_epoch_and_batch_checks():
 
 @pytest.fixture(scope="module")
 def tiny_model_and_variables():
-    model = get_model("fmnist_cnn", 4, widths=TINY_WIDTHS, mask=M.MaskConfig())
+    # The very model of tiny_phase: its jitted init is compiled once per process (train.init_variables).
+    model = train.create_model(tiny_config())
     return model, train.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
 
 
@@ -201,7 +201,7 @@ def test_eval_step_ignores_padding(tiny_model_and_variables):
     eval_step = jax.jit(lambda v, b: train.eval_step(v, b, model=model, axis_name=None))
     logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     labels = jnp.argmax(logits, -1)
-    labels = labels.at[4:].set((labels[4:] + 1) % 4)  # the last two would be wrong, but are padding
+    labels = labels.at[4:].set((labels[4:] + 1) % 10)  # the last two would be wrong, but are padding
     mask = jnp.array([1, 1, 1, 1, 0, 0], jnp.float32)
     sums = eval_step(variables, {"image": x, "label": labels, "mask": mask})
     assert float(sums["correct"]) == 4.0 and float(sums["count"]) == 4.0
