@@ -107,15 +107,21 @@ def _flat_shapes(tree) -> dict[str, Any]:
     return {"/".join(k): v for k, v in traverse_util.flatten_dict(unfreeze(dict(tree))).items()}
 
 
-def save_compact(directory: str, model: nn.Module, variables, *, overwrite: bool = False,
+def save_compact(directory: str, model: nn.Module, variables, *, overwrite: bool = False, fold_bn: bool = False,
                  extra: dict[str, Any] | None = None) -> str:
     """Writes ``model`` and ``variables`` to ``directory``; returns its absolute path.
 
+    fold_bn: export for inference with BatchNorm folded into the convs where that is exact
+      (``fold.fold_batchnorm``); the reloaded model is then the folded one.
     extra: JSON-serialisable metadata stored beside the spec (e.g. MACs, source workdir).
     """
     directory = os.path.abspath(os.fspath(directory))
     if os.path.exists(directory) and not overwrite:
         raise ExportError(f"{directory} already exists; pass overwrite=True to replace it")
+    if fold_bn:
+        from soft_prune_jax.fold import fold_batchnorm  # fold imports surgery, which is heavier
+
+        model, variables = fold_batchnorm(model, variables)
     flat = _flat(variables)
     expected = expected_shapes(model, _input_channels(model, flat))
     got = {k: tuple(v.shape) for k, v in flat.items()}

@@ -120,22 +120,34 @@ class BatchNorm(nn.Module):
         )(x)
 
 
+class _Bias(nn.Module):
+    """Only the bias of a conv whose every input channel was pruned (same param path as the conv's)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self):
+        return self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+
+
 def conv(x, features: int, kernel_size: Sequence[int] | int, strides: int = 1, name: Optional[str] = None,
          dtype: Any = jnp.float32, use_bias: bool = False, padding: Any = "SAME"):
     """A bias-free He-normal conv that also handles empty channel sets exactly.
 
     Must be called inside a compact module. With 0 input channels the conv's output is exactly
-    zero (no bias), and with 0 output channels it is an empty array; in both cases no parameters
-    are created, which is what a compact model whose layer lost every channel needs.
+    zero (or its bias), and with 0 output channels it is an empty array; no kernel is created,
+    which is what a compact model whose layer lost every channel needs.
     """
     ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
     if x.shape[-1] == 0 or features == 0:
-        assert not use_bias, "an empty conv with a bias is not exact"
         if padding == "SAME":
             spatial = tuple(-(-d // strides) for d in x.shape[1:-1])
         else:  # VALID
             spatial = tuple((d - k) // strides + 1 for d, k in zip(x.shape[1:-1], ks))
-        return jnp.zeros(x.shape[:1] + spatial + (features,), x.dtype)
+        out = jnp.zeros(x.shape[:1] + spatial + (features,), x.dtype)
+        if use_bias and features:  # a conv that reads nothing outputs its bias
+            out = out + _Bias(features, name=name)()
+        return out
     return nn.Conv(features, ks, strides=(strides, strides), padding=padding, use_bias=use_bias,
                    kernel_init=he_normal, dtype=dtype, name=name)(x)
 

@@ -45,10 +45,19 @@ class MaskGroup:
 
 
 @dataclasses.dataclass(frozen=True)
+class Fold:
+    """A BN that directly follows a conv, so it can be folded into that conv for inference."""
+
+    conv: Path  # the conv module; its kernel is scaled and it gains a bias
+    bn: Path  # the BN's module path in params (scale, bias) and batch_stats (mean, var)
+
+
+@dataclasses.dataclass(frozen=True)
 class Structure:
     groups: tuple[MaskGroup, ...]
     rebuild: Callable[[Kept], nn.Module]  # kept indices per group -> compact model (no masks)
     input_kernel: Path  # the first conv's kernel: its axis 2 is the number of input channels
+    folds: tuple[Fold, ...] = ()  # every conv -> BN pair (empty where none exists, e.g. DenseNet)
 
 
 def _bn(path: Path) -> list[ArraySlice]:
@@ -89,7 +98,8 @@ def _vgg(model: VGG) -> Structure:
         counts = iter(len(kept[f"masked_bn{i}"]) for i in range(n))
         return model.clone(widths=tuple(w if w == POOL else next(counts) for w in model.widths), mask=None)
 
-    return Structure(tuple(groups), rebuild, ("conv0", "kernel"))
+    folds = tuple(Fold((f"conv{i}",), (f"masked_bn{i}",)) for i in range(n))
+    return Structure(tuple(groups), rebuild, ("conv0", "kernel"), folds)
 
 
 def _preact_resnet(model: PreActResNet) -> Structure:
@@ -117,7 +127,10 @@ def _preact_resnet(model: PreActResNet) -> Structure:
         return model.clone(block_widths=tuple(block_widths), block_reads=tuple(block_reads),
                            final_reads=_compose(model.final_reads, kept["masked_bn_final"]), mask=None)
 
-    return Structure(tuple(groups), rebuild, ("stem", "kernel"))
+    # Only the BNs inside a branch follow a conv directly; the others read the residual stream.
+    folds = tuple(Fold((f"block{b}", f"conv{j + 1}"), (f"block{b}", f"masked_bn{j + 2}"))
+                  for b, widths in enumerate(inner) for j in range(len(widths)))
+    return Structure(tuple(groups), rebuild, ("stem", "kernel"), folds)
 
 
 def _densenet(model: DenseNet) -> Structure:
@@ -148,7 +161,13 @@ def _resnet(model: ResNet) -> Structure:
             tuple(len(kept[f"block{b}/masked_bn{j + 1}"]) for j in range(len(widths))) for b, widths in enumerate(inner)),
             mask=None)
 
-    return Structure(tuple(groups), rebuild, ("stem", "kernel"))
+    folds = [Fold(("stem",), ("bn_stem",))]
+    for b, widths in enumerate(inner):
+        blk = (f"block{b}",)
+        folds += [Fold(blk + (f"conv{j + 1}",), blk + (f"masked_bn{j + 1}",)) for j in range(len(widths))]
+        folds += [Fold(blk + (f"conv{len(widths) + 1}",), blk + (f"bn{len(widths) + 1}", "bn")),
+                  Fold(blk + ("proj",), blk + ("proj_bn", "bn"))]
+    return Structure(tuple(groups), rebuild, ("stem", "kernel"), tuple(folds))
 
 
 _DESCRIBERS: dict[type, Callable[[nn.Module], Structure]] = {

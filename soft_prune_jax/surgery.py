@@ -130,21 +130,30 @@ def slice_to(structure: Structure, variables, kept: Mapping[str, np.ndarray]):
             if key in flat:  # parts of an already-compact model may be absent
                 flat[key] = np.take(np.asarray(flat[key]), kept[group.name], axis=s.axis)
     compact = structure.rebuild(kept)
-    in_kernel = ("params",) + structure.input_kernel
+    return compact, fit_variables(compact, flat, structure.input_kernel)
+
+
+def fit_variables(model: nn.Module, flat: Mapping[tuple, np.ndarray], input_kernel) -> dict:
+    """The variables ``model`` expects, taken from ``flat`` ({(collection, *path): array}).
+
+    Arrays the model does not create (parts of removed blocks, empty kernels) are dropped; a missing
+    array or a wrong shape is an error, so a rebuilt model can never run on misfit variables.
+    """
+    in_kernel = ("params",) + tuple(input_kernel)
     if in_kernel not in flat:
-        raise SurgeryError(f"variables have no input conv kernel at {'/'.join(structure.input_kernel)}")
+        raise SurgeryError(f"variables have no input conv kernel at {'/'.join(input_kernel)}")
     in_channels = flat[in_kernel].shape[2]
     # Parameter shapes do not depend on the spatial size, so any size that survives the strides works.
-    target = jax.eval_shape(lambda: compact.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, in_channels)),
-                                                 train=False))
+    target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, in_channels)),
+                                               train=False))
     out = {}
     for key, leaf in traverse_util.flatten_dict(unfreeze(dict(target))).items():
         if key not in flat or tuple(flat[key].shape) != tuple(leaf.shape):
             got = None if key not in flat else tuple(flat[key].shape)
-            raise SurgeryError(f"{'/'.join(key)}: compact model expects shape {tuple(leaf.shape)}, sliced variables "
-                               f"give {got}")
+            raise SurgeryError(f"{'/'.join(key)}: {type(model).__name__} expects shape {tuple(leaf.shape)}, the "
+                               f"variables give {got}")
         out[key] = jnp.asarray(flat[key], dtype=leaf.dtype)
-    return compact, traverse_util.unflatten_dict(out)
+    return traverse_util.unflatten_dict(out)
 
 
 def masks_of(layer_plans: Mapping[str, LayerPlan]) -> dict[str, np.ndarray]:

@@ -46,6 +46,7 @@ class PreActBlock(nn.Module):
     reads: Reads = None
     mask: Optional[MaskConfig] = MaskConfig()
     axis_name: Optional[str] = None
+    bn_folded: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -65,10 +66,14 @@ class PreActBlock(nn.Module):
         strides = (1, self.stride, 1) if bottleneck else (self.stride, 1)
         widths = tuple(self.inner_widths) + (self.out_width,)
         h = u
+        last = len(widths) - 1
         for j, (width, kernel, stride) in enumerate(zip(widths, kernels, strides)):
             if j > 0:
-                h = MaskedBNReLU(self.mask, axis_name=self.axis_name, name=f"masked_bn{j + 1}")(h, train)
-            h = conv(h, width, kernel, stride, name=f"conv{j + 1}")
+                if self.bn_folded:  # this BN directly follows conv{j}: folded into it
+                    h = nn.relu(h)
+                else:
+                    h = MaskedBNReLU(self.mask, axis_name=self.axis_name, name=f"masked_bn{j + 1}")(h, train)
+            h = conv(h, width, kernel, stride, name=f"conv{j + 1}", use_bias=self.bn_folded and j < last)
         return shortcut + h
 
 
@@ -85,6 +90,9 @@ class PreActResNet(nn.Module):
     final_reads: Reads = None
     mask: Optional[MaskConfig] = MaskConfig()
     axis_name: Optional[str] = None
+    # Inference export: the BNs that directly follow a conv (inside blocks) are folded into it. The
+    # BNs that read the residual stream cannot be: a sum precedes them and ReLU follows them.
+    bn_folded: bool = False
 
     def full_block_widths(self) -> list[Tuple[int, ...]]:
         n = 2 if self.bottleneck else 1
@@ -104,7 +112,7 @@ class PreActResNet(nn.Module):
             for i in range(size):
                 x = PreActBlock(out_width, tuple(inner[b]), stride=(2 if s > 0 and i == 0 else 1), first=(i == 0),
                                 reads=reads[b], mask=self.mask, axis_name=self.axis_name,
-                                name=f"block{b}")(x, train)
+                                bn_folded=self.bn_folded, name=f"block{b}")(x, train)
                 b += 1
         x = MaskedBNReLU(self.mask, axis_name=self.axis_name, name="masked_bn_final")(
             select_channels(x, self.final_reads), train)

@@ -32,6 +32,7 @@ class VGG(nn.Module):
     num_classes: int = 10
     mask: Optional[MaskConfig] = MaskConfig()
     axis_name: Optional[str] = None
+    bn_folded: bool = False  # inference export: each BN folded into its conv (see fold.py)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -40,8 +41,12 @@ class VGG(nn.Module):
             if width == POOL:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
                 continue
-            x = conv(x, width, 3, name=f"conv{i}")
-            x = MaskedBNReLU(self.mask, keep_at_least_one=True, axis_name=self.axis_name, name=f"masked_bn{i}")(x, train)
+            x = conv(x, width, 3, name=f"conv{i}", use_bias=self.bn_folded)
+            if self.bn_folded:
+                x = nn.relu(x)
+            else:
+                x = MaskedBNReLU(self.mask, keep_at_least_one=True, axis_name=self.axis_name,
+                                 name=f"masked_bn{i}")(x, train)
             i += 1
         x = jnp.mean(x, axis=(1, 2))
         return classifier(x, self.num_classes)
