@@ -41,7 +41,8 @@ def _int_at_least(config, name: str, low: int) -> int:
 
 
 def _number_in(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False):
-    ok = _is_number(value) and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    ok = _is_number(value) and (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high)
     if not ok:
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"config.{name}={value!r} is invalid: expected a number in {interval}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -298,7 +299,7 @@ def report_phase(config, workdir, *, dataset, **_) -> dict:
         "pruning": report.to_dict(comparison),
         "compact_model": which,
     }
-    for name in ("train", "prune", "finetune", "evaluate", "benchmark"):
+    for name in ("train", "prune", "finetune", "evaluate", "benchmark", "timings"):
         path = os.path.join(workdir, f"{name}.json")
         if os.path.exists(path):
             with open(path) as f:
@@ -318,11 +319,13 @@ def _markdown(config, out: Mapping[str, Any], table: str, plot: Optional[str]) -
     lines = [f"# {config.model} on {config.dataset} ({config.method})", "", "| metric | value |", "|---|---|"]
     ev = out.get("evaluate")
     if ev:
-        lines += [f"| test accuracy, trained (hard masks) | {100 * ev['trained_hard_masked_accuracy']:.2f}% |",
-                  f"| test accuracy, compact before fine-tuning | {100 * ev['compact_accuracy_before_finetune']:.2f}% |"]
-        if "compact_accuracy_after_finetune" in ev:
-            lines.append(f"| test accuracy, compact after fine-tuning | {100 * ev['compact_accuracy_after_finetune']:.2f}% |")
-        lines.append(f"| max abs logit difference, hard-masked vs compact | {ev['max_abs_logit_diff_before_finetune']:.3g} |")
+        for key, label in (("trained_hard_masked_accuracy", "trained (hard masks)"),
+                           ("compact_accuracy_before_finetune", "compact before fine-tuning"),
+                           ("compact_accuracy_after_finetune", "compact after fine-tuning")):
+            if key in ev:
+                lines.append(f"| test accuracy, {label} | {100 * ev[key]:.2f}% |")
+        diff = ev["max_abs_logit_diff_before_finetune"]
+        lines.append(f"| max abs logit difference, hard-masked vs compact | {diff:.3g} |")
     lines += [f"| MACs per example | {s['dense_macs']:,} -> {s['compact_macs']:,} (-{s['macs_reduction_pct']:.2f}%) |",
               f"| parameters | {s['dense_params']:,} -> {s['compact_params']:,} (-{s['params_reduction_pct']:.2f}%) |",
               f"| channels of masked layers | {s['total_channels']:,} -> {s['kept_channels']:,} "
@@ -331,6 +334,9 @@ def _markdown(config, out: Mapping[str, Any], table: str, plot: Optional[str]) -
         lines.append(f"| latency at batch {row['batch_size']} (median, {out['benchmark']['device']}) | "
                      f"dense {row['dense']['median_ms']:.2f} ms, compact {row['compact']['median_ms']:.2f} ms, "
                      f"speed-up {row['speedup']:.2f}x (MACs ratio {out['benchmark']['mac_ratio']:.2f}x) |")
+    timings = out.get("timings") or {}
+    if timings:
+        lines.append("| wall time per phase (s) | " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + " |")
     fallback = (out.get("prune") or {}).get("kept_by_fallback")
     if fallback:
         lines += ["", f"Layers that would have lost every channel kept their lowest-pi channel: {', '.join(fallback)}."]
@@ -355,5 +361,18 @@ def run(config, workdir: str, phases: str | Sequence[str] = PHASES, *, dataset=N
     results = {}
     for name in phases:
         logging.info("phase %s (workdir %s)", name, workdir)
+        start = time.perf_counter()
         results[name] = _RUNNERS[name](config, workdir, dataset=dataset, devices=devices)
+        _record_seconds(workdir, name, time.perf_counter() - start)
     return results
+
+
+def _record_seconds(workdir: str, phase: str, seconds: float) -> None:
+    """WORKDIR/timings.json: wall seconds of the latest run of each phase (the report shows them)."""
+    path = os.path.join(workdir, "timings.json")
+    timings = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            timings = json.load(f)
+    timings[phase] = round(seconds, 2)
+    _write_json(workdir, "timings.json", timings)

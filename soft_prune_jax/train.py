@@ -411,14 +411,17 @@ def fit(config, workdir: str, phase: Phase, *, dataset=None, devices: Optional[S
 
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), phase.seed_offset)
     init_key, gumbel_key = jax.random.split(key)
-    variables = phase.variables if phase.variables is not None else init_variables(phase.model, init_key, info.input_shape)
+    variables = phase.variables
+    if variables is None:
+        variables = init_variables(phase.model, init_key, info.input_shape)
     tx = create_optimizer(config, lr_fn, variables["params"])
     checkpointer = ckpt_lib.TrainCheckpointer(ckpt_lib.checkpoint_dir(workdir, phase.name),
                                               max_to_keep=config.keep_checkpoints)
     host_state = checkpointer.restore_or(create_train_state(gumbel_key, variables, tx))
     start_step = int(host_state.step)
     if start_step:
-        logging.info("%s: resuming from step %d of %d (%s)", phase.name, start_step, total_steps, checkpointer.directory)
+        logging.info("%s: resuming from step %d of %d (%s)", phase.name, start_step, total_steps,
+                     checkpointer.directory)
 
     model = phase.model.clone(axis_name=AXIS)
     p_train = parallel.map(functools.partial(train_step, model=model, tx=tx, learning_rate_fn=lr_fn,

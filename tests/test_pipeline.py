@@ -125,7 +125,7 @@ def test_every_phase_leaves_its_outputs(e2e):
     workdir, results, _ = e2e
     assert set(results) == set(pipeline.PHASES)
     for name in ("config.json", "train.json", "prune.json", "finetune.json", "evaluate.json", "benchmark.json",
-                 "report.json", "report.md", "widths.png", "compact", "finetuned", "checkpoints/train",
+                 "timings.json", "report.json", "report.md", "widths.png", "compact", "finetuned", "checkpoints/train",
                  "checkpoints/finetune"):
         assert os.path.exists(os.path.join(workdir, name)), name
 
@@ -146,6 +146,7 @@ def test_report_fields(e2e):
     assert row["batch_size"] == 8 and row["dense"]["median_ms"] > 0 and row["compact"]["median_ms"] > 0
     assert row["speedup"] == pytest.approx(row["dense"]["median_ms"] / row["compact"]["median_ms"])
     assert report["train"]["steps"] == 2 * 16 and report["finetune"]["steps"] == 16
+    assert set(report["timings"]) == {"train", "prune", "finetune", "evaluate", "benchmark"}
 
 
 def test_phases_rerun_alone_and_workdir_guard(e2e):

@@ -36,7 +36,8 @@ def test_uninterrupted_run_learns_and_keeps_last_checkpoints(uninterrupted):
     assert os.path.isdir(os.path.join(workdir, "tensorboard", "train"))
     config = tiny_config()
     parallel = train.Parallel("pmap")
-    p_eval = parallel.map(lambda v, b: train.eval_step(v, b, model=tiny_phase(config).model.clone(axis_name=train.AXIS)))
+    model = tiny_phase(config).model.clone(axis_name=train.AXIS)
+    p_eval = parallel.map(lambda v, b: train.eval_step(v, b, model=model))
     metrics = train.evaluate(parallel, p_eval, parallel.replicate(result.state.variables),
                              data.eval_iterator(config, local_devices=1))
     assert metrics["count"] == 36
