@@ -1,0 +1,201 @@
+"""Writes docs/RESULTS.md: every number in it is measured by this script on the machine it runs on.
+
+    python scripts/make_results.py                      # train what is missing, benchmark, write the page
+    python scripts/make_results.py --skip_training      # only reuse finished Fashion-MNIST runs
+    python scripts/make_results.py --archs=resnet56,vgg16 --runs=50
+
+Sections:
+1. Fashion-MNIST: dense vs SCP vs Network Slimming (pruned to SCP's MACs) through the same pipeline
+   (configs/fashion_mnist.py, `--config.method=...`): accuracy, MACs, parameters, latency.
+2. Jitted latency of every architecture, dense vs compact, with random BN parameters pruning ~50% of
+   each masked layer's channels (launch/benchmark.py --random_prune=0.5 --round_to=8): CIFAR-size
+   models at batch 64, ImageNet ResNets at batch 1 (a 224x224 batch of 64 takes minutes per run on
+   2 CPU cores); plus the SCP train step against the plain one.
+3. The paper's CIFAR and ImageNet results beside the config that reproduces each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR_ARCHS = ["fmnist_cnn", "vgg16", "vgg19", "resnet56", "resnet110", "resnet164", "densenet40"]
+IMAGENET_ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101"]
+TRAIN_STEP_ARCHS = ["resnet56", "vgg16"]
+METHODS = ("scp", "dense", "slimming")
+
+# METHOD.md section 5: (dataset, net, baseline -> pruned accuracy, reductions, config)
+PAPER = [
+    ("CIFAR-10", "VGG-16", "93.85 -> 93.79", "channels 75%, params 93.05%, FLOPs 66.23%", "configs/cifar10_vgg16.py"),
+    ("CIFAR-10", "ResNet-56", "93.69 -> 93.23", "channels 45%, params 46.47%, FLOPs 51.20%", "configs/cifar10_resnet56.py"),
+    ("CIFAR-10", "DenseNet-40", "94.39 -> 93.77", "channels 81%, params 75.41%, FLOPs 70.77%",
+     "configs/cifar10_densenet40.py"),
+    ("CIFAR-100", "ResNet-164", "77.24 -> 76.62", "params 28.89%, FLOPs 45.36%", "configs/cifar100_resnet164.py"),
+    ("CIFAR-100", "DenseNet-40", "74.24 -> 73.84", "params 55.22%, FLOPs 46.25%", "configs/cifar100_densenet40.py"),
+    ("ILSVRC-12", "ResNet-50", "75.89 -> 74.20 top-1 (92.98 -> 92.00 top-5)", "FLOPs 54.3%",
+     "configs/imagenet_resnet50.py"),
+]
+
+
+def run(cmd: list[str], log: str) -> None:
+    print("$", " ".join(cmd), flush=True)
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        subprocess.run(cmd, cwd=ROOT, check=True, stdout=f, stderr=subprocess.STDOUT)
+
+
+def train_fashion_mnist(root: str, skip: bool, log: str) -> dict[str, dict]:
+    reports = {}
+    for method in METHODS:
+        workdir = os.path.join(root, f"fashion_mnist_{method}")
+        path = os.path.join(workdir, "report.json")
+        if not os.path.exists(path) and not skip:
+            cmd = [sys.executable, "launch/train.py", "--config=configs/fashion_mnist.py", f"--workdir={workdir}",
+                   f"--config.method={method}"]
+            if method == "slimming" and "scp" in reports:  # prune to SCP's MACs: a matched comparison
+                ratio = reports["scp"]["compact"]["macs"] / reports["scp"]["dense"]["macs"]
+                cmd.append(f"--config.slimming.target_macs_ratio={ratio:.4f}")
+            run(cmd, log)
+        if os.path.exists(path):
+            with open(path) as f:
+                reports[method] = json.load(f)
+    return reports
+
+
+def benchmark(arch: str, batch: int, runs: int, out_dir: str, log: str, train_step: bool = False) -> dict:
+    path = os.path.join(out_dir, f"bench_{arch}_b{batch}{'_train' if train_step else ''}.json")
+    imagenet = arch in IMAGENET_ARCHS
+    cmd = [sys.executable, "launch/benchmark.py", f"--model={arch}", f"--num_classes={1000 if imagenet else 10}",
+           f"--input_shape={'224,224,3' if imagenet else ('28,28,1' if arch == 'fmnist_cnn' else '32,32,3')}",
+           "--random_prune=0.5", "--round_to=8", f"--batch_sizes={batch}", f"--runs={runs}", f"--json={path}"]
+    if train_step:
+        cmd.append("--train_step")
+    run(cmd, log)
+    with open(path) as f:
+        return json.load(f)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _get(d: dict, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def fashion_section(reports: dict[str, dict]) -> list[str]:
+    lines = ["## 1. Fashion-MNIST: dense vs SCP vs Network Slimming", ""]
+    if not reports:
+        return lines + ["No finished run: `python scripts/make_results.py` trains them (about 15 minutes each on "
+                        "2 CPU cores).", ""]
+    lines += ["Same pipeline and config (`configs/fashion_mnist.py`), `--config.method=` scp / dense / slimming; "
+              "Network Slimming is pruned to SCP's MACs. Accuracy is on the 10,000 test images after "
+              "fine-tuning; latency at batch 64, median.", "",
+              "| method | test acc. (pruned) | MACs | params | kept channels | latency ms (dense -> compact) | speed-up |",
+              "|---|---|---|---|---|---|---|"]
+    for method, rep in reports.items():
+        lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
+            method,
+            _fmt(_get(rep, "compact", "test_accuracy"), pct=True),
+            _fmt_m(_get(rep, "compact", "macs")),
+            _fmt_m(_get(rep, "compact", "params")),
+            _get(rep, "compact", "channels", default="-"),
+            "{} -> {}".format(_fmt(_get(rep, "dense", "latency_ms")), _fmt(_get(rep, "compact", "latency_ms"))),
+            _fmt(_get(rep, "speedup"), suffix="x")))
+    lines.append("")
+    return lines
+
+
+def _fmt(v, pct=False, suffix=""):
+    if v is None:
+        return "-"
+    return f"{100 * v:.2f}%" if pct else f"{v:.2f}{suffix}"
+
+
+def _fmt_m(v):
+    return "-" if v is None else f"{v / 1e6:.2f}M"
+
+
+def bench_section(results: list[dict], train_steps: list[tuple[str, dict]]) -> list[str]:
+    lines = ["## 2. Jitted inference latency, dense vs compact (random masks, ~50% of channels)", "",
+             "`python launch/benchmark.py --model=NAME --random_prune=0.5 --round_to=8 --batch_sizes=B --runs=R`. "
+             "Median of R timed runs after warm-up, AOT-compiled, inputs on the device. %sgemm: the model's "
+             "achieved FLOP rate over a jitted 2048^3 sgemm measured in the same run.", "",
+             "| model | batch | MACs dense -> compact | MAC ratio | dense ms | compact ms | speed-up | speed-up / MAC ratio "
+             "| %sgemm dense / compact |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, res in results:
+        for row in res["rows"]:
+            lines.append("| {} | {} | {} -> {} | {:.2f}x | {:.2f} | {:.2f} | {:.2f}x | {:.2f} | {:.0f}% / {:.0f}% |".format(
+                name, row["batch_size"], _fmt_m(res["dense"]["macs"]), _fmt_m(res["compact"]["macs"]),
+                res["mac_ratio"], row["dense"]["median_ms"], row["compact"]["median_ms"], row["speedup"],
+                row["speedup_over_mac_ratio"], 100 * row["dense_sgemm_fraction"], 100 * row["compact_sgemm_fraction"]))
+    lines.append("")
+    if train_steps:
+        lines += ["Training-step overhead (the SCP train step against the plain step of the same model and batch, "
+                  "same run):", "", "| model | batch | plain ms | SCP ms | ratio |", "|---|---|---|---|---|"]
+        for name, res in train_steps:
+            ts = res.get("train_step") or {}
+            lines.append("| {} | {} | {} | {} | {} |".format(
+                name, ts.get("batch_size", "-"), _fmt(_get(ts, "plain", "median_ms")),
+                _fmt(_get(ts, "scp", "median_ms")), _fmt(ts.get("ratio"), suffix="x")))
+        lines.append("")
+    return lines
+
+
+def paper_section() -> list[str]:
+    lines = ["## 3. The paper's results and the configs that reproduce them", "",
+             "Published numbers (Kang & Han, ICML 2020; ../shared/METHOD.md section 5). Not yet reproduced here: "
+             "they need the datasets and GPUs (CIFAR: one GPU, 160 epochs, a few hours; ImageNet: 4 GPUs, "
+             "100 epochs, total batch 256, days).", "",
+             "| dataset | net | accuracy (baseline -> pruned) | reductions | config | command |", "|---|---|---|---|---|---|"]
+    for dataset, net, acc, red, cfg in PAPER:
+        lines.append(f"| {dataset} | {net} | {acc} | {red} | `{cfg}` | "
+                     f"`python launch/train.py --config={cfg} --workdir=workdirs/{os.path.basename(cfg)[:-3]}` |")
+    lines.append("")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "RESULTS.md"))
+    parser.add_argument("--workdir_root", default=os.path.join(ROOT, "workdirs", "results"))
+    parser.add_argument("--skip_training", action="store_true")
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--archs", default=",".join(CIFAR_ARCHS + IMAGENET_ARCHS))
+    args = parser.parse_args()
+    os.makedirs(args.workdir_root, exist_ok=True)
+    log = os.path.join(args.workdir_root, "make_results.log")
+    reports = train_fashion_mnist(args.workdir_root, args.skip_training, log)
+    results, train_steps = [], []
+    for arch in [a for a in args.archs.split(",") if a]:
+        batch = 1 if arch in IMAGENET_ARCHS else 64
+        results.append((arch, benchmark(arch, batch, args.runs, args.workdir_root, log)))
+    for arch in TRAIN_STEP_ARCHS:
+        if arch in args.archs.split(","):
+            train_steps.append((arch, benchmark(arch, 64, args.runs, args.workdir_root, log, train_step=True)))
+    device = results[0][1]["device"] if results else platform.processor()
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# Results", "",
+             f"Written by `python scripts/make_results.py` on {now}. Machine: {device}, "
+             f"{os.cpu_count()} CPU cores, Python {platform.python_version()}. Every number below comes from that run "
+             "(raw JSON and logs in the workdir root it names).", ""]
+    lines += fashion_section(reports) + bench_section(results, train_steps) + paper_section()
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
