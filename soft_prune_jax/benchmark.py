@@ -92,6 +92,31 @@ def time_compiled(fn: Callable, args: Sequence[Any], *, runs: int = DEFAULT_RUNS
     return {**summarize(seconds), "compile_s": compile_s}
 
 
+def time_interleaved(calls: Mapping[str, tuple[Callable, Sequence[Any]]], *, runs: int = DEFAULT_RUNS,
+                     warmup: int = DEFAULT_WARMUP) -> dict[str, dict[str, float]]:
+    """Times several ``{name: (fn, args)}`` by the same protocol, taking turns run by run.
+
+    On a shared machine the load drifts within seconds; alternating A, B, A, B, ... exposes every
+    function to the same drift, so their ratio is fairer than that of two back-to-back blocks.
+    """
+    _check_counts(runs, warmup)
+    compiled, placed, compile_s = {}, {}, {}
+    for name, (fn, args) in calls.items():
+        placed[name] = jax.device_put(tuple(args))
+        start = time.perf_counter()
+        compiled[name] = jax.jit(fn).lower(*placed[name]).compile()
+        compile_s[name] = time.perf_counter() - start
+        for _ in range(warmup):
+            jax.block_until_ready(compiled[name](*placed[name]))
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(runs):
+        for name in calls:
+            start = time.perf_counter()
+            jax.block_until_ready(compiled[name](*placed[name]))
+            seconds[name].append(time.perf_counter() - start)
+    return {name: {**summarize(seconds[name]), "compile_s": compile_s[name]} for name in calls}
+
+
 def flop_rate(macs: float, milliseconds: float) -> float:
     """GFLOP/s of ``macs`` multiply-accumulates (2 FLOPs each) done in ``milliseconds``."""
     return 2.0 * macs / (milliseconds * 1e-3) / 1e9 if milliseconds > 0 else float("nan")
@@ -133,6 +158,10 @@ def _with_formulation(apply: Callable, formulation: Optional[str]) -> Callable:
 # Whole models.
 # ---------------------------------------------------------------------------------------------
 
+def _apply_eval(model: nn.Module, variables, x):
+    return model.apply(variables, x, train=False)
+
+
 def time_inference(model: nn.Module, variables: Mapping[str, Any], batch_size: int, *, runs: int = DEFAULT_RUNS,
                    warmup: int = DEFAULT_WARMUP, seed: int = 0, input_shape: Sequence[int] = (32, 32, 3),
                    conv_formulation: Optional[str] = None) -> dict[str, Any]:
@@ -145,7 +174,7 @@ def time_inference(model: nn.Module, variables: Mapping[str, Any], batch_size: i
     Returns: {median_ms, p10_ms, p90_ms, min_ms, runs, batch_size, device, compile_s}.
     """
     x = _input_batch(batch_size, input_shape, seed)
-    apply = _with_formulation(lambda v, x: model.apply(v, x, train=False), conv_formulation)
+    apply = _with_formulation(functools.partial(_apply_eval, model), conv_formulation)
     result = time_compiled(apply, (variables, x), runs=runs, warmup=warmup)
     return {**result, "batch_size": batch_size, "device": device_description()}
 
@@ -324,7 +353,7 @@ def compare(dense: nn.Module, dense_variables: Mapping[str, Any], compact: Optio
             conv_formulation: Optional[str] = None, seed: int = 0) -> dict[str, Any]:
     """Latency, MACs and FLOP rates of a dense model and (optionally) its compact version.
 
-    Per batch size: both timings, the speed-up, the MAC ratio (dense MACs / compact MACs), their
+    Per batch size: both timings (dense and compact take turns, ``time_interleaved``), the speed-up, the MAC ratio (dense MACs / compact MACs), their
     quotient (1.0 = the speed-up is all the MAC cut promises) and each model's GFLOP/s over the
     sgemm rate. The sgemm rate is measured before and after the model timings (a gap between the
     two means the machine's load changed meanwhile); rates use the mean of the two.
@@ -348,12 +377,14 @@ def compare(dense: nn.Module, dense_variables: Mapping[str, Any], compact: Optio
         result["mac_ratio"] = result["dense"]["macs"] / max(result["compact"]["macs"], 1)
         result["macs_reduction_pct"] = 100.0 * (1.0 - result["compact"]["macs"] / result["dense"]["macs"])
     rows = []
+    device = device_description()
     for b in batch_sizes:
-        row: dict[str, Any] = {"batch_size": b}
-        for name, (model, variables) in models.items():
-            row[name] = time_inference(model, variables, b, runs=runs, warmup=warmup, seed=seed,
-                                       input_shape=input_shape, conv_formulation=conv_formulation)
-        rows.append(row)
+        x = _input_batch(b, input_shape, seed)
+        calls = {name: (_with_formulation(functools.partial(_apply_eval, model), conv_formulation), (variables, x))
+                 for name, (model, variables) in models.items()}
+        timings = time_interleaved(calls, runs=runs, warmup=warmup)  # dense and compact take turns
+        rows.append({"batch_size": b, **{name: {**t, "batch_size": b, "device": device}
+                                         for name, t in timings.items()}})
     result["sgemm_gflops_after"] = sgemm_rate(runs=runs, warmup=warmup)
     sgemm = 0.5 * (result["sgemm_gflops_before"] + result["sgemm_gflops_after"])
     result["sgemm_gflops"] = sgemm

@@ -93,6 +93,8 @@ def test_auto_rule():
     assert F.choose_formulation((64, 4, 4, 512), (3, 3, 512, 512), 2) == "im2col"  # output 2x2
     assert F.choose_formulation((64, 4, 4, 512), (3, 3, 512, 512), 1) == "xla"
     assert F.choose_formulation((64, 32, 32, 16), (3, 3, 16, 16), 1) == "xla"
+    assert F.choose_formulation((1, 4, 4, 512), (3, 3, 512, 512), 1) == "im2col"  # a 16-row GEMM
+    assert F.choose_formulation((1, 16, 16, 64), (3, 3, 64, 64), 1) == "xla"
 
 
 @pytest.mark.parametrize("call,match", [

@@ -1,0 +1,129 @@
+"""PyTorch (CPU, channels_last, eval) against jitted Flax on the same ResNet-56 shapes, batch 64.
+
+Not a test and not a dependency: needs ``pip install torch==2.13.0`` (CPU wheel). Times the dense
+pre-activation ResNet-56 and the same net with every block's inner width halved (1.93x fewer MACs),
+in one process, one framework after the other, with the same protocol (warm-up, N timed runs,
+median), and prints the load average next to the numbers because the machine may be shared.
+
+    python scripts/torch_vs_jax_resnet56.py --runs=30 --batch_size=64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import jax
+
+from soft_prune_jax import benchmark as B
+from soft_prune_jax.models import get_model
+from soft_prune_jax import flops
+
+
+def torch_resnet56(inner_widths, stage_widths=(16, 32, 64), stage_sizes=(9, 9, 9)):
+    """The same pre-activation ResNet-56 as soft_prune_jax.models.PreActResNet(mask=None)."""
+    import torch.nn as tnn
+
+    class Block(tnn.Module):
+        def __init__(self, cin, inner, cout, stride, first):
+            super().__init__()
+            self.first = first
+            self.bn1 = tnn.BatchNorm2d(cin)
+            self.proj = tnn.Conv2d(cin, cout, 1, stride, bias=False) if first else None
+            self.conv1 = tnn.Conv2d(cin, inner, 3, stride, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(inner)
+            self.conv2 = tnn.Conv2d(inner, cout, 3, 1, 1, bias=False)
+            self.relu = tnn.ReLU(inplace=False)
+
+        def forward(self, x):
+            u = self.relu(self.bn1(x))
+            shortcut = self.proj(u) if self.first else x
+            h = self.conv1(u)
+            h = self.conv2(self.relu(self.bn2(h)))
+            return shortcut + h
+
+    class Net(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
+            blocks, cin, b = [], 16, 0
+            for s, (size, w) in enumerate(zip(stage_sizes, stage_widths)):
+                for i in range(size):
+                    blocks.append(Block(cin, inner_widths[b][0], w, 2 if s > 0 and i == 0 else 1, i == 0))
+                    cin, b = w, b + 1
+            self.blocks = tnn.Sequential(*blocks)
+            self.bn = tnn.BatchNorm2d(cin)
+            self.head = tnn.Linear(cin, 10)
+
+        def forward(self, x):
+            x = self.blocks(self.stem(x))
+            x = tnn.functional.relu(self.bn(x)).mean((2, 3))
+            return self.head(x)
+
+    return Net()
+
+
+def time_torch(net, batch_size, runs, warmup):
+    import torch
+    net = net.eval().to(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            net(x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            net(x)
+            times.append(time.perf_counter() - start)
+    return B.summarize(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--json", default=None, help="write the results to this path")
+    parser.add_argument("--torch_threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = parser.parse_args()
+    import torch
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+
+    full = [(w,) for w in (16, 32, 64) for _ in range(9)]
+    halved = [(w // 2,) for (w,) in full]
+    results = {"device": B.device_description(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+               "jax": jax.__version__, "batch_size": args.batch_size, "load_average_before": list(os.getloadavg()),
+               "sgemm_gflops": B.sgemm_rate(runs=args.runs), "rows": []}
+    for name, widths in (("dense", full), ("halved", halved)):
+        model = get_model("resnet56", 10, mask=None, block_widths=tuple(widths))
+        variables = model.init(jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3)))
+        macs = flops.count(model, variables, (32, 32, 3)).macs
+        row = {"model": name, "macs": macs}
+        row["torch_channels_last"] = time_torch(torch_resnet56(widths), args.batch_size, args.runs, args.warmup)
+        for label, formulation in (("jax_xla", None), ("jax_fast_conv_auto", "auto")):
+            row[label] = B.time_inference(model, variables, args.batch_size, runs=args.runs, warmup=args.warmup,
+                                          conv_formulation=formulation)
+        results["rows"].append(row)
+    results["load_average_after"] = list(os.getloadavg())
+    print(f"{results['device']}, torch {results['torch']} ({results['torch_threads']} threads), jax {results['jax']}, "
+          f"batch {args.batch_size}, sgemm {results['sgemm_gflops']:.0f} GFLOP/s, load "
+          f"{results['load_average_before'][0]:.2f} -> {results['load_average_after'][0]:.2f}")
+    print(f"{'model':<8} {'MMACs':>7} | {'torch cl ms':>11} | {'jax xla ms':>10} | {'jax auto ms':>11}")
+    for row in results["rows"]:
+        print(f"{row['model']:<8} {row['macs'] / 1e6:>7.1f} | {row['torch_channels_last']['median_ms']:>11.1f} | "
+              f"{row['jax_xla']['median_ms']:>10.1f} | {row['jax_fast_conv_auto']['median_ms']:>11.1f}")
+    d, h = results["rows"]
+    for label in ("torch_channels_last", "jax_xla", "jax_fast_conv_auto"):
+        print(f"speed-up dense/halved {label}: {d[label]['median_ms'] / h[label]['median_ms']:.2f}x "
+              f"(MAC ratio {d['macs'] / h['macs']:.2f}x)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
