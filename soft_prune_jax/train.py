@@ -234,6 +234,9 @@ class Parallel:
             raise ValueError(f"parallel={kind!r} is invalid: expected one of {', '.join(PARALLEL_KINDS)}")
         self.kind = kind
         self.devices = list(devices) if devices is not None else jax.local_devices()
+        # pmap's own default (None) maps over the local devices but reduces over every process's devices;
+        # passing jax.local_devices() explicitly would confine pmean/psum to this process (multi-host bug).
+        self._pmap_devices = list(devices) if devices is not None else None
         if kind == "shard_map":
             # Multi-process: the mesh spans every process's devices; each supplies its local shard.
             mesh_devices = self.devices if devices is not None or jax.process_count() == 1 else jax.devices()
@@ -248,7 +251,7 @@ class Parallel:
     def map(self, fn: Callable, *, donate_first: bool = False) -> Callable:
         donate = (0,) if donate_first and self.devices[0].platform != "cpu" else ()
         if self.kind == "pmap":
-            return jax.pmap(fn, axis_name=AXIS, devices=self.devices, donate_argnums=donate)
+            return jax.pmap(fn, axis_name=AXIS, devices=self._pmap_devices, donate_argnums=donate)
         # check_vma=False keeps pmap's semantics: a replicated input's gradient is the per-device one and
         # the step's explicit pmean averages it (with vma checking, shard_map would sum it implicitly).
         mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False)
@@ -261,7 +264,7 @@ class Parallel:
         """
         if self.kind == "pmap":
             stacked = jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * len(self.devices)), tree)
-            return jax.pmap(lambda t: t, axis_name=AXIS, devices=self.devices)(stacked)
+            return jax.pmap(lambda t: t, axis_name=AXIS, devices=self._pmap_devices)(stacked)
         host = jax.tree_util.tree_map(
             lambda x: jax.make_array_from_process_local_data(self._replicated, np.asarray(x)), tree)
         return jax.jit(lambda t: t, out_shardings=self._replicated)(host)
