@@ -219,17 +219,17 @@ def layer_shapes(model: nn.Module, variables: Mapping[str, Any], batch_size: int
 
     def record(next_fun, args, kwargs, context):
         module = context.module
-        if context.method_name == "__call__" and type(module) in (nn.Conv, nn.Dense):
+        if context.method_name == "__call__" and type(module) in (nn.Conv, fast_conv.Conv, nn.Dense):
             kernel_shape = tuple(module.get_variable("params", "kernel").shape)
-            if isinstance(module, nn.Conv):
+            if isinstance(module, nn.Dense):
+                rows.append(LayerShape("/".join(module.path), "dense", tuple(args[0].shape), kernel_shape, (1, 1),
+                                       None))
+            else:
                 strides = fast_conv._pair(module.strides if module.strides is not None else 1, "strides")
                 padding = module.padding
                 padding = padding.upper() if isinstance(padding, str) else tuple(map(tuple, padding))
                 rows.append(LayerShape("/".join(module.path), "conv", tuple(args[0].shape), kernel_shape, strides,
                                        padding))
-            else:
-                rows.append(LayerShape("/".join(module.path), "dense", tuple(args[0].shape), kernel_shape, (1, 1),
-                                       None))
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):

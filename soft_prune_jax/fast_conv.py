@@ -184,17 +184,22 @@ class Conv(nn.Module):
 
 @contextlib.contextmanager
 def flax_conv_formulation(formulation: Optional[str] = "auto"):
-    """Within this context, every applied ``nn.Conv`` (2-D, undilated, one group) runs through ``conv2d``.
+    """Within this context, every applied ``nn.Conv`` (2-D, undilated, one group) runs through ``conv2d``,
+    and every ``Conv`` of this module uses ``formulation`` instead of its own.
 
     For measuring existing models with another formulation without touching their code (the
     parameters are read from the bound module, so it only changes ``apply``, not ``init``).
-    ``None`` or 'xla' leaves the convs alone.
+    ``None`` leaves all convs alone; 'xla' leaves ``nn.Conv`` alone and sets ``Conv`` to 'xla'.
     """
     if formulation is not None and formulation not in FORMULATIONS:
         raise ValueError(f"formulation={formulation!r} is invalid: expected None or one of {', '.join(FORMULATIONS)}")
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
+        if type(module) is Conv and context.method_name == "__call__" and formulation is not None:
+            x, kernel = args[0], module.get_variable("params", "kernel")
+            y = conv2d(x.astype(module.dtype), kernel.astype(module.dtype), module.strides, module.padding, formulation)
+            return y + module.get_variable("params", "bias").astype(module.dtype) if module.use_bias else y
         if (formulation in (None, "xla") or type(module) is not nn.Conv or context.method_name != "__call__"
                 or not module.has_variable("params", "kernel") or module.feature_group_count != 1
                 or module.kernel_dilation not in (None, 1, (1, 1)) or module.input_dilation not in (None, 1, (1, 1))

@@ -118,6 +118,10 @@ def test_conv_module_restores_nn_conv_parameters():
     fast = F.Conv(4, (3, 3), use_bias=True, formulation="im2col")
     assert jax.tree.map(jnp.shape, fast.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
     np.testing.assert_allclose(fast.apply(variables, x), dense_conv.apply(variables, x), rtol=1e-5, atol=1e-5)
+    fast = F.Conv(4, (3, 3), use_bias=True)  # 'auto': im2col on a 2x2 input, unless overridden
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(fast.apply)(variables, x))
+    with F.flax_conv_formulation("xla"):
+        assert "conv_general_dilated" in str(jax.make_jaxpr(lambda v, x: fast.apply(v, x))(variables, x))
 
 
 def test_flax_conv_formulation_swaps_the_convs_of_a_model():
