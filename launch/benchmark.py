@@ -165,9 +165,9 @@ def main(argv):
         step = B.time_train_step(scp, dense_vars, largest, input_shape=input_shape, runs=max(5, FLAGS.runs // 5),
                                  conv_formulation=formulation)
         result["train_step"] = step
-        print(f"\ntrain step, batch {largest}: plain {step['plain']['median_ms']:.1f} ms "
-              f"(again: {step['plain_again']['median_ms']:.1f}), SCP {step['scp']['median_ms']:.1f} ms, "
-              f"ratio {step['ratio']:.3f}", file=human)
+        print(f"\ntrain step, batch {largest} (interleaved): plain {step['plain']['median_ms']:.1f} ms "
+              f"(p10-p90 {step['plain']['p10_ms']:.1f}-{step['plain']['p90_ms']:.1f}), SCP {step['scp']['median_ms']:.1f} ms "
+              f"(p10-p90 {step['scp']['p10_ms']:.1f}-{step['scp']['p90_ms']:.1f}), ratio {step['ratio']:.3f}", file=human)
 
     if FLAGS.json == "-":
         json.dump(result, sys.stdout, indent=1)
