@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 from jax import lax
 
+from soft_prune_jax import benchmark, config_validation, export, flops, report, surgery
 from soft_prune_jax import checkpoint as ckpt_lib
 from soft_prune_jax import masks as M
 from soft_prune_jax import train as T
@@ -93,15 +94,10 @@ def trained_variables(config, workdir: str) -> dict:
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
-def _export():
-    from soft_prune_jax import export  # written by another module owner; imported where used
-    return export
-
-
 def final_compact(workdir: str):
     """(model, variables, which): the fine-tuned compact model if there is one, else the pruned one."""
     name = FINETUNED_DIR if os.path.isdir(os.path.join(workdir, FINETUNED_DIR)) else COMPACT_DIR
-    model, variables = _export().load_compact(os.path.join(workdir, name))
+    model, variables = export.load_compact(os.path.join(workdir, name))
     return model, variables, name
 
 
@@ -122,18 +118,21 @@ def slimming_masks(params, keep_ratio: float) -> dict[str, np.ndarray]:
     return {name: (score >= threshold).astype(np.float32) for name, score in layers.items()}
 
 
+def mask_override(config, params) -> Optional[dict[str, np.ndarray]]:
+    """Masks that replace the model's own hard masks in surgery: Network Slimming's, else None."""
+    if config.method != "slimming":
+        return None
+    return slimming_masks(params, float(config.slimming.target_channel_ratio))
+
+
 def effective_masks(config, model, variables) -> dict[str, np.ndarray]:
     """The 0/1 masks whose hard-masked network the compact model reproduces exactly."""
-    from soft_prune_jax import surgery
-    override = None
-    if config.method == "slimming":
-        override = slimming_masks(variables["params"], float(config.slimming.target_channel_ratio))
+    override = mask_override(config, variables["params"])
     return surgery.masks_of(surgery.plan(model, variables, round_to=int(config.round_to), masks=override))
 
 
 def make_macs_fn(model, input_shape) -> Callable[[Mapping[str, Any]], dict]:
     """variables -> {'macs', 'ratio'}: MACs of the network the current hard masks leave (for progress)."""
-    from soft_prune_jax import flops, surgery
     dense_macs = flops.count(model, None, input_shape).macs
 
     def macs_fn(variables):
@@ -160,16 +159,13 @@ def train_phase(config, workdir, *, dataset, devices=None) -> dict:
 
 
 def prune_phase(config, workdir, **_) -> dict:
-    from soft_prune_jax import surgery
     model = T.create_model(config)
     variables = trained_variables(config, workdir)
-    override = None
-    if config.method == "slimming":
-        override = slimming_masks(variables["params"], float(config.slimming.target_channel_ratio))
+    override = mask_override(config, variables["params"])
     plans = surgery.plan(model, variables, round_to=int(config.round_to), masks=override)
     compact, compact_vars = surgery.prune(model, variables, round_to=int(config.round_to), masks=override)
     # overwrite: rerunning the phase on its own recomputes the same compact model from the same checkpoint.
-    _export().save_compact(os.path.join(workdir, COMPACT_DIR), compact, compact_vars, overwrite=True,
+    export.save_compact(os.path.join(workdir, COMPACT_DIR), compact, compact_vars, overwrite=True,
                            extra={"source": "prune", "method": config.method, "round_to": int(config.round_to)})
     summary = {
         "kept_channels": {name: len(p.kept) for name, p in plans.items()},
@@ -187,14 +183,14 @@ def finetune_phase(config, workdir, *, dataset, devices=None) -> dict:
         summary = {"skipped": True, "reason": "finetune_epochs=0"}
         _write_json(workdir, "finetune.json", summary)
         return summary
-    model, variables = _export().load_compact(os.path.join(workdir, COMPACT_DIR))
+    model, variables = export.load_compact(os.path.join(workdir, COMPACT_DIR))
     # The same schedule shape: the boundaries keep their fraction of the run.
     scale = epochs / float(config.num_epochs)
     phase = T.Phase("finetune", model, float(config.finetune_learning_rate), epochs,
                     lr_boundaries=tuple(b * scale for b in config.lr_boundaries), variables=variables,
                     seed_offset=1)
     result = T.fit(config, workdir, phase, dataset=dataset, devices=devices)
-    _export().save_compact(os.path.join(workdir, FINETUNED_DIR), model, result.state.variables, overwrite=True,
+    export.save_compact(os.path.join(workdir, FINETUNED_DIR), model, result.state.variables, overwrite=True,
                            extra={"source": "finetune", "epochs": epochs})
     summary = {"skipped": False, "steps": result.steps, "train_metrics": result.train_metrics,
                "validation": result.validation}
@@ -220,14 +216,13 @@ def _compare_step(pair, batch, *, reference: Callable, compact_model, axis_name=
 
 
 def evaluate_phase(config, workdir, *, dataset, devices=None) -> dict:
-    from soft_prune_jax import surgery
     parallel = T.Parallel(config.parallel, devices)
     T.check_global_batch(config.eval_batch_size, parallel.num_local_devices * jax.process_count(),
                          what="eval_batch_size")
     model = T.create_model(config)
     variables = trained_variables(config, workdir)
     masks = effective_masks(config, model, variables)
-    compact, compact_vars = _export().load_compact(os.path.join(workdir, COMPACT_DIR))
+    compact, compact_vars = export.load_compact(os.path.join(workdir, COMPACT_DIR))
 
     def reference(v, x):  # the trained network under the masks the surgery cut by
         return surgery.apply_with_masks(model, v, masks, x)
@@ -250,7 +245,7 @@ def evaluate_phase(config, workdir, *, dataset, devices=None) -> dict:
         "max_abs_logit_diff_before_finetune": float(totals["max_logit_diff"]),
     }
     if os.path.isdir(os.path.join(workdir, FINETUNED_DIR)):
-        tuned, tuned_vars = _export().load_compact(os.path.join(workdir, FINETUNED_DIR))
+        tuned, tuned_vars = export.load_compact(os.path.join(workdir, FINETUNED_DIR))
         p_eval = parallel.map(functools.partial(T.eval_step, model=tuned))
         batches = dataset.eval_iterator(config, local_devices=parallel.num_local_devices, split="test")
         summary["compact_accuracy_after_finetune"] = T.evaluate(parallel, p_eval, parallel.replicate(tuned_vars),
@@ -268,7 +263,6 @@ def benchmark_phase(config, workdir, *, dataset, **_) -> dict:
     ``benchmark.compare`` also reports each model's FLOP rate against the machine's sgemm rate, so a
     speed-up (or its absence) caused by a slow conv shape cannot hide.
     """
-    from soft_prune_jax import benchmark
     # The dense architecture with the trained weights (masks off): what pruning is measured against.
     dense = T.create_model(config, mask=None)
     variables = trained_variables(config, workdir)
@@ -286,7 +280,6 @@ def benchmark_phase(config, workdir, *, dataset, **_) -> dict:
 
 
 def report_phase(config, workdir, *, dataset, **_) -> dict:
-    from soft_prune_jax import flops, report
     input_shape = tuple(dataset.get_dataset_info(config).input_shape)
     dense_model = T.create_model(config)
     variables = trained_variables(config, workdir)
@@ -353,7 +346,6 @@ _RUNNERS = {"train": train_phase, "prune": prune_phase, "finetune": finetune_pha
 def run(config, workdir: str, phases: str | Sequence[str] = PHASES, *, dataset=None,
         devices: Optional[Sequence[jax.Device]] = None) -> dict:
     """Validates the config, records it in the workdir (refusing a different one) and runs ``phases``."""
-    from soft_prune_jax import config_validation
     phases = parse_phases(phases)
     config_validation.validate(config, num_devices=len(devices) * jax.process_count() if devices else None)
     ckpt_lib.ensure_workdir_config(workdir, config)
