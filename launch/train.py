@@ -6,14 +6,16 @@
 
 Phases (default: all, in this order): train, prune, finetune, evaluate, benchmark, report.
 Killed and started again with the same command, a run resumes from its last checkpoint; a workdir
-holding a run of another config is refused. Multi-host: set --config.distributed.coordinator_address,
-num_processes and process_id (or leave them None where the cluster environment provides them).
+holding a run of another config is refused. Multi-host: run the same command on every host with
+--config.distributed.coordinator_address, num_processes and process_id (or leave them None where
+the cluster environment provides them, e.g. SLURM); --config.batch_size is the global batch.
 """
 
 from __future__ import annotations
 
 import logging as py_logging
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -41,11 +43,10 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     import jax
 
+    from soft_prune_jax import distributed
+
     config = FLAGS.config
-    dist = config.distributed
-    if dist.coordinator_address is not None or dist.num_processes is not None:
-        jax.distributed.initialize(coordinator_address=dist.coordinator_address, num_processes=dist.num_processes,
-                                   process_id=dist.process_id)
+    distributed.initialize(config)  # joins the multi-host runtime only when the config or environment asks
     try:  # TensorFlow (the input pipeline) must leave the accelerators to JAX
         import tensorflow as tf
         tf.config.experimental.set_visible_devices([], "GPU")
@@ -54,8 +55,14 @@ def main(argv):
     logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
 
-    from soft_prune_jax import pipeline
-    pipeline.run(config, FLAGS.workdir, FLAGS.phases)
+    from soft_prune_jax import checkpoint, config_validation, pipeline
+    try:  # a bad config or a foreign workdir is one line, before any compute
+        phases = pipeline.parse_phases(FLAGS.phases)
+        config_validation.validate(config)
+        checkpoint.ensure_workdir_config(FLAGS.workdir, config)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    pipeline.run(config, FLAGS.workdir, phases)
 
 
 if __name__ == "__main__":
