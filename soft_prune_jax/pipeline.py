@@ -291,6 +291,7 @@ def report_phase(config, workdir, *, dataset, **_) -> dict:
         "macs_convention": "multiply-accumulates per example of conv and dense layers (FLOPs = 2 x MACs)",
         "pruning": report.to_dict(comparison),
         "compact_model": which,
+        "config": ckpt_lib.config_to_dict(config),
     }
     for name in ("train", "prune", "finetune", "evaluate", "benchmark", "timings"):
         path = os.path.join(workdir, f"{name}.json")
