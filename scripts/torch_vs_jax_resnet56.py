@@ -2,10 +2,13 @@
 
 Not a test and not a dependency: needs ``pip install torch==2.13.0`` (CPU wheel). Times the dense
 pre-activation ResNet-56 and the same net with every block's inner width halved (1.93x fewer MACs),
-in one process, one framework after the other, with the same protocol (warm-up, N timed runs,
-median), and prints the load average next to the numbers because the machine may be shared.
+in one process with the same protocol (warm-up, then N rounds in which every model runs once, so
+load drift hits all of them alike; median and min), and prints the load average next to the numbers because the machine may be shared.
 
-    python scripts/torch_vs_jax_resnet56.py --runs=30 --batch_size=64
+    OMP_WAIT_POLICY=PASSIVE python scripts/torch_vs_jax_resnet56.py --runs=30 --batch_size=64
+
+(OMP_WAIT_POLICY=PASSIVE keeps torch's idle OpenMP threads from spinning against the other framework
+and against other users of a shared machine; without it torch measured 10x slower here under load.)
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 import jax
@@ -66,19 +68,40 @@ def torch_resnet56(inner_widths, stage_widths=(16, 32, 64), stage_sizes=(9, 9, 9
     return Net()
 
 
-def time_torch(net, batch_size, runs, warmup):
+def torch_call(net, batch_size):
+    """A no-argument callable running ``net`` once in eval / inference mode, channels_last."""
     import torch
     net = net.eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
-    with torch.inference_mode():
+
+    def call():
+        with torch.inference_mode():
+            net(x)
+
+    return call
+
+
+def jax_call(model, variables, batch_size, formulation):
+    """A no-argument callable running the AOT-compiled Flax model once, inputs already on the device."""
+    x = jax.device_put(jax.random.normal(jax.random.key(0), (batch_size, 32, 32, 3)))
+    variables = jax.device_put(variables)
+    apply = B._with_formulation(lambda v, x: model.apply(v, x, train=False), formulation)
+    compiled = jax.jit(apply).lower(variables, x).compile()
+    return lambda: jax.block_until_ready(compiled(variables, x))
+
+
+def time_round_robin(calls, runs, warmup):
+    """Every callable once per round, ``runs`` rounds: load drift on a shared machine hits all alike."""
+    for call in calls.values():
         for _ in range(warmup):
-            net(x)
-        times = []
-        for _ in range(runs):
+            call()
+    seconds = {name: [] for name in calls}
+    for _ in range(runs):
+        for name, call in calls.items():
             start = time.perf_counter()
-            net(x)
-            times.append(time.perf_counter() - start)
-    return B.summarize(times)
+            call()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: B.summarize(t) for name, t in seconds.items()}
 
 
 def main():
@@ -98,24 +121,28 @@ def main():
     results = {"device": B.device_description(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                "jax": jax.__version__, "batch_size": args.batch_size, "load_average_before": list(os.getloadavg()),
                "sgemm_gflops": B.sgemm_rate(runs=args.runs), "rows": []}
+    calls, macs = {}, {}
     for name, widths in (("dense", full), ("halved", halved)):
         model = get_model("resnet56", 10, mask=None, block_widths=tuple(widths))
         variables = model.init(jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3)))
-        macs = flops.count(model, variables, (32, 32, 3)).macs
-        row = {"model": name, "macs": macs}
-        row["torch_channels_last"] = time_torch(torch_resnet56(widths), args.batch_size, args.runs, args.warmup)
+        macs[name] = flops.count(model, variables, (32, 32, 3)).macs
+        calls[(name, "torch_channels_last")] = torch_call(torch_resnet56(widths), args.batch_size)
         for label, formulation in (("jax_xla", None), ("jax_fast_conv_auto", "auto")):
-            row[label] = B.time_inference(model, variables, args.batch_size, runs=args.runs, warmup=args.warmup,
-                                          conv_formulation=formulation)
-        results["rows"].append(row)
+            calls[(name, label)] = jax_call(model, variables, args.batch_size, formulation)
+    timings = time_round_robin(calls, args.runs, args.warmup)
+    for name in ("dense", "halved"):
+        results["rows"].append({"model": name, "macs": macs[name],
+                                **{label: t for (n, label), t in timings.items() if n == name}})
     results["load_average_after"] = list(os.getloadavg())
     print(f"{results['device']}, torch {results['torch']} ({results['torch_threads']} threads), jax {results['jax']}, "
           f"batch {args.batch_size}, sgemm {results['sgemm_gflops']:.0f} GFLOP/s, load "
           f"{results['load_average_before'][0]:.2f} -> {results['load_average_after'][0]:.2f}")
-    print(f"{'model':<8} {'MMACs':>7} | {'torch cl ms':>11} | {'jax xla ms':>10} | {'jax auto ms':>11}")
+    print("median ms (min ms), every model once per round:")
+    print(f"{'model':<8} {'MMACs':>7} | {'torch channels_last':>19} | {'jax xla':>15} | {'jax fast_conv auto':>18}")
     for row in results["rows"]:
-        print(f"{row['model']:<8} {row['macs'] / 1e6:>7.1f} | {row['torch_channels_last']['median_ms']:>11.1f} | "
-              f"{row['jax_xla']['median_ms']:>10.1f} | {row['jax_fast_conv_auto']['median_ms']:>11.1f}")
+        cells = [f"{row[k]['median_ms']:.1f} ({row[k]['min_ms']:.1f})"
+                 for k in ("torch_channels_last", "jax_xla", "jax_fast_conv_auto")]
+        print(f"{row['model']:<8} {row['macs'] / 1e6:>7.1f} | {cells[0]:>19} | {cells[1]:>15} | {cells[2]:>18}")
     d, h = results["rows"]
     for label in ("torch_channels_last", "jax_xla", "jax_fast_conv_auto"):
         print(f"speed-up dense/halved {label}: {d[label]['median_ms'] / h[label]['median_ms']:.2f}x "

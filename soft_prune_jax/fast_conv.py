@@ -13,6 +13,12 @@ pathological on a few (measured on a 2-core x86 CPU, jax 0.10.2, float32, batch 
 * Everywhere else XLA's conv beats im2col, often by 2-30x (32x32x16 -> 16: 3.5 ms vs 110 ms: the
   kh*kw patch copy dominates when channels are few), so 'auto' keeps it.
 
+Why: XLA:CPU (jax 0.10) hands a conv either to YNNPACK (a "ynn_fusion" in the compiled HLO;
+~145 GFLOP/s on 16x16x32 and 8x8x64 3x3 convs) or to its Eigen conv (~65-120 GFLOP/s with 16+
+channels, far less with fewer). Convs with fewer than 32 channels (ResNet-56's first stage, most
+pruned CIFAR layers) and the 2x2-input convs stay on Eigen; the 2x2 ones hit its pathology.
+Disabling YNNPACK (``--xla_cpu_experimental_ynn_fusion_type=``) puts every conv on Eigen.
+
 So ``conv2d`` offers several formulations of the same convolution, all numerically equal to
 ``lax.conv_general_dilated`` (up to float summation order):
 
