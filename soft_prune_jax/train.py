@@ -320,26 +320,46 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class _Summaries:
-    """TensorBoard (tensorboardX) writer for process 0; a no-op elsewhere."""
+    """TensorBoard (tensorboardX) writer for process 0; a no-op elsewhere.
+
+    tensorboardX writes from a thread that dies on an I/O error (disk full, directory gone), after
+    which its bounded queue fills and the training loop would block for ever. So the queue is made
+    larger than any number of events written between two checks, and every write first checks
+    that thread: a dead writer is a clear OSError instead of a hang.
+    """
+
+    _MAX_QUEUE = 10_000
 
     def __init__(self, logdir: str):
         self._writer = None
+        self._logdir = logdir
         if jax.process_index() == 0:
             from tensorboardX import SummaryWriter  # imported lazily: only the loop needs it
-            self._writer = SummaryWriter(logdir=logdir)
+            self._writer = SummaryWriter(logdir=logdir, max_queue=self._MAX_QUEUE)
+
+    def _alive(self) -> bool:
+        worker = getattr(getattr(getattr(self._writer, "file_writer", None), "event_writer", None), "_worker", None)
+        return worker is None or worker.is_alive()
+
+    def _check(self):
+        if not self._alive():
+            raise OSError(f"writing TensorBoard summaries to {self._logdir} failed (disk full or not writable?); "
+                          "the training checkpoints written so far are kept")
 
     def scalars(self, step: int, values: Mapping[str, float]):
         if self._writer is not None:
+            self._check()
             for name, value in values.items():
                 self._writer.add_scalar(name, float(value), step)
 
     def histograms(self, step: int, values: Mapping[str, np.ndarray]):
         if self._writer is not None:
+            self._check()
             for name, value in values.items():
                 self._writer.add_histogram(name, np.asarray(value), step)
 
     def close(self):
-        if self._writer is not None:
+        if self._writer is not None and self._alive():  # a dead writer has nothing left to flush
             self._writer.close()
 
 
