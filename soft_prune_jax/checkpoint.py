@@ -57,7 +57,10 @@ class TrainCheckpointer:
     def save(self, step: int, state: Any) -> None:
         """Saves ``state`` (any flax-serialisable pytree, on host or device) as checkpoint ``step``."""
         tree = jax.device_get(serialization.to_state_dict(state))
-        self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
+        try:  # an earlier asynchronous save's I/O error surfaces here or in wait_until_finished
+            self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
+        except OSError as e:
+            raise OSError(_write_failed(self.directory, e)) from e
 
     def restore(self, template: Any, step: Optional[int] = None) -> Any:
         """Restores checkpoint ``step`` (default: the newest) into the structure of ``template``."""
@@ -65,7 +68,11 @@ class TrainCheckpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         target = jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(jax.device_get(template)))
-        restored = self._manager.restore(int(step), args=ocp.args.StandardRestore(target))
+        # Read as stored, then compare: orbax would return stored shapes despite the target's, and fail
+        # obscurely on another tree structure.
+        restored = self.restore_raw(step)
+        _check_matches(target, restored, self.directory, step)
+        restored = jax.tree_util.tree_map(lambda t, r: np.asarray(r, dtype=t.dtype), target, restored)
         return serialization.from_state_dict(template, restored)
 
     def restore_raw(self, step: Optional[int] = None) -> dict:
@@ -77,17 +84,49 @@ class TrainCheckpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        return self._manager.restore(int(step), args=ocp.args.StandardRestore())
+        try:
+            return self._manager.restore(int(step), args=ocp.args.StandardRestore())
+        except Exception as e:  # orbax/tensorstore raise many types for truncated or foreign files
+            raise ValueError(_unreadable(self.directory, step, e)) from e
 
     def restore_or(self, template: Any) -> Any:
         """The newest checkpoint if there is one, else ``template`` itself (a fresh start)."""
         return template if self.latest_step() is None else self.restore(template)
 
     def wait_until_finished(self) -> None:
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except OSError as e:
+            raise OSError(_write_failed(self.directory, e)) from e
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _first_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+
+
+def _write_failed(directory: str, error: BaseException) -> str:
+    return (f"writing a checkpoint to {directory} failed ({_first_line(error)}): is the disk full or the directory "
+            "not writable? Complete checkpoints written before are kept")
+
+
+def _unreadable(directory: str, step: int, error: BaseException) -> str:
+    # Never repaired or deleted here: the user decides (move it away to resume from the one before).
+    return (f"checkpoint {step} in {directory} cannot be read ({_first_line(error)}); it is left untouched: "
+            "move that step's directory away to resume from the previous checkpoint, or use a new workdir")
+
+
+def _check_matches(target, restored, directory: str, step: int) -> None:
+    """A checkpoint of another model (other widths or layers) is refused, naming the first difference."""
+    def shapes(tree):
+        return {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+    want, got = shapes(target), shapes(restored)
+    if want != got:
+        key = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))[0]
+        raise ValueError(f"checkpoint {step} in {directory} does not fit this model: {key} is "
+                         f"{got.get(key, 'missing')} in the checkpoint, {want.get(key, 'absent')} in the model")
 
 
 def _comparable(config_dict: dict, ignore: Iterable[str]) -> dict:
