@@ -414,6 +414,55 @@ def _format_progress(name, step, total, rate, metrics, channels, macs) -> str:
     return line
 
 
+class _Progress:
+    """Checks the losses of finished steps, logs a progress line and writes TensorBoard summaries.
+
+    Device metrics are fetched only here (every log_every_steps and at epoch ends), so the host does
+    not wait on every step; a non-finite loss found here stops the run before the next save.
+    """
+
+    def __init__(self, phase, parallel, total_steps, start_step, checkpointer, macs_fn, summaries):
+        self.phase, self.parallel, self.total_steps = phase, parallel, total_steps
+        self.checkpointer, self.macs_fn, self.summaries = checkpointer, macs_fn, summaries
+        self.pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet checked
+        self.window: list[dict] = []  # checked host metrics since the last progress line
+        self.last_mean: dict = {}  # the mean metrics of the last progress line
+        self.last_saved = checkpointer.latest_step()
+        self._last_log = (time.perf_counter(), start_step)
+
+    def flush(self, step: int, state, *, log: bool) -> None:
+        for s, device_metrics in self.pending:
+            metrics = self.parallel.unreplicate(device_metrics)
+            if not np.isfinite(metrics["loss"]):
+                self.checkpointer.wait_until_finished()
+                raise FloatingPointError(
+                    f"non-finite loss {float(metrics['loss'])} at step {s} of phase {self.phase.name!r}; "
+                    f"the last good checkpoint (step {self.last_saved}) in {self.checkpointer.directory} is kept")
+            self.window.append({k: float(v) for k, v in metrics.items()})
+        self.pending.clear()
+        if log and self.window:
+            self._log(step, state)
+
+    def _log(self, step: int, state) -> None:
+        now = time.perf_counter()
+        rate = (step - self._last_log[1]) / max(now - self._last_log[0], 1e-9)
+        self._last_log = (now, step)
+        mean = self.last_mean = _mean_metrics(self.window)
+        self.window.clear()
+        host = self.parallel.unreplicate(state)
+        channels = channel_summary(host.params, self.phase.mask)
+        macs = self.macs_fn(host.variables) if self.macs_fn is not None else None
+        logging.info(_format_progress(self.phase.name, step, self.total_steps, rate, mean, channels, macs))
+        scalars = {f"train/{k}": v for k, v in mean.items()} | {"train/steps_per_second": rate}
+        if channels is not None:
+            scalars |= {"channels/kept": channels["kept"], "channels/kept_ratio": channels["ratio"]}
+            scalars |= {f"kept_channels/{n}": k for n, (k, _) in channels["per_layer"].items()}
+            self.summaries.histograms(step, {f"pi/{n}": pi for n, pi in channels["pi"].items()})
+        if macs is not None:
+            scalars |= {"macs/expected": macs["macs"], "macs/ratio": macs["ratio"]}
+        self.summaries.scalars(step, scalars)
+
+
 def fit(config, workdir: str, phase: Phase, *, dataset=None, devices: Optional[Sequence[jax.Device]] = None,
         macs_fn: Optional[Callable[[Any], dict]] = None) -> FitResult:
     """Trains ``phase.model`` for ``phase.num_epochs``, resuming from WORKDIR/checkpoints/<phase>.
@@ -451,46 +500,10 @@ def fit(config, workdir: str, phase: Phase, *, dataset=None, devices: Optional[S
                                              regulariser=phase.regulariser), donate_first=True)
     p_eval = parallel.map(functools.partial(eval_step, model=model))
     state = parallel.replicate(host_state)
-    summaries = _Summaries(os.path.join(workdir, "tensorboard", phase.name))
+    progress = _Progress(phase, parallel, total_steps, start_step, checkpointer, macs_fn,
+                         _Summaries(os.path.join(workdir, "tensorboard", phase.name)))
     log_every = max(1, int(config.log_every_steps))
-    pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet checked/logged
-    window: list[dict] = []
-    last_mean: dict = {}  # the mean metrics of the last logged window
-    last_saved = checkpointer.latest_step()
-    last_log = (time.perf_counter(), start_step)
     validation = None
-
-    def flush(step: int, log: bool):
-        """Fetches pending metrics, stops on a non-finite loss, logs a progress line."""
-        nonlocal last_log, last_mean
-        for s, device_metrics in pending:
-            metrics = parallel.unreplicate(device_metrics)
-            if not np.isfinite(metrics["loss"]):
-                checkpointer.wait_until_finished()
-                raise FloatingPointError(
-                    f"non-finite loss {float(metrics['loss'])} at step {s} of phase {phase.name!r}; "
-                    f"the last good checkpoint (step {last_saved}) in {checkpointer.directory} is kept")
-            window.append({k: float(v) for k, v in metrics.items()})
-        pending.clear()
-        if not log or not window:
-            return
-        now = time.perf_counter()
-        rate = (step - last_log[1]) / max(now - last_log[0], 1e-9)
-        last_log = (now, step)
-        mean = last_mean = _mean_metrics(window)
-        host = parallel.unreplicate(state)
-        channels = channel_summary(host.params, phase.mask)
-        macs = macs_fn(host.variables) if macs_fn is not None else None
-        logging.info(_format_progress(phase.name, step, total_steps, rate, mean, channels, macs))
-        scalars = {f"train/{k}": v for k, v in mean.items()} | {"train/steps_per_second": rate}
-        if channels is not None:
-            scalars |= {"channels/kept": channels["kept"], "channels/kept_ratio": channels["ratio"]}
-            scalars |= {f"kept_channels/{n}": k for n, (k, _) in channels["per_layer"].items()}
-            summaries.histograms(step, {f"pi/{n}": pi for n, pi in channels["pi"].items()})
-        if macs is not None:
-            scalars |= {"macs/expected": macs["macs"], "macs/ratio": macs["ratio"]}
-        summaries.scalars(step, scalars)
-        window.clear()
 
     try:
         for epoch in range(start_step // spe, phase.num_epochs):
@@ -500,10 +513,10 @@ def fit(config, workdir: str, phase: Phase, *, dataset=None, devices: Optional[S
             batches = itertools.islice(batches, first - epoch * spe, None)  # mid-epoch resume
             for step in range(first, (epoch + 1) * spe):
                 state, metrics = p_train(state, parallel.shard_batch(next(batches)))
-                pending.append((step + 1, metrics))
+                progress.pending.append((step + 1, metrics))
                 if (step + 1) % log_every == 0:
-                    flush(step + 1, log=True)
-            flush((epoch + 1) * spe, log=False)  # every loss of the epoch is finite before saving
+                    progress.flush(step + 1, state, log=True)
+            progress.flush((epoch + 1) * spe, state, log=False)  # every loss of the epoch is finite before saving
             if int(config.get("validation_examples") or 0) > 0:
                 variables = {"params": state.params, "batch_stats": state.batch_stats}
                 validation = evaluate(parallel, p_eval, variables,
@@ -511,14 +524,14 @@ def fit(config, workdir: str, phase: Phase, *, dataset=None, devices: Optional[S
                                                             split="validation"))
                 logging.info("%s epoch %d: validation accuracy %.4f, loss %.4f", phase.name, epoch + 1,
                              validation["accuracy"], validation["loss"])
-                summaries.scalars((epoch + 1) * spe, {f"validation/{k}": v for k, v in validation.items()})
+                progress.summaries.scalars((epoch + 1) * spe, {f"validation/{k}": v for k, v in validation.items()})
             if (epoch + 1) % int(config.checkpoint_every_epochs) == 0 or epoch + 1 == phase.num_epochs:
                 checkpointer.save((epoch + 1) * spe, parallel.unreplicate(state))
-                last_saved = (epoch + 1) * spe
-        flush(total_steps, log=True)
+                progress.last_saved = (epoch + 1) * spe
+        progress.flush(total_steps, state, log=True)
         checkpointer.wait_until_finished()
     finally:
-        summaries.close()
+        progress.summaries.close()
         checkpointer.close()
-    return FitResult(state=parallel.unreplicate(state), steps=total_steps, train_metrics=last_mean,
+    return FitResult(state=parallel.unreplicate(state), steps=total_steps, train_metrics=progress.last_mean,
                      validation=validation)

@@ -106,7 +106,7 @@ def e2e_config(**overrides):
     # delta=0.49 puts the prune threshold c=0.51 next to q=Phi(0.05)=0.52 of a fresh channel, so a
     # couple of epochs already prune some channels and keep others.
     config = tiny_config(num_epochs=2, lr_boundaries=(1,), finetune_epochs=1, sparsity_lambda=1e-2,
-                         benchmark_batch_sizes=(8,), benchmark_runs=2, log_every_steps=8)
+                         benchmark_batch_sizes=(8,), benchmark_runs=2, log_every_steps=8, validation_examples=8)
     config.mask.delta = 0.49
     config.update(overrides)
     return config
@@ -146,6 +146,7 @@ def test_report_fields(e2e):
     assert row["batch_size"] == 8 and row["dense"]["median_ms"] > 0 and row["compact"]["median_ms"] > 0
     assert row["speedup"] == pytest.approx(row["dense"]["median_ms"] / row["compact"]["median_ms"])
     assert report["train"]["steps"] == 2 * 16 and report["finetune"]["steps"] == 16
+    assert report["train"]["validation"]["count"] == 36  # evaluated after every epoch (synthetic: the test set)
     assert set(report["timings"]) == {"train", "prune", "finetune", "evaluate", "benchmark"}
 
 
