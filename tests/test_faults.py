@@ -164,3 +164,98 @@ def test_sigkill_during_save_and_during_training_then_resume_ends_as_uninterrupt
         assert f.read() == recorded_config  # recorded once, never rewritten by a resume
     with open(os.path.join(killed_dir, "train.json")) as f:
         assert json.load(f)["steps"] == TOTAL_STEPS
+
+
+FULL_DISK_CHILD = r"""
+import json, os, resource, signal, sys
+sys.path.insert(0, TESTS_DIR)
+from soft_prune_jax import checkpoint as ckpt_lib, train
+from test_train import SyntheticData, tiny_config, tiny_phase
+
+workdir = sys.argv[1]
+config = tiny_config(num_epochs=1)
+ckpt_lib.ensure_workdir_config(workdir, config)
+train.fit(config, workdir, tiny_phase(config), dataset=SyntheticData())  # one good epoch: checkpoint 16
+# From here on no file may grow past 64 bytes: every write fails as on a full disk (EFBIG instead of ENOSPC).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+config = tiny_config(num_epochs=3)
+try:
+    train.fit(config, workdir, tiny_phase(config), dataset=SyntheticData())
+    print("RESULT " + json.dumps({"error": None}))
+except Exception as e:
+    print("RESULT " + json.dumps({"error": type(e).__name__, "message": str(e)}))
+"""
+
+
+def test_full_disk_is_a_clear_error_not_a_hang_and_keeps_the_last_checkpoint(tmp_path):
+    workdir = str(tmp_path / "run")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD.replace("TESTS_DIR", repr(TESTS_DIR)), workdir],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)  # a hang fails here
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["error"] == "OSError", result
+    assert "\n" not in result["message"] and workdir in result["message"]
+    assert "disk full or" in result["message"]
+    assert _complete(workdir) == [16]
+    assert int(_restore_newest(workdir)["step"]) == 16
+
+
+@pytest.mark.parametrize("make_workdir", [
+    lambda tmp: os.path.join(_regular_file(tmp), "workdir"),  # a path below a regular file
+    lambda tmp: _regular_file(tmp),  # a regular file itself
+    lambda tmp: "/proc/soft_prune_jax_workdir",  # a file system that refuses new entries, even to root
+], ids=["below-a-file", "is-a-file", "proc"])
+def test_unwritable_workdir_is_a_clear_error_before_any_work(tmp_path, make_workdir):
+    from test_train import SyntheticData, tiny_config
+    workdir = make_workdir(tmp_path)
+    before = _snapshot(tmp_path)
+    data = SyntheticData()
+    with pytest.raises(OSError) as info:
+        pipeline.run(tiny_config(), workdir, "train", dataset=data)
+    assert "\n" not in str(info.value) and workdir in str(info.value)
+    assert data.served == 0  # refused before training
+    assert _snapshot(tmp_path) == before  # nothing existing was touched
+
+
+def _regular_file(tmp) -> str:
+    path = os.path.join(str(tmp), "a_file")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write("not a directory")
+    return path
+
+
+def _snapshot(root) -> dict:
+    """{path: (size, mtime_ns, content digest)} of every file under ``root``."""
+    import hashlib
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            st = os.stat(path)
+            out[path] = (st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
+def test_non_finite_loss_stops_the_pipeline_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    from test_train import SyntheticData, tiny_config
+    workdir = str(tmp_path)
+    config = tiny_config(num_epochs=3, finetune_epochs=0)
+    with pytest.raises(FloatingPointError) as info:
+        pipeline.run(config, workdir, "train,prune", dataset=SyntheticData(nan_at=36))  # step 37, epoch 3
+    message = str(info.value)
+    assert "\n" not in message
+    assert "non-finite loss nan at step 37" in message and "last good checkpoint (step 32)" in message
+    assert _complete(workdir) == [16, 32]
+    assert int(_restore_newest(workdir)["step"]) == 32
+    assert not os.path.exists(os.path.join(workdir, "train.json"))  # the phase did not finish...
+    assert not os.path.exists(os.path.join(workdir, "compact"))  # ...so nothing downstream ran on it
+    checkpoint_files = _snapshot(ckpt_lib.checkpoint_dir(workdir, "train"))
+    with pytest.raises(FileNotFoundError, match="train.json does not exist"):
+        pipeline.run(config, workdir, "prune", dataset=SyntheticData())
+    assert _snapshot(ckpt_lib.checkpoint_dir(workdir, "train")) == checkpoint_files
