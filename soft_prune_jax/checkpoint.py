@@ -144,7 +144,11 @@ def ensure_workdir_config(workdir: str, config, *, ignore: Iterable[str] = RESUL
     A workdir holding a run of a different config is refused (never overwritten): resuming it would
     mix two experiments. Fields in ``ignore`` do not change results and may differ.
     """
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:  # below a regular file, a read-only or special file system, ...
+        raise OSError(f"workdir {workdir!r} cannot be created ({e.strerror}): expected a writable directory "
+                      "path") from e
     path = os.path.join(workdir, CONFIG_FILE)
     current = config_to_dict(config)
     if os.path.exists(path):
@@ -159,9 +163,13 @@ def ensure_workdir_config(workdir: str, config, *, ignore: Iterable[str] = RESUL
         return
     if jax.process_index() == 0:
         tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(current, f, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, path)  # atomic: a kill never leaves half a config.json
+        try:
+            with open(tmp, "w") as f:
+                json.dump(current, f, indent=2, sort_keys=True, default=str)
+            os.replace(tmp, path)  # atomic: a kill never leaves half a config.json
+        except OSError as e:
+            raise OSError(f"workdir {workdir!r} is not writable ({e.strerror} writing {CONFIG_FILE}): expected a "
+                          "writable directory with free space") from e
 
 
 def load_workdir_config(workdir: str) -> dict:
