@@ -113,4 +113,8 @@ def validate(config, *, num_devices: Optional[int] = None) -> None:
             raise ValueError(f"config.{name}={value} is not divisible by the {num_devices} devices: "
                              f"expected a multiple of {num_devices}")
 
+    from soft_prune_jax import distributed  # imports only jax
+    dist = config.distributed
+    distributed.validate_fields(dist.get("coordinator_address"), dist.get("num_processes"), dist.get("process_id"))
+
     data.validate_config(config)  # dataset, num_classes, example counts, ImageNet's manual_dir
