@@ -27,6 +27,7 @@ import glob
 import logging
 import math
 import os
+import re
 from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
@@ -273,22 +274,36 @@ def prepare_dataset(config):
     data_dir = _data_dir(config)
     key = (spec.tfds_name, data_dir)
     if key not in _PREPARED:
-        with _file_lock(os.path.join(data_dir, f".soft_prune_jax.{spec.tfds_name}.lock")):
-            builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
-            if not builder.is_prepared():
-                download_config = None
-                if spec.tfds_name == "fashion_mnist" and os.path.isdir(FASHION_MNIST_OFFLINE_DIR):
-                    # tfds's MNIST-family builders join their class attribute URL with the file names.
-                    builder.URL = "file://" + FASHION_MNIST_OFFLINE_DIR
-                if spec.tfds_name == "imagenet2012":
-                    download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
-                logging.info("preparing %s in %s", spec.tfds_name, data_dir)
-                builder.download_and_prepare(download_config=download_config)
+        try:
+            with _file_lock(os.path.join(data_dir, f".soft_prune_jax.{spec.tfds_name}.lock")):
+                builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+                if not builder.is_prepared():
+                    download_config = None
+                    if spec.tfds_name == "fashion_mnist" and os.path.isdir(FASHION_MNIST_OFFLINE_DIR):
+                        # tfds's MNIST-family builders join their class attribute URL with the file names.
+                        builder.URL = "file://" + FASHION_MNIST_OFFLINE_DIR
+                    if spec.tfds_name == "imagenet2012":
+                        download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
+                    logging.info("preparing %s in %s", spec.tfds_name, data_dir)
+                    builder.download_and_prepare(download_config=download_config)
+        except Exception as e:  # data_dir a file or read-only, damaged metadata, a failed download, ...
+            raise _unusable_data(spec, data_dir, e) from e
     # A fresh builder reads the metadata as it is on disk now (another process may have prepared it).
-    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+    try:
+        builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+    except Exception as e:
+        raise _unusable_data(spec, data_dir, e) from e
     _check_split_sizes(builder, spec)
     _PREPARED.add(key)
     return builder
+
+
+def _unusable_data(spec: DatasetSpec, data_dir: str, error: BaseException) -> ValueError:
+    """One line for any failure to prepare or read a dataset (tfds/TF errors span many lines)."""
+    first = re.sub(r"\{\{.*?\}\}\s*", "", (str(error).splitlines() or [""])[0])[:200]  # drop TF's op context
+    return ValueError(f"{spec.tfds_name} in data_dir={data_dir!r} cannot be prepared or read ({type(error).__name__}: "
+                      f"{first}); expected a writable directory with a complete tfds {spec.tfds_name} (delete "
+                      f"{os.path.join(data_dir, spec.tfds_name)} to prepare it again)")
 
 
 def _check_split_sizes(builder, spec: DatasetSpec) -> None:
@@ -335,7 +350,10 @@ def _read_in_memory(config, spec: DatasetSpec, builder, split_slice: str, count:
         examples = {"image": np.zeros((0, *spec.input_shape), np.uint8), "label": np.zeros((0,), np.int32)}
         if count:
             ds = builder.as_dataset(split=split_slice, shuffle_files=False).take(count)  # take(): see _read
-            whole = next(iter(tfds.as_numpy(ds.batch(count))))
+            try:
+                whole = next(iter(tfds.as_numpy(ds.batch(count))))
+            except Exception as e:  # truncated or damaged record files
+                raise _unusable_data(spec, _data_dir(config), e) from e
             examples = {"image": whole["image"], "label": whole["label"].astype(np.int32)}
         _IN_MEMORY[key] = examples
     return _IN_MEMORY[key]
