@@ -1,0 +1,369 @@
+"""Bad input, table-driven: every config field, damaged checkpoints and exports, wrong model inputs,
+unusable data directories. Each is one line naming the problem, and nothing on disk changes."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from soft_prune_jax import checkpoint as ckpt_lib
+from soft_prune_jax import config_validation, export, inputs, pipeline, train
+from test_train import TINY_WIDTHS, SyntheticData, tiny_config, tiny_phase
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _snapshot(root) -> dict:
+    """{path: (size, mtime_ns, sha256)} of every file under ``root`` (or of ``root`` itself)."""
+    paths = [root] if os.path.isfile(root) else [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+    out = {}
+    for path in paths:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        st = os.stat(path)
+        out[path] = (st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
+def _one_line(error: BaseException) -> str:
+    message = str(error)
+    assert message and "\n" not in message, repr(message)
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs: every field of the shared schema, a bad type and/or a bad range.
+# ---------------------------------------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+BAD_FIELDS = [
+    ("model", 3), ("model", "resnet57"),
+    ("dataset", None), ("dataset", "cifar11"),
+    ("num_classes", "10"), ("num_classes", 100),
+    ("data_dir", 5), ("manual_dir", 7),
+    ("batch_size", "16"), ("batch_size", 16.0), ("batch_size", True), ("batch_size", -16),
+    ("eval_batch_size", 2.5), ("eval_batch_size", 0),
+    ("num_epochs", "2"), ("num_epochs", 0),
+    ("learning_rate", "0.1"), ("learning_rate", -0.1), ("learning_rate", NAN), ("learning_rate", INF),
+    ("lr_boundaries", ("a",)), ("lr_boundaries", (0,)), ("lr_boundaries", (2, 1)),
+    ("lr_decay", "x"), ("lr_decay", 0.0), ("lr_decay", 1.5),
+    ("momentum", None), ("momentum", 1.0), ("momentum", -0.1),
+    ("nesterov", "yes"), ("nesterov", 1),
+    ("weight_decay", "1e-4"), ("weight_decay", -1e-4),
+    ("method", None), ("method", "SCP"),
+    ("mask.eps", "a"), ("mask.eps", -0.1), ("mask.delta", 0.0), ("mask.k", -1.0), ("mask.tau", NAN),
+    ("sparsity_lambda", "1e-4"), ("sparsity_lambda", INF), ("sparsity_s", None), ("sparsity_s", -2.0),
+    ("slimming.l1", "0"), ("slimming.l1", -1.0), ("slimming.target_channel_ratio", 1.5),
+    ("finetune_epochs", 1.5), ("finetune_epochs", -1),
+    ("finetune_learning_rate", "0.01"), ("finetune_learning_rate", 0.0),
+    ("round_to", 2.0), ("round_to", -8),
+    ("parallel", None), ("parallel", "pjit"),
+    ("checkpoint_every_epochs", 1.0), ("checkpoint_every_epochs", 0),
+    ("keep_checkpoints", "3"), ("keep_checkpoints", 0),
+    ("log_every_steps", None), ("log_every_steps", 0),
+    ("seed", 1.5), ("seed", -1),
+    ("num_train_examples", "64"), ("num_train_examples", 0), ("num_train_examples", 10**6),
+    ("num_eval_examples", 1.0), ("num_eval_examples", 10**6),
+    ("validation_examples", None), ("validation_examples", 60_000),
+    ("benchmark_batch_sizes", (8.0,)), ("benchmark_batch_sizes", (0,)),
+    ("benchmark_runs", "50"), ("benchmark_runs", 0),
+    ("distributed.coordinator_address", 1234), ("distributed.coordinator_address", "localhost"),
+    ("distributed.num_processes", "2"), ("distributed.num_processes", 0),
+    ("distributed.process_id", -1), ("distributed.process_id", 2),
+]
+
+
+def _with(field: str, value) -> ml_collections.ConfigDict:
+    """tiny_config with one field replaced, built from a dict so that the value's type is kept as is
+    (as a config file that builds its own ConfigDict would); distributed.process_id=2 comes with 2 processes."""
+    raw = tiny_config().to_dict()
+    if field == "distributed.process_id":
+        raw["distributed"]["num_processes"] = 2
+    *parents, leaf = field.split(".")
+    node = raw
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    return ml_collections.ConfigDict(raw)
+
+
+def test_the_table_covers_every_field_of_the_schema():
+    covered = {f.split(".")[0] for f, _ in BAD_FIELDS}
+    assert covered == set(config_validation.REQUIRED_FIELDS)
+    sub = {f for f, _ in BAD_FIELDS if "." in f}
+    for group in ("mask", "slimming", "distributed"):
+        assert {f"{group}.{k}" for k in tiny_config()[group]} <= sub | {"mask.k", "mask.delta"}, group
+
+
+@pytest.mark.parametrize("field,value", BAD_FIELDS, ids=[f"{f}={v!r}" for f, v in BAD_FIELDS])
+def test_bad_config_field_is_one_line_naming_field_and_value(field, value):
+    with pytest.raises(ValueError) as info:
+        config_validation.validate(_with(field, value), num_devices=1)
+    message = _one_line(info.value)
+    leaf = field.split(".")[-1]
+    assert leaf in message and repr(value) in message, message
+    assert "expected" in message or "unknown" in message, message
+
+
+def test_type_locked_config_refuses_a_bad_type_on_assignment():
+    config = tiny_config()  # ConfigDicts are type-safe: the override fails at once, naming the field
+    with pytest.raises(TypeError, match="batch_size") as info:
+        config.batch_size = "sixteen"
+    _one_line(info.value)
+
+
+def test_bad_config_through_the_launcher_is_one_line_and_creates_nothing(tmp_path):
+    workdir = tmp_path / "never_created"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "train.py"),
+                           f"--config={os.path.join(REPO, 'configs', 'fashion_mnist.py')}", "--config.batch_size=-3",
+                           f"--workdir={workdir}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "error: config.batch_size=-3 is invalid: expected an int >= 1", proc.stderr[-2000:]
+    assert not workdir.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training checkpoints: truncated, damaged, of another model.
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    """A workdir after one epoch (checkpoint 16) of the tiny model; tests copy it before damaging."""
+    workdir = str(tmp_path_factory.mktemp("trained"))
+    config = tiny_config(num_epochs=1)
+    ckpt_lib.ensure_workdir_config(workdir, config)
+    train.fit(config, workdir, tiny_phase(config), dataset=SyntheticData())
+    return workdir
+
+
+def _largest_file(directory: str) -> str:
+    files = [p for p in glob.glob(os.path.join(directory, "**", "*"), recursive=True) if os.path.isfile(p)]
+    return max(files, key=os.path.getsize)
+
+
+def _truncate(path: str):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 3)
+
+
+DAMAGES = {
+    "truncated-array-file": lambda step_dir: _truncate(_largest_file(step_dir)),
+    "deleted-array-files": lambda step_dir: shutil.rmtree(os.path.join(step_dir, "default")),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_damaged_latest_checkpoint_is_one_line_and_left_untouched(trained_workdir, tmp_path, damage):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained_workdir, workdir)
+    step_dir = os.path.join(ckpt_lib.checkpoint_dir(workdir, "train"), "16")
+    DAMAGES[damage](step_dir)
+    before = _snapshot(workdir)
+    config = tiny_config(num_epochs=2)
+    data = SyntheticData()
+    with pytest.raises(ValueError) as info:
+        train.fit(config, workdir, tiny_phase(config), dataset=data)
+    message = _one_line(info.value)
+    assert message.startswith(f"checkpoint 16 in {ckpt_lib.checkpoint_dir(workdir, 'train')} cannot be read (")
+    assert "left untouched" in message
+    assert data.served == 0
+    assert {p: v for p, v in _snapshot(workdir).items() if "tensorboard" not in p} == \
+        {p: v for p, v in before.items() if "tensorboard" not in p}
+
+
+def test_checkpoint_of_another_model_is_refused_naming_the_first_difference(trained_workdir, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained_workdir, workdir)
+    before = _snapshot(workdir)
+    wider = tiny_config(num_epochs=2, model_kwargs={"widths": (6, "M", 8)})
+    # Through the pipeline the recorded config already refuses it...
+    with pytest.raises(ValueError, match=r"holds a run of a different config \(model_kwargs: ") as info:
+        pipeline.run(wider, workdir, "train", dataset=SyntheticData())
+    _one_line(info.value)
+    # ...and the trainer itself refuses the checkpoint's shapes (orbax alone would return them as stored).
+    with pytest.raises(ValueError) as info:
+        train.fit(wider, workdir, tiny_phase(wider), dataset=SyntheticData())
+    message = _one_line(info.value)
+    assert "checkpoint 16 in" in message and "does not fit this model" in message
+    assert "(4,) in the checkpoint, (6,) in the model" in message
+    assert {p: v for p, v in _snapshot(workdir).items() if "tensorboard" not in p} == \
+        {p: v for p, v in before.items() if "tensorboard" not in p}
+
+
+# ---------------------------------------------------------------------------------------------
+# Compact exports: damaged or edited directories; never overwritten.
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compact_export(tmp_path_factory):
+    model = train.create_model(tiny_config(method="dense"))
+    variables = train.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+    directory = str(tmp_path_factory.mktemp("export") / "compact")
+    export.save_compact(directory, model, variables)
+    return directory, model, variables
+
+
+def _edit_spec(directory, edit):
+    path = os.path.join(directory, export.SPEC_FILE)
+    with open(path) as f:
+        spec = json.load(f)
+    edit(spec)
+    with open(path, "w") as f:
+        json.dump(spec, f)
+
+
+def _flip_bytes(path):
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        middle = len(data) // 2
+        data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+        f.seek(0)
+        f.write(data)
+
+
+EXPORT_DAMAGES = {
+    "spec-missing": (lambda d: os.remove(os.path.join(d, export.SPEC_FILE)), "is missing"),
+    "spec-not-json": (lambda d: open(os.path.join(d, export.SPEC_FILE), "w").write("{not json"), "is corrupt"),
+    "spec-other-format": (lambda d: _edit_spec(d, lambda s: s.update(format="other/9")), "has format 'other/9'"),
+    "spec-unknown-class": (lambda d: _edit_spec(d, lambda s: s["model"].update({"class": "Foo"})),
+                           "unknown model class 'Foo'"),
+    "spec-widths-edited": (lambda d: _edit_spec(d, lambda s: s["model"]["kwargs"].update(widths=[5, "M", 8])),
+                           "do not match the widths"),
+    "arrays-truncated": (lambda d: _truncate(_largest_file(os.path.join(d, export.ARRAYS_DIR))), ""),
+    "arrays-flipped": (lambda d: _flip_bytes(_largest_file(os.path.join(d, export.ARRAYS_DIR))), ""),
+    "arrays-deleted": (lambda d: shutil.rmtree(os.path.join(d, export.ARRAYS_DIR)), "cannot be read"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(EXPORT_DAMAGES))
+def test_damaged_export_is_one_line_and_left_untouched(compact_export, tmp_path, damage):
+    source, _, _ = compact_export
+    directory = str(tmp_path / "compact")
+    shutil.copytree(source, directory)
+    apply, expected = EXPORT_DAMAGES[damage]
+    apply(directory)
+    before = _snapshot(directory)
+    with pytest.raises(export.ExportError) as info:
+        export.load_compact(directory)
+    message = _one_line(info.value)
+    assert expected in message, message
+    if damage != "spec-unknown-class":  # export.module_from_spec does not know the directory (see docs)
+        assert directory in message, message
+    assert _snapshot(directory) == before
+
+
+def test_export_never_overwrites_an_existing_directory(compact_export, tmp_path):
+    _, model, variables = compact_export
+    directory = tmp_path / "taken"
+    directory.mkdir()
+    (directory / "precious.txt").write_text("keep me")
+    before = _snapshot(str(directory))
+    with pytest.raises(export.ExportError, match="already exists") as info:
+        export.save_compact(str(directory), model, variables)
+    _one_line(info.value)
+    assert _snapshot(str(directory)) == before
+    assert sorted(os.listdir(tmp_path)) == ["taken"]  # no staging directory left behind
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs to a (reloaded) compact model.
+# ---------------------------------------------------------------------------------------------
+
+BAD_INPUTS = [
+    ("unbatched", np.zeros((8, 8, 1), np.float32), r"input shape \(8, 8, 1\) is invalid: expected 4 axes .*x\[None\]"),
+    ("five-axes", np.zeros((1, 2, 8, 8, 1), np.float32), r"input shape \(1, 2, 8, 8, 1\) is invalid: expected 4 axes"),
+    ("channels-first", np.zeros((2, 1, 8, 8), np.float32), r"VGG reads 1 channel\(s\) on the last axis .*got 8"),
+    ("rgb", np.zeros((2, 8, 8, 3), np.float32), r"VGG reads 1 channel\(s\) on the last axis .*got 3"),
+    ("uint8", np.zeros((2, 8, 8, 1), np.uint8), r"input dtype uint8 is invalid: expected a floating dtype"),
+    ("int32", np.zeros((2, 8, 8, 1), np.int32), r"input dtype int32 is invalid"),
+    ("empty-batch", np.zeros((0, 8, 8, 1), np.float32), r"expected every axis >= 1"),
+    ("too-small", np.zeros((2, 1, 1, 1), np.float32), r"input shape \(2, 1, 1, 1\) is too small for VGG: the output of"),
+    ("a-list", [[1.0]], r"input of type list is invalid: expected an array"),
+]
+
+
+@pytest.mark.parametrize("name,x,message", BAD_INPUTS, ids=[n for n, _, _ in BAD_INPUTS])
+def test_bad_input_to_a_compact_model_is_one_clear_line(compact_export, name, x, message):
+    source, _, _ = compact_export
+    model, variables = export.load_compact(source)
+    with pytest.raises(ValueError, match=message) as info:
+        inputs.check_input(model, variables, x)
+    _one_line(info.value)
+
+
+def test_checked_apply_runs_good_inputs_and_refuses_bad_ones(compact_export):
+    source, model, variables = compact_export
+    loaded, loaded_vars = export.load_compact(source)
+    predict = inputs.checked_apply(loaded, loaded_vars)
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(predict(x), model.apply(variables, x, train=False), rtol=1e-5, atol=1e-6)
+    assert predict(jnp.asarray(x, jnp.bfloat16)).shape == (3, 10)  # other float dtypes are fine
+    assert predict(np.zeros((1, 12, 12, 1), np.float32)).shape == (1, 10)  # global pooling: any size that fits
+    with pytest.raises(ValueError, match="expected 4 axes"):
+        predict(x[0])  # silently one row of logits without the check (Flax convs accept unbatched input)
+    assert inputs.input_channels(loaded, loaded_vars) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Data directories.
+# ---------------------------------------------------------------------------------------------
+
+def _fashion_mnist_prepared() -> str:
+    """The version directory of Fashion-MNIST in the default data_dir (prepared offline once if needed)."""
+    from soft_prune_jax import data
+    return data.prepare_dataset(tiny_config(num_train_examples=16)).data_dir
+
+
+@pytest.mark.parametrize("damage", ["data_dir-is-a-file", "metadata-damaged", "records-truncated"])
+def test_unusable_data_dir_is_one_line_naming_it(tmp_path, damage):
+    from soft_prune_jax import data
+    data_dir = str(tmp_path / "tfds")
+    if damage == "data_dir-is-a-file":
+        with open(data_dir, "w") as f:
+            f.write("not a directory")
+    else:
+        prepared = _fashion_mnist_prepared()  # .../fashion_mnist/<version>
+        shutil.copytree(prepared, os.path.join(data_dir, "fashion_mnist", os.path.basename(prepared)))
+        if damage == "metadata-damaged":
+            path = glob.glob(os.path.join(data_dir, "fashion_mnist", "*", "dataset_info.json"))[0]
+            with open(path, "r+") as f:
+                f.truncate(os.path.getsize(path) // 2)
+        else:
+            with open(glob.glob(os.path.join(data_dir, "fashion_mnist", "*", "*train.tfrecord*"))[0], "r+b") as f:
+                f.truncate(1000)  # inside the first few records: even a 16-example read hits the cut
+    before = _snapshot(data_dir)
+    config = tiny_config(num_train_examples=16, data_dir=data_dir)
+    with pytest.raises(ValueError) as info:
+        next(data.train_iterator(config, local_devices=1, seed=0))
+    message = _one_line(info.value)
+    assert message.startswith(f"fashion_mnist in data_dir={data_dir!r} cannot be prepared or read ("), message
+    after = _snapshot(data_dir)  # the preparation lock file may be new; nothing that existed changed
+    assert {p: after.get(p) for p in before} == before
+
+
+def test_empty_or_incomplete_imagenet_manual_dir_is_one_line(tmp_path):
+    from soft_prune_jax import data
+    (tmp_path / "manual").mkdir()
+    config = tiny_config(model="resnet18", dataset="imagenet2012", num_classes=1000, data_dir=str(tmp_path / "tfds"),
+                         manual_dir=str(tmp_path / "manual"))
+    with pytest.raises(ValueError, match=r"config.manual_dir='.*manual' is missing or empty") as info:
+        data.validate_config(config)
+    _one_line(info.value)
+    (tmp_path / "manual" / "ILSVRC2012_img_train.tar").write_bytes(b"")
+    with pytest.raises(ValueError, match="lacks ILSVRC2012_img_val.tar") as info:
+        data.validate_config(config)
+    _one_line(info.value)
