@@ -135,11 +135,14 @@ def save_compact(directory: str, model: nn.Module, variables, *, overwrite: bool
         "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": _digest(v)} for k, v in flat.items()},
         "extra": extra or {},
     }
+    if jax.process_count() > 1 and jax.process_index() != 0:
+        _sync_processes(f"save_compact {directory}")  # process 0 writes the one copy on the shared workdir
+        return directory
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
     try:
-        with ocp.StandardCheckpointer() as ckptr:
+        with ocp.StandardCheckpointer(**_this_process_only()) as ckptr:
             ckptr.save(os.path.join(staging, ARRAYS_DIR), jax.tree.map(np.asarray, unfreeze(dict(variables))))
         with open(os.path.join(staging, SPEC_FILE), "w") as f:
             json.dump(spec, f, indent=1, sort_keys=True)
@@ -154,7 +157,24 @@ def save_compact(directory: str, model: nn.Module, variables, *, overwrite: bool
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if jax.process_count() > 1:
+        _sync_processes(f"save_compact {directory}")
     return directory
+
+
+def _this_process_only() -> dict[str, Any]:
+    """StandardCheckpointer options that make orbax read/write from this process alone (no barriers):
+    an export is small host data, written once by process 0 and read by each process on its own."""
+    if jax.process_count() == 1:
+        return {}
+    index = jax.process_index()
+    return {"multiprocessing_options": ocp.options.MultiprocessingOptions(
+        primary_host=index, active_processes={index}, barrier_sync_key_prefix=f"export_process_{index}")}
+
+
+def _sync_processes(name: str) -> None:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def read_spec(directory: str) -> dict[str, Any]:
@@ -192,7 +212,7 @@ def load_compact(directory: str, expect_class: str | None = None):
         {tuple(k.split("/")): jax.ShapeDtypeStruct(v, jnp.dtype(spec["arrays"][k]["dtype"])) for k, v in stored.items()})
     arrays = os.path.join(os.fspath(directory), ARRAYS_DIR)
     try:
-        with ocp.StandardCheckpointer() as ckptr:
+        with ocp.StandardCheckpointer(**_this_process_only()) as ckptr:
             restored = ckptr.restore(os.path.abspath(arrays), target)
     except Exception as e:  # orbax/tensorstore raise many types for missing or truncated files
         raise ExportError(f"{arrays} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
