@@ -115,7 +115,12 @@ for KIND in KINDS:
     flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(
         {"params": result.state.params, "batch_stats": result.state.batch_stats})}
     np.savez(os.path.join(WORKDIR, f"final_{ROLE}.npz"), **flat)
+    pipeline_results = {}
+    if KIND == "pmap":  # the pipeline after training: prune (one export on the shared workdir), evaluate
+        from soft_prune_jax import pipeline
+        pipeline_results = pipeline.run(config, WORKDIR, "train,prune,evaluate", dataset=data)
     results[KIND] = {
+        "evaluate": pipeline_results.get("evaluate"),
         "process_index": jax.process_index(), "process_count": jax.process_count(),
         "devices": jax.device_count(), "local_devices": jax.local_device_count(),
         "served_rows": ShardedData.served_rows, "steps": int(result.state.step),
@@ -235,3 +240,16 @@ def test_checkpoints_written_once_and_restorable(runs):
                                rtol=1e-5, atol=1e-6)
     with open(os.path.join(runs["multi_dir"], "config.json")) as f:
         assert json.load(f)["batch_size"] == GLOBAL_BATCH
+
+
+@pytest.mark.multihost
+def test_pipeline_prunes_once_and_evaluates_across_processes(all_runs):
+    single = all_runs["single"]["pmap"]["evaluate"]
+    workdir = os.path.join(all_runs["multi_root"], "pmap")
+    for r in all_runs["multi"]:
+        evaluation = r["pmap"]["evaluate"]
+        assert evaluation["test_examples"] == NUM_TEST
+        assert evaluation["max_abs_logit_diff_before_finetune"] < 1e-5  # the export reloaded on every process
+        assert evaluation["compact_accuracy_before_finetune"] == pytest.approx(single["compact_accuracy_before_finetune"])
+    assert sorted(os.listdir(os.path.join(workdir, "compact"))) == ["arrays", "model.json"]
+    assert not [e for e in os.listdir(workdir) if ".tmp" in e or e.endswith(".old")]
