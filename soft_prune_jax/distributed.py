@@ -74,3 +74,13 @@ def initialize(config) -> bool:
 def is_primary() -> bool:
     """Whether this process writes the files that exist once per run (JSON, reports, exports)."""
     return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """Waits until every process reaches the barrier ``name`` (no-op with one process).
+
+    Used where one process writes a file the others read next (process 0's phase JSON, an export).
+    """
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

@@ -350,6 +350,8 @@ def run(config, workdir: str, phases: str | Sequence[str] = PHASES, *, dataset=N
     phases = parse_phases(phases)
     config_validation.validate(config, num_devices=len(devices) * jax.process_count() if devices else None)
     ckpt_lib.ensure_workdir_config(workdir, config)
+    from soft_prune_jax.distributed import sync
+    sync("workdir config recorded")
     dataset = dataset if dataset is not None else T.default_dataset()
     results = {}
     for name in phases:
@@ -357,6 +359,7 @@ def run(config, workdir: str, phases: str | Sequence[str] = PHASES, *, dataset=N
         start = time.perf_counter()
         results[name] = _RUNNERS[name](config, workdir, dataset=dataset, devices=devices)
         _record_seconds(workdir, name, time.perf_counter() - start)
+        sync(f"phase {name} done")  # multi-host: process 0's JSON exists before any process reads it
     return results
 
 
