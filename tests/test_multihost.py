@@ -253,3 +253,27 @@ def test_pipeline_prunes_once_and_evaluates_across_processes(all_runs):
         assert evaluation["compact_accuracy_before_finetune"] == pytest.approx(single["compact_accuracy_before_finetune"])
     assert sorted(os.listdir(os.path.join(workdir, "compact"))) == ["arrays", "model.json"]
     assert not [e for e in os.listdir(workdir) if ".tmp" in e or e.endswith(".old")]
+
+
+@pytest.mark.parametrize("fields,environ,expected", [
+    ({}, {}, False),  # a plain single-process run never waits on a coordinator
+    ({}, {"SLURM_NTASKS": "1"}, False),
+    ({}, {"SLURM_NTASKS": "4"}, True),
+    ({}, {"OMPI_COMM_WORLD_SIZE": "2"}, True),
+    ({}, {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
+    ({"num_processes": 2}, {}, True),
+    ({"coordinator_address": "10.0.0.1:1234"}, {}, True),
+])
+def test_distributed_runtime_is_joined_only_when_asked(fields, environ, expected):
+    from soft_prune_jax import distributed
+    assert distributed.requested(**fields, environ=environ) is expected
+
+
+def test_single_process_initialize_is_a_no_op_and_sync_returns(monkeypatch):
+    from soft_prune_jax import distributed
+    for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    from test_train import tiny_config
+    assert distributed.initialize(tiny_config()) is False
+    distributed.sync("nothing to wait for")
+    assert distributed.is_primary()
