@@ -360,7 +360,10 @@ class _Summaries:
 
     def close(self):
         if self._writer is not None and self._alive():  # a dead writer has nothing left to flush
-            self._writer.close()
+            try:
+                self._writer.close()
+            except OSError as e:  # runs in fit's `finally`: must not mask the error that stopped training
+                logging.warning("closing the TensorBoard writer for %s failed: %s", self._logdir, e)
 
 
 # ---------------------------------------------------------------------------------------------
