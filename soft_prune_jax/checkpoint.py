@@ -59,7 +59,7 @@ class TrainCheckpointer:
         tree = jax.device_get(serialization.to_state_dict(state))
         try:  # an earlier asynchronous save's I/O error surfaces here or in wait_until_finished
             self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # tensorstore reports failed writes as ValueError
             raise OSError(_write_failed(self.directory, e)) from e
 
     def restore(self, template: Any, step: Optional[int] = None) -> Any:
@@ -96,11 +96,14 @@ class TrainCheckpointer:
     def wait_until_finished(self) -> None:
         try:
             self._manager.wait_until_finished()
-        except OSError as e:
+        except (OSError, ValueError) as e:  # tensorstore reports failed writes as ValueError
             raise OSError(_write_failed(self.directory, e)) from e
 
     def close(self) -> None:
-        self._manager.close()
+        try:  # close() waits for a pending save: its failure is a write failure too
+            self._manager.close()
+        except (OSError, ValueError) as e:
+            raise OSError(_write_failed(self.directory, e)) from e
 
 
 def _first_line(error: BaseException) -> str:
