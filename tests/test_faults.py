@@ -173,13 +173,13 @@ from soft_prune_jax import checkpoint as ckpt_lib, train
 from test_train import SyntheticData, tiny_config, tiny_phase
 
 workdir = sys.argv[1]
-config = tiny_config(num_epochs=1)
+config = tiny_config(num_epochs=1, num_train_examples=32, log_every_steps=1)
 ckpt_lib.ensure_workdir_config(workdir, config)
-train.fit(config, workdir, tiny_phase(config), dataset=SyntheticData())  # one good epoch: checkpoint 16
+train.fit(config, workdir, tiny_phase(config), dataset=SyntheticData())  # one good epoch: checkpoint 2
 # From here on no file may grow past 64 bytes: every write fails as on a full disk (EFBIG instead of ENOSPC).
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
-config = tiny_config(num_epochs=3)
+config = tiny_config(num_epochs=3, num_train_examples=32, log_every_steps=1)
 try:
     train.fit(config, workdir, tiny_phase(config), dataset=SyntheticData())
     print("RESULT " + json.dumps({"error": None}))
@@ -199,8 +199,8 @@ def test_full_disk_is_a_clear_error_not_a_hang_and_keeps_the_last_checkpoint(tmp
     assert result["error"] == "OSError", result
     assert "\n" not in result["message"] and workdir in result["message"]
     assert "disk full or" in result["message"]
-    assert _complete(workdir) == [16]
-    assert int(_restore_newest(workdir)["step"]) == 16
+    assert _complete(workdir) == [2]
+    assert int(_restore_newest(workdir)["step"]) == 2
 
 
 @pytest.mark.parametrize("make_workdir", [
@@ -246,14 +246,14 @@ def _snapshot(root) -> dict:
 def test_non_finite_loss_stops_the_pipeline_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     from test_train import SyntheticData, tiny_config
     workdir = str(tmp_path)
-    config = tiny_config(num_epochs=3, finetune_epochs=0)
+    config = tiny_config(num_epochs=3, finetune_epochs=0, num_train_examples=64)  # 4 steps per epoch
     with pytest.raises(FloatingPointError) as info:
-        pipeline.run(config, workdir, "train,prune", dataset=SyntheticData(nan_at=36))  # step 37, epoch 3
+        pipeline.run(config, workdir, "train,prune", dataset=SyntheticData(nan_at=9))  # step 10, epoch 3
     message = str(info.value)
     assert "\n" not in message
-    assert "non-finite loss nan at step 37" in message and "last good checkpoint (step 32)" in message
-    assert _complete(workdir) == [16, 32]
-    assert int(_restore_newest(workdir)["step"]) == 32
+    assert "non-finite loss nan at step 10" in message and "last good checkpoint (step 8)" in message
+    assert _complete(workdir) == [4, 8]
+    assert int(_restore_newest(workdir)["step"]) == 8
     assert not os.path.exists(os.path.join(workdir, "train.json"))  # the phase did not finish...
     assert not os.path.exists(os.path.join(workdir, "compact"))  # ...so nothing downstream ran on it
     checkpoint_files = _snapshot(ckpt_lib.checkpoint_dir(workdir, "train"))
