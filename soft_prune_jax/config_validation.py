@@ -77,6 +77,8 @@ def validate(config, *, num_devices: Optional[int] = None) -> None:
     if not _is_number(config.slimming.l1) or config.slimming.l1 < 0:
         raise ValueError(f"config.slimming.l1={config.slimming.l1!r} is invalid: expected a number >= 0")
     _number_in("slimming.target_channel_ratio", config.slimming.target_channel_ratio, 0.0, 1.0, low_open=True)
+    if config.slimming.get("target_macs_ratio") is not None:
+        _number_in("slimming.target_macs_ratio", config.slimming.target_macs_ratio, 0.0, 1.0, low_open=True)
 
     batch_size = _int_at_least(config, "batch_size", 1)
     eval_batch_size = _int_at_least(config, "eval_batch_size", 1)

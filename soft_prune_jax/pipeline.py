@@ -118,16 +118,47 @@ def slimming_masks(params, keep_ratio: float) -> dict[str, np.ndarray]:
     return {name: (score >= threshold).astype(np.float32) for name, score in layers.items()}
 
 
-def mask_override(config, params) -> Optional[dict[str, np.ndarray]]:
+def slimming_masks_for_macs(model, variables, input_shape, target_macs_ratio: float, round_to: int = 1,
+                            iterations: int = 30) -> dict[str, np.ndarray]:
+    """Network Slimming masks keeping the most channels whose compact model has at most
+    ``target_macs_ratio`` of the dense MACs (bisection on the global keep ratio; MACs grow with it)."""
+    from soft_prune_jax.structure import describe
+
+    dense_macs = flops.count(model, variables, input_shape).macs
+    rebuild = describe(model).rebuild
+
+    def macs_ratio(keep_ratio: float) -> float:
+        masks = slimming_masks(variables["params"], keep_ratio)
+        plans = surgery.plan(model, variables, round_to=round_to, masks=masks)
+        compact = rebuild({name: p.kept for name, p in plans.items()})
+        return flops.count(compact, None, input_shape).macs / dense_macs
+
+    low, high = 0.0, 1.0  # macs_ratio(high) is the dense model's; find the largest keep ratio under target
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        if mid > 0 and macs_ratio(mid) <= target_macs_ratio:
+            low = mid
+        else:
+            high = mid
+    return slimming_masks(variables["params"], max(low, 1e-6))
+
+
+def mask_override(config, model, variables) -> Optional[dict[str, np.ndarray]]:
     """Masks that replace the model's own hard masks in surgery: Network Slimming's, else None."""
     if config.method != "slimming":
         return None
-    return slimming_masks(params, float(config.slimming.target_channel_ratio))
+    target_macs = config.slimming.get("target_macs_ratio")
+    if target_macs is not None:
+        from soft_prune_jax import data
+
+        input_shape = tuple(data.get_dataset_info(config).input_shape)
+        return slimming_masks_for_macs(model, variables, input_shape, float(target_macs), int(config.round_to))
+    return slimming_masks(variables["params"], float(config.slimming.target_channel_ratio))
 
 
 def effective_masks(config, model, variables) -> dict[str, np.ndarray]:
     """The 0/1 masks whose hard-masked network the compact model reproduces exactly."""
-    override = mask_override(config, variables["params"])
+    override = mask_override(config, model, variables)
     return surgery.masks_of(surgery.plan(model, variables, round_to=int(config.round_to), masks=override))
 
 
@@ -161,7 +192,7 @@ def train_phase(config, workdir, *, dataset, devices=None) -> dict:
 def prune_phase(config, workdir, **_) -> dict:
     model = T.create_model(config)
     variables = trained_variables(config, workdir)
-    override = mask_override(config, variables["params"])
+    override = mask_override(config, model, variables)
     plans = surgery.plan(model, variables, round_to=int(config.round_to), masks=override)
     compact, compact_vars = surgery.prune(model, variables, round_to=int(config.round_to), masks=override)
     # overwrite: rerunning the phase on its own recomputes the same compact model from the same checkpoint.
