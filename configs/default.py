@@ -45,8 +45,8 @@ def get_config() -> config_dict.ConfigDict:
     # Network Slimming keeps target_channel_ratio of the masked channels (one global |scale|
     # threshold), or, when target_macs_ratio is set, the most channels whose compact model has at
     # most that fraction of the dense MACs (a comparison with SCP at matched MACs).
-    config.slimming = config_dict.ConfigDict(dict(l1=1e-4, target_channel_ratio=0.5,
-                                                  target_macs_ratio=config_dict.placeholder(float)))
+    config.slimming = config_dict.ConfigDict(dict(l1=1e-4, target_channel_ratio=0.5))
+    config.slimming.target_macs_ratio = config_dict.placeholder(float)
 
     # After training: physical pruning and optional fine-tuning of the compact network.
     config.finetune_epochs = 0  # 0 = none (the reference CIFAR pipeline does not fine-tune)
