@@ -66,6 +66,7 @@ BAD_FIELDS = [
     ("mask.eps", "a"), ("mask.eps", -0.1), ("mask.delta", 0.0), ("mask.k", -1.0), ("mask.tau", NAN),
     ("sparsity_lambda", "1e-4"), ("sparsity_lambda", INF), ("sparsity_s", None), ("sparsity_s", -2.0),
     ("slimming.l1", "0"), ("slimming.l1", -1.0), ("slimming.target_channel_ratio", 1.5),
+    ("slimming.target_macs_ratio", 0.0), ("slimming.target_macs_ratio", "half"),  # optional field
     ("finetune_epochs", 1.5), ("finetune_epochs", -1),
     ("finetune_learning_rate", "0.01"), ("finetune_learning_rate", 0.0),
     ("round_to", 2.0), ("round_to", -8),
