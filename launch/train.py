@@ -46,7 +46,10 @@ def main(argv):
     from soft_prune_jax import distributed
 
     config = FLAGS.config
-    distributed.initialize(config)  # joins the multi-host runtime only when the config or environment asks
+    try:  # joins the multi-host runtime only when the config or environment asks
+        distributed.initialize(config)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     try:  # TensorFlow (the input pipeline) must leave the accelerators to JAX
         import tensorflow as tf
         tf.config.experimental.set_visible_devices([], "GPU")
@@ -60,7 +63,7 @@ def main(argv):
         phases = pipeline.parse_phases(FLAGS.phases)
         config_validation.validate(config)
         checkpoint.ensure_workdir_config(FLAGS.workdir, config)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # OSError: an unwritable or full workdir
         sys.exit(f"error: {e}")
     pipeline.run(config, FLAGS.workdir, phases)
 
