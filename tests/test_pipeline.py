@@ -175,3 +175,26 @@ def test_launch_on_real_fashion_mnist(tmp_path):
     assert report["evaluate"]["test_examples"] == 500
     assert report["evaluate"]["max_abs_logit_diff_before_finetune"] < 1e-3
     assert report["evaluate"]["trained_hard_masked_accuracy"] > 0.5  # 10 classes, 16 steps of batch 128
+
+
+@pytest.mark.slow
+def test_every_phase_on_mocked_cifar10(tmp_path):
+    """The real input pipeline (tfds -> tf.data) on mocked CIFAR-10 through all six phases, with a tiny
+    pre-activation ResNet: the CIFAR path a GPU user runs, minus the download."""
+    import tensorflow_datasets as tfds
+
+    from soft_prune_jax import export
+
+    config = e2e_config(model="resnet56", dataset="cifar10", num_train_examples=64, num_eval_examples=32,
+                        validation_examples=0, num_epochs=1, lr_boundaries=(), data_dir=str(tmp_path / "tfds"))
+    config.model_kwargs = {"stage_sizes": (1, 1, 1), "stage_widths": (4, 8, 8)}
+    workdir = str(tmp_path / "cifar")
+    with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
+        results = pipeline.run(config, workdir, devices=None)
+    assert set(results) == set(pipeline.PHASES)
+    report = json.loads(open(os.path.join(workdir, "report.json")).read())
+    assert report["dataset"] == "cifar10" and report["evaluate"]["test_examples"] == 32
+    assert report["evaluate"]["max_abs_logit_diff_before_finetune"] < 1e-4
+    assert report["train"]["steps"] == 64 // 16 and report["finetune"]["steps"] == 64 // 16
+    compact, _ = export.load_compact(os.path.join(workdir, "finetuned"))
+    assert type(compact).__name__ == "PreActResNet" and compact.mask is None
