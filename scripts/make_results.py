@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 
@@ -220,12 +221,21 @@ def main() -> None:
     lines = ["# Results", "",
              f"Written by `python scripts/make_results.py` on {now}. Machine: {device}, "
              f"{os.cpu_count()} CPU cores, Python {platform.python_version()}. Every number below comes from that run "
-             "(raw JSON and logs in the workdir root it names).", ""]
+             "(raw JSON in `docs/results/`).", ""]
     lines += fashion_section(reports) + bench_section(results, train_steps) + alignment_section(alignment)
     lines += paper_section()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
+    # Keep the raw numbers beside the page (the workdirs are not part of the repository).
+    raw = os.path.join(os.path.dirname(args.out), "results")
+    os.makedirs(raw, exist_ok=True)
+    for name in sorted(os.listdir(args.workdir_root)):
+        if name.startswith("bench_") and name.endswith(".json"):
+            shutil.copy(os.path.join(args.workdir_root, name), raw)
+    for method in reports:
+        shutil.copy(os.path.join(args.workdir_root, f"fashion_mnist_{method}", "report.json"),
+                    os.path.join(raw, f"fashion_mnist_{method}_report.json"))
     print(f"wrote {args.out}")
 
 
