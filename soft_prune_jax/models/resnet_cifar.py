@@ -29,6 +29,12 @@ from soft_prune_jax.masks import MaskConfig
 Reads = Optional[Tuple[int, ...]]
 
 
+def full_widths(stage_sizes, stage_widths, bottleneck: bool) -> list[Tuple[int, ...]]:
+    """Every block's unpruned inner widths: (w,) for basic blocks, (w, w) for bottlenecks."""
+    n = 2 if bottleneck else 1
+    return [(w,) * n for size, w in zip(stage_sizes, stage_widths) for _ in range(size)]
+
+
 def select_channels(x, reads: Reads):
     """x[..., reads] with a static index tuple (None = every channel)."""
     if reads is None:
@@ -95,8 +101,7 @@ class PreActResNet(nn.Module):
     bn_folded: bool = False
 
     def full_block_widths(self) -> list[Tuple[int, ...]]:
-        n = 2 if self.bottleneck else 1
-        return [(w,) * n for size, w in zip(self.stage_sizes, self.stage_widths) for _ in range(size)]
+        return full_widths(self.stage_sizes, self.stage_widths, self.bottleneck)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from soft_prune_jax.layers import BatchNorm, classifier, conv, MaskedBNReLU
 from soft_prune_jax.masks import MaskConfig
+from soft_prune_jax.models.resnet_cifar import full_widths
 
 
 class ResNetBlock(nn.Module):
@@ -61,8 +62,7 @@ class ResNet(nn.Module):
     bn_folded: bool = False  # inference export: every BN folded into the conv before it
 
     def full_block_widths(self) -> list[Tuple[int, ...]]:
-        n = 2 if self.bottleneck else 1
-        return [(w,) * n for size, w in zip(self.stage_sizes, self.stage_widths) for _ in range(size)]
+        return full_widths(self.stage_sizes, self.stage_widths, self.bottleneck)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
