@@ -84,7 +84,7 @@ def _input_shape(dataset: str | None) -> tuple[int, ...]:
 
 def _random_compact(model, variables, round_to: int):
     """Random BN parameters dropping ~--random_prune of each masked layer, then surgery."""
-    from soft_prune_jax import surgery
+    from soft_prune_jax.compact import surgery
     if not 0.0 <= FLAGS.random_prune < 1.0:
         raise app.UsageError(f"--random_prune={FLAGS.random_prune} is invalid: expected a number in [0, 1)")
     variables = surgery.randomize_bn(variables, FLAGS.seed, FLAGS.random_prune)
@@ -97,14 +97,15 @@ def _random_compact(model, variables, round_to: int):
 def _models():
     """(dense, dense_vars, compact|None, compact_vars|None, input_shape, description)."""
     import jax
-    from soft_prune_jax import train as T
+    from soft_prune_jax.training import train as T
 
     sources = [name for name in ("workdir", "config", "model") if getattr(FLAGS, name) is not None]
     if len(sources) != 1:
         raise app.UsageError(f"give exactly one of --workdir, --config, --model (got {sources or 'none'})")
     if FLAGS.workdir is not None:
         from ml_collections import ConfigDict
-        from soft_prune_jax import checkpoint, pipeline
+        from soft_prune_jax.training import checkpoint
+        from soft_prune_jax import pipeline
         config = ConfigDict(checkpoint.load_workdir_config(FLAGS.workdir))
         dense = T.create_model(config, mask=None)
         variables = pipeline.trained_variables(config, FLAGS.workdir)
@@ -136,7 +137,7 @@ def _models():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from soft_prune_jax import benchmark as B
+    from soft_prune_jax.measure import benchmark as B
 
     batch_sizes = _batch_sizes()
     dense, dense_vars, compact, compact_vars, input_shape, description = _models()
@@ -160,7 +161,7 @@ def main(argv):
             print(f"\n{name} layers, each alone, batch {largest}:", file=human)
             print(B.format_layers(rows, FLAGS.formulations, result["sgemm_gflops"]), file=human)
     if FLAGS.train_step:
-        from soft_prune_jax.masks import MaskConfig
+        from soft_prune_jax.method.masks import MaskConfig
         scp = dense.clone(mask=MaskConfig())
         step = B.time_train_step(scp, dense_vars, largest, input_shape=input_shape, runs=max(5, FLAGS.runs // 5),
                                  conv_formulation=formulation)

@@ -43,7 +43,7 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     import jax
 
-    from soft_prune_jax import distributed
+    from soft_prune_jax.training import distributed
 
     config = FLAGS.config
     try:  # joins the multi-host runtime only when the config or environment asks
@@ -58,7 +58,9 @@ def main(argv):
     logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
 
-    from soft_prune_jax import checkpoint, config_validation, pipeline
+    from soft_prune_jax.training import checkpoint, config_validation
+
+    from soft_prune_jax import pipeline
     try:  # a bad config or a foreign workdir is one line, before any compute
         phases = pipeline.parse_phases(FLAGS.phases)
         config_validation.validate(config)

@@ -20,9 +20,9 @@ import time
 
 import jax
 
-from soft_prune_jax import benchmark as B
+from soft_prune_jax.measure import benchmark as B
 from soft_prune_jax.models import get_model
-from soft_prune_jax import flops
+from soft_prune_jax.measure import flops
 
 
 def torch_resnet56(inner_widths, stage_widths=(16, 32, 64), stage_sizes=(9, 9, 9)):

@@ -27,10 +27,14 @@ import numpy as np
 from absl import logging
 from jax import lax
 
-from soft_prune_jax import benchmark, config_validation, export, flops, report, surgery
-from soft_prune_jax import checkpoint as ckpt_lib
-from soft_prune_jax import masks as M
-from soft_prune_jax import train as T
+from soft_prune_jax.measure import benchmark, flops, report
+
+from soft_prune_jax.training import config_validation
+
+from soft_prune_jax.compact import export, surgery
+from soft_prune_jax.training import checkpoint as ckpt_lib
+from soft_prune_jax.method import masks as M
+from soft_prune_jax.training import train as T
 
 PHASES = ("train", "prune", "finetune", "evaluate", "benchmark", "report")
 COMPACT_DIR, FINETUNED_DIR = "compact", "finetuned"
@@ -122,7 +126,7 @@ def slimming_masks_for_macs(model, variables, input_shape, target_macs_ratio: fl
                             iterations: int = 30) -> dict[str, np.ndarray]:
     """Network Slimming masks keeping the most channels whose compact model has at most
     ``target_macs_ratio`` of the dense MACs (bisection on the global keep ratio; MACs grow with it)."""
-    from soft_prune_jax.structure import describe
+    from soft_prune_jax.compact.structure import describe
 
     dense_macs = flops.count(model, variables, input_shape).macs
     rebuild = describe(model).rebuild
@@ -149,7 +153,7 @@ def mask_override(config, model, variables) -> Optional[dict[str, np.ndarray]]:
         return None
     target_macs = config.slimming.get("target_macs_ratio")
     if target_macs is not None:
-        from soft_prune_jax import data
+        from soft_prune_jax.training import data
 
         input_shape = tuple(data.get_dataset_info(config).input_shape)
         return slimming_masks_for_macs(model, variables, input_shape, float(target_macs), int(config.round_to))
@@ -381,7 +385,7 @@ def run(config, workdir: str, phases: str | Sequence[str] = PHASES, *, dataset=N
     phases = parse_phases(phases)
     config_validation.validate(config, num_devices=len(devices) * jax.process_count() if devices else None)
     ckpt_lib.ensure_workdir_config(workdir, config)
-    from soft_prune_jax.distributed import sync
+    from soft_prune_jax.training.distributed import sync
     sync("workdir config recorded")
     dataset = dataset if dataset is not None else T.default_dataset()
     results = {}

@@ -18,8 +18,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from soft_prune_jax import checkpoint as ckpt_lib
-from soft_prune_jax import config_validation, export, inputs, pipeline, train
+from soft_prune_jax.training import checkpoint as ckpt_lib
+from soft_prune_jax.training import config_validation, train
+from soft_prune_jax.compact import export, inputs
+from soft_prune_jax import pipeline
 from test_train import TINY_WIDTHS, SyntheticData, tiny_config, tiny_phase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -325,13 +327,13 @@ def test_checked_apply_runs_good_inputs_and_refuses_bad_ones(compact_export):
 
 def _fashion_mnist_prepared() -> str:
     """The version directory of Fashion-MNIST in the default data_dir (prepared offline once if needed)."""
-    from soft_prune_jax import data
+    from soft_prune_jax.training import data
     return data.prepare_dataset(tiny_config(num_train_examples=16)).data_dir
 
 
 @pytest.mark.parametrize("damage", ["data_dir-is-a-file", "metadata-damaged", "records-truncated"])
 def test_unusable_data_dir_is_one_line_naming_it(tmp_path, damage):
-    from soft_prune_jax import data
+    from soft_prune_jax.training import data
     data_dir = str(tmp_path / "tfds")
     if damage == "data_dir-is-a-file":
         with open(data_dir, "w") as f:
@@ -357,7 +359,7 @@ def test_unusable_data_dir_is_one_line_naming_it(tmp_path, damage):
 
 
 def test_empty_or_incomplete_imagenet_manual_dir_is_one_line(tmp_path):
-    from soft_prune_jax import data
+    from soft_prune_jax.training import data
     (tmp_path / "manual").mkdir()
     config = tiny_config(model="resnet18", dataset="imagenet2012", num_classes=1000, data_dir=str(tmp_path / "tfds"),
                          manual_dir=str(tmp_path / "manual"))

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from soft_prune_jax import benchmark as B
-from soft_prune_jax import fast_conv as F
-from soft_prune_jax import flops
+from soft_prune_jax.measure import benchmark as B
+from soft_prune_jax.ops import fast_conv as F
+from soft_prune_jax.measure import flops
 from soft_prune_jax.models import get_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

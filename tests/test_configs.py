@@ -11,8 +11,8 @@ import pytest
 from absl import flags
 from ml_collections import config_dict, config_flags
 
-from soft_prune_jax import config_validation, data
-from soft_prune_jax.masks import MaskConfig
+from soft_prune_jax.training import config_validation, data
+from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.models import get_model, model_names
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"

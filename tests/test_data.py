@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from soft_prune_jax import data
+from soft_prune_jax.training import data
 
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"

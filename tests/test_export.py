@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from soft_prune_jax import export, surgery
+from soft_prune_jax.compact import export, surgery
 from soft_prune_jax.models import get_model
 
 

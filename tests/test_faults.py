@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from soft_prune_jax import checkpoint as ckpt_lib
+from soft_prune_jax.training import checkpoint as ckpt_lib
 from soft_prune_jax import pipeline
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -177,7 +177,7 @@ def test_sigkill_during_save_and_during_training_then_resume_ends_as_uninterrupt
 FULL_DISK_CHILD = r"""
 import json, os, resource, signal, sys
 sys.path.insert(0, TESTS_DIR)
-from soft_prune_jax import checkpoint as ckpt_lib, train
+from soft_prune_jax.training import checkpoint as ckpt_lib, train
 from test_train import SyntheticData, tiny_config, tiny_phase
 
 workdir = sys.argv[1]

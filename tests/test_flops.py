@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from soft_prune_jax import flops
-from soft_prune_jax import masks as M
+from soft_prune_jax.measure import flops
+from soft_prune_jax.method import masks as M
 from soft_prune_jax.models import get_model
 
 TINY_VGG = (4, "M", 6)
@@ -64,7 +64,7 @@ def test_layer_formulas_for_strides_padding_groups_and_positions():
 
 
 def test_drop_in_conv_modules_count_like_nn_conv():
-    from soft_prune_jax import fast_conv
+    from soft_prune_jax.ops import fast_conv
 
     class Pair(nn.Module):
         cls: type

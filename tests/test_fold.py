@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from test_surgery import TINY, assert_close, evaluate, tiny
 
-from soft_prune_jax import export, surgery
-from soft_prune_jax.fold import fold_batchnorm
+from soft_prune_jax.compact import export, surgery
+from soft_prune_jax.compact.fold import fold_batchnorm
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -10,8 +10,9 @@ import optax
 import pytest
 from flax.errors import InvalidRngError
 
-from soft_prune_jax import masks as M
-from soft_prune_jax.layers import GUMBEL_RNG, MaskedBNReLU, conv
+from soft_prune_jax.method import masks as M
+from soft_prune_jax.models.layers import conv
+from soft_prune_jax.method.units import GUMBEL_RNG, MaskedBNReLU
 from soft_prune_jax.models import get_model
 
 TINY_VGG = (4, "M", 8)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from soft_prune_jax import masks as M
+from soft_prune_jax.method import masks as M
 from soft_prune_jax.models import DenseNet, PreActResNet, ResNet, get_model, model_names
 
 CIFAR = (32, 32, 3)

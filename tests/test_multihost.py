@@ -34,12 +34,12 @@ import jax
 
 ROLE, PORT, ROOT, KINDS = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
 if ROLE != "single":
-    from soft_prune_jax import distributed
+    from soft_prune_jax.training import distributed
     distributed.initialize_from_fields(coordinator_address=f"localhost:{PORT}", num_processes=NUM_PROCESSES,
                                        process_id=int(ROLE))
 sys.path.insert(0, TESTS_DIR)
-from soft_prune_jax import checkpoint as ckpt_lib
-from soft_prune_jax import train
+from soft_prune_jax.training import checkpoint as ckpt_lib
+from soft_prune_jax.training import train
 from test_train import tiny_config, tiny_phase
 
 SHAPE, CLASSES = (8, 8, 1), 10
@@ -224,7 +224,7 @@ def test_metrics_are_global_and_identical_on_every_process(runs):
 
 @pytest.mark.multihost
 def test_checkpoints_written_once_and_restorable(runs):
-    from soft_prune_jax import checkpoint as ckpt_lib
+    from soft_prune_jax.training import checkpoint as ckpt_lib
     directory = os.path.join(runs["multi_dir"], "checkpoints", "train")
     entries = sorted(os.listdir(directory))
     final_step = EPOCHS * NUM_TRAIN // GLOBAL_BATCH
@@ -265,12 +265,12 @@ def test_pipeline_prunes_once_and_evaluates_across_processes(all_runs):
     ({"coordinator_address": "10.0.0.1:1234"}, {}, True),
 ])
 def test_distributed_runtime_is_joined_only_when_asked(fields, environ, expected):
-    from soft_prune_jax import distributed
+    from soft_prune_jax.training import distributed
     assert distributed.requested(**fields, environ=environ) is expected
 
 
 def test_single_process_initialize_is_a_no_op_and_sync_returns(monkeypatch):
-    from soft_prune_jax import distributed
+    from soft_prune_jax.training import distributed
     for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
         monkeypatch.delenv(name, raising=False)
     from test_train import tiny_config

@@ -20,7 +20,7 @@ CHILD = r"""
 import functools, json, sys
 import jax, numpy as np
 sys.path.insert(0, TESTS_DIR)
-from soft_prune_jax import train
+from soft_prune_jax.training import train
 from test_train import SyntheticData, tiny_config, tiny_phase
 
 STEPS = 3

@@ -16,7 +16,9 @@ import sys
 import numpy as np
 import pytest
 
-from soft_prune_jax import config_validation, pipeline
+from soft_prune_jax.training import config_validation
+
+from soft_prune_jax import pipeline
 from test_train import SyntheticData, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,7 +185,7 @@ def test_every_phase_on_mocked_cifar10(tmp_path):
     pre-activation ResNet: the CIFAR path a GPU user runs, minus the download."""
     import tensorflow_datasets as tfds
 
-    from soft_prune_jax import export
+    from soft_prune_jax.compact import export
 
     config = e2e_config(model="resnet56", dataset="cifar10", num_train_examples=64, num_eval_examples=32,
                         validation_examples=0, num_epochs=1, lr_boundaries=(), data_dir=str(tmp_path / "tfds"))

@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from soft_prune_jax import flops, report, surgery
-from soft_prune_jax import masks as M
+from soft_prune_jax.measure import flops, report
+
+from soft_prune_jax.compact import surgery
+from soft_prune_jax.method import masks as M
 from soft_prune_jax.models import PreActResNet, get_model
 
 CIFAR_TINY = (8, 8, 3)

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from soft_prune_jax import checkpoint as ckpt_lib
-from soft_prune_jax import train
+from soft_prune_jax.training import checkpoint as ckpt_lib
+from soft_prune_jax.training import train
 from test_train import SyntheticData, tiny_config, tiny_phase
 
 EPOCHS, STEPS_PER_EPOCH = 3, 16  # 256 examples / batch 16

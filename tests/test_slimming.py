@@ -3,8 +3,12 @@
 import numpy as np
 import pytest
 
-from soft_prune_jax import flops, pipeline, surgery
-from soft_prune_jax import masks as M
+from soft_prune_jax.measure import flops
+
+from soft_prune_jax import pipeline
+
+from soft_prune_jax.compact import surgery
+from soft_prune_jax.method import masks as M
 from soft_prune_jax.models import get_model
 
 SHAPE = (12, 12, 1)

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from soft_prune_jax import masks as M
-from soft_prune_jax import structure, surgery
+from soft_prune_jax.method import masks as M
+from soft_prune_jax.compact import structure, surgery
 from soft_prune_jax.models import get_model
 
 # name -> (constructor overrides for a tiny model, input shape, num_classes)

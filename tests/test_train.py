@@ -16,8 +16,8 @@ import numpy as np
 import optax
 import pytest
 
-from soft_prune_jax import masks as M
-from soft_prune_jax import train
+from soft_prune_jax.method import masks as M
+from soft_prune_jax.training import train
 
 TINY_WIDTHS = (4, "M", 8)
 DatasetInfo = collections.namedtuple("DatasetInfo", "num_classes input_shape num_train num_test")

@@ -16,8 +16,10 @@ from typing import Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from soft_prune_jax.layers import classifier, conv, MaskedBNReLU
-from soft_prune_jax.masks import MaskConfig
+from soft_prune_jax.models.layers import classifier, conv
+
+from soft_prune_jax.method.units import MaskedBNReLU
+from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.models.resnet_cifar import Reads, select_channels
 
 

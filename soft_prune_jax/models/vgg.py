@@ -12,8 +12,10 @@ from typing import Optional, Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from soft_prune_jax.layers import classifier, conv, MaskedBNReLU
-from soft_prune_jax.masks import MaskConfig
+from soft_prune_jax.models.layers import classifier, conv
+
+from soft_prune_jax.method.units import MaskedBNReLU
+from soft_prune_jax.method.masks import MaskConfig
 
 POOL = "M"
 VGG16_WIDTHS = (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512)

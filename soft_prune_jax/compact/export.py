@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from flax.core import unfreeze
 
-from soft_prune_jax.masks import MaskConfig
+from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.models import MODEL_CLASSES
 
 FORMAT = "soft_prune_jax.compact/1"
@@ -90,7 +90,7 @@ def _digest(array: np.ndarray) -> str:
 
 
 def _input_channels(model: nn.Module, flat: dict[str, np.ndarray]) -> int:
-    from soft_prune_jax.structure import describe  # structure imports the models; keep import local
+    from soft_prune_jax.compact.structure import describe  # structure imports the models; keep import local
 
     key = "params/" + "/".join(describe(model).input_kernel)
     return int(flat[key].shape[2])
@@ -119,7 +119,7 @@ def save_compact(directory: str, model: nn.Module, variables, *, overwrite: bool
     if os.path.exists(directory) and not overwrite:
         raise ExportError(f"{directory} already exists; pass overwrite=True to replace it")
     if fold_bn:
-        from soft_prune_jax.fold import fold_batchnorm  # fold imports surgery, which is heavier
+        from soft_prune_jax.compact.fold import fold_batchnorm  # fold imports surgery, which is heavier
 
         model, variables = fold_batchnorm(model, variables)
     flat = _flat(variables)

@@ -11,10 +11,10 @@ import math
 from numbers import Integral, Real
 from typing import Optional
 
-from soft_prune_jax import data
-from soft_prune_jax.masks import MaskConfig
+from soft_prune_jax.training import data
+from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.models import model_names
-from soft_prune_jax.train import METHODS, PARALLEL_KINDS
+from soft_prune_jax.training.train import METHODS, PARALLEL_KINDS
 
 REQUIRED_FIELDS = (
     "model", "dataset", "num_classes", "data_dir", "manual_dir", "batch_size", "eval_batch_size", "num_epochs",
@@ -115,7 +115,7 @@ def validate(config, *, num_devices: Optional[int] = None) -> None:
             raise ValueError(f"config.{name}={value} is not divisible by the {num_devices} devices: "
                              f"expected a multiple of {num_devices}")
 
-    from soft_prune_jax import distributed  # imports only jax
+    from soft_prune_jax.training import distributed  # imports only jax
     dist = config.distributed
     distributed.validate_fields(dist.get("coordinator_address"), dist.get("num_processes"), dist.get("process_id"))
 

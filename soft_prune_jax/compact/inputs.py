@@ -24,7 +24,7 @@ import numpy as np
 
 def input_channels(model: nn.Module, variables: Mapping[str, Any]) -> int:
     """The channels the model's first conv reads (axis 2 of its kernel)."""
-    from soft_prune_jax.structure import describe  # structure imports every model; keep it local
+    from soft_prune_jax.compact.structure import describe  # structure imports every model; keep it local
     node = variables["params"]
     for key in describe(model).input_kernel:
         node = node[key]

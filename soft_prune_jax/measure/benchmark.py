@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from soft_prune_jax import fast_conv
-from soft_prune_jax import masks as M
-from soft_prune_jax.layers import GUMBEL_RNG
+from soft_prune_jax.ops import fast_conv
+from soft_prune_jax.method import masks as M
+from soft_prune_jax.method.units import GUMBEL_RNG
 
 DEFAULT_RUNS = 50
 DEFAULT_WARMUP = 5
@@ -339,7 +339,7 @@ def time_train_step(model: nn.Module, variables: Mapping[str, Any], batch_size: 
 # ---------------------------------------------------------------------------------------------
 
 def _macs(model: nn.Module, variables: Mapping[str, Any], input_shape: Sequence[int]) -> dict[str, int]:
-    from soft_prune_jax import flops  # MACs per example, the library's one convention
+    from soft_prune_jax.measure import flops  # MACs per example, the library's one convention
     count = flops.count(model, variables, input_shape)
     return {"macs": count.macs, "params": count.params}
 

@@ -21,8 +21,8 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
-from soft_prune_jax.structure import describe
-from soft_prune_jax.surgery import fit_variables
+from soft_prune_jax.compact.structure import describe
+from soft_prune_jax.compact.surgery import fit_variables
 
 BN_EPSILON = 1e-5  # MaskedBNReLU and BatchNorm both use flax's default
 

@@ -21,9 +21,9 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
-from soft_prune_jax import masks as M
-from soft_prune_jax.layers import MASK_OVERRIDE
-from soft_prune_jax.structure import Structure, describe
+from soft_prune_jax.method import masks as M
+from soft_prune_jax.method.units import MASK_OVERRIDE
+from soft_prune_jax.compact.structure import Structure, describe
 
 
 class SurgeryError(ValueError):

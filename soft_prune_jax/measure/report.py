@@ -18,7 +18,7 @@ import dataclasses
 import json
 from typing import Any, Mapping, Optional
 
-from soft_prune_jax.flops import FlopCount, reduction
+from soft_prune_jax.measure.flops import FlopCount, reduction
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,9 +29,9 @@ from absl import logging
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from soft_prune_jax import checkpoint as ckpt_lib
-from soft_prune_jax import masks as M
-from soft_prune_jax.layers import GUMBEL_RNG
+from soft_prune_jax.training import checkpoint as ckpt_lib
+from soft_prune_jax.method import masks as M
+from soft_prune_jax.method.units import GUMBEL_RNG
 from soft_prune_jax.models import get_model
 
 AXIS = "batch"  # the mapped axis name used by every step, pmap and shard_map alike
@@ -399,7 +399,7 @@ class FitResult:
 
 
 def default_dataset():
-    from soft_prune_jax import data  # TensorFlow is imported only when real data is read
+    from soft_prune_jax.training import data  # TensorFlow is imported only when real data is read
     return data
 
 

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from soft_prune_jax import masks as M
+from soft_prune_jax.method import masks as M
 
 CONV, DENSE = "conv", "dense"
 
