@@ -292,7 +292,7 @@ def test_prefetch_to_device_keeps_order_and_values():
 def test_dataset_info_needs_no_tensorflow_and_honours_overrides(tmp_path):
     # Without TensorFlow (as on the GPU image) the module imports and answers get_dataset_info.
     script = ("import sys; sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n"
-              "import ml_collections\nfrom soft_prune_jax import data\n"
+              "import ml_collections\nfrom soft_prune_jax.training import data\n"
               "config = ml_collections.ConfigDict(dict(dataset='fashion_mnist', num_classes=10, batch_size=8,"
               " eval_batch_size=8, validation_examples=0))\n"
               "print(data.get_dataset_info(config).num_train)")
