@@ -64,12 +64,15 @@ def model_hard_masks(model: nn.Module, params, keep_at_least_one: bool = True) -
 
 
 def plan(model: nn.Module, variables, *, round_to: int = 1,
-         masks: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, LayerPlan]:
+         masks: Optional[Mapping[str, np.ndarray]] = None,
+         scores: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, LayerPlan]:
     """Kept channel indices per masked unit.
 
     round_to: keep the next-best channels (lowest pruning probability) until every non-empty kept
       width is a multiple of ``round_to`` (or the full width). Empty layers stay empty.
     masks: {unit name: 0/1 array} to use instead of the model's own hard masks.
+    scores: {unit name: array}, higher = more worth keeping: picks the keep-one fallback and the
+      round_to padding (a method's own ranking, e.g. Network Slimming's |scale|). None = lowest pi.
     """
     if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
         raise ValueError(f"round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment)")
@@ -87,6 +90,10 @@ def plan(model: nn.Module, variables, *, round_to: int = 1,
         if unknown or len(masks) != len(names):
             raise SurgeryError(f"masks must have exactly one entry per masked unit; unknown: {unknown[:3]}, "
                                f"missing: {sorted(set(names) - set(masks))[:3]}")
+
+    def rank(name: str) -> np.ndarray:  # ascending = most worth keeping first
+        return -np.asarray(scores[name]).reshape(-1) if scores is not None else _pi(model, layers[name])
+
     result = {}
     for group in structure.groups:
         total = int(np.shape(layers[group.name]["scale"])[0])
@@ -96,13 +103,13 @@ def plan(model: nn.Module, variables, *, round_to: int = 1,
         keep = mask > 0
         fallback = False
         if group.keep_at_least_one and not keep.any() and total:
-            keep[np.argmin(_pi(model, layers[group.name]))] = True
+            keep[np.argmin(rank(group.name))] = True
             fallback = True
         from_mask = int(np.sum(mask > 0))
         count = int(keep.sum())
         target = min(total, -(-count // round_to) * round_to) if count else 0
         if target > count:
-            order = np.argsort(_pi(model, layers[group.name]), kind="stable")  # lowest pi first
+            order = np.argsort(rank(group.name), kind="stable")  # most worth keeping first
             extra = [i for i in order if not keep[i]][: target - count]
             keep[extra] = True
         result[group.name] = LayerPlan(np.flatnonzero(keep), total, from_mask, fallback)
@@ -110,14 +117,14 @@ def plan(model: nn.Module, variables, *, round_to: int = 1,
 
 
 def prune(model: nn.Module, variables, *, round_to: int = 1,
-          masks: Optional[Mapping[str, np.ndarray]] = None):
+          masks: Optional[Mapping[str, np.ndarray]] = None, scores: Optional[Mapping[str, np.ndarray]] = None):
     """Returns (compact_model, compact_variables): the same class with smaller widths, no masks.
 
     The compact model's outputs equal ``apply_with_masks(model, variables, masks_of(plan))``; with
     ``round_to=1`` and no ``masks`` that is simply ``model.apply(variables, x, train=False)``.
     """
     structure = describe(model)
-    kept = {name: p.kept for name, p in plan(model, variables, round_to=round_to, masks=masks).items()}
+    kept = {name: p.kept for name, p in plan(model, variables, round_to=round_to, masks=masks, scores=scores).items()}
     return slice_to(structure, variables, kept)
 
 
