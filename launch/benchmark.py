@@ -97,7 +97,8 @@ def _random_compact(model, variables, round_to: int):
 def _models():
     """(dense, dense_vars, compact|None, compact_vars|None, input_shape, description)."""
     import jax
-    from soft_prune_jax.training import train as T
+    from soft_prune_jax.training.experiment import create_model
+    from soft_prune_jax.training.state import init_variables
 
     sources = [name for name in ("workdir", "config", "model") if getattr(FLAGS, name) is not None]
     if len(sources) != 1:
@@ -107,7 +108,7 @@ def _models():
         from soft_prune_jax.training import checkpoint
         from soft_prune_jax import pipeline
         config = ConfigDict(checkpoint.load_workdir_config(FLAGS.workdir))
-        dense = T.create_model(config, mask=None)
+        dense = create_model(config, mask=None)
         variables = pipeline.trained_variables(config, FLAGS.workdir)
         compact, compact_vars, which = pipeline.final_compact(FLAGS.workdir)
         return dense, variables, compact, compact_vars, _input_shape(config.dataset), \
@@ -115,7 +116,7 @@ def _models():
 
     if FLAGS.config is not None:
         config = FLAGS.config
-        model = T.create_model(config)
+        model = create_model(config)
         input_shape, name = _input_shape(config.dataset), config.model
         round_to = FLAGS.round_to or int(config.round_to)
     else:
@@ -128,7 +129,7 @@ def _models():
             raise app.UsageError(str(e))
         input_shape, name = _input_shape(None), FLAGS.model
         round_to = FLAGS.round_to or 1
-    variables = T.init_variables(model, jax.random.key(FLAGS.seed), input_shape)
+    variables = init_variables(model, jax.random.key(FLAGS.seed), input_shape)
     variables, compact, compact_vars = _random_compact(model, variables, round_to)
     return model.clone(mask=None), variables, compact, compact_vars, input_shape, \
         f"{name}, random BN pruning {FLAGS.random_prune:.2f}, round_to {round_to}"

@@ -19,10 +19,13 @@ import numpy as np
 import pytest
 
 from soft_prune_jax.training import checkpoint as ckpt_lib
-from soft_prune_jax.training import config_validation, train
+from soft_prune_jax.training import config_validation
+from soft_prune_jax.training.experiment import create_model, training_phase
+from soft_prune_jax.training.loop import fit
+from soft_prune_jax.training.state import init_variables
 from soft_prune_jax.compact import export, inputs
 from soft_prune_jax import pipeline
-from test_train import TINY_WIDTHS, SyntheticData, tiny_config, tiny_phase
+from conftest import TINY_WIDTHS, SyntheticData, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,7 +152,7 @@ def trained_workdir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("trained"))
     config = tiny_config(num_epochs=1)
     ckpt_lib.ensure_workdir_config(workdir, config)
-    train.fit(config, workdir, tiny_phase(config), dataset=SyntheticData())
+    fit(config, workdir, training_phase(config), dataset=SyntheticData())
     return workdir
 
 
@@ -179,7 +182,7 @@ def test_damaged_latest_checkpoint_is_one_line_and_left_untouched(trained_workdi
     config = tiny_config(num_epochs=2)
     data = SyntheticData()
     with pytest.raises(ValueError) as info:
-        train.fit(config, workdir, tiny_phase(config), dataset=data)
+        fit(config, workdir, training_phase(config), dataset=data)
     message = _one_line(info.value)
     assert message.startswith(f"checkpoint 16 in {ckpt_lib.checkpoint_dir(workdir, 'train')} cannot be read (")
     assert "left untouched" in message
@@ -199,7 +202,7 @@ def test_checkpoint_of_another_model_is_refused_naming_the_first_difference(trai
     _one_line(info.value)
     # ...and the trainer itself refuses the checkpoint's shapes (orbax alone would return them as stored).
     with pytest.raises(ValueError) as info:
-        train.fit(wider, workdir, tiny_phase(wider), dataset=SyntheticData())
+        fit(wider, workdir, training_phase(wider), dataset=SyntheticData())
     message = _one_line(info.value)
     assert "checkpoint 16 in" in message and "does not fit this model" in message
     assert "(4,) in the checkpoint, (6,) in the model" in message
@@ -213,8 +216,8 @@ def test_checkpoint_of_another_model_is_refused_naming_the_first_difference(trai
 
 @pytest.fixture(scope="module")
 def compact_export(tmp_path_factory):
-    model = train.create_model(tiny_config(method="dense"))
-    variables = train.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+    model = create_model(tiny_config(method="dense"))
+    variables = init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
     directory = str(tmp_path_factory.mktemp("export") / "compact")
     export.save_compact(directory, model, variables)
     return directory, model, variables

@@ -22,8 +22,10 @@ import time
 import numpy as np
 import pytest
 
-from soft_prune_jax.training import checkpoint as ckpt_lib
+from conftest import SyntheticData, tiny_config
+
 from soft_prune_jax import pipeline
+from soft_prune_jax.training import checkpoint as ckpt_lib
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
@@ -177,19 +179,21 @@ def test_sigkill_during_save_and_during_training_then_resume_ends_as_uninterrupt
 FULL_DISK_CHILD = r"""
 import json, os, resource, signal, sys
 sys.path.insert(0, TESTS_DIR)
-from soft_prune_jax.training import checkpoint as ckpt_lib, train
-from test_train import SyntheticData, tiny_config, tiny_phase
+from conftest import SyntheticData, tiny_config
+from soft_prune_jax.training import checkpoint as ckpt_lib
+from soft_prune_jax.training.experiment import training_phase
+from soft_prune_jax.training.loop import fit
 
 workdir = sys.argv[1]
 config = tiny_config(num_epochs=1, num_train_examples=32, log_every_steps=1)
 ckpt_lib.ensure_workdir_config(workdir, config)
-train.fit(config, workdir, tiny_phase(config), dataset=SyntheticData())  # one good epoch: checkpoint 2
+fit(config, workdir, training_phase(config), dataset=SyntheticData())  # one good epoch: checkpoint 2
 # From here on no file may grow past 64 bytes: every write fails as on a full disk (EFBIG instead of ENOSPC).
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
 config = tiny_config(num_epochs=3, num_train_examples=32, log_every_steps=1)
 try:
-    train.fit(config, workdir, tiny_phase(config), dataset=SyntheticData())
+    fit(config, workdir, training_phase(config), dataset=SyntheticData())
     print("RESULT " + json.dumps({"error": None}))
 except Exception as e:
     print("RESULT " + json.dumps({"error": type(e).__name__, "message": str(e)}))
@@ -217,7 +221,6 @@ def test_full_disk_is_a_clear_error_not_a_hang_and_keeps_the_last_checkpoint(tmp
     lambda tmp: "/proc/soft_prune_jax_workdir",  # a file system that refuses new entries, even to root
 ], ids=["below-a-file", "is-a-file", "proc"])
 def test_unwritable_workdir_is_a_clear_error_before_any_work(tmp_path, make_workdir):
-    from test_train import SyntheticData, tiny_config
     workdir = make_workdir(tmp_path)
     before = _snapshot(tmp_path)
     data = SyntheticData()
@@ -252,7 +255,6 @@ def _snapshot(root) -> dict:
 
 
 def test_non_finite_loss_stops_the_pipeline_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    from test_train import SyntheticData, tiny_config
     workdir = str(tmp_path)
     config = tiny_config(num_epochs=3, finetune_epochs=0, num_train_examples=64)  # 4 steps per epoch
     with pytest.raises(FloatingPointError) as info:

@@ -2,7 +2,7 @@
 
 Two processes on localhost (``jax.distributed.initialize`` with a free port), each with two CPU
 devices (``--xla_force_host_platform_device_count=2``; jax 0.10's CPU client uses gloo collectives
-by default, ``jax_cpu_collectives_implementation='gloo'``), train a tiny model with ``train.fit``
+by default, ``jax_cpu_collectives_implementation='gloo'``), train a tiny model with ``training.loop.fit``
 and must end at the parameters of one process with four devices fed the same global batches.
 Each process generates only its own rows of every global batch (its shard), the checkpoints are
 written once through orbax's multi-process protocol, and the metrics are the global ones.
@@ -20,12 +20,15 @@ import time
 
 import numpy as np
 import pytest
+from conftest import tiny_config
+
+from soft_prune_jax.training import distributed
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
 NUM_PROCESSES, DEVICES_PER_PROCESS = 2, 2
 GLOBAL_BATCH, NUM_TRAIN, NUM_TEST, EPOCHS = 16, 64, 20, 2  # 4 steps per epoch, 8 in all
-KINDS = ("pmap", "shard_map")  # both ways train.Parallel drives a step
+KINDS = ("pmap", "shard_map")  # both ways training.parallel.Parallel drives a step
 
 CHILD = r"""
 import json, os, sys
@@ -38,9 +41,13 @@ if ROLE != "single":
     distributed.initialize_from_fields(coordinator_address=f"localhost:{PORT}", num_processes=NUM_PROCESSES,
                                        process_id=int(ROLE))
 sys.path.insert(0, TESTS_DIR)
+from conftest import tiny_config
 from soft_prune_jax.training import checkpoint as ckpt_lib
-from soft_prune_jax.training import train
-from test_train import tiny_config, tiny_phase
+from soft_prune_jax.training.evaluate import evaluate
+from soft_prune_jax.training.experiment import training_phase
+from soft_prune_jax.training.loop import fit
+from soft_prune_jax.training.parallel import Parallel
+from soft_prune_jax.training.steps import AXIS, eval_step
 
 SHAPE, CLASSES = (8, 8, 1), 10
 PROTOTYPES = np.random.default_rng(1234).normal(size=(CLASSES,) + SHAPE).astype(np.float32)
@@ -105,12 +112,12 @@ for KIND in KINDS:
     ckpt_lib.ensure_workdir_config(WORKDIR, config)
     data = ShardedData()
     ShardedData.served_rows = 0
-    phase = tiny_phase(config)
-    result = train.fit(config, WORKDIR, phase, dataset=data)
-    parallel = train.Parallel(KIND)
-    model = phase.model.clone(axis_name=train.AXIS)
-    p_eval = parallel.map(lambda v, b: train.eval_step(v, b, model=model))
-    evaluation = train.evaluate(parallel, p_eval, parallel.replicate(result.state.variables),
+    phase = training_phase(config)
+    result = fit(config, WORKDIR, phase, dataset=data)
+    parallel = Parallel(KIND)
+    model = phase.model.clone(axis_name=AXIS)
+    p_eval = parallel.map(lambda v, b: eval_step(v, b, model=model))
+    evaluation = evaluate(parallel, p_eval, parallel.replicate(result.state.variables),
                                 data.eval_iterator(config, local_devices=parallel.num_local_devices))
     flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(
         {"params": result.state.params, "batch_stats": result.state.batch_stats})}
@@ -265,15 +272,12 @@ def test_pipeline_prunes_once_and_evaluates_across_processes(all_runs):
     ({"coordinator_address": "10.0.0.1:1234"}, {}, True),
 ])
 def test_distributed_runtime_is_joined_only_when_asked(fields, environ, expected):
-    from soft_prune_jax.training import distributed
     assert distributed.requested(**fields, environ=environ) is expected
 
 
 def test_single_process_initialize_is_a_no_op_and_sync_returns(monkeypatch):
-    from soft_prune_jax.training import distributed
     for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    from test_train import tiny_config
     assert distributed.initialize(tiny_config()) is False
     distributed.sync("nothing to wait for")
     assert distributed.is_primary()

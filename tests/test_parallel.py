@@ -20,22 +20,26 @@ CHILD = r"""
 import functools, json, sys
 import jax, numpy as np
 sys.path.insert(0, TESTS_DIR)
-from soft_prune_jax.training import train
-from test_train import SyntheticData, tiny_config, tiny_phase
+from conftest import SyntheticData, tiny_config
+from soft_prune_jax.training.experiment import training_phase
+from soft_prune_jax.training.loop import fit
+from soft_prune_jax.training.parallel import Parallel, check_global_batch
+from soft_prune_jax.training.state import create_learning_rate_fn, create_optimizer, create_train_state, init_variables
+from soft_prune_jax.training.steps import AXIS, train_step
 
 STEPS = 3
 config = tiny_config(batch_size=16, sparsity_lambda=1e-2)  # a large lambda: the masks matter
-phase = tiny_phase(config)
+phase = training_phase(config)
 data = SyntheticData()
-variables = train.init_variables(phase.model, jax.random.PRNGKey(0), data.shape)
-lr_fn = train.create_learning_rate_fn(0.1, (), 0.1, 16)
-tx = train.create_optimizer(config, lr_fn, variables["params"])
-state0 = train.create_train_state(jax.random.PRNGKey(1), variables, tx)
+variables = init_variables(phase.model, jax.random.PRNGKey(0), data.shape)
+lr_fn = create_learning_rate_fn(0.1, (), 0.1, 16)
+tx = create_optimizer(config, lr_fn, variables["params"])
+state0 = create_train_state(jax.random.PRNGKey(1), variables, tx)
 host_batches = [next(data.train_iterator(config, local_devices=1, seed=s)) for s in range(STEPS)]
 
 def run(kind, devices):
-    parallel = train.Parallel(kind, devices)
-    step = parallel.map(functools.partial(train.train_step, model=phase.model.clone(axis_name=train.AXIS), tx=tx,
+    parallel = Parallel(kind, devices)
+    step = parallel.map(functools.partial(train_step, model=phase.model.clone(axis_name=AXIS), tx=tx,
                                           learning_rate_fn=lr_fn, regulariser=phase.regulariser))
     state = parallel.replicate(state0)
     n = len(devices)
@@ -54,15 +58,15 @@ pmapped, pmap_m = run("pmap", devices)
 sharded, shard_m = run("shard_map", devices)
 errors = {}
 try:
-    train.check_global_batch(12, len(devices))
+    check_global_batch(12, len(devices))
 except ValueError as e:
     errors["check"] = str(e)
 try:
-    train.fit(tiny_config(batch_size=12), "/nonexistent-never-created", phase, dataset=data)
+    fit(tiny_config(batch_size=12), "/nonexistent-never-created", phase, dataset=data)
 except ValueError as e:
     errors["fit"] = str(e)
 try:
-    train.Parallel("shard_map", devices).shard_batch({"image": np.zeros((4, 2, 8, 8, 1))})
+    Parallel("shard_map", devices).shard_batch({"image": np.zeros((4, 2, 8, 8, 1))})
 except ValueError as e:
     errors["layout"] = str(e)
 print("RESULT " + json.dumps({

@@ -1,6 +1,6 @@
 """Config validation (table-driven) and the whole pipeline end to end on a tiny model.
 
-The end-to-end run uses the synthetic in-memory dataset of test_train.py (a couple of epochs of
+The end-to-end run uses the synthetic in-memory dataset of conftest.py (a couple of epochs of
 16 steps); the slow-marked test runs the launch script on real Fashion-MNIST with few examples.
 """
 
@@ -16,10 +16,12 @@ import sys
 import numpy as np
 import pytest
 
-from soft_prune_jax.training import config_validation
+from conftest import SyntheticData, tiny_config
 
 from soft_prune_jax import pipeline
-from test_train import SyntheticData, tiny_config
+from soft_prune_jax.compact import export
+from soft_prune_jax.methods import slimming
+from soft_prune_jax.training import config_validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +38,7 @@ def _set(config, dotted: str, value):
 INVALID = [
     ("model", "vgg99", r"config.model='vgg99' is unknown: known models are densenet40, fmnist_cnn, "),
     ("dataset", "mnist", r"config.dataset='mnist' is unknown: known datasets are cifar10, cifar100, "),
-    ("method", "l0", r"config.method='l0' is invalid: expected one of scp, dense, slimming"),
+    ("method", "l0", r"config.method='l0' is invalid: expected one of dense, scp, slimming"),
     ("parallel", "xmap", r"config.parallel='xmap' is invalid: expected one of pmap, shard_map"),
     ("mask.tau", 0.0, r"tau=0.0 is invalid: expected a finite number > 0"),
     ("mask.tau", -0.5, r"tau=-0.5 is invalid"),
@@ -94,11 +96,11 @@ def test_slimming_masks_keep_the_global_top_scales():
     params = {"masked_bn0": {"scale": np.array([0.1, -0.9, 0.5, 0.05]), "bias": np.zeros(4)},
               "block": {"masked_bn1": {"scale": np.array([0.7, 0.2]), "bias": np.zeros(2)}},
               "head": {"kernel": np.ones((2, 2))}}
-    masks = pipeline.slimming_masks(params, 0.5)
+    masks = slimming.global_threshold_masks(params, 0.5)
     np.testing.assert_array_equal(masks["masked_bn0"], [0, 1, 1, 0])
     np.testing.assert_array_equal(masks["block/masked_bn1"], [1, 0])
     with pytest.raises(ValueError, match="target_channel_ratio=0"):
-        pipeline.slimming_masks(params, 0)
+        slimming.global_threshold_masks(params, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,12 +146,47 @@ def test_report_fields(e2e):
     assert ev["max_abs_logit_diff_before_finetune"] < 1e-4
     assert ev["compact_accuracy_before_finetune"] == pytest.approx(ev["trained_hard_masked_accuracy"], abs=1e-9)
     assert 0.0 <= ev["compact_accuracy_after_finetune"] <= 1.0
+    # 10 classes: top-5 is reported beside top-1 for every model, and the final one is the fine-tuned one.
+    assert ev["trained_hard_masked_accuracy"] <= ev["trained_hard_masked_top5_accuracy"] <= 1.0
+    assert ev["compact_top5_accuracy_before_finetune"] == pytest.approx(ev["trained_hard_masked_top5_accuracy"],
+                                                                        abs=1e-9)
+    assert ev["final_top5_accuracy"] == ev["compact_top5_accuracy_after_finetune"] >= ev["final_accuracy"]
+    assert report["method_details"]["label"] == "SCP"
+    assert report["method_details"]["settings"]["sparsity_lambda"] == 1e-2
     row = report["benchmark"]["rows"][0]
     assert row["batch_size"] == 8 and row["dense"]["median_ms"] > 0 and row["compact"]["median_ms"] > 0
     assert row["speedup"] == pytest.approx(row["dense"]["median_ms"] / row["compact"]["median_ms"])
     assert report["train"]["steps"] == 2 * 16 and report["finetune"]["steps"] == 16
     assert report["train"]["validation"]["count"] == 36  # evaluated after every epoch (synthetic: the test set)
     assert set(report["timings"]) == {"train", "prune", "finetune", "evaluate", "benchmark"}
+
+
+def test_markdown_report(e2e):
+    workdir, _, report = e2e
+    text = open(os.path.join(workdir, "report.md")).read()
+    assert text.startswith("# fmnist_cnn on fashion_mnist (SCP)\n")
+    ev = report["evaluate"]
+    assert (f"| test accuracy, compact after fine-tuning | {100 * ev['compact_accuracy_after_finetune']:.2f}% "
+            f"(top-5 {100 * ev['compact_top5_accuracy_after_finetune']:.2f}%) |") in text
+    assert "| method settings | sparsity_lambda 0.01, sparsity_s 2, mask {delta 0.49, eps 0.05, k 20, tau 0.5} |" in text
+
+
+def test_network_slimming_through_the_pipeline(tmp_path):
+    """Slimming trains without masks from BN scales 0.5, cuts by one global |scale| threshold, and the
+    compact model reproduces the trained network under those masks exactly."""
+    config = e2e_config(method="slimming", num_epochs=1, lr_boundaries=(), finetune_epochs=0, validation_examples=0)
+    workdir = str(tmp_path)
+    results = pipeline.run(config, workdir, "train,prune,evaluate,report", dataset=SyntheticData())
+    prune = results["prune"]
+    assert sum(prune["kept_channels"].values()) == 6  # target_channel_ratio 0.5 of 4 + 8
+    ev = results["evaluate"]
+    assert ev["max_abs_logit_diff_before_finetune"] < 1e-4
+    assert ev["compact_accuracy_before_finetune"] == pytest.approx(ev["trained_hard_masked_accuracy"], abs=1e-9)
+    details = results["report"]["method_details"]
+    assert details == {"label": "Network Slimming", "keep_one_rule": "the largest |BN scale|",
+                       "settings": {"l1": 1e-4, "bn_scale_init": 0.5, "target_channel_ratio": 0.5}}
+    compact, _ = export.load_compact(os.path.join(workdir, "compact"))
+    assert compact.mask is None
 
 
 def test_phases_rerun_alone_and_workdir_guard(e2e):
@@ -184,8 +221,6 @@ def test_every_phase_on_mocked_cifar10(tmp_path):
     """The real input pipeline (tfds -> tf.data) on mocked CIFAR-10 through all six phases, with a tiny
     pre-activation ResNet: the CIFAR path a GPU user runs, minus the download."""
     import tensorflow_datasets as tfds
-
-    from soft_prune_jax.compact import export
 
     config = e2e_config(model="resnet56", dataset="cifar10", num_train_examples=64, num_eval_examples=32,
                         validation_examples=0, num_epochs=1, lr_boundaries=(), data_dir=str(tmp_path / "tfds"))

@@ -1,0 +1,11 @@
+"""Training: the state, the per-device steps, the parallel drivers, the loop and its I/O.
+
+Owns ``state`` (TrainState, variables, schedule, optimizer), ``steps`` (one per-device train/eval
+step written with an axis name), ``parallel`` (pmap and jit(shard_map) drivers of those steps),
+``evaluate``, ``summaries`` (TensorBoard) and ``progress`` (log lines), ``loop`` (``fit`` of one
+``Phase``, resumable), ``experiment`` (model and training phase of a config, via its method
+plug-in), ``checkpoint``, ``distributed``, ``data`` (tfds input pipelines) and
+``config_validation``. May import ``method``, ``models`` and ``methods``; never ``compact``,
+``measure`` or the pipeline (what the loop needs from them, e.g. MACs for the progress line, is
+passed in as a function).
+"""

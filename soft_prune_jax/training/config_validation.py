@@ -14,7 +14,8 @@ from typing import Optional
 from soft_prune_jax.training import data
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.models import model_names
-from soft_prune_jax.training.train import METHODS, PARALLEL_KINDS
+from soft_prune_jax.methods import method_names
+from soft_prune_jax.training.parallel import PARALLEL_KINDS
 
 REQUIRED_FIELDS = (
     "model", "dataset", "num_classes", "data_dir", "manual_dir", "batch_size", "eval_batch_size", "num_epochs",
@@ -59,8 +60,8 @@ def validate(config, *, num_devices: Optional[int] = None) -> None:
     if config.dataset not in data.known_datasets():
         raise ValueError(f"config.dataset={config.dataset!r} is unknown: known datasets are "
                          f"{', '.join(data.known_datasets())}")
-    if config.method not in METHODS:
-        raise ValueError(f"config.method={config.method!r} is invalid: expected one of {', '.join(METHODS)}")
+    if config.method not in method_names():
+        raise ValueError(f"config.method={config.method!r} is invalid: expected one of {', '.join(method_names())}")
     if config.parallel not in PARALLEL_KINDS:
         raise ValueError(f"config.parallel={config.parallel!r} is invalid: expected one of {', '.join(PARALLEL_KINDS)}")
 

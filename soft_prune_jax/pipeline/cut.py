@@ -1,0 +1,51 @@
+"""Which channels surgery cuts, as the config's method decides, and the MACs of a cut.
+
+``surgery_choice`` asks the method for its masks (None: the model's own hard masks) and its
+ranking for the keep-one fallback and round_to padding; it gives the method ``macs_ratio(masks)``
+so a method can aim at a MAC budget without knowing about surgery or FLOP counting.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from soft_prune_jax.compact import surgery
+from soft_prune_jax.compact.structure import describe
+from soft_prune_jax.measure import flops
+from soft_prune_jax.methods import get_method
+
+
+def surgery_choice(config, model, variables, input_shape: Sequence[int]) -> dict[str, Any]:
+    """{'masks', 'scores'}: keyword arguments of ``surgery.plan``/``surgery.prune`` for ``config.method``."""
+    method = get_method(config.method)
+    scores = method.keep_scores(variables["params"]) if method.keep_scores is not None else None
+    round_to = int(config.round_to)
+    rebuild = describe(model).rebuild
+    dense_macs = functools.cache(lambda: flops.count(model, None, input_shape).macs)
+
+    def macs_ratio(masks: Mapping[str, np.ndarray]) -> float:
+        plans = surgery.plan(model, variables, round_to=round_to, masks=masks, scores=scores)
+        compact = rebuild({name: p.kept for name, p in plans.items()})
+        return flops.count(compact, None, input_shape).macs / dense_macs()
+
+    return {"masks": method.surgery_masks(config, variables, macs_ratio), "scores": scores}
+
+
+def effective_masks(config, model, variables, input_shape: Sequence[int]) -> dict[str, np.ndarray]:
+    """The 0/1 masks whose hard-masked network the compact model reproduces exactly."""
+    choice = surgery_choice(config, model, variables, input_shape)
+    return surgery.masks_of(surgery.plan(model, variables, round_to=int(config.round_to), **choice))
+
+
+def progress_macs_fn(model, input_shape: Sequence[int]) -> Callable[[Mapping[str, Any]], dict]:
+    """variables -> {'macs', 'ratio'}: MACs of the network the current hard masks leave (progress lines)."""
+    dense_macs = flops.count(model, None, input_shape).macs
+
+    def macs_fn(variables):
+        compact, compact_vars = surgery.prune(model, variables)
+        macs = flops.count(compact, compact_vars, input_shape).macs
+        return {"macs": macs, "ratio": macs / dense_macs}
+    return macs_fn

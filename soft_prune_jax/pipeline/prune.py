@@ -1,0 +1,31 @@
+"""The prune phase: surgery on the trained network, by the method's masks (compact/, prune.json)."""
+
+from __future__ import annotations
+
+import os
+
+from soft_prune_jax.compact import export, surgery
+from soft_prune_jax.pipeline.cut import surgery_choice
+from soft_prune_jax.pipeline.records import write_json
+from soft_prune_jax.pipeline.workdir import COMPACT_DIR, trained_variables
+from soft_prune_jax.training.experiment import create_model
+
+
+def prune_phase(config, workdir, *, dataset, devices=None) -> dict:
+    model = create_model(config)
+    variables = trained_variables(config, workdir)
+    choice = surgery_choice(config, model, variables, dataset.get_dataset_info(config).input_shape)
+    round_to = int(config.round_to)
+    plans = surgery.plan(model, variables, round_to=round_to, **choice)
+    compact, compact_vars = surgery.prune(model, variables, round_to=round_to, **choice)
+    # overwrite: rerunning the phase on its own recomputes the same compact model from the same checkpoint.
+    export.save_compact(os.path.join(workdir, COMPACT_DIR), compact, compact_vars, overwrite=True,
+                        extra={"source": "prune", "method": config.method, "round_to": round_to})
+    summary = {
+        "kept_channels": {name: len(p.kept) for name, p in plans.items()},
+        "total_channels": {name: p.total for name, p in plans.items()},
+        # METHOD.md section 3: a plain chain never loses its last channel; say where that happened.
+        "kept_by_fallback": sorted(name for name, p in plans.items() if p.kept_by_fallback),
+    }
+    write_json(workdir, "prune.json", summary)
+    return summary

@@ -1,0 +1,44 @@
+"""The report phase: everything the other phases recorded plus MACs, parameters and channels
+(report.json, report.md, widths.png)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from soft_prune_jax.measure import flops, markdown, report
+from soft_prune_jax.methods import get_method
+from soft_prune_jax.pipeline.records import read_existing, write_json
+from soft_prune_jax.pipeline.workdir import final_compact, trained_variables
+from soft_prune_jax.training.checkpoint import config_to_dict
+from soft_prune_jax.training.experiment import create_model
+
+RECORDS = ("train", "prune", "finetune", "evaluate", "benchmark", "timings")
+
+
+def report_phase(config, workdir, *, dataset, devices=None) -> dict:
+    input_shape = tuple(dataset.get_dataset_info(config).input_shape)
+    dense_model = create_model(config)
+    variables = trained_variables(config, workdir)
+    compact, compact_vars, which = final_compact(workdir)
+    comparison = report.compare(flops.count(dense_model, variables, input_shape),
+                                flops.count(compact, compact_vars, input_shape))
+    method = get_method(config.method)
+    out = {
+        "model": config.model, "dataset": config.dataset, "method": config.method,
+        "method_details": {"label": method.label, "settings": method.settings(config),
+                           "keep_one_rule": method.keep_one_rule},
+        "macs_convention": "multiply-accumulates per example of conv and dense layers (FLOPs = 2 x MACs)",
+        "pruning": report.to_dict(comparison),
+        "compact_model": which,
+        "config": config_to_dict(config),
+    }
+    out |= read_existing(workdir, RECORDS)
+    write_json(workdir, "report.json", out)
+    if jax.process_index() == 0:
+        plot = report.plot_widths(os.path.join(workdir, "widths.png"), comparison,
+                                  title=f"{config.model} on {config.dataset}, {method.label}")
+        with open(os.path.join(workdir, "report.md"), "w") as f:
+            f.write(markdown.render(out, report.format_table(comparison), plot))
+    return out

@@ -1,0 +1,128 @@
+"""Shared test fixtures: a synthetic in-memory dataset with the layout of ``training.data``, the tiny
+config of the shared schema, and a module-wide tiny model (``training_phase(tiny_config())``'s).
+
+The plain helpers ``SyntheticData``, ``tiny_config`` and ``TINY_WIDTHS`` are also imported
+by name (``from conftest import ...``): subprocess children of the parallel, multi-host and
+fault tests need them outside pytest, and ``tiny_config(**overrides)`` reads best as a call.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from soft_prune_jax.training.experiment import create_model
+from soft_prune_jax.training.state import init_variables
+
+TINY_WIDTHS = (4, "M", 8)
+DatasetInfo = collections.namedtuple("DatasetInfo", "num_classes input_shape num_train num_test")
+
+
+class SyntheticData:
+    """Learnable class prototypes plus noise, served with the layout of soft_prune_jax.training.data.
+
+    The order of training examples is a function of the iterator's seed only. ``kill_at`` raises
+    KeyboardInterrupt when that many training batches have been served (a killed run), ``nan_at``
+    serves NaN images from that batch on (a diverging run).
+    """
+
+    def __init__(self, num_train=256, num_test=36, shape=(8, 8, 1), num_classes=10, kill_at=None, nan_at=None):
+        rng = np.random.default_rng(1234)
+        prototypes = rng.normal(size=(num_classes,) + shape).astype(np.float32)
+
+        def make(n):
+            labels = rng.integers(0, num_classes, n).astype(np.int32)
+            images = prototypes[labels] + 0.3 * rng.normal(size=(n,) + shape).astype(np.float32)
+            return images.astype(np.float32), labels
+
+        self.train, self.test = make(num_train), make(num_test)
+        self.shape, self.num_classes = shape, num_classes
+        self.kill_at, self.nan_at = kill_at, nan_at
+        self.served = 0
+
+    def get_dataset_info(self, config):
+        return DatasetInfo(self.num_classes, self.shape, config.num_train_examples or len(self.train[1]),
+                           len(self.test[1]))
+
+    def train_iterator(self, config, *, local_devices, seed):
+        images, labels = self.train
+        n = config.num_train_examples or len(labels)
+        bs = config.batch_size
+        rng = np.random.default_rng(seed)
+        while True:
+            order = rng.permutation(n)
+            for i in range(n // bs):
+                if self.kill_at is not None and self.served == self.kill_at:
+                    raise KeyboardInterrupt(f"killed after {self.served} batches")
+                idx = order[i * bs:(i + 1) * bs]
+                x = images[idx].copy()
+                if self.nan_at is not None and self.served >= self.nan_at:
+                    x[:] = np.nan
+                self.served += 1
+                yield {"image": x.reshape((local_devices, -1) + x.shape[1:]),
+                       "label": labels[idx].reshape(local_devices, -1)}
+
+    def eval_iterator(self, config, *, local_devices, split="test"):
+        images, labels = self.test
+        bs = config.eval_batch_size
+        for start in range(0, len(labels), bs):
+            x, y = images[start:start + bs], labels[start:start + bs]
+            mask = np.ones(bs, np.float32)
+            mask[len(y):] = 0
+            pad = bs - len(y)
+            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+            y = np.concatenate([y, np.zeros(pad, y.dtype)])
+            yield {"image": x.reshape((local_devices, -1) + x.shape[1:]), "label": y.reshape(local_devices, -1),
+                   "mask": mask.reshape(local_devices, -1)}
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+    """Every field of the shared schema, with a tiny fmnist_cnn and the synthetic data's sizes."""
+    c = ml_collections.ConfigDict()
+    c.model = "fmnist_cnn"
+    c.model_kwargs = ml_collections.ConfigDict({"widths": TINY_WIDTHS})
+    c.dataset = "fashion_mnist"
+    c.num_classes = 10
+    c.data_dir = None
+    c.manual_dir = None
+    c.batch_size = 16
+    c.eval_batch_size = 16
+    c.num_epochs = 2
+    c.learning_rate = 0.1
+    c.lr_boundaries = (1,)
+    c.lr_decay = 0.1
+    c.momentum = 0.9
+    c.nesterov = True
+    c.weight_decay = 1e-4
+    c.method = "scp"
+    c.mask = ml_collections.ConfigDict(dict(eps=0.05, delta=0.05, k=20.0, tau=0.5))
+    c.sparsity_lambda = 1e-3
+    c.sparsity_s = 2.0
+    c.slimming = ml_collections.ConfigDict(dict(l1=1e-4, target_channel_ratio=0.5))
+    c.finetune_epochs = 1
+    c.finetune_learning_rate = 0.01
+    c.round_to = 1
+    c.parallel = "pmap"
+    c.checkpoint_every_epochs = 1
+    c.keep_checkpoints = 3
+    c.log_every_steps = 2
+    c.seed = 0
+    c.num_train_examples = 256
+    c.num_eval_examples = None
+    c.validation_examples = 0
+    c.benchmark_batch_sizes = (8,)
+    c.benchmark_runs = 3
+    c.distributed = ml_collections.ConfigDict(dict(coordinator_address=None, num_processes=None, process_id=None))
+    c.update(overrides)
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_variables():
+    """The very model of ``training_phase(tiny_config())``: its jitted init is compiled once per process."""
+    model = create_model(tiny_config())
+    return model, init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
