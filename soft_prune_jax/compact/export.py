@@ -26,6 +26,8 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from flax.core import unfreeze
 
+from soft_prune_jax.compact.fold import fold_batchnorm
+from soft_prune_jax.compact.structure import describe
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.models import MODEL_CLASSES
 
@@ -90,8 +92,6 @@ def _digest(array: np.ndarray) -> str:
 
 
 def _input_channels(model: nn.Module, flat: dict[str, np.ndarray]) -> int:
-    from soft_prune_jax.compact.structure import describe  # structure imports the models; keep import local
-
     key = "params/" + "/".join(describe(model).input_kernel)
     return int(flat[key].shape[2])
 
@@ -119,8 +119,6 @@ def save_compact(directory: str, model: nn.Module, variables, *, overwrite: bool
     if os.path.exists(directory) and not overwrite:
         raise ExportError(f"{directory} already exists; pass overwrite=True to replace it")
     if fold_bn:
-        from soft_prune_jax.compact.fold import fold_batchnorm  # fold imports surgery, which is heavier
-
         model, variables = fold_batchnorm(model, variables)
     flat = _flat(variables)
     expected = expected_shapes(model, _input_channels(model, flat))

@@ -21,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from soft_prune_jax.compact.structure import describe
+
 
 def input_channels(model: nn.Module, variables: Mapping[str, Any]) -> int:
     """The channels the model's first conv reads (axis 2 of its kernel)."""
-    from soft_prune_jax.compact.structure import describe  # structure imports every model; keep it local
     node = variables["params"]
     for key in describe(model).input_kernel:
         node = node[key]

@@ -11,7 +11,7 @@ import math
 from numbers import Integral, Real
 from typing import Optional
 
-from soft_prune_jax.training import data
+from soft_prune_jax.training import data, distributed
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.models import model_names
 from soft_prune_jax.methods import method_names
@@ -116,7 +116,6 @@ def validate(config, *, num_devices: Optional[int] = None) -> None:
             raise ValueError(f"config.{name}={value} is not divisible by the {num_devices} devices: "
                              f"expected a multiple of {num_devices}")
 
-    from soft_prune_jax.training import distributed  # imports only jax
     dist = config.distributed
     distributed.validate_fields(dist.get("coordinator_address"), dist.get("num_processes"), dist.get("process_id"))
 
