@@ -1,4 +1,8 @@
-"""Model registry: ``get_model(name, num_classes, **kwargs)``.
+"""The architectures and their registry: ``get_model(name, num_classes, **kwargs)``.
+
+Owns VGG/Fashion-MNIST CNN (``vgg``), pre-activation CIFAR ResNets (``resnet_cifar``), DenseNet
+(``densenet``), ImageNet ResNets (``resnet_imagenet``) and their conv/classifier helpers
+(``layers``). May import ``ops`` and ``method`` only.
 
 Every model takes ``mask`` (a ``MaskConfig``; None builds the dense baseline with no masks) and
 ``axis_name`` (synchronised BN under pmap/shard_map). Evaluation: ``model.apply(v, x, train=False)``
