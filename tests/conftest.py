@@ -1,7 +1,8 @@
 """Shared test fixtures: a synthetic in-memory dataset with the layout of ``training.data``, the tiny
-config of the shared schema, and a module-wide tiny model (``training_phase(tiny_config())``'s).
+config of the shared schema, a module-wide tiny model (``training_phase(tiny_config())``'s), and tiny
+versions of every architecture with random variables (``TINY``, ``tiny``) for surgery and folding.
 
-The plain helpers ``SyntheticData``, ``tiny_config`` and ``TINY_WIDTHS`` are also imported
+The plain helpers (``SyntheticData``, ``tiny_config``, ``tiny``, ...) are imported
 by name (``from conftest import ...``): subprocess children of the parallel, multi-host and
 fault tests need them outside pytest, and ``tiny_config(**overrides)`` reads best as a call.
 """
@@ -15,6 +16,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from soft_prune_jax.compact import surgery
+from soft_prune_jax.models import get_model
 from soft_prune_jax.training.experiment import create_model
 from soft_prune_jax.training.state import init_variables
 
@@ -126,3 +129,46 @@ def tiny_model_and_variables():
     """The very model of ``training_phase(tiny_config())``: its jitted init is compiled once per process."""
     model = create_model(tiny_config())
     return model, init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+
+
+# name -> (constructor overrides for a tiny model, input shape, num_classes)
+TINY = {
+    "fmnist_cnn": (dict(widths=(8, "M", 12, 16)), (2, 12, 12, 1), 10),
+    "vgg16": (dict(widths=(4, 6, "M", 8, "M", 8, 5)), (2, 8, 8, 3), 10),
+    "resnet56": (dict(stage_sizes=(2, 2, 2), stage_widths=(8, 16, 16)), (2, 8, 8, 3), 10),
+    "resnet164": (dict(stage_sizes=(2, 1, 2), stage_widths=(4, 8, 8)), (2, 8, 8, 3), 10),
+    "densenet40": (dict(num_blocks=2, layers_per_block=2, growth_rate=4, stem_width=6), (2, 8, 8, 3), 10),
+    "resnet18": (dict(stage_sizes=(1, 2, 1, 1), stage_widths=(8, 8, 16, 16)), (2, 32, 32, 3), 7),
+    "resnet50": (dict(stage_sizes=(1, 2, 1, 1), stage_widths=(4, 8, 8, 8)), (2, 32, 32, 3), 7),
+}
+_CACHE = {}
+
+
+def tiny(name):
+    if name not in _CACHE:
+        kwargs, shape, classes = TINY[name]
+        model = get_model(name, classes, **kwargs)
+        x = jax.random.normal(jax.random.PRNGKey(1), shape)
+        _CACHE[name] = (model, surgery.random_variables(model, shape, 0, 0.0), x)
+    return _CACHE[name]
+
+
+_JITTED = {}
+
+
+def evaluate(model, variables, x, masks=None):
+    """Jitted evaluation (one compile per model and shapes; eager dispatch is far slower here)."""
+    key = (model, masks is None)
+    if key not in _JITTED:
+        if masks is None:
+            _JITTED[key] = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        else:
+            _JITTED[key] = jax.jit(lambda v, m, x: surgery.apply_with_masks(model, v, m, x))
+    return _JITTED[key](variables, x) if masks is None else _JITTED[key](variables, masks, x)
+
+
+def assert_close(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    scale = max(1.0, float(np.max(np.abs(b))))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ from soft_prune_jax.training.loop import fit
 from soft_prune_jax.training.state import init_variables
 from soft_prune_jax.compact import export, inputs
 from soft_prune_jax import pipeline
-from conftest import TINY_WIDTHS, SyntheticData, tiny_config
+from conftest import SyntheticData, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 

@@ -1,9 +1,8 @@
 """BN folding for inference export is exact wherever it applies, for every architecture."""
 
 import jax
-import numpy as np
 import pytest
-from test_surgery import TINY, assert_close, evaluate, tiny
+from conftest import TINY, assert_close, evaluate, tiny
 
 from soft_prune_jax.compact import export, surgery
 from soft_prune_jax.compact.fold import fold_batchnorm

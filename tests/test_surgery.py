@@ -5,58 +5,14 @@ and channel alignment. Tiny widths keep every example to a fraction of a second.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY, assert_close, evaluate, tiny
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from soft_prune_jax.method import masks as M
 from soft_prune_jax.compact import structure, surgery
-from soft_prune_jax.models import get_model
-
-# name -> (constructor overrides for a tiny model, input shape, num_classes)
-TINY = {
-    "fmnist_cnn": (dict(widths=(8, "M", 12, 16)), (2, 12, 12, 1), 10),
-    "vgg16": (dict(widths=(4, 6, "M", 8, "M", 8, 5)), (2, 8, 8, 3), 10),
-    "resnet56": (dict(stage_sizes=(2, 2, 2), stage_widths=(8, 16, 16)), (2, 8, 8, 3), 10),
-    "resnet164": (dict(stage_sizes=(2, 1, 2), stage_widths=(4, 8, 8)), (2, 8, 8, 3), 10),
-    "densenet40": (dict(num_blocks=2, layers_per_block=2, growth_rate=4, stem_width=6), (2, 8, 8, 3), 10),
-    "resnet18": (dict(stage_sizes=(1, 2, 1, 1), stage_widths=(8, 8, 16, 16)), (2, 32, 32, 3), 7),
-    "resnet50": (dict(stage_sizes=(1, 2, 1, 1), stage_widths=(4, 8, 8, 8)), (2, 32, 32, 3), 7),
-}
-_CACHE = {}
-
-
-def tiny(name):
-    if name not in _CACHE:
-        kwargs, shape, classes = TINY[name]
-        model = get_model(name, classes, **kwargs)
-        x = jax.random.normal(jax.random.PRNGKey(1), shape)
-        _CACHE[name] = (model, surgery.random_variables(model, shape, 0, 0.0), x)
-    return _CACHE[name]
-
-
-_JITTED = {}
-
-
-def evaluate(model, variables, x, masks=None):
-    """Jitted evaluation (one compile per model and shapes; eager dispatch is far slower here)."""
-    key = (model, masks is None)
-    if key not in _JITTED:
-        if masks is None:
-            _JITTED[key] = jax.jit(lambda v, x: model.apply(v, x, train=False))
-        else:
-            _JITTED[key] = jax.jit(lambda v, m, x: surgery.apply_with_masks(model, v, m, x))
-    return _JITTED[key](variables, x) if masks is None else _JITTED[key](variables, masks, x)
-
-
-def assert_close(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape
-    scale = max(1.0, float(np.max(np.abs(b))))
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale)
-
 
 PROPERTY = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
