@@ -49,6 +49,8 @@ def test_masks_for_a_mac_budget_meet_it_closely(dense, target):
     assert ratio <= target + 1e-9
     # one more channel (the next largest |scale|) would break the budget, so the ratio is close to it
     assert ratio > target - 0.15
+    assert get_method("slimming").settings(slimming_config(target_macs_ratio=target))["cut"] == (
+        f"global |scale| threshold at matched MACs (at most {target:g} of the dense MACs)")
 
 
 def test_keep_one_fallback_keeps_the_largest_scale_not_the_lowest_pi(dense):

@@ -79,13 +79,12 @@ def surgery_masks(config: Config, variables: Mapping[str, Any], macs_ratio: Macs
 
 
 def settings(config: Config) -> dict:
-    out = {"l1": float(config.slimming.l1), "bn_scale_init": SCALE_INIT}
     target_macs = config.slimming.get("target_macs_ratio")
-    if target_macs is not None:
-        out["target_macs_ratio"] = float(target_macs)  # matched MACs: a comparison, not Liu et al.'s rule
+    if target_macs is not None:  # a comparison with SCP, not Liu et al.'s rule: say so wherever it is shown
+        cut = f"global |scale| threshold at matched MACs (at most {float(target_macs):g} of the dense MACs)"
     else:
-        out["target_channel_ratio"] = float(config.slimming.target_channel_ratio)
-    return out
+        cut = f"global |scale| threshold keeping {float(config.slimming.target_channel_ratio):g} of the channels"
+    return {"l1": float(config.slimming.l1), "bn_scale_init": SCALE_INIT, "cut": cut}
 
 
 METHOD = register(Method(name="slimming", label="Network Slimming", init_variables=init_variables,
