@@ -1,8 +1,9 @@
-"""The shared experiment schema with the paper's defaults (METHOD.md section 4).
+"""The shared experiment schema: every field, its default and what it means, declared once here.
 
-Every experiment config in this folder starts from this one and changes only what differs, so all
-of them have exactly these fields (the trainer reads them by these names). On its own it is
-CIFAR-10 ResNet-56 with SCP, identical to configs/cifar10_resnet56.py:
+Every experiment config (``configs/cifar.py``, ``configs/imagenet.py``, ``configs/fashion_mnist.py``)
+starts from ``get_config()`` and changes only what differs, so all of them have exactly these fields
+(the trainer reads them by these names; ``soft_prune_jax.training.config_validation`` checks each
+one). On its own it is CIFAR-10 ResNet-56 with SCP, the paper's recipe (docs/method.md):
 
     python launch/train.py --config=configs/default.py --workdir=/tmp/scp_default
 
@@ -14,14 +15,32 @@ Fields that may be None are ml_collections placeholders, so they accept a value 
 from ml_collections import config_dict
 from ml_collections.config_dict import placeholder
 
+# Weight decay convention. optax.add_decayed_weights adds wd * w to the gradient (PyTorch's SGD
+# weight_decay does the same); a loss term c * sum(w^2) has the gradient 2c * w. The SCP reference
+# adds l2_reg * sum(w^2) with l2_reg = 1e-4, so its CIFAR configs need wd = 2e-4 here. The decay
+# competes with lambda * s on the BN scales, so halving it would move the FLOPs cut at the paper's
+# lambda.
+CIFAR_PAPER_WEIGHT_DECAY = 2e-4
+
+# Network Slimming as Liu et al. ran it (ICCV 2017; their code's commands): L1 on the BN scales of
+# 1e-4 for VGG and 1e-5 for ResNet and DenseNet, and the fraction of prunable channels cut by one
+# global |scale| percentile (--percent: 0.7 for VGG, 0.4 for ResNet and DenseNet), which is
+# target_channel_ratio = 1 - percent here. Keys: the model-name prefix.
+SLIMMING_BY_FAMILY = {"vgg": (1e-4, 0.3), "fmnist_cnn": (1e-4, 0.3), "resnet": (1e-5, 0.6), "densenet": (1e-5, 0.6)}
+
 
 def get_config() -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
 
     # What to train on.
     config.model = "resnet56"  # a name from soft_prune_jax.models.model_names()
+    # Constructor overrides of the registry model, e.g. {'widths': (4, 'M', 8)} for a tiny VGG; empty = the
+    # architecture as published. A dict literal on the command line: --config.model_kwargs="{'widths': (8, 'M')}".
+    config.model_kwargs = config_dict.ConfigDict()
     config.dataset = "cifar10"  # 'cifar10' | 'cifar100' | 'imagenet2012' | 'fashion_mnist'
-    config.num_classes = 10
+    # None = the dataset's class count (derived, never typed per config); an int only for a custom dataset
+    # module passed to the pipeline (tests' synthetic data); with a known dataset it must agree.
+    config.num_classes = placeholder(int)
     config.data_dir = placeholder(str)  # tfds data_dir; None = $TFDS_DATA_DIR or ~/tensorflow_datasets
     config.manual_dir = placeholder(str)  # ImageNet only: folder with the ILSVRC2012 train/val tars
     config.augment = True  # CIFAR pad-4 crop + flip, Fashion-MNIST pad-2 crop + flip; ImageNet always crops
@@ -35,22 +54,31 @@ def get_config() -> config_dict.ConfigDict:
     config.lr_decay = 0.1
     config.momentum = 0.9
     config.nesterov = True
-    config.weight_decay = 1e-4  # conv/dense kernels and BN scale; not BN bias nor dense bias
+    # Added to the gradient as weight_decay * w (optax.add_decayed_weights; see the convention above) on
+    # conv/dense kernels and BN scales, not on BN or dense biases. 2e-4 = the reference's l2_reg 1e-4.
+    config.weight_decay = CIFAR_PAPER_WEIGHT_DECAY
 
     # Pruning method and its knobs.
-    config.method = "scp"  # 'scp' | 'dense' (baseline, no masks) | 'slimming' (Network Slimming)
-    config.mask = config_dict.ConfigDict(dict(eps=0.05, delta=0.05, k=20.0, tau=0.5))
-    config.sparsity_lambda = 5e-5  # the paper's ResNet-56 value; the only knob that sets the FLOPs cut
-    config.sparsity_s = 2.0  # penalty per channel: beta + s * |gamma|
-    # Network Slimming keeps target_channel_ratio of the masked channels (one global |scale|
-    # threshold), or, when target_macs_ratio is set, the most channels whose compact model has at
-    # most that fraction of the dense MACs (a comparison with SCP at matched MACs).
-    config.slimming = config_dict.ConfigDict(dict(l1=1e-4, target_channel_ratio=0.5))
-    config.slimming.target_macs_ratio = config_dict.placeholder(float)
+    config.method = "scp"  # a name from soft_prune_jax.methods.method_names(): 'scp' | 'dense' | 'slimming'
+    config.mask = config_dict.ConfigDict(dict(eps=0.05, delta=0.05, k=20.0, tau=0.5))  # SCP's mask
+    config.sparsity_lambda = 5e-5  # SCP: the paper's ResNet-56 value; the only knob that sets the FLOPs cut
+    config.sparsity_s = 2.0  # SCP: penalty per channel is beta + s * |gamma|
+    # Network Slimming (method='slimming'; per-architecture values: slimming_recipe below).
+    config.slimming = config_dict.ConfigDict()
+    config.slimming.l1 = 1e-4  # L1 weight on the BN scales (Liu et al.: 1e-4 VGG, 1e-5 ResNet/DenseNet)
+    config.slimming.scale_init = 0.5  # every BN scale starts here (Liu et al.'s init), not at 1
+    # Liu et al.'s rule: keep this fraction of the masked channels, those above one global |scale|
+    # percentile (1 - their --percent).
+    config.slimming.target_channel_ratio = 0.5
+    # When set, overrides target_channel_ratio: the most channels whose compact model has at most this
+    # fraction of the dense MACs. A comparison with SCP at matched MACs, labelled so in the report; not
+    # Liu et al.'s rule.
+    config.slimming.target_macs_ratio = placeholder(float)
 
-    # After training: physical pruning and optional fine-tuning of the compact network.
+    # After training: physical pruning and optional fine-tuning of the compact network. Fine-tuning
+    # keeps the schedule's shape: lr_boundaries scaled by finetune_epochs / num_epochs.
     config.finetune_epochs = 0  # 0 = none (the reference CIFAR pipeline does not fine-tune)
-    config.finetune_learning_rate = 0.01
+    config.finetune_learning_rate = 0.01  # the paper's optional fine-tuning LR
     config.round_to = 1  # keep channel counts multiples of this (1 = no alignment)
 
     # Running.
@@ -62,8 +90,33 @@ def get_config() -> config_dict.ConfigDict:
     config.num_train_examples = placeholder(int)  # None = the whole train split (minus validation)
     config.num_eval_examples = placeholder(int)  # None = the whole evaluation split
     config.validation_examples = 0  # > 0 carves a validation split from the END of train
-    config.benchmark_batch_sizes = (64,)
-    config.benchmark_runs = 50
-    config.distributed = config_dict.ConfigDict(dict(
-        coordinator_address=placeholder(str), num_processes=placeholder(int), process_id=placeholder(int)))
+    config.benchmark_batch_sizes = (64,)  # batch sizes the benchmark phase times
+    config.benchmark_runs = 50  # timed runs per batch size (the median is reported)
+    # Multi-host: None = from the cluster environment (e.g. SLURM) or a single process.
+    config.distributed = config_dict.ConfigDict()
+    config.distributed.coordinator_address = placeholder(str)  # 'host:port' of process 0
+    config.distributed.num_processes = placeholder(int)
+    config.distributed.process_id = placeholder(int)
+    return config
+
+
+def slimming_recipe(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """``config`` as Network Slimming as Liu et al. ran it, on this config's model and schedule.
+
+    Their per-architecture L1 and prune percentile (SLIMMING_BY_FAMILY), BN scales from 0.5, and a
+    fine-tune of the pruned network on the full schedule from the full learning rate (CIFAR: 160
+    epochs from 0.1, / 10 at 80 and 120). Their PyTorch SGD has plain momentum and adds 1e-4 * w
+    (the same convention as optax), so weight_decay = 1e-4 and nesterov = False.
+    """
+    family = next((f for f in SLIMMING_BY_FAMILY if config.model.startswith(f)), None)
+    if family is None:
+        raise ValueError(f"model={config.model!r} has no Network Slimming recipe: expected a name starting "
+                         f"with one of {', '.join(SLIMMING_BY_FAMILY)}")
+    config.method = "slimming"
+    config.slimming.l1, config.slimming.target_channel_ratio = SLIMMING_BY_FAMILY[family]
+    config.slimming.scale_init = 0.5
+    config.weight_decay = 1e-4
+    config.nesterov = False
+    config.finetune_epochs = config.num_epochs
+    config.finetune_learning_rate = config.learning_rate
     return config
