@@ -184,7 +184,7 @@ def test_network_slimming_through_the_pipeline(tmp_path):
     assert ev["compact_accuracy_before_finetune"] == pytest.approx(ev["trained_hard_masked_accuracy"], abs=1e-9)
     details = results["report"]["method_details"]
     assert details == {"label": "Network Slimming", "keep_one_rule": "the largest |BN scale|",
-                       "settings": {"l1": 1e-4, "bn_scale_init": 0.5,
+                       "settings": {"l1": 1e-4, "scale_init": 0.5,
                                     "cut": "global |scale| threshold keeping 0.5 of the channels"}}
     compact, _ = export.load_compact(os.path.join(workdir, "compact"))
     assert compact.mask is None

@@ -1,6 +1,7 @@
 """Network Slimming (Liu et al., ICCV 2017): L1 on BN scales, then one global |scale| threshold.
 
-The model has no masks while training; every BN scale starts at 0.5 as in the authors' code.
+The model has no masks while training; every BN scale starts at ``slimming.scale_init`` (0.5 in the
+authors' code).
 Surgery keeps the channels of the masked units whose |scale| clears one threshold over the whole
 network: ``slimming.target_channel_ratio`` of them, or -- when ``slimming.target_macs_ratio`` is set --
 the most channels whose compact model has at most that fraction of the dense MACs (a comparison
@@ -19,9 +20,6 @@ from soft_prune_jax.method import masks as M
 from soft_prune_jax.methods.base import Config, MacsRatio, Masks, Method, Params
 from soft_prune_jax.methods.registry import register
 
-SCALE_INIT = 0.5  # Liu et al. initialise every BN scale to 0.5 (their models' weight init)
-
-
 def scale_penalty(params: Params) -> jax.Array:
     """sum |scale| over the masked (prunable) BN layers."""
     layers = M.masked_layers(params)
@@ -34,9 +32,11 @@ def regulariser(config: Config) -> Callable[[Params], jax.Array]:
 
 
 def init_variables(config: Config, variables: Mapping[str, Any]) -> dict:
-    """Every BN scale (masked or not) set to ``SCALE_INIT``; everything else unchanged."""
+    """Every BN scale (masked or not) set to ``config.slimming.scale_init``; everything else unchanged."""
+    scale_init = float(config.slimming.scale_init)
+
     def init(path, leaf):
-        return jnp.full_like(leaf, SCALE_INIT) if getattr(path[-1], "key", None) == "scale" else leaf
+        return jnp.full_like(leaf, scale_init) if getattr(path[-1], "key", None) == "scale" else leaf
     return {**variables, "params": jax.tree_util.tree_map_with_path(init, variables["params"])}
 
 
@@ -84,7 +84,7 @@ def settings(config: Config) -> dict:
         cut = f"global |scale| threshold at matched MACs (at most {float(target_macs):g} of the dense MACs)"
     else:
         cut = f"global |scale| threshold keeping {float(config.slimming.target_channel_ratio):g} of the channels"
-    return {"l1": float(config.slimming.l1), "bn_scale_init": SCALE_INIT, "cut": cut}
+    return {"l1": float(config.slimming.l1), "scale_init": float(config.slimming.scale_init), "cut": cut}
 
 
 METHOD = register(Method(name="slimming", label="Network Slimming", init_variables=init_variables,
