@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from soft_prune_jax.method.masks import MaskConfig
+from soft_prune_jax.methods.base import zero_penalty
 from soft_prune_jax.training import checkpoint as ckpt_lib
 from soft_prune_jax.training import data as default_dataset
 from soft_prune_jax.training import state as S
@@ -27,10 +28,6 @@ from soft_prune_jax.training.parallel import Parallel, check_global_batch
 from soft_prune_jax.training.progress import Progress
 from soft_prune_jax.training.steps import AXIS, eval_step, train_step
 from soft_prune_jax.training.summaries import Summaries
-
-
-def zero_regulariser(params) -> jax.Array:
-    return jax.numpy.zeros((), jax.numpy.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +45,7 @@ class Phase:
     model: nn.Module
     learning_rate: float
     num_epochs: int
-    regulariser: Callable[[Any], jax.Array] = zero_regulariser
+    regulariser: Callable[[Any], jax.Array] = zero_penalty
     mask: Optional[MaskConfig] = None
     variables: Optional[Mapping[str, Any]] = None
     init_transform: Optional[Callable[[Mapping[str, Any]], Mapping[str, Any]]] = None
