@@ -1,11 +1,12 @@
 """soft_prune_jax: Operation-Aware Soft Channel Pruning (Kang & Han, ICML 2020) in JAX/Flax.
 
-Subpackages, lowest layer first (each imports only the ones before it): ``ops`` (convolution
-kernels), ``method`` (SCP mask math and the masked BN-ReLU unit), ``models`` (the registry
-architectures), ``compact`` (structure, surgery, folding, export, input checks), ``measure`` (MACs,
-latency, reports), ``methods`` (pruning methods as plug-ins), ``training`` (steps, parallel
-drivers, loop, data, checkpoints), and ``pipeline`` (the phases of an experiment). The names below
-are the public API; everything else is reachable through its subpackage.
+Subpackages, lowest layer first (each imports only the ones before it; its ``__init__`` says which):
+``ops`` (convolution kernels), ``method`` (SCP mask math and the masked BN-ReLU unit), ``models``
+(the registry architectures), ``graph`` (see its own docstring), ``compact`` (structure, surgery,
+folding, export, input checks), ``measure`` (MACs, latency, reports), ``methods`` (pruning methods
+as plug-ins), ``training`` (steps, parallel drivers, loop, data, checkpoints) and ``pipeline`` (the
+phases of an experiment). The names below are the public API; everything else is reachable
+through its subpackage.
 """
 
 from soft_prune_jax.compact.export import load_compact, save_compact
