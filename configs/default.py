@@ -100,6 +100,15 @@ def get_config() -> config_dict.ConfigDict:
     return config
 
 
+def with_method(config: config_dict.ConfigDict, method: str) -> config_dict.ConfigDict:
+    """``config`` trained with ``method``: 'slimming' as Liu et al. ran it (slimming_recipe); any other
+    name (e.g. 'scp', 'dense') only sets config.method, and validation refuses an unknown one."""
+    if method == "slimming":
+        return slimming_recipe(config)
+    config.method = method
+    return config
+
+
 def slimming_recipe(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
     """``config`` as Network Slimming as Liu et al. ran it, on this config's model and schedule.
 

@@ -5,7 +5,7 @@ Three ways to name the models:
     # a finished run: the dense architecture with the trained weights vs the compact export
     python launch/benchmark.py --workdir=/tmp/scp_resnet56
     # an experiment config, random BN parameters pruning ~50% of each masked layer's channels
-    python launch/benchmark.py --config=configs/cifar10_resnet56.py --random_prune=0.5
+    python launch/benchmark.py --config=configs/cifar.py:cifar10_resnet56 --random_prune=0.5
     # a registry model without a config
     python launch/benchmark.py --model=vgg16 --num_classes=10 --input_shape=32,32,3 --random_prune=0.5
 
@@ -22,10 +22,14 @@ Timings on a shared machine are noisy: the output records the load average befor
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+# The config files import each other as the package ``configs``, which lives in this checkout's root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "An experiment config (configs/*.py).", lock_config=True)

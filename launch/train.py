@@ -1,8 +1,8 @@
 """Runs an experiment's phases on one workdir.
 
     python launch/train.py --config=configs/fashion_mnist.py --workdir=/tmp/scp_fmnist
-    python launch/train.py --config=configs/cifar10_resnet56.py --workdir=DIR --phases=evaluate,report
-    python launch/train.py --config=configs/cifar10_vgg16.py --config.num_epochs=1 --workdir=DIR
+    python launch/train.py --config=configs/cifar.py:cifar10_resnet56 --workdir=DIR --phases=evaluate,report
+    python launch/train.py --config=configs/cifar.py:cifar10_vgg16 --config.num_epochs=1 --workdir=DIR
 
 Phases (default: all, in this order): train, prune, finetune, evaluate, benchmark, report.
 Killed and started again with the same command, a run resumes from its last checkpoint; a workdir
@@ -20,8 +20,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+# The config files import each other as the package ``configs`` (e.g. ``from configs import default``),
+# which lives in this checkout's root, not in the installed package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "An ml_collections config file (configs/*.py).", lock_config=True)
+config_flags.DEFINE_config_file("config", None, "An ml_collections config file: configs/FILE.py[:VARIANT].",
+                                lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, the compact model and the report.")
 flags.DEFINE_string("phases", "train,prune,finetune,evaluate,benchmark,report",
                     "Comma-separated phases to run, in pipeline order.")

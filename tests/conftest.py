@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import default
 from soft_prune_jax.compact import surgery
 from soft_prune_jax.models import get_model
 from soft_prune_jax.training.experiment import create_model
@@ -84,42 +85,12 @@ class SyntheticData:
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-    """Every field of the shared schema, with a tiny fmnist_cnn and the synthetic data's sizes."""
-    c = ml_collections.ConfigDict()
-    c.model = "fmnist_cnn"
-    c.model_kwargs = ml_collections.ConfigDict({"widths": TINY_WIDTHS})
-    c.dataset = "fashion_mnist"
-    c.num_classes = 10
-    c.data_dir = None
-    c.manual_dir = None
-    c.batch_size = 16
-    c.eval_batch_size = 16
-    c.num_epochs = 2
-    c.learning_rate = 0.1
-    c.lr_boundaries = (1,)
-    c.lr_decay = 0.1
-    c.momentum = 0.9
-    c.nesterov = True
-    c.weight_decay = 1e-4
-    c.method = "scp"
-    c.mask = ml_collections.ConfigDict(dict(eps=0.05, delta=0.05, k=20.0, tau=0.5))
-    c.sparsity_lambda = 1e-3
-    c.sparsity_s = 2.0
-    c.slimming = ml_collections.ConfigDict(dict(l1=1e-4, target_channel_ratio=0.5))
-    c.finetune_epochs = 1
-    c.finetune_learning_rate = 0.01
-    c.round_to = 1
-    c.parallel = "pmap"
-    c.checkpoint_every_epochs = 1
-    c.keep_checkpoints = 3
-    c.log_every_steps = 2
-    c.seed = 0
-    c.num_train_examples = 256
-    c.num_eval_examples = None
-    c.validation_examples = 0
-    c.benchmark_batch_sizes = (8,)
-    c.benchmark_runs = 3
-    c.distributed = ml_collections.ConfigDict(dict(coordinator_address=None, num_processes=None, process_id=None))
+    """configs/default.py's schema with a tiny fmnist_cnn and the synthetic data's sizes."""
+    c = default.get_config()
+    c.update(dict(model="fmnist_cnn", model_kwargs={"widths": TINY_WIDTHS}, dataset="fashion_mnist", batch_size=16,
+                  eval_batch_size=16, num_epochs=2, lr_boundaries=(1,), weight_decay=1e-4, sparsity_lambda=1e-3,
+                  finetune_epochs=1, log_every_steps=2, num_train_examples=256, benchmark_batch_sizes=(8,),
+                  benchmark_runs=3))
     c.update(overrides)
     return c
 

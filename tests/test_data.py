@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from soft_prune_jax.training import data
+from soft_prune_jax.training import config_validation, data
 
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -232,7 +232,7 @@ def test_imagenet_without_manual_files_fails_before_reading(tmp_path, manual_dir
     path = None if manual_dir is None else str(tmp_path / manual_dir)
     config = make_config(tmp_path, dataset="imagenet2012", num_classes=1000, manual_dir=path)
     with pytest.raises(ValueError, match=re.escape(message)) as error:
-        data.get_dataset_info(config)
+        config_validation.validate(config, num_devices=1)
     if path is not None:
         assert path in str(error.value)
 
@@ -249,7 +249,7 @@ def test_imagenet_without_manual_files_fails_before_reading(tmp_path, manual_dir
 ])
 def test_bad_config_values_are_named(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        data.get_dataset_info(make_config(tmp_path, **overrides))
+        config_validation.validate(make_config(tmp_path, **overrides), num_devices=1)
 
 
 def test_prepared_data_of_another_size_is_refused():
@@ -263,7 +263,7 @@ def test_non_bool_augment_is_named(tmp_path):
     # ConfigDict keeps field types, so a wrong type can only come from a config built by hand.
     config = ml_collections.ConfigDict({**make_config(tmp_path).to_dict(), "augment": "yes"})
     with pytest.raises(ValueError, match="config.augment='yes' is invalid: expected True or False"):
-        data.get_dataset_info(config)
+        config_validation.validate(config, num_devices=1)
 
 
 def test_bad_iterator_arguments_are_named(tmp_path):

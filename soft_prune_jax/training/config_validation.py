@@ -1,29 +1,35 @@
 """Checks an experiment config before any compute: every failure is one line naming the bad value.
 
-The mask hyper-parameters are checked by ``masks.MaskConfig`` itself and the dataset fields
-(dataset name, num_classes, example counts, ImageNet's manual_dir) by ``data.validate_config``;
-this module checks the rest of the shared schema and the fit between batch sizes and devices.
+Each field of the schema (configs/default.py declares and documents them) is checked in exactly one
+place: here, or where this module delegates -- the mask hyper-parameters in ``masks.MaskConfig``,
+the dataset name in ``data.dataset_spec``, the multi-host fields in ``distributed.validate_fields``.
+The data pipeline and the trainer trust a validated config and do not check its fields again.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from numbers import Integral, Real
 from typing import Optional
 
-from soft_prune_jax.training import data, distributed
+import jax
+
 from soft_prune_jax.method.masks import MaskConfig
-from soft_prune_jax.models import model_names
 from soft_prune_jax.methods import method_names
+from soft_prune_jax.models import get_model, model_names
+from soft_prune_jax.training import data, distributed
 from soft_prune_jax.training.parallel import PARALLEL_KINDS
 
-REQUIRED_FIELDS = (
-    "model", "dataset", "num_classes", "data_dir", "manual_dir", "batch_size", "eval_batch_size", "num_epochs",
-    "learning_rate", "lr_boundaries", "lr_decay", "momentum", "nesterov", "weight_decay", "method", "mask",
-    "sparsity_lambda", "sparsity_s", "slimming", "finetune_epochs", "finetune_learning_rate", "round_to",
-    "parallel", "checkpoint_every_epochs", "keep_checkpoints", "log_every_steps", "seed", "num_train_examples",
-    "num_eval_examples", "validation_examples", "benchmark_batch_sizes", "benchmark_runs", "distributed",
-)
+
+def _get(config, name: str):
+    """The value of the dotted field ``name``; a missing one is a one-line error."""
+    node = config
+    for part in name.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            raise ValueError(f"config lacks field {name}: expected every field of configs/default.py")
+        node = node[part]
+    return node
 
 
 def _is_int(value) -> bool:
@@ -34,89 +40,160 @@ def _is_number(value) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _int_at_least(config, name: str, low: int) -> int:
-    value = config[name]
+def _int_at_least(config, name: str, low: int, *, optional: bool = False) -> Optional[int]:
+    value = _get(config, name)
+    if optional and value is None:
+        return None
     if not _is_int(value) or value < low:
-        raise ValueError(f"config.{name}={value!r} is invalid: expected an int >= {low}")
+        raise ValueError(f"config.{name}={value!r} is invalid: expected an int >= {low}"
+                         + (" or None" if optional else ""))
     return int(value)
 
 
-def _number_in(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+def _number_in(config, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False,
+               optional: bool = False) -> None:
+    value = _get(config, name)
+    if optional and value is None:
+        return
     ok = _is_number(value) and (value > low if low_open else value >= low) and (
         value < high if high_open else value <= high)
     if not ok:
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"config.{name}={value!r} is invalid: expected a number in {interval}")
+        raise ValueError(f"config.{name}={value!r} is invalid: expected a number in {interval}"
+                         + (" or None" if optional else ""))
+
+
+def _one_of(config, name: str, known) -> None:
+    value = _get(config, name)
+    if value not in known:
+        raise ValueError(f"config.{name}={value!r} is invalid: expected one of {', '.join(known)}")
+
+
+def _non_negative(config, name: str) -> None:
+    value = _get(config, name)
+    if not _is_number(value) or value < 0:
+        raise ValueError(f"config.{name}={value!r} is invalid: expected a number >= 0")
+
+
+def _bool(config, name: str) -> None:
+    value = _get(config, name)
+    if not isinstance(value, bool):
+        raise ValueError(f"config.{name}={value!r} is invalid: expected True or False")
 
 
 def validate(config, *, num_devices: Optional[int] = None) -> None:
     """Raises ValueError on the first invalid field. ``num_devices`` defaults to ``jax.device_count()``."""
-    missing = [name for name in REQUIRED_FIELDS if name not in config]
-    if missing:
-        raise ValueError(f"config lacks field(s) {', '.join(missing)}: expected every field of configs/default.py")
+    _validate_model(config)
+    _validate_data(config)
+    _validate_optimisation(config, jax.device_count() if num_devices is None else num_devices)
+    _validate_method(config)
+    _validate_running(config)
 
-    if config.model not in model_names():
+
+def _validate_model(config) -> None:
+    if _get(config, "model") not in model_names():
         raise ValueError(f"config.model={config.model!r} is unknown: known models are {', '.join(model_names())}")
-    if config.dataset not in data.known_datasets():
-        raise ValueError(f"config.dataset={config.dataset!r} is unknown: known datasets are "
-                         f"{', '.join(data.known_datasets())}")
-    if config.method not in method_names():
-        raise ValueError(f"config.method={config.method!r} is invalid: expected one of {', '.join(method_names())}")
-    if config.parallel not in PARALLEL_KINDS:
-        raise ValueError(f"config.parallel={config.parallel!r} is invalid: expected one of {', '.join(PARALLEL_KINDS)}")
-
-    try:
-        MaskConfig(**dict(config.mask))
+    kwargs = _get(config, "model_kwargs")
+    if not hasattr(kwargs, "keys"):
+        raise ValueError(f"config.model_kwargs={kwargs!r} is invalid: expected a dict of constructor arguments")
+    try:  # building the module is cheap (no parameters): it refuses an argument the architecture lacks
+        get_model(config.model, 1, **dict(kwargs))
     except TypeError as e:
-        raise ValueError(f"config.mask={dict(config.mask)!r} is invalid: expected exactly eps, delta, k, tau") from e
-    except ValueError as e:
-        raise ValueError(f"config.{e}") from None
-    if not _is_number(config.sparsity_lambda) or config.sparsity_lambda < 0:
-        raise ValueError(f"config.sparsity_lambda={config.sparsity_lambda!r} is invalid: expected a number >= 0")
-    if not _is_number(config.sparsity_s) or config.sparsity_s < 0:
-        raise ValueError(f"config.sparsity_s={config.sparsity_s!r} is invalid: expected a number >= 0")
-    if not _is_number(config.slimming.l1) or config.slimming.l1 < 0:
-        raise ValueError(f"config.slimming.l1={config.slimming.l1!r} is invalid: expected a number >= 0")
-    _number_in("slimming.target_channel_ratio", config.slimming.target_channel_ratio, 0.0, 1.0, low_open=True)
-    if config.slimming.get("target_macs_ratio") is not None:
-        _number_in("slimming.target_macs_ratio", config.slimming.target_macs_ratio, 0.0, 1.0, low_open=True)
+        raise ValueError(f"config.model_kwargs={dict(kwargs)!r} is invalid for model {config.model!r}: "
+                         f"expected constructor arguments of it ({e})") from None
 
-    batch_size = _int_at_least(config, "batch_size", 1)
-    eval_batch_size = _int_at_least(config, "eval_batch_size", 1)
-    num_epochs = _int_at_least(config, "num_epochs", 1)
-    _int_at_least(config, "finetune_epochs", 0)
-    for name in ("learning_rate", "finetune_learning_rate"):
-        _number_in(name, config[name], 0.0, math.inf, low_open=True, high_open=True)
-    _number_in("lr_decay", config.lr_decay, 0.0, 1.0, low_open=True)
-    _number_in("momentum", config.momentum, 0.0, 1.0, high_open=True)
-    _number_in("weight_decay", config.weight_decay, 0.0, math.inf, high_open=True)
-    if not isinstance(config.nesterov, bool):
-        raise ValueError(f"config.nesterov={config.nesterov!r} is invalid: expected True or False")
-    boundaries = tuple(config.lr_boundaries)
-    if (not all(_is_number(b) and 0 < b <= num_epochs for b in boundaries)
-            or list(boundaries) != sorted(boundaries)):
-        raise ValueError(f"config.lr_boundaries={boundaries!r} is invalid: expected increasing epochs in "
-                         f"(0, num_epochs={num_epochs}]")
 
-    _int_at_least(config, "round_to", 1)
-    _int_at_least(config, "checkpoint_every_epochs", 1)
-    _int_at_least(config, "keep_checkpoints", 1)
-    _int_at_least(config, "log_every_steps", 1)
-    _int_at_least(config, "seed", 0)
-    _int_at_least(config, "benchmark_runs", 1)
-    sizes = tuple(config.benchmark_batch_sizes)
-    if not sizes or not all(_is_int(b) and b >= 1 for b in sizes):
-        raise ValueError(f"config.benchmark_batch_sizes={sizes!r} is invalid: expected a non-empty tuple of ints >= 1")
+def _validate_data(config) -> None:
+    spec = data.dataset_spec(_get(config, "dataset"))
+    name = config.dataset
+    classes = _get(config, "num_classes")
+    if classes is not None and (not _is_int(classes) or classes != spec.num_classes):
+        raise ValueError(f"config.num_classes={classes!r} does not match dataset {name!r}: expected "
+                         f"{spec.num_classes} or None (derived from the dataset)")
+    for field in ("data_dir", "manual_dir"):
+        value = _get(config, field)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"config.{field}={value!r} is invalid: expected a path string or None")
+    _bool(config, "augment")
+    validation = _int_at_least(config, "validation_examples", 0)
+    if validation >= spec.train_size:
+        raise ValueError(f"config.validation_examples={validation} is invalid: expected 0 <= n < "
+                         f"{spec.train_size} (the {name} train split)")
+    num_train = _int_at_least(config, "num_train_examples", 1, optional=True)
+    if num_train is not None and num_train > spec.train_size - validation:
+        raise ValueError(f"config.num_train_examples={num_train} is invalid: expected at most "
+                         f"{spec.train_size - validation} ({name} train minus validation_examples) or None")
+    num_eval = _int_at_least(config, "num_eval_examples", 1, optional=True)
+    if num_eval is not None and num_eval > spec.test_size:
+        raise ValueError(f"config.num_eval_examples={num_eval} is invalid: expected at most "
+                         f"{spec.test_size} (the {name} test split) or None")
+    if name == "imagenet2012":
+        _validate_imagenet_manual_dir(config)
 
-    if num_devices is None:
-        import jax
-        num_devices = jax.device_count()
-    for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+
+def _validate_imagenet_manual_dir(config) -> None:
+    """ImageNet cannot be downloaded: preparing it needs the two ILSVRC2012 tars in manual_dir."""
+    manual_dir, tfds_dir = config.manual_dir, data.tfds_data_dir(config)
+    tars = " and ".join(data.IMAGENET_MANUAL_FILES)
+    if manual_dir is None:
+        if data.is_prepared_on_disk("imagenet2012", tfds_dir):
+            return
+        raise ValueError(f"config.manual_dir is not set and imagenet2012 is not prepared in {tfds_dir!r}: set "
+                         f"--config.manual_dir to a directory holding {tars}")
+    if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+        raise ValueError(f"config.manual_dir={manual_dir!r} is missing or empty: expected a directory holding {tars}")
+    missing = [f for f in data.IMAGENET_MANUAL_FILES if not os.path.exists(os.path.join(manual_dir, f))]
+    if missing and not data.is_prepared_on_disk("imagenet2012", tfds_dir):
+        raise ValueError(f"config.manual_dir={manual_dir!r} lacks {', '.join(missing)}: expected "
+                         f"{tars} (the ILSVRC2012 downloads)")
+
+
+def _validate_optimisation(config, num_devices: int) -> None:
+    for name in ("batch_size", "eval_batch_size"):
+        value = _int_at_least(config, name, 1)
         if value % num_devices:
             raise ValueError(f"config.{name}={value} is not divisible by the {num_devices} devices: "
                              f"expected a multiple of {num_devices}")
+    num_epochs = _int_at_least(config, "num_epochs", 1)
+    _number_in(config, "learning_rate", 0.0, math.inf, low_open=True, high_open=True)
+    boundaries = _get(config, "lr_boundaries")
+    if (not isinstance(boundaries, (tuple, list)) or not all(_is_number(b) and 0 < b <= num_epochs for b in boundaries)
+            or list(boundaries) != sorted(boundaries)):
+        raise ValueError(f"config.lr_boundaries={boundaries!r} is invalid: expected increasing epochs in "
+                         f"(0, num_epochs={num_epochs}]")
+    _number_in(config, "lr_decay", 0.0, 1.0, low_open=True)
+    _number_in(config, "momentum", 0.0, 1.0, high_open=True)
+    _bool(config, "nesterov")
+    _non_negative(config, "weight_decay")
 
-    dist = config.distributed
-    distributed.validate_fields(dist.get("coordinator_address"), dist.get("num_processes"), dist.get("process_id"))
 
-    data.validate_config(config)  # dataset, num_classes, example counts, ImageNet's manual_dir
+def _validate_method(config) -> None:
+    _one_of(config, "method", method_names())
+    mask = _get(config, "mask")
+    try:
+        MaskConfig(**dict(mask))
+    except TypeError as e:
+        raise ValueError(f"config.mask={dict(mask)!r} is invalid: expected exactly eps, delta, k, tau") from e
+    except ValueError as e:
+        raise ValueError(f"config.{e}") from None
+    _non_negative(config, "sparsity_lambda")
+    _non_negative(config, "sparsity_s")
+    _non_negative(config, "slimming.l1")
+    _number_in(config, "slimming.scale_init", 0.0, math.inf, low_open=True, high_open=True)
+    _number_in(config, "slimming.target_channel_ratio", 0.0, 1.0, low_open=True)
+    _number_in(config, "slimming.target_macs_ratio", 0.0, 1.0, low_open=True, optional=True)
+    _int_at_least(config, "finetune_epochs", 0)
+    _number_in(config, "finetune_learning_rate", 0.0, math.inf, low_open=True, high_open=True)
+    _int_at_least(config, "round_to", 1)
+
+
+def _validate_running(config) -> None:
+    _one_of(config, "parallel", PARALLEL_KINDS)
+    for name in ("checkpoint_every_epochs", "keep_checkpoints", "log_every_steps", "benchmark_runs"):
+        _int_at_least(config, name, 1)
+    _int_at_least(config, "seed", 0)
+    sizes = _get(config, "benchmark_batch_sizes")
+    if not isinstance(sizes, (tuple, list)) or not sizes or not all(_is_int(b) and b >= 1 for b in sizes):
+        raise ValueError(f"config.benchmark_batch_sizes={sizes!r} is invalid: expected a non-empty tuple of ints >= 1")
+    distributed.validate_fields(_get(config, "distributed.coordinator_address"),
+                                _get(config, "distributed.num_processes"), _get(config, "distributed.process_id"))

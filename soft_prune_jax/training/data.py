@@ -76,21 +76,24 @@ class DatasetInfo(NamedTuple):
     num_validation: int  # examples eval_iterator(split='validation') yields unpadded (0 = none)
 
 
-# ----------------------------------------------------------------------------- config checks
+# ----------------------------------------------------------------------------- dataset facts
+# The config fields are checked by config_validation (each in one place); this module only looks up
+# the facts of the named dataset.
 
 def known_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
-def _positive_int(config, name: str, *, allow_none: bool = False, allow_zero: bool = False):
-    value = config.get(name)
-    if value is None and allow_none:
-        return None
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        accepted = f"an int >= {low}" + (" or None" if allow_none else "")
-        raise ValueError(f"config.{name}={value!r} is invalid: expected {accepted}")
-    return int(value)
+def dataset_spec(name) -> DatasetSpec:
+    """The facts of dataset ``name``; an unknown name is a one-line error listing the known ones."""
+    if name not in DATASETS:
+        raise ValueError(f"config.dataset={name!r} is unknown: known datasets are {', '.join(known_datasets())}")
+    return DATASETS[name]
+
+
+def num_classes(config) -> int:
+    """config.num_classes where set (a custom dataset module), else the configured dataset's class count."""
+    return config.get("num_classes") or dataset_spec(config.dataset).num_classes
 
 
 def default_data_dir() -> str:
@@ -98,71 +101,18 @@ def default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
-def _data_dir(config) -> str:
+def tfds_data_dir(config) -> str:
     return config.get("data_dir") or default_data_dir()
 
 
-def _is_prepared_on_disk(name: str, data_dir: str) -> bool:
-    # A prepared tfds dataset has data_dir/name/version/dataset_info.json (checked without TF).
+def is_prepared_on_disk(name: str, data_dir: str) -> bool:
+    """Whether tfds has prepared ``name`` in ``data_dir`` (data_dir/name/version/dataset_info.json; no TF)."""
     return bool(glob.glob(os.path.join(data_dir, name, "*", "dataset_info.json")))
-
-
-def _check_imagenet_manual_dir(config) -> None:
-    """ImageNet cannot be downloaded: preparing it needs the two ILSVRC2012 tars in manual_dir."""
-    manual_dir = config.get("manual_dir")
-    if manual_dir is None:
-        if _is_prepared_on_disk("imagenet2012", _data_dir(config)):
-            return
-        raise ValueError(
-            f"config.manual_dir is not set and imagenet2012 is not prepared in {_data_dir(config)!r}: set "
-            f"--config.manual_dir to a directory holding {' and '.join(IMAGENET_MANUAL_FILES)}")
-    if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
-        raise ValueError(f"config.manual_dir={manual_dir!r} is missing or empty: expected a directory holding "
-                         f"{' and '.join(IMAGENET_MANUAL_FILES)}")
-    missing = [f for f in IMAGENET_MANUAL_FILES if not os.path.exists(os.path.join(manual_dir, f))]
-    if missing and not _is_prepared_on_disk("imagenet2012", _data_dir(config)):
-        raise ValueError(f"config.manual_dir={manual_dir!r} lacks {', '.join(missing)}: expected "
-                         f"{' and '.join(IMAGENET_MANUAL_FILES)} (the ILSVRC2012 downloads)")
-
-
-def validate_config(config) -> DatasetSpec:
-    """Checks every config field the pipeline reads; returns the dataset's spec. Cheap, no TF."""
-    name = config.get("dataset")
-    if name not in DATASETS:
-        raise ValueError(f"config.dataset={name!r} is unknown: known datasets are {', '.join(known_datasets())}")
-    spec = DATASETS[name]
-    num_classes = config.get("num_classes")
-    if num_classes != spec.num_classes:
-        raise ValueError(f"config.num_classes={num_classes!r} does not match dataset {name!r}: expected "
-                         f"{spec.num_classes}")
-    for field in ("batch_size", "eval_batch_size"):
-        _positive_int(config, field)
-    validation = _positive_int(config, "validation_examples", allow_zero=True)
-    if validation >= spec.train_size:
-        raise ValueError(f"config.validation_examples={validation} is invalid: expected 0 <= n < "
-                         f"{spec.train_size} (the {name} train split)")
-    num_train = _positive_int(config, "num_train_examples", allow_none=True)
-    if num_train is not None and num_train > spec.train_size - validation:
-        raise ValueError(f"config.num_train_examples={num_train} is invalid: expected at most "
-                         f"{spec.train_size - validation} ({name} train minus validation_examples) or None")
-    num_eval = _positive_int(config, "num_eval_examples", allow_none=True)
-    if num_eval is not None and num_eval > spec.test_size:
-        raise ValueError(f"config.num_eval_examples={num_eval} is invalid: expected at most "
-                         f"{spec.test_size} (the {name} test split) or None")
-    if not isinstance(config.get("augment", True), bool):
-        raise ValueError(f"config.augment={config.get('augment')!r} is invalid: expected True or False")
-    for field in ("data_dir", "manual_dir"):
-        value = config.get(field)
-        if value is not None and not isinstance(value, str):
-            raise ValueError(f"config.{field}={value!r} is invalid: expected a path string or None")
-    if name == "imagenet2012":
-        _check_imagenet_manual_dir(config)
-    return spec
 
 
 def get_dataset_info(config) -> DatasetInfo:
     """Classes, input shape and example counts of the configured dataset (honours the overrides)."""
-    spec = validate_config(config)
+    spec = dataset_spec(config.dataset)
     validation = config.validation_examples
     num_train = config.get("num_train_examples") or spec.train_size - validation
     num_test = config.get("num_eval_examples") or spec.test_size
@@ -269,9 +219,9 @@ def prepare_dataset(config):
     Fashion-MNIST is built from the Debian files when they exist (no internet needed); CIFAR
     downloads as usual; ImageNet is built from config.manual_dir.
     """
-    spec = validate_config(config)
+    spec = dataset_spec(config.dataset)
     tf, tfds = _tf()
-    data_dir = _data_dir(config)
+    data_dir = tfds_data_dir(config)
     key = (spec.tfds_name, data_dir)
     if key not in _PREPARED:
         try:
@@ -344,7 +294,7 @@ _IN_MEMORY: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
 
 
 def _read_in_memory(config, spec: DatasetSpec, builder, split_slice: str, count: int) -> dict[str, np.ndarray]:
-    key = (spec.tfds_name, _data_dir(config), split_slice)
+    key = (spec.tfds_name, tfds_data_dir(config), split_slice)
     if key not in _IN_MEMORY:
         _, tfds = _tf()
         examples = {"image": np.zeros((0, *spec.input_shape), np.uint8), "label": np.zeros((0,), np.int32)}
@@ -353,7 +303,7 @@ def _read_in_memory(config, spec: DatasetSpec, builder, split_slice: str, count:
             try:
                 whole = next(iter(tfds.as_numpy(ds.batch(count))))
             except Exception as e:  # truncated or damaged record files
-                raise _unusable_data(spec, _data_dir(config), e) from e
+                raise _unusable_data(spec, tfds_data_dir(config), e) from e
             examples = {"image": whole["image"], "label": whole["label"].astype(np.int32)}
         _IN_MEMORY[key] = examples
     return _IN_MEMORY[key]
@@ -442,7 +392,7 @@ def train_iterator(config, *, local_devices: Union[int, Sequence[Any]], seed: in
     Deterministic given ``seed`` (and the process index). ``config.augment`` (default True) turns
     the CIFAR / Fashion-MNIST augmentation off; ImageNet always uses random-resized-crop.
     """
-    spec = validate_config(config)
+    spec = dataset_spec(config.dataset)
     devices = _device_count(local_devices)
     process_index, process_count = _process_layout(process_index, process_count)
     per_device = per_device_batch_size(config.batch_size, devices, process_count)
@@ -475,7 +425,7 @@ def eval_iterator(config, *, local_devices: Union[int, Sequence[Any]], split: st
     same number of batches (a process with fewer examples adds all-padding batches), so a
     cross-process pmap never waits on a process that has run out.
     """
-    spec = validate_config(config)
+    spec = dataset_spec(config.dataset)
     devices = _device_count(local_devices)
     process_index, process_count = _process_layout(process_index, process_count)
     per_device = per_device_batch_size(config.eval_batch_size, devices, process_count)

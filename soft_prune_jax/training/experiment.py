@@ -6,6 +6,7 @@ import flax.linen as nn
 
 from soft_prune_jax.methods import get_method
 from soft_prune_jax.models import get_model
+from soft_prune_jax.training import data
 from soft_prune_jax.training.loop import Phase
 
 
@@ -17,7 +18,7 @@ def create_model(config, **overrides) -> nn.Module:
     kwargs = dict(config.get("model_kwargs") or {})
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}  # JSON lists -> tuples
     mask = get_method(config.method).mask_config(config)
-    return get_model(config.model, config.num_classes, **{"mask": mask, **kwargs, **overrides})
+    return get_model(config.model, data.num_classes(config), **{"mask": mask, **kwargs, **overrides})
 
 
 def training_phase(config) -> Phase:
