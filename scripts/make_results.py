@@ -35,14 +35,14 @@ METHODS = ("scp", "dense", "slimming")
 
 # METHOD.md section 5: (dataset, net, baseline -> pruned accuracy, reductions, config)
 PAPER = [
-    ("CIFAR-10", "VGG-16", "93.85 -> 93.79", "channels 75%, params 93.05%, FLOPs 66.23%", "configs/cifar10_vgg16.py"),
-    ("CIFAR-10", "ResNet-56", "93.69 -> 93.23", "channels 45%, params 46.47%, FLOPs 51.20%", "configs/cifar10_resnet56.py"),
+    ("CIFAR-10", "VGG-16", "93.85 -> 93.79", "channels 75%, params 93.05%, FLOPs 66.23%", "configs/cifar.py:cifar10_vgg16"),
+    ("CIFAR-10", "ResNet-56", "93.69 -> 93.23", "channels 45%, params 46.47%, FLOPs 51.20%", "configs/cifar.py:cifar10_resnet56"),
     ("CIFAR-10", "DenseNet-40", "94.39 -> 93.77", "channels 81%, params 75.41%, FLOPs 70.77%",
-     "configs/cifar10_densenet40.py"),
-    ("CIFAR-100", "ResNet-164", "77.24 -> 76.62", "params 28.89%, FLOPs 45.36%", "configs/cifar100_resnet164.py"),
-    ("CIFAR-100", "DenseNet-40", "74.24 -> 73.84", "params 55.22%, FLOPs 46.25%", "configs/cifar100_densenet40.py"),
+     "configs/cifar.py:cifar10_densenet40"),
+    ("CIFAR-100", "ResNet-164", "77.24 -> 76.62", "params 28.89%, FLOPs 45.36%", "configs/cifar.py:cifar100_resnet164"),
+    ("CIFAR-100", "DenseNet-40", "74.24 -> 73.84", "params 55.22%, FLOPs 46.25%", "configs/cifar.py:cifar100_densenet40"),
     ("ILSVRC-12", "ResNet-50", "75.89 -> 74.20 top-1 (92.98 -> 92.00 top-5)", "FLOPs 54.3%",
-     "configs/imagenet_resnet50.py"),
+     "configs/imagenet.py:resnet50"),
 ]
 
 
@@ -193,7 +193,7 @@ def paper_section() -> list[str]:
              "| dataset | net | accuracy (baseline -> pruned) | reductions | config | command |", "|---|---|---|---|---|---|"]
     for dataset, net, acc, red, cfg in PAPER:
         lines.append(f"| {dataset} | {net} | {acc} | {red} | `{cfg}` | "
-                     f"`python launch/train.py --config={cfg} --workdir=workdirs/{os.path.basename(cfg)[:-3]}` |")
+                     f"`python launch/train.py --config={cfg} --workdir=workdirs/{cfg.split(":")[-1]}` |")
     lines.append("")
     return lines
 
