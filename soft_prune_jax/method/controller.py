@@ -1,0 +1,87 @@
+"""A PI controller on log(lambda) that steers the MACs of the hard-masked network to a budget.
+
+With SCP as published lambda is fixed and the MACs it cuts are known only after training. Here the
+penalty weight is lambda_t = exp(log_lambda_t), updated once per training step from the relative
+MACs r_t of the current hard-masked network:
+
+    target_t   = 1 - (1 - target) * min(1, step / ramp_steps)   the budget, reached gradually
+    e_t        = r_t - target_t                                   > 0: too many MACs, push harder
+    integral  += ki * e_t                                         clipped to [log lambda_min, log lambda_max]
+    log_lambda = integral + kp * e_t                              clipped likewise
+
+The ramp keeps the error small while pruning lags behind lambda (channels die a while after the
+penalty rises), so the integral does not wind up and overshoot the budget; clipping the integral to
+the same range as log lambda is the anti-windup. The controller acts on the hard-masked MACs -- the
+network that is cut and reported -- rather than on the expected ones: pi saturates at
+sigmoid(k delta) < 1 for dead channels, so expected MACs never reach the hard ones.
+
+The state is a small pytree of scalars (checkpointed with the training state); ``update`` is pure
+and jit-able, and identical on every replica when its inputs are (replicated params).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class ControllerConfig:
+    """target: the MAC budget as a fraction of the dense MACs, in (0, 1).
+    kp, ki: proportional and integral gains on the error in MAC ratio (ki per step), >= 0.
+    ramp_steps: steps over which the target falls from 1 to ``target`` (0 = at once).
+    lambda_min, lambda_max: the range of lambda, 0 < min <= max.
+    """
+
+    target: float
+    kp: float = 2.0
+    ki: float = 0.01
+    ramp_steps: int = 0
+    lambda_min: float = 1e-6
+    lambda_max: float = 1.0
+
+    def __post_init__(self):
+        if not (isinstance(self.target, (int, float)) and 0.0 < self.target < 1.0):
+            raise ValueError(f"target={self.target!r} is invalid: expected a number in (0, 1)")
+        if not (0.0 < self.lambda_min <= self.lambda_max < math.inf):
+            raise ValueError(f"lambda range [{self.lambda_min!r}, {self.lambda_max!r}] is invalid: "
+                             "expected 0 < lambda_min <= lambda_max < inf")
+
+
+@flax.struct.dataclass
+class ControllerState:
+    log_lambda: jax.Array  # the lambda used by the next step, in log space
+    integral: jax.Array  # the integral term (log space)
+    error: jax.Array  # the last error r - target_t (for logs)
+
+    @property
+    def lam(self) -> jax.Array:
+        return jnp.exp(self.log_lambda)
+
+
+def init_state(config: ControllerConfig, initial_lambda: float) -> ControllerState:
+    """Starts at ``initial_lambda`` (clipped into the controller's range)."""
+    log_lam = math.log(min(max(float(initial_lambda), config.lambda_min), config.lambda_max))
+    return ControllerState(log_lambda=jnp.asarray(log_lam, jnp.float32), integral=jnp.asarray(log_lam, jnp.float32),
+                           error=jnp.zeros((), jnp.float32))
+
+
+def scheduled_target(config: ControllerConfig, step) -> jax.Array:
+    """The budget at ``step``: 1 at step 0, falling linearly to ``config.target`` at ``ramp_steps``."""
+    if config.ramp_steps <= 0:
+        return jnp.asarray(config.target, jnp.float32)
+    progress = jnp.minimum(jnp.asarray(step, jnp.float32) / config.ramp_steps, 1.0)
+    return 1.0 - (1.0 - config.target) * progress
+
+
+def update(config: ControllerConfig, state: ControllerState, macs_ratio, step) -> ControllerState:
+    """One controller step from the current MAC ratio (MACs / dense MACs) at training step ``step``."""
+    low, high = math.log(config.lambda_min), math.log(config.lambda_max)
+    error = jnp.asarray(macs_ratio, jnp.float32) - scheduled_target(config, step)
+    integral = jnp.clip(state.integral + config.ki * error, low, high)
+    return ControllerState(log_lambda=jnp.clip(integral + config.kp * error, low, high), integral=integral,
+                           error=error)
