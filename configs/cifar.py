@@ -39,8 +39,10 @@ PAPER_LAMBDAS = ("cifar10_vgg16", "cifar10_resnet56", "cifar10_densenet40")
 def get_config(arg: str = "") -> config_dict.ConfigDict:
     variant, _, method = arg.partition(",")
     if variant not in SPARSITY_LAMBDA:
-        raise ValueError(f"configs/cifar.py:{arg} names an unknown variant {variant!r}: expected one of "
-                         f"{', '.join(SPARSITY_LAMBDA)}, optionally followed by ',slimming' or ',dense'")
+        raise ValueError(
+            f"configs/cifar.py:{arg} names an unknown variant {variant!r}: expected one of "
+            f"{', '.join(SPARSITY_LAMBDA)}, optionally followed by ',slimming' or ',dense'"
+        )
     config = default.get_config()
     config.dataset, _, config.model = variant.partition("_")
     config.sparsity_lambda = SPARSITY_LAMBDA[variant]

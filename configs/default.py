@@ -63,6 +63,19 @@ def get_config() -> config_dict.ConfigDict:
     config.mask = config_dict.ConfigDict(dict(eps=0.05, delta=0.05, k=20.0, tau=0.5))  # SCP's mask
     config.sparsity_lambda = 5e-5  # SCP: the paper's ResNet-56 value; the only knob that sets the FLOPs cut
     config.sparsity_s = 2.0  # SCP: penalty per channel is beta + s * |gamma|
+    # SCP at a MAC budget: None = the paper's fixed sparsity_lambda; a number in (0, 1) = keep that fraction
+    # of the dense MACs (--config.target_macs_ratio=0.35). lambda starts at sparsity_lambda and a controller
+    # on the hard-masked MACs steers it while training; if the trained network still overshoots, surgery
+    # removes the least alive channels (highest z = (eps - beta) / |gamma|) until it fits.
+    config.target_macs_ratio = placeholder(float)
+    # SCP's penalty with each channel weighted by the MACs removing it would save (normalised to a mean of
+    # 1), so early high-resolution channels are dearer to keep; False = the paper's penalty.
+    config.cost_aware_penalty = False
+    # The controller of target_macs_ratio (soft_prune_jax/method/controller.py), on e = hard-masked MACs /
+    # dense - target_t: log lambda = I + kp * e, I += ki * e every step; target_t falls linearly from 1 to
+    # the budget over the first ramp_fraction of training; lambda stays in [lambda_min, lambda_max].
+    config.budget_controller = config_dict.ConfigDict(
+        dict(kp=2.0, ki=0.05, ramp_fraction=0.5, lambda_min=1e-6, lambda_max=1.0))
     # Network Slimming (method='slimming'; per-architecture values: slimming_recipe below).
     config.slimming = config_dict.ConfigDict()
     config.slimming.l1 = 1e-4  # L1 weight on the BN scales (Liu et al.: 1e-4 VGG, 1e-5 ResNet/DenseNet)
@@ -119,8 +132,10 @@ def slimming_recipe(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
     """
     family = next((f for f in SLIMMING_BY_FAMILY if config.model.startswith(f)), None)
     if family is None:
-        raise ValueError(f"model={config.model!r} has no Network Slimming recipe: expected a name starting "
-                         f"with one of {', '.join(SLIMMING_BY_FAMILY)}")
+        raise ValueError(
+            f"model={config.model!r} has no Network Slimming recipe: expected a name starting "
+            f"with one of {', '.join(SLIMMING_BY_FAMILY)}"
+        )
     config.method = "slimming"
     config.slimming.l1, config.slimming.target_channel_ratio = SLIMMING_BY_FAMILY[family]
     config.slimming.scale_init = 0.5

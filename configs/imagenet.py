@@ -31,8 +31,10 @@ IMAGENET_WEIGHT_DECAY = 1e-4
 def get_config(arg: str = "") -> config_dict.ConfigDict:
     model, _, method = arg.partition(",")
     if model not in DEPTHS:
-        raise ValueError(f"configs/imagenet.py:{arg} names an unknown variant {model!r}: expected one of "
-                         f"{', '.join(DEPTHS)}, optionally followed by ',slimming' or ',dense'")
+        raise ValueError(
+            f"configs/imagenet.py:{arg} names an unknown variant {model!r}: expected one of "
+            f"{', '.join(DEPTHS)}, optionally followed by ',slimming' or ',dense'"
+        )
     config = default.get_config()
     config.model = model
     config.dataset = "imagenet2012"

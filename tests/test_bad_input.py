@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 
 from configs import default
+from soft_prune_jax import pipeline
+from soft_prune_jax.compact import export, inputs
 from soft_prune_jax.training import checkpoint as ckpt_lib
 from soft_prune_jax.training import config_validation
 from soft_prune_jax.training.experiment import create_model, training_phase
 from soft_prune_jax.training.loop import fit
 from soft_prune_jax.training.state import init_variables
-from soft_prune_jax.compact import export, inputs
-from soft_prune_jax import pipeline
+
 from conftest import SyntheticData, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -306,7 +307,8 @@ BAD_INPUTS = [
     ("uint8", np.zeros((2, 8, 8, 1), np.uint8), r"input dtype uint8 is invalid: expected a floating dtype"),
     ("int32", np.zeros((2, 8, 8, 1), np.int32), r"input dtype int32 is invalid"),
     ("empty-batch", np.zeros((0, 8, 8, 1), np.float32), r"expected every axis >= 1"),
-    ("too-small", np.zeros((2, 1, 1, 1), np.float32), r"input shape \(2, 1, 1, 1\) is too small for VGG: the output of"),
+    ("too-small", np.zeros((2, 1, 1, 1), np.float32),
+     r"input shape \(2, 1, 1, 1\) is too small for VGG: the output of"),
     ("a-list", [[1.0]], r"input of type list is invalid: expected an array"),
 ]
 

@@ -20,9 +20,11 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs"
 METHODS = ("", ",dense", ",slimming")
 # Every config a command line can name: FILE.py[:VARIANT].
-EXPERIMENTS = (["default.py", "fashion_mnist.py"]
-               + [f"cifar.py:{v}{m}" for v in cifar.SPARSITY_LAMBDA for m in METHODS]
-               + [f"imagenet.py:{v}{m}" for v in imagenet.DEPTHS for m in METHODS])
+EXPERIMENTS = (
+    ["default.py", "fashion_mnist.py"]
+    + [f"cifar.py:{v}{m}" for v in cifar.SPARSITY_LAMBDA for m in METHODS]
+    + [f"imagenet.py:{v}{m}" for v in imagenet.DEPTHS for m in METHODS]
+)
 
 
 def parse(spec: str, *overrides: str) -> config_dict.ConfigDict:
@@ -115,11 +117,17 @@ def test_scp_and_dense_follow_the_paper_recipe(spec):
         assert (config.batch_size, config.num_epochs, tuple(config.lr_boundaries)) == (256, 100, (30, 60, 90))
 
 
-@pytest.mark.parametrize("variant, l1, keep", [
-    ("cifar10_vgg16", 1e-4, 0.3), ("cifar100_vgg16", 1e-4, 0.3),  # Liu et al.: VGG 1e-4, 70% pruned
-    ("cifar10_resnet56", 1e-5, 0.6), ("cifar100_resnet164", 1e-5, 0.6),  # ResNet 1e-5, 40% pruned
-    ("cifar10_densenet40", 1e-5, 0.6), ("cifar100_densenet40", 1e-5, 0.6),  # DenseNet 1e-5, 40% pruned
-])
+@pytest.mark.parametrize(
+    "variant, l1, keep",
+    [
+        ("cifar10_vgg16", 1e-4, 0.3),
+        ("cifar100_vgg16", 1e-4, 0.3),  # Liu et al.: VGG 1e-4, 70% pruned
+        ("cifar10_resnet56", 1e-5, 0.6),
+        ("cifar100_resnet164", 1e-5, 0.6),  # ResNet 1e-5, 40% pruned
+        ("cifar10_densenet40", 1e-5, 0.6),
+        ("cifar100_densenet40", 1e-5, 0.6),  # DenseNet 1e-5, 40% pruned
+    ],
+)
 def test_slimming_variants_run_network_slimming_as_liu_et_al(variant, l1, keep):
     config = parse(f"cifar.py:{variant},slimming")
     assert config.method == "slimming" and config.slimming.scale_init == 0.5
@@ -141,10 +149,17 @@ def test_matched_macs_slimming_is_an_override():
 
 
 def test_fields_are_overridable_from_the_command_line(tmp_path):
-    config = parse("fashion_mnist.py", f"--config.data_dir={tmp_path}", "--config.num_train_examples=512",
-                   "--config.lr_boundaries=(1, 2)", "--config.mask.tau=0.3", "--config.distributed.num_processes=2",
-                   "--config.benchmark_batch_sizes=(1, 64)", "--config.model_kwargs={'widths': (8, 'M')}",
-                   "--config.num_classes=10")
+    config = parse(
+        "fashion_mnist.py",
+        f"--config.data_dir={tmp_path}",
+        "--config.num_train_examples=512",
+        "--config.lr_boundaries=(1, 2)",
+        "--config.mask.tau=0.3",
+        "--config.distributed.num_processes=2",
+        "--config.benchmark_batch_sizes=(1, 64)",
+        "--config.model_kwargs={'widths': (8, 'M')}",
+        "--config.num_classes=10",
+    )
     assert config.data_dir == str(tmp_path) and config.num_train_examples == 512
     assert tuple(config.lr_boundaries) == (1, 2) and config.mask.tau == 0.3
     assert config.distributed.num_processes == 2 and tuple(config.benchmark_batch_sizes) == (1, 64)

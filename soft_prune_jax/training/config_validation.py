@@ -45,22 +45,35 @@ def _int_at_least(config, name: str, low: int, *, optional: bool = False) -> Opt
     if optional and value is None:
         return None
     if not _is_int(value) or value < low:
-        raise ValueError(f"config.{name}={value!r} is invalid: expected an int >= {low}"
-                         + (" or None" if optional else ""))
+        raise ValueError(
+            f"config.{name}={value!r} is invalid: expected an int >= {low}" + (" or None" if optional else "")
+        )
     return int(value)
 
 
-def _number_in(config, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False,
-               optional: bool = False) -> None:
+def _number_in(
+    config,
+    name: str,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> None:
     value = _get(config, name)
     if optional and value is None:
         return
-    ok = _is_number(value) and (value > low if low_open else value >= low) and (
-        value < high if high_open else value <= high)
+    ok = (
+        _is_number(value)
+        and (value > low if low_open else value >= low)
+        and (value < high if high_open else value <= high)
+    )
     if not ok:
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"config.{name}={value!r} is invalid: expected a number in {interval}"
-                         + (" or None" if optional else ""))
+        raise ValueError(
+            f"config.{name}={value!r} is invalid: expected a number in {interval}" + (" or None" if optional else "")
+        )
 
 
 def _one_of(config, name: str, known) -> None:
@@ -99,8 +112,10 @@ def _validate_model(config) -> None:
     try:  # building the module is cheap (no parameters): it refuses an argument the architecture lacks
         get_model(config.model, 1, **dict(kwargs))
     except TypeError as e:
-        raise ValueError(f"config.model_kwargs={dict(kwargs)!r} is invalid for model {config.model!r}: "
-                         f"expected constructor arguments of it ({e})") from None
+        raise ValueError(
+            f"config.model_kwargs={dict(kwargs)!r} is invalid for model {config.model!r}: "
+            f"expected constructor arguments of it ({e})"
+        ) from None
 
 
 def _validate_data(config) -> None:
@@ -108,8 +123,10 @@ def _validate_data(config) -> None:
     name = config.dataset
     classes = _get(config, "num_classes")
     if classes is not None and (not _is_int(classes) or classes != spec.num_classes):
-        raise ValueError(f"config.num_classes={classes!r} does not match dataset {name!r}: expected "
-                         f"{spec.num_classes} or None (derived from the dataset)")
+        raise ValueError(
+            f"config.num_classes={classes!r} does not match dataset {name!r}: expected "
+            f"{spec.num_classes} or None (derived from the dataset)"
+        )
     for field in ("data_dir", "manual_dir"):
         value = _get(config, field)
         if value is not None and not isinstance(value, str):
@@ -117,16 +134,22 @@ def _validate_data(config) -> None:
     _bool(config, "augment")
     validation = _int_at_least(config, "validation_examples", 0)
     if validation >= spec.train_size:
-        raise ValueError(f"config.validation_examples={validation} is invalid: expected 0 <= n < "
-                         f"{spec.train_size} (the {name} train split)")
+        raise ValueError(
+            f"config.validation_examples={validation} is invalid: expected 0 <= n < "
+            f"{spec.train_size} (the {name} train split)"
+        )
     num_train = _int_at_least(config, "num_train_examples", 1, optional=True)
     if num_train is not None and num_train > spec.train_size - validation:
-        raise ValueError(f"config.num_train_examples={num_train} is invalid: expected at most "
-                         f"{spec.train_size - validation} ({name} train minus validation_examples) or None")
+        raise ValueError(
+            f"config.num_train_examples={num_train} is invalid: expected at most "
+            f"{spec.train_size - validation} ({name} train minus validation_examples) or None"
+        )
     num_eval = _int_at_least(config, "num_eval_examples", 1, optional=True)
     if num_eval is not None and num_eval > spec.test_size:
-        raise ValueError(f"config.num_eval_examples={num_eval} is invalid: expected at most "
-                         f"{spec.test_size} (the {name} test split) or None")
+        raise ValueError(
+            f"config.num_eval_examples={num_eval} is invalid: expected at most "
+            f"{spec.test_size} (the {name} test split) or None"
+        )
     if name == "imagenet2012":
         _validate_imagenet_manual_dir(config)
 
@@ -138,29 +161,39 @@ def _validate_imagenet_manual_dir(config) -> None:
     if manual_dir is None:
         if data.is_prepared_on_disk("imagenet2012", tfds_dir):
             return
-        raise ValueError(f"config.manual_dir is not set and imagenet2012 is not prepared in {tfds_dir!r}: set "
-                         f"--config.manual_dir to a directory holding {tars}")
+        raise ValueError(
+            f"config.manual_dir is not set and imagenet2012 is not prepared in {tfds_dir!r}: set "
+            f"--config.manual_dir to a directory holding {tars}"
+        )
     if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
         raise ValueError(f"config.manual_dir={manual_dir!r} is missing or empty: expected a directory holding {tars}")
     missing = [f for f in data.IMAGENET_MANUAL_FILES if not os.path.exists(os.path.join(manual_dir, f))]
     if missing and not data.is_prepared_on_disk("imagenet2012", tfds_dir):
-        raise ValueError(f"config.manual_dir={manual_dir!r} lacks {', '.join(missing)}: expected "
-                         f"{tars} (the ILSVRC2012 downloads)")
+        raise ValueError(
+            f"config.manual_dir={manual_dir!r} lacks {', '.join(missing)}: expected {tars} (the ILSVRC2012 downloads)"
+        )
 
 
 def _validate_optimisation(config, num_devices: int) -> None:
     for name in ("batch_size", "eval_batch_size"):
         value = _int_at_least(config, name, 1)
         if value % num_devices:
-            raise ValueError(f"config.{name}={value} is not divisible by the {num_devices} devices: "
-                             f"expected a multiple of {num_devices}")
+            raise ValueError(
+                f"config.{name}={value} is not divisible by the {num_devices} devices: "
+                f"expected a multiple of {num_devices}"
+            )
     num_epochs = _int_at_least(config, "num_epochs", 1)
     _number_in(config, "learning_rate", 0.0, math.inf, low_open=True, high_open=True)
     boundaries = _get(config, "lr_boundaries")
-    if (not isinstance(boundaries, (tuple, list)) or not all(_is_number(b) and 0 < b <= num_epochs for b in boundaries)
-            or list(boundaries) != sorted(boundaries)):
-        raise ValueError(f"config.lr_boundaries={boundaries!r} is invalid: expected increasing epochs in "
-                         f"(0, num_epochs={num_epochs}]")
+    if (
+        not isinstance(boundaries, (tuple, list))
+        or not all(_is_number(b) and 0 < b <= num_epochs for b in boundaries)
+        or list(boundaries) != sorted(boundaries)
+    ):
+        raise ValueError(
+            f"config.lr_boundaries={boundaries!r} is invalid: expected increasing epochs in "
+            f"(0, num_epochs={num_epochs}]"
+        )
     _number_in(config, "lr_decay", 0.0, 1.0, low_open=True)
     _number_in(config, "momentum", 0.0, 1.0, high_open=True)
     _bool(config, "nesterov")
@@ -195,5 +228,8 @@ def _validate_running(config) -> None:
     sizes = _get(config, "benchmark_batch_sizes")
     if not isinstance(sizes, (tuple, list)) or not sizes or not all(_is_int(b) and b >= 1 for b in sizes):
         raise ValueError(f"config.benchmark_batch_sizes={sizes!r} is invalid: expected a non-empty tuple of ints >= 1")
-    distributed.validate_fields(_get(config, "distributed.coordinator_address"),
-                                _get(config, "distributed.num_processes"), _get(config, "distributed.process_id"))
+    distributed.validate_fields(
+        _get(config, "distributed.coordinator_address"),
+        _get(config, "distributed.num_processes"),
+        _get(config, "distributed.process_id"),
+    )
