@@ -106,10 +106,13 @@ def tiny_model_and_variables():
 TINY = {
     "fmnist_cnn": (dict(widths=(8, "M", 12, 16)), (2, 12, 12, 1), 10),
     "vgg16": (dict(widths=(4, 6, "M", 8, "M", 8, 5)), (2, 8, 8, 3), 10),
-    "resnet56": (dict(stage_sizes=(2, 2, 2), stage_widths=(8, 16, 16)), (2, 8, 8, 3), 10),
+    # stem 8 = stage 1's width: an identity first block, as ResNet-56's (16 -> 16)
+    "resnet56": (dict(stage_sizes=(2, 2, 2), stage_widths=(8, 16, 16), stem_width=8), (2, 8, 8, 3), 10),
     "resnet164": (dict(stage_sizes=(2, 1, 2), stage_widths=(4, 8, 8)), (2, 8, 8, 3), 10),
     "densenet40": (dict(num_blocks=2, layers_per_block=2, growth_rate=4, stem_width=6), (2, 8, 8, 3), 10),
-    "resnet18": (dict(stage_sizes=(1, 2, 1, 1), stage_widths=(8, 8, 16, 16)), (2, 32, 32, 3), 7),
+    # stage 1 at the stem's 64: an identity first block and an unmasked stem, as ResNet-18's; the
+    # tiny resnet50's first block projects (16 != 64), so its stem is masked, as ResNet-50's
+    "resnet18": (dict(stage_sizes=(1, 2, 1, 1), stage_widths=(64, 8, 16, 16)), (2, 32, 32, 3), 7),
     "resnet50": (dict(stage_sizes=(1, 2, 1, 1), stage_widths=(4, 8, 8, 8)), (2, 32, 32, 3), 7),
 }
 _CACHE = {}

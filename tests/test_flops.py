@@ -107,11 +107,23 @@ def test_full_size_macs(name, num_classes, shape, expected_macs):
     assert count.macs == sum(row.macs for row in count.layers)
 
 
+def test_resnet56_macs_by_hand():
+    # stem, stage 1 (18 convs 16 -> 16 at 32x32, no projection), stages 2 and 3 (a stride-2 conv1,
+    # a 1x1 projection, 17 convs at the stage's width), head
+    stage1 = 18 * 32 * 32 * 9 * 16 * 16
+    stage2 = 16 * 16 * 9 * 16 * 32 + 16 * 16 * 16 * 32 + 17 * 16 * 16 * 9 * 32 * 32
+    stage3 = 8 * 8 * 9 * 32 * 64 + 8 * 8 * 32 * 64 + 17 * 8 * 8 * 9 * 64 * 64
+    expected = 32 * 32 * 27 * 16 + stage1 + stage2 + stage3 + 64 * 10
+    assert flops.count(get_model("resnet56", 10), None, (32, 32, 3)).macs == expected
+
+
 def test_resnet56_rows_follow_execution_order():
     count = flops.count(get_model("resnet56", 10), None, (32, 32, 3))
     paths = [row.path for row in count.layers]
-    assert paths[:4] == ["stem", "block0/proj", "block0/conv1", "block0/conv2"]
-    assert paths[-1] == "head" and len(paths) == 1 + 27 * 2 + 3 + 1
+    # stage 1's first block adds its shared BN-ReLU's output (16 -> 16, stride 1): no projection
+    assert paths[:4] == ["stem", "block0/conv1", "block0/conv2", "block1/conv1"]
+    assert paths[-1] == "head" and len(paths) == 1 + 27 * 2 + 2 + 1
+    assert [p for p in paths if p.endswith("proj")] == ["block9/proj", "block18/proj"]
     masked = list(count.masked_channels)
     assert masked[:3] == ["block0/masked_bn2", "block1/masked_bn1", "block1/masked_bn2"]
     assert masked[-1] == "masked_bn_final"

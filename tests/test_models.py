@@ -1,4 +1,4 @@
-"""Model architectures: sizes (via jax.eval_shape) and where the masks sit (METHOD.md section 3)."""
+"""Model architectures: sizes (via jax.eval_shape) and where the masks sit (docs/method.md)."""
 
 import functools
 import math
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from soft_prune_jax.method import masks as M
-from soft_prune_jax.models import DenseNet, PreActResNet, ResNet, get_model, model_names
+from soft_prune_jax.models import DenseNet, PreActBlock, PreActResNet, ResNet, ResNetBlock, get_model, model_names
 
 CIFAR = (32, 32, 3)
 IMAGENET = (224, 224, 3)
@@ -47,8 +47,36 @@ def densenet40_params():
     return 3 * 3 * 3 * 24 + layers + transitions + 2 * 456 + 456 * 10 + 10
 
 
+def preact_resnet_params(blocks_per_stage, bottleneck):
+    """The reference's pre-activation CIFAR ResNet counted by hand (BN: scale + bias per channel).
+
+    The first block of a stage has one BN-ReLU shared with its shortcut, which is a 1x1 conv only
+    where the stride or the width changes (ResNet-56/110: stages 2 and 3; ResNet-164: every stage).
+    """
+    total, stream = 3 * 3 * 3 * 16, 16  # stem
+    for stage, inner in enumerate((16, 32, 64)):
+        out = 4 * inner if bottleneck else inner
+        for i in range(blocks_per_stage):
+            if bottleneck:
+                total += 2 * stream + stream * inner + 2 * inner + 9 * inner * inner + 2 * inner + inner * out
+            else:
+                total += 2 * stream + 9 * stream * inner + 2 * inner + 9 * inner * out
+            if i == 0 and (stage > 0 or stream != out):
+                total += stream * out  # 1x1 projection
+            stream = out
+    return total + 2 * stream + stream * 10 + 10  # final BN, head
+
+
+def test_preact_hand_counts():
+    # ResNet-56 without the stage-1 projection: 16 * 16 = 256 parameters fewer than with it.
+    assert preact_resnet_params(9, False) == 855_578
+    assert preact_resnet_params(18, False) == 1_730_522
+    assert preact_resnet_params(18, True) == 1_703_258
+
+
 @pytest.mark.parametrize("name,expected,rel", [
-    ("resnet56", 0.85e6, 0.03), ("resnet110", 1.7e6, 0.03), ("resnet164", 1.7e6, 0.03),
+    ("resnet56", preact_resnet_params(9, False), 0.0), ("resnet110", preact_resnet_params(18, False), 0.0),
+    ("resnet164", preact_resnet_params(18, True), 0.0),
     ("resnet18", 11.7e6, 0.03), ("resnet50", 25.6e6, 0.03), ("resnet101", 44.5e6, 0.03),
     ("vgg16", 14.7e6, 0.03), ("densenet40", densenet40_params(), 0.0),
 ])
@@ -64,7 +92,7 @@ def test_densenet40_hand_count_is_the_published_exact_count():
 
 @pytest.mark.parametrize("name,count", [
     ("vgg16", 13), ("vgg19", 16), ("resnet56", 52), ("resnet110", 106), ("resnet164", 160),
-    ("densenet40", 39), ("resnet18", 8), ("resnet34", 16), ("resnet50", 32), ("resnet101", 66),
+    ("densenet40", 39), ("resnet18", 8), ("resnet34", 16), ("resnet50", 33), ("resnet101", 67),
 ])
 def test_number_of_masked_layers(name, count):
     assert len(widths(name)) == count
@@ -89,8 +117,10 @@ def test_preact_resnet_mask_placement(name, blocks_per_stage, bottleneck):
         inner = (16, 32, 64)[stage]
         stream = inner * 4 if bottleneck else inner
         block = params[f"block{b}"]
-        if first:  # shares its BN-ReLU with the projection: unmasked bn1, no mask1
-            assert "bn1" in block and "proj" in block and "masked_bn1" not in block
+        if first:  # shares its BN-ReLU with the shortcut: unmasked bn1, no mask1
+            assert "bn1" in block and "masked_bn1" not in block
+            # a 1x1 projection only where the stride (stages 2, 3) or the width (16 -> 64) changes
+            assert ("proj" in block) == (stage > 0 or bottleneck)
         else:
             assert "bn1" not in block and "proj" not in block
             expected[f"block{b}/masked_bn1"] = stream  # mask1 selects what conv1 reads of the stream
@@ -126,10 +156,15 @@ def test_densenet40_masks_every_consumers_input():
 @pytest.mark.parametrize("name,stage_sizes,bottleneck", [
     ("resnet18", (2, 2, 2, 2), False), ("resnet34", (3, 4, 6, 3), False),
     ("resnet50", (3, 4, 6, 3), True), ("resnet101", (3, 4, 23, 3), True)])
-def test_imagenet_resnet_masks_only_block_internal_units(name, stage_sizes, bottleneck):
+def test_imagenet_resnet_masks_block_internal_units_and_a_projected_stem(name, stage_sizes, bottleneck):
     params, found = param_shapes(name), widths(name)
-    assert "bn_stem" in params  # the stem's BN feeds the residual stream: unmasked
     expected, b = {}, 0
+    if bottleneck:  # the stem feeds only block0's conv1 and projection (64 -> 256): a chain unit
+        expected["masked_bn_stem"] = 64
+        assert "bn_stem" not in params and params["stem"]["kernel"].shape[-1] == 64
+        assert params["block0"]["conv1"]["kernel"].shape[-2] == params["block0"]["proj"]["kernel"].shape[-2] == 64
+    else:  # identity shortcut: the stem's output is stage 1's residual stream, unmasked
+        assert "bn_stem" in params and "proj" not in params["block0"]
     for stage, size in enumerate(stage_sizes):
         inner = (64, 128, 256, 512)[stage]
         for _ in range(size):
@@ -265,3 +300,46 @@ def test_wrong_number_of_block_widths_is_rejected():
     model = PreActResNet(stage_sizes=(2, 2), stage_widths=(4, 8), stem_width=4, block_widths=((4,),) * 3)
     with pytest.raises(ValueError, match="block_widths"):
         jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jnp.zeros((1, 8, 8, 3)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Shortcuts and stride-2 alignment (the reference's rules)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("block", [
+    PreActBlock(4, (4,), stride=2, first=True, projection=True, mask=None),
+    ResNetBlock(4, (4,), stride=2, projection=True, mask=None)], ids=["preact", "imagenet"])
+def test_stride2_conv_reads_the_same_pixels_as_its_projection(block):
+    # With centre-tap identity kernels a 3x3 stride-2 conv that pads (1, 1) reads pixels (2i, 2j),
+    # as the 1x1 stride-2 projection does; XLA's SAME would pad (0, 1) and read (2i + 1, 2j + 1).
+    x = jax.random.uniform(jax.random.key(0), (1, 8, 8, 4)) + 0.1
+    variables = block.init(jax.random.key(1), x)
+    params = jax.tree_util.tree_map(np.asarray, variables["params"])
+    params["conv1"]["kernel"] = np.zeros((3, 3, 4, 4), np.float32)
+    params["conv1"]["kernel"][1, 1] = np.eye(4)
+    params["proj"]["kernel"] = np.eye(4, dtype=np.float32)[None, None]
+    _, state = block.apply({**variables, "params": params}, x, capture_intermediates=True, mutable=["intermediates"])
+    conv1, proj = (state["intermediates"][name]["__call__"][0] for name in ("conv1", "proj"))
+    assert conv1.shape == proj.shape == (1, 4, 4, 4)
+    np.testing.assert_allclose(conv1, proj, rtol=1e-6)
+    assert not np.allclose(conv1[0, 0, 0], proj[0, 1, 1])  # the pixels differ, so the check can fail
+
+
+@pytest.mark.parametrize("make", [
+    lambda: PreActBlock(8, (4,), stride=2, first=True, projection=False),
+    lambda: PreActBlock(8, (4,), stride=1, first=True, projection=False),
+    lambda: PreActBlock(4, (4,), stride=1, first=False, projection=True),
+    lambda: ResNetBlock(8, (4,), stride=1, projection=False)])
+def test_identity_shortcut_that_cannot_add_up_is_rejected(make):
+    with pytest.raises(ValueError, match="shortcut"):
+        jax.eval_shape(lambda x: make().init(jax.random.key(0), x), jnp.zeros((1, 8, 8, 4)))
+
+
+def test_compact_imagenet_resnet_takes_a_smaller_stem_only_where_it_is_masked():
+    bottleneck = ResNet(stage_sizes=(1, 1), stage_widths=(4, 8), bottleneck=True, num_classes=5, stem_width=3)
+    params = jax.eval_shape(lambda x: bottleneck.init(jax.random.key(0), x), jnp.zeros((1, 32, 32, 3)))["params"]
+    assert params["stem"]["kernel"].shape == (7, 7, 3, 3) and params["masked_bn_stem"]["scale"].shape == (3,)
+    assert params["block0"]["conv1"]["kernel"].shape[-2] == params["block0"]["proj"]["kernel"].shape[-2] == 3
+    basic = ResNet(stage_sizes=(1, 1), stage_widths=(64, 8), bottleneck=False, num_classes=5, stem_width=3)
+    with pytest.raises(ValueError, match="stem_width=3"):
+        jax.eval_shape(lambda x: basic.init(jax.random.key(0), x), jnp.zeros((1, 32, 32, 3)))

@@ -150,6 +150,10 @@ def _densenet(model: DenseNet) -> Structure:
 def _resnet(model: ResNet) -> Structure:
     inner = model.block_widths or model.full_block_widths()
     groups = []
+    stem_bn = ("masked_bn_stem",) if model.stem_masked else ("bn_stem",)
+    if model.stem_masked:  # a chain unit: the stem's outputs feed block0's conv1 and projection only
+        groups.append(_group(stem_bn, _out(("stem",)), _in(("block0", "conv1")), _in(("block0", "proj")),
+                             keep_at_least_one=True))
     for b, widths in enumerate(inner):
         blk = (f"block{b}",)
         for j in range(len(widths)):
@@ -157,11 +161,12 @@ def _resnet(model: ResNet) -> Structure:
                                  _in(blk + (f"conv{j + 2}",))))
 
     def rebuild(kept: Kept) -> nn.Module:
+        stem = {"stem_width": len(kept["masked_bn_stem"])} if model.stem_masked else {}
         return model.clone(block_widths=tuple(
             tuple(len(kept[f"block{b}/masked_bn{j + 1}"]) for j in range(len(widths))) for b, widths in enumerate(inner)),
-            mask=None)
+            mask=None, **stem)
 
-    folds = [Fold(("stem",), ("bn_stem",))]
+    folds = [Fold(("stem",), stem_bn)]
     for b, widths in enumerate(inner):
         blk = (f"block{b}",)
         folds += [Fold(blk + (f"conv{j + 1}",), blk + (f"masked_bn{j + 1}",)) for j in range(len(widths))]

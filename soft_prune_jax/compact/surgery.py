@@ -35,13 +35,25 @@ class LayerPlan:
     kept: np.ndarray  # sorted indices of kept channels
     total: int
     from_hard_mask: int  # how many were kept by the mask itself (before rounding / keep-one)
-    kept_by_fallback: bool  # the layer would have lost every channel; the lowest-pi one was kept
+    kept_by_fallback: bool  # the layer would have lost every channel; the best-ranked one was kept
 
 
 def _pi(model: nn.Module, layer: Mapping) -> np.ndarray:
     config = model.mask or M.MaskConfig()
     q = M.deactivation_probability(layer["scale"], layer["bias"], config.eps)
     return np.asarray(M.prune_probability(q, config.k, config.c))
+
+
+def _z(model: nn.Module, layer: Mapping) -> np.ndarray:
+    """SCP's own ranking: lower z = more alive; it still orders the channels whose pi saturated."""
+    config = model.mask or M.MaskConfig()
+    return np.asarray(M.deactivation_z(layer["scale"], layer["bias"], config.eps))
+
+
+def default_scores(model: nn.Module, variables) -> dict[str, np.ndarray]:
+    """{unit: -z} for every masked unit: the ``scores`` ``plan`` uses when none are given."""
+    layers = M.masked_layers(variables.get("params", variables))
+    return {g.name: -_z(model, layers[g.name]) for g in describe(model).groups if g.name in layers}
 
 
 def model_hard_masks(model: nn.Module, params, keep_at_least_one: bool = True) -> dict[str, np.ndarray]:
@@ -58,8 +70,10 @@ def model_hard_masks(model: nn.Module, params, keep_at_least_one: bool = True) -
             out[group.name] = np.ones(np.shape(layer["scale"]), np.float32)
             continue
         pi = jnp.asarray(_pi(model, layer))
-        rule = M.hard_mask_keep_one if (group.keep_at_least_one and keep_at_least_one) else M.hard_mask
-        out[group.name] = np.asarray(rule(pi))
+        if group.keep_at_least_one and keep_at_least_one:  # the same rule as MaskedBNReLU's
+            out[group.name] = np.asarray(M.hard_mask_keep_one(pi, jnp.asarray(_z(model, layer))))
+        else:
+            out[group.name] = np.asarray(M.hard_mask(pi))
     return out
 
 
@@ -68,11 +82,13 @@ def plan(model: nn.Module, variables, *, round_to: int = 1,
          scores: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, LayerPlan]:
     """Kept channel indices per masked unit.
 
-    round_to: keep the next-best channels (lowest pruning probability) until every non-empty kept
-      width is a multiple of ``round_to`` (or the full width). Empty layers stay empty.
+    round_to: keep the next-best channels (highest score) until every non-empty kept width is a
+      multiple of ``round_to`` (or the full width). Empty layers stay empty.
     masks: {unit name: 0/1 array} to use instead of the model's own hard masks.
     scores: {unit name: array}, higher = more worth keeping: picks the keep-one fallback and the
-      round_to padding (a method's own ranking, e.g. Network Slimming's |scale|). None = lowest pi.
+      round_to padding (a method's own ranking, e.g. Network Slimming's |scale|). None = SCP's
+      -z, z = (eps - beta) / |gamma| (``default_scores``): the same order as lowest pi wherever pi
+      differs, and a real order where pi saturated at sigmoid(k delta) for every dead channel.
     """
     if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
         raise ValueError(f"round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment)")
@@ -90,9 +106,10 @@ def plan(model: nn.Module, variables, *, round_to: int = 1,
         if unknown or len(masks) != len(names):
             raise SurgeryError(f"masks must have exactly one entry per masked unit; unknown: {unknown[:3]}, "
                                f"missing: {sorted(set(names) - set(masks))[:3]}")
-
-    def rank(name: str) -> np.ndarray:  # ascending = most worth keeping first
-        return -np.asarray(scores[name]).reshape(-1) if scores is not None else _pi(model, layers[name])
+    if scores is None:
+        scores = default_scores(model, variables)
+    elif set(names) - set(scores):
+        raise SurgeryError(f"scores must have an entry per masked unit; missing: {sorted(set(names) - set(scores))[:3]}")
 
     result = {}
     for group in structure.groups:
@@ -101,15 +118,18 @@ def plan(model: nn.Module, variables, *, round_to: int = 1,
         if mask.shape != (total,):
             raise SurgeryError(f"mask for {group.name} has shape {mask.shape}, expected ({total},)")
         keep = mask > 0
+        rank = -np.asarray(scores[group.name], np.float64).reshape(-1)  # ascending = most worth keeping first
+        if rank.shape != (total,):
+            raise SurgeryError(f"scores for {group.name} have shape {rank.shape}, expected ({total},)")
         fallback = False
         if group.keep_at_least_one and not keep.any() and total:
-            keep[np.argmin(rank(group.name))] = True
+            keep[np.argmin(rank)] = True
             fallback = True
         from_mask = int(np.sum(mask > 0))
         count = int(keep.sum())
         target = min(total, -(-count // round_to) * round_to) if count else 0
         if target > count:
-            order = np.argsort(rank(group.name), kind="stable")  # most worth keeping first
+            order = np.argsort(rank, kind="stable")
             extra = [i for i in order if not keep[i]][: target - count]
             keep[extra] = True
         result[group.name] = LayerPlan(np.flatnonzero(keep), total, from_mask, fallback)

@@ -1,13 +1,16 @@
-"""The SCP mask math (METHOD.md section 2) as pure functions: arrays in, arrays out.
+"""The SCP mask math (docs/method.md, "Equations") as pure functions: arrays in, arrays out.
 
 Nothing here holds Flax state; every function is jit- and vmap-friendly. The pytree helpers at
 the bottom walk a whole Flax ``params`` tree and find the masked BatchNorm layers by name: every
 operation-aware unit in this library is a module whose name starts with ``MASKED_PREFIX``.
 
-    q_c  = Phi((eps - beta_c) / |gamma_c|)              deactivation probability
+    z_c  = (eps - beta_c) / |gamma_c|                    standardised threshold (lower = more alive)
+    q_c  = Phi(z_c)                                      deactivation probability
     pi_c = sigmoid(k (q_c - c)),  c = 1 - delta          pruning probability
     m_c  ~ RelaxedBernoulli(keep = 1 - pi_c, tau)        soft mask (training)
     m_c  = [pi_c < 0.5]                                   hard mask (evaluation, surgery)
+    keep-one fallback and round_to padding rank channels by z: pi saturates at sigmoid(k delta)
+    once q rounds to 1, so every dead channel has the same pi, but z still orders them.
     R    = sum_layers sum_c (beta_c + s |gamma_c|)        sparsity penalty
 """
 
@@ -22,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 MASKED_PREFIX = "masked_bn"
-# Guards the division by |gamma| (METHOD.md: |gamma| + 1e-8), so q is defined at gamma = 0.
+# Guards the division by |gamma| (|gamma| + 1e-8, as the reference does), so q is defined at gamma = 0.
 _SCALE_FLOOR = 1e-8
 
 
@@ -56,14 +59,22 @@ class MaskConfig:
         return 1.0 - self.delta
 
 
+def deactivation_z(scale, bias, eps: float = 0.05):
+    """z = (eps - bias) / |scale|, the argument of q's normal CDF: lower = more alive.
+
+    Unlike q and pi it does not saturate, so it orders channels that q rounds to 1 (or 0) alike.
+    The division uses |scale| + 1e-8, so z is finite (or +-inf, never NaN off bias = eps) at scale = 0.
+    """
+    return (eps - bias) / (jnp.abs(scale) + _SCALE_FLOOR)
+
+
 def deactivation_probability(scale, bias, eps: float = 0.05):
     """q = P(ReLU(y) <= eps) for y ~ N(bias, scale^2): Phi((eps - bias) / |scale|).
 
     Stable at scale = 0: the division uses |scale| + 1e-8, so q is 0 or 1 (or 1/2 at bias = eps)
     instead of NaN. Uses ``jax.scipy.stats.norm.cdf`` (erfc-based, accurate in both tails).
     """
-    z = (eps - bias) / (jnp.abs(scale) + _SCALE_FLOOR)
-    return jax.scipy.stats.norm.cdf(z)
+    return jax.scipy.stats.norm.cdf(deactivation_z(scale, bias, eps))
 
 
 def prune_probability(q, k: float = 20.0, c: float = 0.95):
@@ -94,14 +105,17 @@ def hard_mask(prune_prob):
     return (prune_prob < 0.5).astype(jnp.result_type(prune_prob, jnp.float32))
 
 
-def hard_mask_keep_one(prune_prob):
-    """``hard_mask`` that never empties a layer: if every channel would go, keep the lowest pi.
+def hard_mask_keep_one(prune_prob, z=None):
+    """``hard_mask`` that never empties a layer: if every channel would go, keep the most alive one.
 
-    Used in plain chains (VGG), where an empty layer would make the network constant
-    (METHOD.md section 3, our decision).
+    The most alive channel has the lowest ``z`` (``deactivation_z``), or the lowest pi when no z is
+    given. Pass z: every channel whose q rounds to 1 has the same pi = sigmoid(k delta), and argmin
+    then picks the first index. Used in plain chains (VGG, the masked ImageNet stem), where an empty
+    layer would make the network constant (our decision, docs/method.md).
     """
     mask = hard_mask(prune_prob)
-    fallback = jax.nn.one_hot(jnp.argmin(prune_prob), prune_prob.shape[-1], dtype=mask.dtype)
+    order = prune_prob if z is None else z
+    fallback = jax.nn.one_hot(jnp.argmin(order), prune_prob.shape[-1], dtype=mask.dtype)
     return jnp.where(jnp.any(mask > 0), mask, fallback)
 
 

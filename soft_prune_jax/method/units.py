@@ -3,7 +3,7 @@
 ``MaskedBNReLU`` is the only place in the library that holds mask state. Its BatchNorm is written
 out (rather than wrapping ``nn.BatchNorm``) because SCP gates the running-statistics update per
 channel: only channels whose soft-mask sample has "keep" as its argmax update their mean and
-variance (METHOD.md section 2). Parameter and statistic names match ``nn.BatchNorm``
+variance (docs/method.md, "Equations"). Parameter and statistic names match ``nn.BatchNorm``
 (params: scale, bias; batch_stats: mean, var).
 """
 
@@ -30,8 +30,9 @@ class MaskedBNReLU(nn.Module):
     Attributes:
       mask: the mask hyper-parameters, or None for a plain BN -> ReLU (the dense baseline, and
         every compact model, whose pruned channels are gone physically).
-      keep_at_least_one: at evaluation, keep the lowest-pi channel if every channel would be
-        pruned (plain chains such as VGG, where an empty layer makes the network constant).
+      keep_at_least_one: at evaluation, keep the most alive channel (lowest z = (eps - beta) /
+        |gamma|) if every channel would be pruned (plain chains such as VGG, where an empty layer
+        makes the network constant).
       axis_name: the mapped axis over which batch statistics are averaged (synchronised BN).
       momentum, epsilon: as in ``nn.BatchNorm``.
     """
@@ -65,7 +66,7 @@ class MaskedBNReLU(nn.Module):
             if train:
                 mask = M.soft_mask(self.make_rng(GUMBEL_RNG), pi, self.mask.tau)
             elif self.keep_at_least_one:
-                mask = M.hard_mask_keep_one(pi)
+                mask = M.hard_mask_keep_one(pi, M.deactivation_z(scale, bias, self.mask.eps))
             else:
                 mask = M.hard_mask(pi)
 

@@ -1,19 +1,23 @@
 """Pre-activation ResNets for CIFAR: ResNet-56/110 (basic blocks) and ResNet-164 (bottlenecks).
 
-Operation-aware placement (METHOD.md section 3): every unit is BN -> ReLU -> mask -> conv, so a
-mask prunes only the input channels of the conv that follows it (and the BN feeding it).
+Operation-aware placement (docs/method.md, "Where the masks sit"): every unit is BN -> ReLU -> mask
+-> conv, so a mask prunes only the input channels of the conv that follows it (and the BN feeding it).
 
   basic:      [masked_bn1] -> conv1 -> [masked_bn2] -> conv2            (+ shortcut)
   bottleneck: [masked_bn1] -> conv1 -> [masked_bn2] -> conv2 -> [masked_bn3] -> conv3
 
 The residual stream, the last conv's outputs and the projection shortcut are never pruned. The
-first block of each stage shares its BN-ReLU with a 1x1 projection shortcut, so that BN is unmasked
-(``bn1``) and the block has no mask1. The final BN-ReLU before pooling is masked.
+first block of each stage shares one unmasked BN-ReLU (``bn1``) between its branch and its shortcut,
+so it has no mask1. As in the reference code (``strides > 1 or inp_c != out_filters``) the shortcut
+is a 1x1 projection only where the stride is 2 or the width changes: ResNet-56/110's first block
+(16 -> 16, stride 1) adds that BN-ReLU's output itself; ResNet-164's (16 -> 64) projects it. Convs
+pad symmetrically (``layers.SYMMETRIC``), so a stride-2 3x3 conv and its 1x1 projection read the
+same pixel grid. The final BN-ReLU before pooling is masked.
 
 A compact model is the same class with ``block_widths`` (the kept inner widths of each block) and
 ``block_reads`` (which residual-stream channels each block's masked_bn1 reads, None = all). A block
 whose last inner width is 0 has a residual branch that is exactly 0 and is removed (the block is
-then the identity, or just its projection shortcut).
+then the identity, its shared BN-ReLU, or that BN-ReLU and its projection).
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ class PreActBlock(nn.Module):
     out_width: int
     inner_widths: Tuple[int, ...]  # basic: (conv1 out,), bottleneck: (conv1 out, conv2 out)
     stride: int = 1
-    first: bool = False  # first block of a stage: shared unmasked BN-ReLU + projection shortcut
+    first: bool = False  # first block of a stage: one unmasked BN-ReLU shared with the shortcut
+    projection: bool = False  # a 1x1 conv shortcut (first blocks where the stride or width changes)
     reads: Reads = None
     mask: Optional[MaskConfig] = MaskConfig()
     axis_name: Optional[str] = None
@@ -58,9 +63,14 @@ class PreActBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        if self.projection and not self.first:
+            raise ValueError("a projection shortcut needs the shared BN-ReLU of a first block (first=True)")
+        if not self.projection and (self.stride != 1 or x.shape[-1] != self.out_width):
+            raise ValueError(f"an identity shortcut needs stride 1 and {self.out_width} input channels; got stride "
+                             f"{self.stride} and {x.shape[-1]} channels (set projection=True)")
         if self.first:
             u = MaskedBNReLU(None, axis_name=self.axis_name, name="bn1")(x, train)
-            shortcut = conv(u, self.out_width, 1, self.stride, name="proj")
+            shortcut = conv(u, self.out_width, 1, self.stride, name="proj") if self.projection else u
         else:
             shortcut = x
             if self.inner_widths[-1] == 0:  # removed block: the identity
@@ -113,14 +123,16 @@ class PreActResNet(nn.Module):
             raise ValueError(f"block_widths/block_reads need {sum(self.stage_sizes)} entries, got "
                              f"{len(inner)}/{len(reads)}")
         x = conv(x, self.stem_width, 3, name="stem")
-        b = 0
+        b, stream = 0, self.stem_width
         for s, (size, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
             out_width = width * 4 if self.bottleneck else width
+            stride = 2 if s > 0 else 1
             for i in range(size):
-                x = PreActBlock(out_width, tuple(inner[b]), stride=(2 if s > 0 and i == 0 else 1), first=(i == 0),
+                x = PreActBlock(out_width, tuple(inner[b]), stride=(stride if i == 0 else 1), first=(i == 0),
+                                projection=(i == 0 and (stride != 1 or stream != out_width)),
                                 reads=reads[b], mask=self.mask, axis_name=self.axis_name,
                                 bn_folded=self.bn_folded, name=f"block{b}")(x, train)
-                b += 1
+                b, stream = b + 1, out_width
         x = MaskedBNReLU(self.mask, axis_name=self.axis_name, name="masked_bn_final")(
             select_channels(x, self.final_reads), train)
         x = jnp.mean(x, axis=(1, 2))
