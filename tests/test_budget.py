@@ -2,12 +2,14 @@
 cost-aware penalty, the config checks and the controller inside real training on synthetic data."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SyntheticData, tiny, tiny_config
 
 from soft_prune_jax.compact import structure, surgery
 from soft_prune_jax.measure import flops
@@ -17,11 +19,10 @@ from soft_prune_jax.method import masks as M
 from soft_prune_jax.pipeline.budget import model_cost
 from soft_prune_jax.training import config_validation
 
+from conftest import tiny, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHITECTURES = ("fmnist_cnn", "resnet56", "resnet164", "densenet40", "resnet50")
-
-
-def _input(name):
-    return tiny(name)[2].shape
 
 
 def _exact_ratio(model, variables, masks, input_shape):
@@ -87,11 +88,15 @@ def test_channel_costs_count_producer_and_reader():
     Group = structure.MaskGroup
     S = structure.ArraySlice
     Row = flops.LayerCount
-    groups = [Group("a", (S("params", ("conv0", "kernel"), 3), S("params", ("conv1", "kernel"), 2))),
-              Group("b", (S("params", ("conv1", "kernel"), 3), S("params", ("head", "kernel"), 0)))]
-    layers = [Row("conv0", "conv", 1, 4, (3, 3), (8, 8), 8 * 8 * 9 * 1 * 4, 0),
-              Row("conv1", "conv", 4, 6, (3, 3), (4, 4), 4 * 4 * 9 * 4 * 6, 0),
-              Row("head", "dense", 6, 10, (), (), 60, 0)]
+    groups = [
+        Group("a", (S("params", ("conv0", "kernel"), 3), S("params", ("conv1", "kernel"), 2))),
+        Group("b", (S("params", ("conv1", "kernel"), 3), S("params", ("head", "kernel"), 0))),
+    ]
+    layers = [
+        Row("conv0", "conv", 1, 4, (3, 3), (8, 8), 8 * 8 * 9 * 1 * 4, 0),
+        Row("conv1", "conv", 4, 6, (3, 3), (4, 4), 4 * 4 * 9 * 4 * 6, 0),
+        Row("head", "dense", 6, 10, (), (), 60, 0),
+    ]
     cost = B.cost_model(groups, layers)
     assert cost.layers[1].in_group == "a" and cost.layers[1].out_group == "b"
     per = B.channel_costs(cost, {"a": 2.0, "b": 3.0})
@@ -161,8 +166,10 @@ def test_land_on_budget_hits_the_target_with_the_least_alive_channels(target):
     cost = model_cost(model, x.shape)
     params = variables["params"]
     masks = {k: np.asarray(v) for k, v in B.hard_keep(params, model.mask, cost.keep_one).items()}
-    z = {n: np.asarray(M.deactivation_z(layer["scale"], layer["bias"], model.mask.eps))
-         for n, layer in M.masked_layers(params).items()}
+    z = {
+        n: np.asarray(M.deactivation_z(layer["scale"], layer["bias"], model.mask.eps))
+        for n, layer in M.masked_layers(params).items()
+    }
 
     def ratio(m):
         return _exact_ratio(model, variables, m, x.shape)
@@ -183,3 +190,46 @@ def test_land_on_budget_hits_the_target_with_the_least_alive_channels(target):
     # already within budget: unchanged
     same, zero = B.land_on_budget(landed, z, ratio, target)
     assert zero == 0 and all(np.array_equal(same[k], landed[k]) for k in landed)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.2, 1.0, 1.5, float("nan"), float("inf")])
+def test_bad_targets_are_one_line_errors(bad):
+    config = tiny_config(target_macs_ratio=bad)
+    with pytest.raises(ValueError, match=r"config\.target_macs_ratio=.* is invalid: expected a number in \(0") as e:
+        config_validation.validate(config, num_devices=1)
+    assert "\n" not in str(e.value)
+
+
+def test_a_target_that_is_not_a_number_is_refused_before_training(tmp_path):
+    """On the command line: the flag parser refuses it in one line; nothing is written."""
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "launch/train.py",
+            "--config=configs/fashion_mnist.py",
+            "--config.target_macs_ratio=abc",
+            f"--workdir={workdir}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "target_macs_ratio" in line]
+    assert len(errors) == 1 and "could not convert string to float: 'abc'" in errors[0]
+    assert not workdir.exists()
+    with pytest.raises(TypeError):  # in Python the typed placeholder refuses it as well
+        tiny_config().target_macs_ratio = "abc"
+
+
+def test_budget_options_need_scp():
+    for field, value in (("target_macs_ratio", 0.5), ("cost_aware_penalty", True)):
+        with pytest.raises(ValueError, match=rf"config\.{field}=.* needs config\.method='scp'"):
+            config_validation.validate(tiny_config(method="dense", **{field: value}), num_devices=1)
+    config_validation.validate(tiny_config(target_macs_ratio=0.5, cost_aware_penalty=True), num_devices=1)
+    bad = tiny_config()
+    bad.budget_controller.lambda_max = bad.budget_controller.lambda_min / 2
+    with pytest.raises(ValueError, match=r"config\.budget_controller\.lambda_max="):
+        config_validation.validate(bad, num_devices=1)

@@ -100,6 +100,7 @@ def validate(config, *, num_devices: Optional[int] = None) -> None:
     _validate_data(config)
     _validate_optimisation(config, jax.device_count() if num_devices is None else num_devices)
     _validate_method(config)
+    _validate_budget(config)
     _validate_running(config)
 
 
@@ -218,6 +219,29 @@ def _validate_method(config) -> None:
     _int_at_least(config, "finetune_epochs", 0)
     _number_in(config, "finetune_learning_rate", 0.0, math.inf, low_open=True, high_open=True)
     _int_at_least(config, "round_to", 1)
+
+
+def _validate_budget(config) -> None:
+    """SCP at a MAC budget and the cost-aware penalty (soft_prune_jax/method/budget.py): SCP's options only."""
+    _number_in(config, "target_macs_ratio", 0.0, 1.0, low_open=True, high_open=True, optional=True)
+    _bool(config, "cost_aware_penalty")
+    for field in ("target_macs_ratio", "cost_aware_penalty"):
+        if _get(config, field) not in (None, False) and config.method != "scp":
+            raise ValueError(
+                f"config.{field}={config[field]!r} needs config.method='scp', got {config.method!r}: "
+                f"expected the default ({'None' if field == 'target_macs_ratio' else 'False'}) "
+                f"for other methods"
+            )
+    for name in ("kp", "ki", "ramp_fraction"):
+        _number_in(
+            config,
+            f"budget_controller.{name}",
+            0.0,
+            1.0 if name == "ramp_fraction" else math.inf,
+            high_open=name != "ramp_fraction",
+        )
+    _number_in(config, "budget_controller.lambda_min", 0.0, math.inf, low_open=True, high_open=True)
+    _number_in(config, "budget_controller.lambda_max", config.budget_controller.lambda_min, math.inf, high_open=True)
 
 
 def _validate_running(config) -> None:
