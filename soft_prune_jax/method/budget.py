@@ -88,11 +88,21 @@ def cost_model(groups: Iterable[Any], layers: Iterable[Any]) -> CostModel:
         in_group, out_group = owners.get(("params", kernel, ndim - 2)), owners.get(("params", kernel, ndim - 1))
         for group, width in ((in_group, layer.in_channels), (out_group, layer.out_channels)):
             if group is not None and sizes.setdefault(group, width) != width:
-                raise ValueError(f"group {group} governs axes of {sizes[group]} and {width} channels "
-                                 f"(at {layer.path}): expected one width per group")
+                raise ValueError(
+                    f"group {group} governs axes of {sizes[group]} and {width} channels "
+                    f"(at {layer.path}): expected one width per group"
+                )
         pairs = layer.in_channels * layer.out_channels
-        rows.append(CostLayer(layer.path, layer.macs / pairs if pairs else 0.0, layer.in_channels,
-                              layer.out_channels, in_group, out_group))
+        rows.append(
+            CostLayer(
+                layer.path,
+                layer.macs / pairs if pairs else 0.0,
+                layer.in_channels,
+                layer.out_channels,
+                in_group,
+                out_group,
+            )
+        )
     group_sizes = tuple((g.name, sizes[g.name]) for g in groups if g.name in sizes)
     keep_one = frozenset(g.name for g in groups if getattr(g, "keep_at_least_one", False))
     return CostModel(tuple(rows), group_sizes, keep_one)
@@ -138,14 +148,18 @@ def hard_keep(params, mask: M.MaskConfig, keep_one: frozenset = frozenset()) -> 
 def macs_ratios(cost: CostModel, params, mask: M.MaskConfig) -> dict[str, jax.Array]:
     """{'expected': E[MACs] / dense, 'hard': hard-masked MACs / dense} of the current params (jit-able)."""
     dense = cost.dense_macs
-    return {"expected": macs(cost, keep_probabilities(params, mask)) / dense,
-            "hard": macs(cost, hard_keep(params, mask, cost.keep_one)) / dense}
+    return {
+        "expected": macs(cost, keep_probabilities(params, mask)) / dense,
+        "hard": macs(cost, hard_keep(params, mask, cost.keep_one)) / dense,
+    }
 
 
 def channel_costs(cost: CostModel, group_widths: Mapping[str, Any]) -> dict[str, jax.Array]:
     """{group: d MACs / d width}: the MACs one more (or one fewer) channel of the group costs,
     where it is produced and where it is read, at the given widths of every group."""
-    return jax.grad(lambda w: macs_of_widths(cost, w))({k: jnp.asarray(v, jnp.float32) for k, v in group_widths.items()})
+    return jax.grad(lambda w: macs_of_widths(cost, w))(
+        {k: jnp.asarray(v, jnp.float32) for k, v in group_widths.items()}
+    )
 
 
 def cost_weights(cost: CostModel, keep: Keep) -> dict[str, jax.Array]:
@@ -170,9 +184,12 @@ def cost_aware_penalty(params, cost: CostModel, mask: M.MaskConfig, s: float = 2
     return penalty
 
 
-def land_on_budget(masks: Mapping[str, np.ndarray], z: Mapping[str, np.ndarray],
-                   macs_ratio: Callable[[Mapping[str, np.ndarray]], float],
-                   target: float) -> tuple[dict[str, np.ndarray], int]:
+def land_on_budget(
+    masks: Mapping[str, np.ndarray],
+    z: Mapping[str, np.ndarray],
+    macs_ratio: Callable[[Mapping[str, np.ndarray]], float],
+    target: float,
+) -> tuple[dict[str, np.ndarray], int]:
     """(masks, removed): ``masks`` with the fewest kept channels removed, highest z first (the least
     alive, z = (eps - beta) / |gamma|, compared across the whole network), so that
     ``macs_ratio(masks) <= target``. Unchanged when it already is; every kept channel goes if even
@@ -184,8 +201,11 @@ def land_on_budget(masks: Mapping[str, np.ndarray], z: Mapping[str, np.ndarray],
     masks = {name: np.asarray(m, np.float32).reshape(-1) for name, m in masks.items()}
     if macs_ratio(masks) <= target:
         return masks, 0
-    candidates = [(float(z_c), name, int(i)) for name, m in masks.items()
-                  for i, z_c in zip(np.flatnonzero(m > 0), np.asarray(z[name]).reshape(-1)[m > 0])]
+    candidates = [
+        (float(z_c), name, int(i))
+        for name, m in masks.items()
+        for i, z_c in zip(np.flatnonzero(m > 0), np.asarray(z[name]).reshape(-1)[m > 0])
+    ]
     candidates.sort(key=lambda t: (-t[0], t[1], t[2]))  # least alive first; ties in a fixed order
 
     def without(count: int) -> dict[str, np.ndarray]:

@@ -48,8 +48,10 @@ class ControllerConfig:
         if not (isinstance(self.target, (int, float)) and 0.0 < self.target < 1.0):
             raise ValueError(f"target={self.target!r} is invalid: expected a number in (0, 1)")
         if not (0.0 < self.lambda_min <= self.lambda_max < math.inf):
-            raise ValueError(f"lambda range [{self.lambda_min!r}, {self.lambda_max!r}] is invalid: "
-                             "expected 0 < lambda_min <= lambda_max < inf")
+            raise ValueError(
+                f"lambda range [{self.lambda_min!r}, {self.lambda_max!r}] is invalid: "
+                "expected 0 < lambda_min <= lambda_max < inf"
+            )
 
 
 @flax.struct.dataclass
@@ -66,8 +68,11 @@ class ControllerState:
 def init_state(config: ControllerConfig, initial_lambda: float) -> ControllerState:
     """Starts at ``initial_lambda`` (clipped into the controller's range)."""
     log_lam = math.log(min(max(float(initial_lambda), config.lambda_min), config.lambda_max))
-    return ControllerState(log_lambda=jnp.asarray(log_lam, jnp.float32), integral=jnp.asarray(log_lam, jnp.float32),
-                           error=jnp.zeros((), jnp.float32))
+    return ControllerState(
+        log_lambda=jnp.asarray(log_lam, jnp.float32),
+        integral=jnp.asarray(log_lam, jnp.float32),
+        error=jnp.zeros((), jnp.float32),
+    )
 
 
 def scheduled_target(config: ControllerConfig, step) -> jax.Array:
@@ -83,5 +88,4 @@ def update(config: ControllerConfig, state: ControllerState, macs_ratio, step) -
     low, high = math.log(config.lambda_min), math.log(config.lambda_max)
     error = jnp.asarray(macs_ratio, jnp.float32) - scheduled_target(config, step)
     integral = jnp.clip(state.integral + config.ki * error, low, high)
-    return ControllerState(log_lambda=jnp.clip(integral + config.kp * error, low, high), integral=integral,
-                           error=error)
+    return ControllerState(log_lambda=jnp.clip(integral + config.kp * error, low, high), integral=integral, error=error)
