@@ -25,11 +25,13 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "An ml_collections config file: configs/FILE.py[:VARIANT].",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "An ml_collections config file: configs/FILE.py[:VARIANT].", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries, the compact model and the report.")
-flags.DEFINE_string("phases", "train,prune,finetune,evaluate,benchmark,report",
-                    "Comma-separated phases to run, in pipeline order.")
+flags.DEFINE_string(
+    "phases", "train,prune,finetune,evaluate,benchmark,report", "Comma-separated phases to run, in pipeline order."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -57,15 +59,15 @@ def main(argv):
         sys.exit(f"error: {e}")
     try:  # TensorFlow (the input pipeline) must leave the accelerators to JAX
         import tensorflow as tf
+
         tf.config.experimental.set_visible_devices([], "GPU")
     except ImportError:
         pass
-    logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
-                 jax.local_devices())
-
-    from soft_prune_jax.training import checkpoint, config_validation
+    logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(), jax.local_devices())
 
     from soft_prune_jax import pipeline
+    from soft_prune_jax.training import checkpoint, config_validation
+
     try:  # a bad config or a foreign workdir is one line, before any compute
         phases = pipeline.parse_phases(FLAGS.phases)
         config_validation.validate(config)

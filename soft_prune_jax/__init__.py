@@ -23,6 +23,26 @@ from soft_prune_jax.training.steps import eval_step, train_step
 
 __version__ = "0.1.0"
 
-__all__ = ["PHASES", "FitResult", "MaskConfig", "Method", "Parallel", "Phase", "TrainState", "create_model",
-           "eval_step", "fit", "get_method", "get_model", "load_compact", "method_names", "model_names",
-           "parse_phases", "register_method", "run", "save_compact", "train_step", "training_phase"]
+__all__ = [
+    "PHASES",
+    "FitResult",
+    "MaskConfig",
+    "Method",
+    "Parallel",
+    "Phase",
+    "TrainState",
+    "create_model",
+    "eval_step",
+    "fit",
+    "get_method",
+    "get_model",
+    "load_compact",
+    "method_names",
+    "model_names",
+    "parse_phases",
+    "register_method",
+    "run",
+    "save_compact",
+    "train_step",
+    "training_phase",
+]

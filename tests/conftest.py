@@ -49,8 +49,9 @@ class SyntheticData:
         self.served = 0
 
     def get_dataset_info(self, config):
-        return DatasetInfo(self.num_classes, self.shape, config.num_train_examples or len(self.train[1]),
-                           len(self.test[1]))
+        return DatasetInfo(
+            self.num_classes, self.shape, config.num_train_examples or len(self.train[1]), len(self.test[1])
+        )
 
     def train_iterator(self, config, *, local_devices, seed):
         images, labels = self.train
@@ -62,35 +63,54 @@ class SyntheticData:
             for i in range(n // bs):
                 if self.kill_at is not None and self.served == self.kill_at:
                     raise KeyboardInterrupt(f"killed after {self.served} batches")
-                idx = order[i * bs:(i + 1) * bs]
+                idx = order[i * bs : (i + 1) * bs]
                 x = images[idx].copy()
                 if self.nan_at is not None and self.served >= self.nan_at:
                     x[:] = np.nan
                 self.served += 1
-                yield {"image": x.reshape((local_devices, -1) + x.shape[1:]),
-                       "label": labels[idx].reshape(local_devices, -1)}
+                yield {
+                    "image": x.reshape((local_devices, -1) + x.shape[1:]),
+                    "label": labels[idx].reshape(local_devices, -1),
+                }
 
     def eval_iterator(self, config, *, local_devices, split="test"):
         images, labels = self.test
         bs = config.eval_batch_size
         for start in range(0, len(labels), bs):
-            x, y = images[start:start + bs], labels[start:start + bs]
+            x, y = images[start : start + bs], labels[start : start + bs]
             mask = np.ones(bs, np.float32)
-            mask[len(y):] = 0
+            mask[len(y) :] = 0
             pad = bs - len(y)
             x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
             y = np.concatenate([y, np.zeros(pad, y.dtype)])
-            yield {"image": x.reshape((local_devices, -1) + x.shape[1:]), "label": y.reshape(local_devices, -1),
-                   "mask": mask.reshape(local_devices, -1)}
+            yield {
+                "image": x.reshape((local_devices, -1) + x.shape[1:]),
+                "label": y.reshape(local_devices, -1),
+                "mask": mask.reshape(local_devices, -1),
+            }
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
     """configs/default.py's schema with a tiny fmnist_cnn and the synthetic data's sizes."""
     c = default.get_config()
-    c.update(dict(model="fmnist_cnn", model_kwargs={"widths": TINY_WIDTHS}, dataset="fashion_mnist", batch_size=16,
-                  eval_batch_size=16, num_epochs=2, lr_boundaries=(1,), weight_decay=1e-4, sparsity_lambda=1e-3,
-                  finetune_epochs=1, log_every_steps=2, num_train_examples=256, benchmark_batch_sizes=(8,),
-                  benchmark_runs=3))
+    c.update(
+        dict(
+            model="fmnist_cnn",
+            model_kwargs={"widths": TINY_WIDTHS},
+            dataset="fashion_mnist",
+            batch_size=16,
+            eval_batch_size=16,
+            num_epochs=2,
+            lr_boundaries=(1,),
+            weight_decay=1e-4,
+            sparsity_lambda=1e-3,
+            finetune_epochs=1,
+            log_every_steps=2,
+            num_train_examples=256,
+            benchmark_batch_sizes=(8,),
+            benchmark_runs=3,
+        )
+    )
     c.update(overrides)
     return c
 

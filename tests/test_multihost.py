@@ -20,9 +20,10 @@ import time
 
 import numpy as np
 import pytest
-from conftest import tiny_config
 
 from soft_prune_jax.training import distributed
+
+from conftest import tiny_config
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
@@ -143,16 +144,32 @@ def _free_port() -> int:
 
 
 def _child_source() -> str:
-    constants = dict(TESTS_DIR=repr(TESTS_DIR), NUM_PROCESSES=NUM_PROCESSES, GLOBAL_BATCH=GLOBAL_BATCH,
-                     NUM_TRAIN=NUM_TRAIN, NUM_TEST=NUM_TEST, EPOCHS=EPOCHS)
+    constants = dict(
+        TESTS_DIR=repr(TESTS_DIR),
+        NUM_PROCESSES=NUM_PROCESSES,
+        GLOBAL_BATCH=GLOBAL_BATCH,
+        NUM_TRAIN=NUM_TRAIN,
+        NUM_TEST=NUM_TEST,
+        EPOCHS=EPOCHS,
+    )
     return "".join(f"{k} = {v}\n" for k, v in constants.items()) + CHILD
 
 
 def _start(role: str, port: int, root: str, devices: int) -> subprocess.Popen:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-c", _child_source(), role, str(port), root, ",".join(KINDS)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", _child_source(), role, str(port), root, ",".join(KINDS)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _result(proc: subprocess.Popen, timeout: float) -> dict:
@@ -163,7 +180,7 @@ def _result(proc: subprocess.Popen, timeout: float) -> dict:
         stdout, stderr = proc.communicate()
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"child failed (rc {proc.returncode}):\n{stderr[-4000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 @pytest.fixture(scope="module")
@@ -176,16 +193,25 @@ def all_runs(tmp_path_factory):
     procs = [_start("single", 0, single_root, NUM_PROCESSES * DEVICES_PER_PROCESS)]
     procs += [_start(str(i), port, multi_root, DEVICES_PER_PROCESS) for i in range(NUM_PROCESSES)]
     results = [_result(p, timeout=300) for p in procs]
-    return {"single": results[0], "multi": results[1:], "single_root": single_root, "multi_root": multi_root,
-            "seconds": time.perf_counter() - start}
+    return {
+        "single": results[0],
+        "multi": results[1:],
+        "single_root": single_root,
+        "multi_root": multi_root,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 @pytest.fixture(params=KINDS)
 def runs(request, all_runs):
     kind = request.param
-    return {"kind": kind, "single": all_runs["single"][kind], "multi": [r[kind] for r in all_runs["multi"]],
-            "single_dir": os.path.join(all_runs["single_root"], kind),
-            "multi_dir": os.path.join(all_runs["multi_root"], kind)}
+    return {
+        "kind": kind,
+        "single": all_runs["single"][kind],
+        "multi": [r[kind] for r in all_runs["multi"]],
+        "single_dir": os.path.join(all_runs["single_root"], kind),
+        "multi_dir": os.path.join(all_runs["multi_root"], kind),
+    }
 
 
 @pytest.mark.multihost
@@ -232,6 +258,7 @@ def test_metrics_are_global_and_identical_on_every_process(runs):
 @pytest.mark.multihost
 def test_checkpoints_written_once_and_restorable(runs):
     from soft_prune_jax.training import checkpoint as ckpt_lib
+
     directory = os.path.join(runs["multi_dir"], "checkpoints", "train")
     entries = sorted(os.listdir(directory))
     final_step = EPOCHS * NUM_TRAIN // GLOBAL_BATCH
@@ -243,8 +270,9 @@ def test_checkpoints_written_once_and_restorable(runs):
         checkpointer.close()
     assert int(stored["step"]) == final_step
     single = _load(os.path.join(runs["single_dir"], "final_single.npz"))
-    np.testing.assert_allclose(stored["params"]["head"]["kernel"], single["['params']['head']['kernel']"],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        stored["params"]["head"]["kernel"], single["['params']['head']['kernel']"], rtol=1e-5, atol=1e-6
+    )
     with open(os.path.join(runs["multi_dir"], "config.json")) as f:
         assert json.load(f)["batch_size"] == GLOBAL_BATCH
 
@@ -257,20 +285,25 @@ def test_pipeline_prunes_once_and_evaluates_across_processes(all_runs):
         evaluation = r["pmap"]["evaluate"]
         assert evaluation["test_examples"] == NUM_TEST
         assert evaluation["max_abs_logit_diff_before_finetune"] < 1e-5  # the export reloaded on every process
-        assert evaluation["compact_accuracy_before_finetune"] == pytest.approx(single["compact_accuracy_before_finetune"])
+        assert evaluation["compact_accuracy_before_finetune"] == pytest.approx(
+            single["compact_accuracy_before_finetune"]
+        )
     assert sorted(os.listdir(os.path.join(workdir, "compact"))) == ["arrays", "model.json"]
     assert not [e for e in os.listdir(workdir) if ".tmp" in e or e.endswith(".old")]
 
 
-@pytest.mark.parametrize("fields,environ,expected", [
-    ({}, {}, False),  # a plain single-process run never waits on a coordinator
-    ({}, {"SLURM_NTASKS": "1"}, False),
-    ({}, {"SLURM_NTASKS": "4"}, True),
-    ({}, {"OMPI_COMM_WORLD_SIZE": "2"}, True),
-    ({}, {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
-    ({"num_processes": 2}, {}, True),
-    ({"coordinator_address": "10.0.0.1:1234"}, {}, True),
-])
+@pytest.mark.parametrize(
+    "fields,environ,expected",
+    [
+        ({}, {}, False),  # a plain single-process run never waits on a coordinator
+        ({}, {"SLURM_NTASKS": "1"}, False),
+        ({}, {"SLURM_NTASKS": "4"}, True),
+        ({}, {"OMPI_COMM_WORLD_SIZE": "2"}, True),
+        ({}, {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
+        ({"num_processes": 2}, {}, True),
+        ({"coordinator_address": "10.0.0.1:1234"}, {}, True),
+    ],
+)
 def test_distributed_runtime_is_joined_only_when_asked(fields, environ, expected):
     assert distributed.requested(**fields, environ=environ) is expected
 

@@ -86,11 +86,17 @@ print("RESULT " + json.dumps({
 @pytest.fixture(scope="module")
 def child_result():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", CHILD.replace("TESTS_DIR", repr(TESTS_DIR))], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD.replace("TESTS_DIR", repr(TESTS_DIR))],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"child failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def test_child_sees_eight_devices_and_trains(child_result):
@@ -98,8 +104,16 @@ def test_child_sees_eight_devices_and_trains(child_result):
     assert child_result["update"] > 1e-3  # the steps moved the parameters
 
 
-@pytest.mark.parametrize("key", ["pmap_vs_single", "shard_map_vs_single", "pmap_vs_shard_map",
-                                 "batch_stats_pmap_vs_single", "batch_stats_shard_map_vs_single"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "pmap_vs_single",
+        "shard_map_vs_single",
+        "pmap_vs_shard_map",
+        "batch_stats_pmap_vs_single",
+        "batch_stats_shard_map_vs_single",
+    ],
+)
 def test_same_parameters_on_one_and_eight_devices(child_result, key):
     assert child_result[key] < 1e-5, child_result
 

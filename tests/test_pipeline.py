@@ -14,12 +14,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import SyntheticData, tiny_config
-
 from soft_prune_jax import pipeline
 from soft_prune_jax.compact import export
 from soft_prune_jax.methods import slimming
 from soft_prune_jax.training import config_validation
+
+from conftest import SyntheticData, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,9 +85,11 @@ def test_phase_names():
 
 
 def test_slimming_masks_keep_the_global_top_scales():
-    params = {"masked_bn0": {"scale": np.array([0.1, -0.9, 0.5, 0.05]), "bias": np.zeros(4)},
-              "block": {"masked_bn1": {"scale": np.array([0.7, 0.2]), "bias": np.zeros(2)}},
-              "head": {"kernel": np.ones((2, 2))}}
+    params = {
+        "masked_bn0": {"scale": np.array([0.1, -0.9, 0.5, 0.05]), "bias": np.zeros(4)},
+        "block": {"masked_bn1": {"scale": np.array([0.7, 0.2]), "bias": np.zeros(2)}},
+        "head": {"kernel": np.ones((2, 2))},
+    }
     masks = slimming.global_threshold_masks(params, 0.5)
     np.testing.assert_array_equal(masks["masked_bn0"], [0, 1, 1, 0])
     np.testing.assert_array_equal(masks["block/masked_bn1"], [1, 0])
@@ -101,8 +103,16 @@ def test_slimming_masks_keep_the_global_top_scales():
 def e2e_config(**overrides):
     # delta=0.49 puts the prune threshold c=0.51 next to q=Phi(0.05)=0.52 of a fresh channel, so a
     # couple of epochs already prune some channels and keep others.
-    config = tiny_config(num_epochs=2, lr_boundaries=(1,), finetune_epochs=1, sparsity_lambda=1e-2,
-                         benchmark_batch_sizes=(8,), benchmark_runs=2, log_every_steps=8, validation_examples=8)
+    config = tiny_config(
+        num_epochs=2,
+        lr_boundaries=(1,),
+        finetune_epochs=1,
+        sparsity_lambda=1e-2,
+        benchmark_batch_sizes=(8,),
+        benchmark_runs=2,
+        log_every_steps=8,
+        validation_examples=8,
+    )
     config.mask.delta = 0.49
     config.update(overrides)
     return config
@@ -120,9 +130,22 @@ def e2e(tmp_path_factory):
 def test_every_phase_leaves_its_outputs(e2e):
     workdir, results, _ = e2e
     assert set(results) == set(pipeline.PHASES)
-    for name in ("config.json", "train.json", "prune.json", "finetune.json", "evaluate.json", "benchmark.json",
-                 "timings.json", "report.json", "report.md", "widths.png", "compact", "finetuned", "checkpoints/train",
-                 "checkpoints/finetune"):
+    for name in (
+        "config.json",
+        "train.json",
+        "prune.json",
+        "finetune.json",
+        "evaluate.json",
+        "benchmark.json",
+        "timings.json",
+        "report.json",
+        "report.md",
+        "widths.png",
+        "compact",
+        "finetuned",
+        "checkpoints/train",
+        "checkpoints/finetune",
+    ):
         assert os.path.exists(os.path.join(workdir, name)), name
 
 
@@ -140,8 +163,9 @@ def test_report_fields(e2e):
     assert 0.0 <= ev["compact_accuracy_after_finetune"] <= 1.0
     # 10 classes: top-5 is reported beside top-1 for every model, and the final one is the fine-tuned one.
     assert ev["trained_hard_masked_accuracy"] <= ev["trained_hard_masked_top5_accuracy"] <= 1.0
-    assert ev["compact_top5_accuracy_before_finetune"] == pytest.approx(ev["trained_hard_masked_top5_accuracy"],
-                                                                        abs=1e-9)
+    assert ev["compact_top5_accuracy_before_finetune"] == pytest.approx(
+        ev["trained_hard_masked_top5_accuracy"], abs=1e-9
+    )
     assert ev["final_top5_accuracy"] == ev["compact_top5_accuracy_after_finetune"] >= ev["final_accuracy"]
     assert report["method_details"]["label"] == "SCP"
     assert report["method_details"]["settings"]["sparsity_lambda"] == 1e-2
@@ -158,9 +182,13 @@ def test_markdown_report(e2e):
     text = open(os.path.join(workdir, "report.md")).read()
     assert text.startswith("# fmnist_cnn on fashion_mnist (SCP)\n")
     ev = report["evaluate"]
-    assert (f"| test accuracy, compact after fine-tuning | {100 * ev['compact_accuracy_after_finetune']:.2f}% "
-            f"(top-5 {100 * ev['compact_top5_accuracy_after_finetune']:.2f}%) |") in text
-    assert "| method settings | sparsity_lambda 0.01, sparsity_s 2, mask {delta 0.49, eps 0.05, k 20, tau 0.5} |" in text
+    assert (
+        f"| test accuracy, compact after fine-tuning | {100 * ev['compact_accuracy_after_finetune']:.2f}% "
+        f"(top-5 {100 * ev['compact_top5_accuracy_after_finetune']:.2f}%) |"
+    ) in text
+    assert (
+        "| method settings | sparsity_lambda 0.01, sparsity_s 2, mask {delta 0.49, eps 0.05, k 20, tau 0.5} |" in text
+    )
 
 
 def test_network_slimming_through_the_pipeline(tmp_path):
@@ -175,9 +203,11 @@ def test_network_slimming_through_the_pipeline(tmp_path):
     assert ev["max_abs_logit_diff_before_finetune"] < 1e-4
     assert ev["compact_accuracy_before_finetune"] == pytest.approx(ev["trained_hard_masked_accuracy"], abs=1e-9)
     details = results["report"]["method_details"]
-    assert details == {"label": "Network Slimming", "keep_one_rule": "the largest |BN scale|",
-                       "settings": {"l1": 1e-4, "scale_init": 0.5,
-                                    "cut": "global |scale| threshold keeping 0.5 of the channels"}}
+    assert details == {
+        "label": "Network Slimming",
+        "keep_one_rule": "the largest |BN scale|",
+        "settings": {"l1": 1e-4, "scale_init": 0.5, "cut": "global |scale| threshold keeping 0.5 of the channels"},
+    }
     compact, _ = export.load_compact(os.path.join(workdir, "compact"))
     assert compact.mask is None
 
@@ -195,12 +225,21 @@ def test_phases_rerun_alone_and_workdir_guard(e2e):
 def test_launch_on_real_fashion_mnist(tmp_path):
     """The absl entry point on real Fashion-MNIST (few examples) through shard_map: a report with real accuracy."""
     workdir = tmp_path / "fmnist"
-    args = [sys.executable, os.path.join(REPO, "launch", "train.py"), "--config=configs/fashion_mnist.py",
-            f"--workdir={workdir}", "--config.num_epochs=1", "--config.lr_boundaries=(1,)",
-            "--config.num_train_examples=2048", "--config.num_eval_examples=500", "--config.eval_batch_size=250",
-            "--config.log_every_steps=4", "--config.parallel=shard_map",
-            # finetune and benchmark are covered by the synthetic end-to-end run above
-            "--phases=train,prune,evaluate,report"]
+    args = [
+        sys.executable,
+        os.path.join(REPO, "launch", "train.py"),
+        "--config=configs/fashion_mnist.py",
+        f"--workdir={workdir}",
+        "--config.num_epochs=1",
+        "--config.lr_boundaries=(1,)",
+        "--config.num_train_examples=2048",
+        "--config.num_eval_examples=500",
+        "--config.eval_batch_size=250",
+        "--config.log_every_steps=4",
+        "--config.parallel=shard_map",
+        # finetune and benchmark are covered by the synthetic end-to-end run above
+        "--phases=train,prune,evaluate,report",
+    ]
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((workdir / "report.json").read_text())
@@ -215,8 +254,16 @@ def test_every_phase_on_mocked_cifar10(tmp_path):
     pre-activation ResNet: the CIFAR path a GPU user runs, minus the download."""
     import tensorflow_datasets as tfds
 
-    config = e2e_config(model="resnet56", dataset="cifar10", num_train_examples=64, num_eval_examples=32,
-                        validation_examples=0, num_epochs=1, lr_boundaries=(), data_dir=str(tmp_path / "tfds"))
+    config = e2e_config(
+        model="resnet56",
+        dataset="cifar10",
+        num_train_examples=64,
+        num_eval_examples=32,
+        validation_examples=0,
+        num_epochs=1,
+        lr_boundaries=(),
+        data_dir=str(tmp_path / "tfds"),
+    )
     config.model_kwargs = {"stage_sizes": (1, 1, 1), "stage_widths": (4, 8, 8)}
     workdir = str(tmp_path / "cifar")
     with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):

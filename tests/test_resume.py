@@ -9,14 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import SyntheticData, tiny_config
-
 from soft_prune_jax.training import checkpoint as ckpt_lib
 from soft_prune_jax.training.evaluate import evaluate
 from soft_prune_jax.training.experiment import training_phase
 from soft_prune_jax.training.loop import fit
 from soft_prune_jax.training.parallel import Parallel
 from soft_prune_jax.training.steps import AXIS, eval_step
+
+from conftest import SyntheticData, tiny_config
 
 EPOCHS, STEPS_PER_EPOCH = 3, 16  # 256 examples / batch 16
 
@@ -43,8 +43,9 @@ def test_uninterrupted_run_learns_and_keeps_last_checkpoints(uninterrupted):
     parallel = Parallel("pmap")
     model = training_phase(config).model.clone(axis_name=AXIS)
     p_eval = parallel.map(lambda v, b: eval_step(v, b, model=model))
-    metrics = evaluate(parallel, p_eval, parallel.replicate(result.state.variables),
-                             data.eval_iterator(config, local_devices=1))
+    metrics = evaluate(
+        parallel, p_eval, parallel.replicate(result.state.variables), data.eval_iterator(config, local_devices=1)
+    )
     assert metrics["count"] == 36
     assert metrics["accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert metrics["accuracy"] <= metrics["top5_accuracy"] <= 1.0
@@ -66,8 +67,9 @@ def test_killed_run_resumes_to_identical_parameters(uninterrupted, tmp_path):
     assert resumed_data.served == EPOCHS * STEPS_PER_EPOCH - 16  # only the steps after the checkpoint
     assert int(resumed.state.step) == int(expected.state.step)
     for name in ("params", "batch_stats", "opt_state"):
-        jax.tree_util.tree_map(np.testing.assert_array_equal, getattr(resumed.state, name),
-                               getattr(expected.state, name))
+        jax.tree_util.tree_map(
+            np.testing.assert_array_equal, getattr(resumed.state, name), getattr(expected.state, name)
+        )
 
     # A finished run started again does nothing and returns the same state.
     again = SyntheticData()

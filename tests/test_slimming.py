@@ -3,7 +3,6 @@ keep-one fallback by |scale| (not SCP's pi)."""
 
 import numpy as np
 import pytest
-from conftest import tiny_config
 
 from soft_prune_jax.compact import surgery
 from soft_prune_jax.measure import flops
@@ -11,6 +10,8 @@ from soft_prune_jax.method import masks as M
 from soft_prune_jax.methods import get_method, slimming
 from soft_prune_jax.models import get_model
 from soft_prune_jax.pipeline.cut import surgery_choice
+
+from conftest import tiny_config
 
 SHAPE = (12, 12, 1)
 WIDTHS = (8, "M", 12, 16)
@@ -50,7 +51,8 @@ def test_masks_for_a_mac_budget_meet_it_closely(dense, target):
     # one more channel (the next largest |scale|) would break the budget, so the ratio is close to it
     assert ratio > target - 0.15
     assert get_method("slimming").settings(slimming_config(target_macs_ratio=target))["cut"] == (
-        f"global |scale| threshold at matched MACs (at most {target:g} of the dense MACs)")
+        f"global |scale| threshold at matched MACs (at most {target:g} of the dense MACs)"
+    )
 
 
 def test_keep_one_fallback_keeps_the_largest_scale_not_the_lowest_pi(dense):

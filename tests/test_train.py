@@ -12,16 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import SyntheticData, tiny_config
 
 from soft_prune_jax.method import masks as M
 from soft_prune_jax.methods import get_method
 from soft_prune_jax.training.experiment import training_phase
 from soft_prune_jax.training.loop import fit
 from soft_prune_jax.training.parallel import check_global_batch
-from soft_prune_jax.training.state import (create_learning_rate_fn, create_optimizer, steps_per_epoch,
-                                           weight_decay_mask)
+from soft_prune_jax.training.state import create_learning_rate_fn, create_optimizer, steps_per_epoch, weight_decay_mask
 from soft_prune_jax.training.steps import eval_step
+
+from conftest import SyntheticData, tiny_config
 
 
 def test_schedule_drops_at_epoch_boundaries_in_steps():
@@ -44,8 +44,7 @@ def test_steps_per_epoch_and_batch_checks():
 def test_weight_decay_on_kernels_and_bn_scales_only(tiny_model_and_variables):
     _, variables = tiny_model_and_variables
     params = variables["params"]
-    flags = {jax.tree_util.keystr(p): v for p, v in
-             jax.tree_util.tree_leaves_with_path(weight_decay_mask(params))}
+    flags = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(weight_decay_mask(params))}
     assert flags["['conv0']['kernel']"] and flags["['head']['kernel']"] and flags["['masked_bn0']['scale']"]
     assert not flags["['masked_bn0']['bias']"] and not flags["['head']['bias']"]
     # With a zero gradient, the first Nesterov step is -lr (1 + momentum) wd w on decayed leaves only.
@@ -54,8 +53,9 @@ def test_weight_decay_on_kernels_and_bn_scales_only(tiny_model_and_variables):
     params = jax.tree_util.tree_map(lambda x: x + 0.5, params)  # biases start at 0: make them non-zero
     updates, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params)
     np.testing.assert_allclose(updates["conv0"]["kernel"], -0.1 * 1.9 * 1e-4 * params["conv0"]["kernel"], rtol=1e-5)
-    np.testing.assert_allclose(updates["masked_bn0"]["scale"], -0.1 * 1.9 * 1e-4 * params["masked_bn0"]["scale"],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        updates["masked_bn0"]["scale"], -0.1 * 1.9 * 1e-4 * params["masked_bn0"]["scale"], rtol=1e-5
+    )
     np.testing.assert_array_equal(updates["masked_bn0"]["bias"], 0.0)
     np.testing.assert_array_equal(updates["head"]["bias"], 0.0)
 
@@ -69,8 +69,9 @@ def test_regularisers_per_method(tiny_model_and_variables):
         config = tiny_config(**overrides)
         return get_method(config.method).regulariser(config)(params)
 
-    expected_scp = 0.5 * (0.8 + 2.0 * 3.5 + float(M.layer_penalty(params["masked_bn1"]["scale"],
-                                                                   params["masked_bn1"]["bias"], 2.0)))
+    expected_scp = 0.5 * (
+        0.8 + 2.0 * 3.5 + float(M.layer_penalty(params["masked_bn1"]["scale"], params["masked_bn1"]["bias"], 2.0))
+    )
     np.testing.assert_allclose(regulariser(method="scp", sparsity_lambda=0.5, sparsity_s=2.0), expected_scp, rtol=1e-6)
     np.testing.assert_allclose(regulariser(method="slimming"), 1e-4 * (3.5 + 8.0), rtol=1e-6)  # 8 unit scales
     assert float(regulariser(method="dense")) == 0.0
@@ -112,8 +113,9 @@ def test_no_top5_below_five_classes():
     config = tiny_config(num_classes=4)
     model = training_phase(config).model
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
-    sums = eval_step(variables, {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.zeros(2, jnp.int32)}, model=model,
-                     axis_name=None)
+    sums = eval_step(
+        variables, {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.zeros(2, jnp.int32)}, model=model, axis_name=None
+    )
     assert set(sums) == {"correct", "loss", "count"}
 
 

@@ -20,6 +20,7 @@ from soft_prune_jax.method import masks as M
 from soft_prune_jax.methods.base import Config, MacsRatio, Masks, Method, Params
 from soft_prune_jax.methods.registry import register
 
+
 def scale_penalty(params: Params) -> jax.Array:
     """sum |scale| over the masked (prunable) BN layers."""
     layers = M.masked_layers(params)
@@ -37,6 +38,7 @@ def init_variables(config: Config, variables: Mapping[str, Any]) -> dict:
 
     def init(path, leaf):
         return jnp.full_like(leaf, scale_init) if getattr(path[-1], "key", None) == "scale" else leaf
+
     return {**variables, "params": jax.tree_util.tree_map_with_path(init, variables["params"])}
 
 
@@ -87,6 +89,15 @@ def settings(config: Config) -> dict:
     return {"l1": float(config.slimming.l1), "scale_init": float(config.slimming.scale_init), "cut": cut}
 
 
-METHOD = register(Method(name="slimming", label="Network Slimming", init_variables=init_variables,
-                         regulariser=regulariser, surgery_masks=surgery_masks, keep_scores=scale_magnitudes,
-                         keep_one_rule="the largest |BN scale|", settings=settings))
+METHOD = register(
+    Method(
+        name="slimming",
+        label="Network Slimming",
+        init_variables=init_variables,
+        regulariser=regulariser,
+        surgery_masks=surgery_masks,
+        keep_scores=scale_magnitudes,
+        keep_one_rule="the largest |BN scale|",
+        settings=settings,
+    )
+)

@@ -19,13 +19,23 @@ def benchmark_phase(config, workdir, *, dataset, devices=None) -> dict:
     dense = create_model(config, mask=None)
     variables = trained_variables(config, workdir)
     compact, compact_vars, which = final_compact(workdir)
-    result = benchmark.compare(dense, variables, compact, compact_vars,
-                               input_shape=tuple(dataset.get_dataset_info(config).input_shape),
-                               batch_sizes=tuple(int(b) for b in config.benchmark_batch_sizes),
-                               runs=int(config.benchmark_runs))
+    result = benchmark.compare(
+        dense,
+        variables,
+        compact,
+        compact_vars,
+        input_shape=tuple(dataset.get_dataset_info(config).input_shape),
+        batch_sizes=tuple(int(b) for b in config.benchmark_batch_sizes),
+        runs=int(config.benchmark_runs),
+    )
     for row in result["rows"]:
-        logging.info("benchmark batch %d: dense %.2f ms, compact %.2f ms, speed-up %.2fx", row["batch_size"],
-                     row["dense"]["median_ms"], row["compact"]["median_ms"], row["speedup"])
+        logging.info(
+            "benchmark batch %d: dense %.2f ms, compact %.2f ms, speed-up %.2fx",
+            row["batch_size"],
+            row["dense"]["median_ms"],
+            row["compact"]["median_ms"],
+            row["speedup"],
+        )
     result["compact_model"] = which
     write_json(workdir, "benchmark.json", result)
     return result

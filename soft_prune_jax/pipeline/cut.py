@@ -48,4 +48,5 @@ def progress_macs_fn(model, input_shape: Sequence[int]) -> Callable[[Mapping[str
         compact, compact_vars = surgery.prune(model, variables)
         macs = flops.count(compact, compact_vars, input_shape).macs
         return {"macs": macs, "ratio": macs / dense_macs}
+
     return macs_fn

@@ -29,8 +29,10 @@ def compare_step(pair, batch, *, reference: Callable, compact_model, axis_name=A
     ref_logits = reference(pair["reference"], batch["image"])
     new_logits = compact_model.apply(pair["compact"], batch["image"], train=False)
     weight, labels = batch["mask"], batch["label"]
-    sums = {"reference": classification_sums(ref_logits, labels, weight),
-            "compact": classification_sums(new_logits, labels, weight)}
+    sums = {
+        "reference": classification_sums(ref_logits, labels, weight),
+        "compact": classification_sums(new_logits, labels, weight),
+    }
     diff = jnp.max(jnp.abs(ref_logits - new_logits), axis=-1) * weight
     return lax.psum(sums, axis_name), lax.pmax(jnp.max(diff), axis_name)
 
@@ -43,8 +45,7 @@ def _with_top5(summary: dict, name: str, top5_name: str, result: dict) -> None:
 
 def evaluate_phase(config, workdir, *, dataset, devices=None) -> dict:
     parallel = Parallel(config.parallel, devices)
-    check_global_batch(config.eval_batch_size, parallel.num_local_devices * jax.process_count(),
-                       what="eval_batch_size")
+    check_global_batch(config.eval_batch_size, parallel.num_local_devices * jax.process_count(), what="eval_batch_size")
     model = create_model(config)
     variables = trained_variables(config, workdir)
     masks = effective_masks(config, model, variables, dataset.get_dataset_info(config).input_shape)

@@ -20,12 +20,28 @@ def finetune_phase(config, workdir, *, dataset, devices=None) -> dict:
     model, variables = export.load_compact(os.path.join(workdir, COMPACT_DIR))
     # The same schedule shape: the boundaries keep their fraction of the run.
     scale = epochs / float(config.num_epochs)
-    phase = Phase("finetune", model, float(config.finetune_learning_rate), epochs,
-                  lr_boundaries=tuple(b * scale for b in config.lr_boundaries), variables=variables, seed_offset=1)
+    phase = Phase(
+        "finetune",
+        model,
+        float(config.finetune_learning_rate),
+        epochs,
+        lr_boundaries=tuple(b * scale for b in config.lr_boundaries),
+        variables=variables,
+        seed_offset=1,
+    )
     result = fit(config, workdir, phase, dataset=dataset, devices=devices)
-    export.save_compact(os.path.join(workdir, FINETUNED_DIR), model, result.state.variables, overwrite=True,
-                        extra={"source": "finetune", "epochs": epochs})
-    summary = {"skipped": False, "steps": result.steps, "train_metrics": result.train_metrics,
-               "validation": result.validation}
+    export.save_compact(
+        os.path.join(workdir, FINETUNED_DIR),
+        model,
+        result.state.variables,
+        overwrite=True,
+        extra={"source": "finetune", "epochs": epochs},
+    )
+    summary = {
+        "skipped": False,
+        "steps": result.steps,
+        "train_metrics": result.train_metrics,
+        "validation": result.validation,
+    }
     write_json(workdir, "finetune.json", summary)
     return summary

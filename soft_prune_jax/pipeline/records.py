@@ -35,8 +35,10 @@ def read_json(workdir: str, name: str, *, needed_by: str) -> dict:
     path = os.path.join(workdir, name)
     if not os.path.exists(path):
         producer = name.split(".")[0]
-        raise FileNotFoundError(f"{path} does not exist: the {needed_by} phase needs the {producer} phase's "
-                                f"output; run --phases={producer} first")
+        raise FileNotFoundError(
+            f"{path} does not exist: the {needed_by} phase needs the {producer} phase's "
+            f"output; run --phases={producer} first"
+        )
     with open(path) as f:
         return json.load(f)
 

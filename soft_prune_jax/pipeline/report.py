@@ -22,13 +22,19 @@ def report_phase(config, workdir, *, dataset, devices=None) -> dict:
     dense_model = create_model(config)
     variables = trained_variables(config, workdir)
     compact, compact_vars, which = final_compact(workdir)
-    comparison = report.compare(flops.count(dense_model, variables, input_shape),
-                                flops.count(compact, compact_vars, input_shape))
+    comparison = report.compare(
+        flops.count(dense_model, variables, input_shape), flops.count(compact, compact_vars, input_shape)
+    )
     method = get_method(config.method)
     out = {
-        "model": config.model, "dataset": config.dataset, "method": config.method,
-        "method_details": {"label": method.label, "settings": method.settings(config),
-                           "keep_one_rule": method.keep_one_rule},
+        "model": config.model,
+        "dataset": config.dataset,
+        "method": config.method,
+        "method_details": {
+            "label": method.label,
+            "settings": method.settings(config),
+            "keep_one_rule": method.keep_one_rule,
+        },
         "macs_convention": "multiply-accumulates per example of conv and dense layers (FLOPs = 2 x MACs)",
         "pruning": report.to_dict(comparison),
         "compact_model": which,
@@ -37,8 +43,9 @@ def report_phase(config, workdir, *, dataset, devices=None) -> dict:
     out |= read_existing(workdir, RECORDS)
     write_json(workdir, "report.json", out)
     if jax.process_index() == 0:
-        plot = report.plot_widths(os.path.join(workdir, "widths.png"), comparison,
-                                  title=f"{config.model} on {config.dataset}, {method.label}")
+        plot = report.plot_widths(
+            os.path.join(workdir, "widths.png"), comparison, title=f"{config.model} on {config.dataset}, {method.label}"
+        )
         with open(os.path.join(workdir, "report.md"), "w") as f:
             f.write(markdown.render(out, report.format_table(comparison), plot))
     return out

@@ -20,8 +20,14 @@ from soft_prune_jax.training import data as default_dataset
 from soft_prune_jax.training.checkpoint import ensure_workdir_config
 from soft_prune_jax.training.distributed import sync
 
-RUNNERS = {"train": train_phase, "prune": prune_phase, "finetune": finetune_phase, "evaluate": evaluate_phase,
-           "benchmark": benchmark_phase, "report": report_phase}
+RUNNERS = {
+    "train": train_phase,
+    "prune": prune_phase,
+    "finetune": finetune_phase,
+    "evaluate": evaluate_phase,
+    "benchmark": benchmark_phase,
+    "report": report_phase,
+}
 PHASES = tuple(RUNNERS)
 
 
@@ -34,8 +40,14 @@ def parse_phases(text: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(p for p in PHASES if p in names)
 
 
-def run(config, workdir: str, phases: str | Sequence[str] = PHASES, *, dataset=None,
-        devices: Optional[Sequence[jax.Device]] = None) -> dict:
+def run(
+    config,
+    workdir: str,
+    phases: str | Sequence[str] = PHASES,
+    *,
+    dataset=None,
+    devices: Optional[Sequence[jax.Device]] = None,
+) -> dict:
     """Validates the config, records it in the workdir (refusing a different one) and runs ``phases``.
 
     dataset: a module-like object with ``get_dataset_info``, ``train_iterator`` and ``eval_iterator``

@@ -13,16 +13,19 @@ COMPACT_DIR, FINETUNED_DIR = "compact", "finetuned"
 
 def trained_variables(config, workdir: str) -> dict:
     """params and batch_stats of the finished train phase (its newest checkpoint)."""
-    checkpointer = ckpt_lib.TrainCheckpointer(ckpt_lib.checkpoint_dir(workdir, "train"),
-                                              max_to_keep=config.keep_checkpoints)
+    checkpointer = ckpt_lib.TrainCheckpointer(
+        ckpt_lib.checkpoint_dir(workdir, "train"), max_to_keep=config.keep_checkpoints
+    )
     try:
         step = checkpointer.latest_step()
         if step is None:
             raise FileNotFoundError(f"no train checkpoint in {checkpointer.directory}: run --phases=train first")
         expected = read_json(workdir, "train.json", needed_by="prune/evaluate")["steps"]
         if step != expected:
-            raise ValueError(f"the train checkpoint is at step {step}, expected the finished run's {expected}: "
-                             "rerun --phases=train to complete it")
+            raise ValueError(
+                f"the train checkpoint is at step {step}, expected the finished run's {expected}: "
+                "rerun --phases=train to complete it"
+            )
         state = checkpointer.restore_raw(step)
     finally:
         checkpointer.close()

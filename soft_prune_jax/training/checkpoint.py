@@ -23,10 +23,19 @@ from flax import serialization
 CONFIG_FILE = "config.json"
 # Fields that never change a run's numbers (only where/how often it logs, saves or reads data, or how the
 # step is parallelised, which is numerically equivalent): a workdir may be resumed with other values.
-RESULT_NEUTRAL_FIELDS = frozenset({
-    "log_every_steps", "checkpoint_every_epochs", "keep_checkpoints", "data_dir", "manual_dir",
-    "distributed", "parallel", "eval_batch_size", "benchmark_runs",
-})
+RESULT_NEUTRAL_FIELDS = frozenset(
+    {
+        "log_every_steps",
+        "checkpoint_every_epochs",
+        "keep_checkpoints",
+        "data_dir",
+        "manual_dir",
+        "distributed",
+        "parallel",
+        "eval_batch_size",
+        "benchmark_runs",
+    }
+)
 
 
 def checkpoint_dir(workdir: str, phase: str) -> str:
@@ -111,25 +120,33 @@ def _first_line(error: BaseException) -> str:
 
 
 def _write_failed(directory: str, error: BaseException) -> str:
-    return (f"writing a checkpoint to {directory} failed ({_first_line(error)}): is the disk full or the directory "
-            "not writable? Complete checkpoints written before are kept")
+    return (
+        f"writing a checkpoint to {directory} failed ({_first_line(error)}): is the disk full or the directory "
+        "not writable? Complete checkpoints written before are kept"
+    )
 
 
 def _unreadable(directory: str, step: int, error: BaseException) -> str:
     # Never repaired or deleted here: the user decides (move it away to resume from the one before).
-    return (f"checkpoint {step} in {directory} cannot be read ({_first_line(error)}); it is left untouched: "
-            "move that step's directory away to resume from the previous checkpoint, or use a new workdir")
+    return (
+        f"checkpoint {step} in {directory} cannot be read ({_first_line(error)}); it is left untouched: "
+        "move that step's directory away to resume from the previous checkpoint, or use a new workdir"
+    )
 
 
 def _check_matches(target, restored, directory: str, step: int) -> None:
     """A checkpoint of another model (other widths or layers) is refused, naming the first difference."""
+
     def shapes(tree):
         return {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
     want, got = shapes(target), shapes(restored)
     if want != got:
         key = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))[0]
-        raise ValueError(f"checkpoint {step} in {directory} does not fit this model: {key} is "
-                         f"{got.get(key, 'missing')} in the checkpoint, {want.get(key, 'absent')} in the model")
+        raise ValueError(
+            f"checkpoint {step} in {directory} does not fit this model: {key} is "
+            f"{got.get(key, 'missing')} in the checkpoint, {want.get(key, 'absent')} in the model"
+        )
 
 
 def _comparable(config_dict: dict, ignore: Iterable[str]) -> dict:
@@ -150,8 +167,9 @@ def ensure_workdir_config(workdir: str, config, *, ignore: Iterable[str] = RESUL
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:  # below a regular file, a read-only or special file system, ...
-        raise OSError(f"workdir {workdir!r} cannot be created ({e.strerror}): expected a writable directory "
-                      "path") from e
+        raise OSError(
+            f"workdir {workdir!r} cannot be created ({e.strerror}): expected a writable directory path"
+        ) from e
     path = os.path.join(workdir, CONFIG_FILE)
     current = config_to_dict(config)
     if os.path.exists(path):
@@ -161,8 +179,10 @@ def ensure_workdir_config(workdir: str, config, *, ignore: Iterable[str] = RESUL
         if old != new:
             diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
             details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-            raise ValueError(f"workdir {workdir!r} holds a run of a different config ({details}); "
-                             "use a new --workdir or the recorded config")
+            raise ValueError(
+                f"workdir {workdir!r} holds a run of a different config ({details}); "
+                "use a new --workdir or the recorded config"
+            )
         return
     if jax.process_index() == 0:
         tmp = path + ".tmp"
@@ -171,8 +191,10 @@ def ensure_workdir_config(workdir: str, config, *, ignore: Iterable[str] = RESUL
                 json.dump(current, f, indent=2, sort_keys=True, default=str)
             os.replace(tmp, path)  # atomic: a kill never leaves half a config.json
         except OSError as e:
-            raise OSError(f"workdir {workdir!r} is not writable ({e.strerror} writing {CONFIG_FILE}): expected a "
-                          "writable directory with free space") from e
+            raise OSError(
+                f"workdir {workdir!r} is not writable ({e.strerror} writing {CONFIG_FILE}): expected a "
+                "writable directory with free space"
+            ) from e
 
 
 def load_workdir_config(workdir: str) -> dict:

@@ -55,15 +55,46 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "cifar10": DatasetSpec("cifar10", 10, (32, 32, 3), 50_000, 10_000, "test",
-                           (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 50_000, True),
-    "cifar100": DatasetSpec("cifar100", 100, (32, 32, 3), 50_000, 10_000, "test",
-                            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 50_000, True),
+    "cifar10": DatasetSpec(
+        "cifar10",
+        10,
+        (32, 32, 3),
+        50_000,
+        10_000,
+        "test",
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        50_000,
+        True,
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100",
+        100,
+        (32, 32, 3),
+        50_000,
+        10_000,
+        "test",
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        50_000,
+        True,
+    ),
     # ImageNet streams from disk every epoch; its shuffle buffer holds encoded JPEGs (~110 kB each).
-    "imagenet2012": DatasetSpec("imagenet2012", 1000, (224, 224, 3), 1_281_167, 50_000, "validation",
-                                (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 10_000, False),
-    "fashion_mnist": DatasetSpec("fashion_mnist", 10, (28, 28, 1), 60_000, 10_000, "test",
-                                 (0.2860,), (0.3530,), 60_000, True),
+    "imagenet2012": DatasetSpec(
+        "imagenet2012",
+        1000,
+        (224, 224, 3),
+        1_281_167,
+        50_000,
+        "validation",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        10_000,
+        False,
+    ),
+    "fashion_mnist": DatasetSpec(
+        "fashion_mnist", 10, (28, 28, 1), 60_000, 10_000, "test", (0.2860,), (0.3530,), 60_000, True
+    ),
 }
 IMAGENET_TRAIN_SIZE, IMAGENET_EVAL_RESIZE = 224, 256
 
@@ -79,6 +110,7 @@ class DatasetInfo(NamedTuple):
 # ----------------------------------------------------------------------------- dataset facts
 # The config fields are checked by config_validation (each in one place); this module only looks up
 # the facts of the named dataset.
+
 
 def known_datasets() -> list[str]:
     return sorted(DATASETS)
@@ -122,6 +154,7 @@ def get_dataset_info(config) -> DatasetInfo:
 
 # ----------------------------------------------------------------------------- splits and batches
 
+
 def process_slice(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
     """[start, end) of this process's share of ``num_examples``; shares differ by at most one,
     the first ``num_examples % process_count`` processes take the extra example (as tfds.even_splits)."""
@@ -140,8 +173,10 @@ def _split_range(config, spec: DatasetSpec, split: str) -> tuple[str, int, int]:
         return "train", 0, end
     if split == "validation":
         if validation == 0:
-            raise ValueError("split='validation' needs config.validation_examples > 0 (it is carved from the end "
-                             "of train); got validation_examples=0")
+            raise ValueError(
+                "split='validation' needs config.validation_examples > 0 (it is carved from the end "
+                "of train); got validation_examples=0"
+            )
         start = spec.train_size - validation
         return "train", start, start + min(validation, config.get("num_eval_examples") or validation)
     if split == "test":
@@ -155,8 +190,10 @@ def per_device_batch_size(batch_size: int, local_devices: int, process_count: in
         raise ValueError(f"batch size {batch_size} is not divisible by the process count {process_count}")
     per_process = batch_size // process_count
     if per_process % local_devices:
-        raise ValueError(f"per-process batch size {per_process} (global {batch_size} / {process_count} processes) "
-                         f"is not divisible by the local device count {local_devices}")
+        raise ValueError(
+            f"per-process batch size {per_process} (global {batch_size} / {process_count} processes) "
+            f"is not divisible by the local device count {local_devices}"
+        )
     return per_process // local_devices
 
 
@@ -170,6 +207,7 @@ def _device_count(local_devices: Union[int, Sequence[Any]]) -> int:
 def _process_layout(process_index: Optional[int], process_count: Optional[int]) -> tuple[int, int]:
     if process_index is None or process_count is None:
         import jax  # only to ask which process this is; the default is a single process
+
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if process_count < 1:
@@ -251,9 +289,11 @@ def prepare_dataset(config):
 def _unusable_data(spec: DatasetSpec, data_dir: str, error: BaseException) -> ValueError:
     """One line for any failure to prepare or read a dataset (tfds/TF errors span many lines)."""
     first = re.sub(r"\{\{.*?\}\}\s*", "", (str(error).splitlines() or [""])[0])[:200]  # drop TF's op context
-    return ValueError(f"{spec.tfds_name} in data_dir={data_dir!r} cannot be prepared or read ({type(error).__name__}: "
-                      f"{first}); expected a writable directory with a complete tfds {spec.tfds_name} (delete "
-                      f"{os.path.join(data_dir, spec.tfds_name)} to prepare it again)")
+    return ValueError(
+        f"{spec.tfds_name} in data_dir={data_dir!r} cannot be prepared or read ({type(error).__name__}: "
+        f"{first}); expected a writable directory with a complete tfds {spec.tfds_name} (delete "
+        f"{os.path.join(data_dir, spec.tfds_name)} to prepare it again)"
+    )
 
 
 def _check_split_sizes(builder, spec: DatasetSpec) -> None:
@@ -266,8 +306,7 @@ def _check_split_sizes(builder, spec: DatasetSpec) -> None:
             raise ValueError(f"{spec.tfds_name} split {split!r} has {actual} examples on disk: expected {expected}")
 
 
-def _read(config, spec: DatasetSpec, split: str, process_index: int, process_count: int, *, train: bool,
-          seed: int):
+def _read(config, spec: DatasetSpec, split: str, process_index: int, process_count: int, *, train: bool, seed: int):
     """Raw examples of this process's range of ``split`` (images still uint8, or JPEG for ImageNet train)."""
     tf, tfds = _tf()
     builder = prepare_dataset(config)
@@ -311,6 +350,7 @@ def _read_in_memory(config, spec: DatasetSpec, builder, split_slice: str, count:
 
 def _normalize(image, spec: DatasetSpec):
     import tensorflow as tf
+
     image = tf.cast(image, tf.float32) / 255.0
     return (image - tf.constant(spec.mean, tf.float32)) / tf.constant(spec.std, tf.float32)
 
@@ -318,6 +358,7 @@ def _normalize(image, spec: DatasetSpec):
 def _pad_crop_flip(image, seed, pad: int, *, flip: bool):
     """Zero-pad by ``pad``, random crop back to the original size, random horizontal flip."""
     import tensorflow as tf
+
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     height, width, channels = image.shape
     image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
@@ -330,12 +371,20 @@ def _pad_crop_flip(image, seed, pad: int, *, flip: bool):
 def _imagenet_train_image(jpeg, seed):
     """Random-resized-crop (area 8-100%, aspect 3/4-4/3) to 224 + horizontal flip."""
     import tensorflow as tf
+
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     shape = tf.image.extract_jpeg_shape(jpeg)
     whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, whole_image, seed=crop_seed, min_object_covered=0.08, aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+        shape,
+        whole_image,
+        seed=crop_seed,
+        min_object_covered=0.08,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
     crop_window = tf.stack([begin[0], begin[1], size[0], size[1]])
     image = tf.image.decode_and_crop_jpeg(jpeg, crop_window, channels=3)
     image = tf.image.resize(image, (IMAGENET_TRAIN_SIZE, IMAGENET_TRAIN_SIZE), method="bilinear", antialias=True)
@@ -345,6 +394,7 @@ def _imagenet_train_image(jpeg, seed):
 def _imagenet_eval_image(image):
     """Resize the shorter side to 256, centre crop 224."""
     import tensorflow as tf
+
     shape = tf.shape(image)
     height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     scale = IMAGENET_EVAL_RESIZE / tf.minimum(height, width)
@@ -353,7 +403,7 @@ def _imagenet_eval_image(image):
     image = tf.image.resize(image, new_size, method="bilinear", antialias=True)
     top = (new_size[0] - IMAGENET_TRAIN_SIZE) // 2
     left = (new_size[1] - IMAGENET_TRAIN_SIZE) // 2
-    image = image[top:top + IMAGENET_TRAIN_SIZE, left:left + IMAGENET_TRAIN_SIZE]
+    image = image[top : top + IMAGENET_TRAIN_SIZE, left : left + IMAGENET_TRAIN_SIZE]
     return tf.ensure_shape(image, (IMAGENET_TRAIN_SIZE, IMAGENET_TRAIN_SIZE, 3))
 
 
@@ -374,19 +424,26 @@ def _eval_image(image, spec: DatasetSpec):
 def _to_devices(batch, local_devices: int):
     """(per_process_batch, ...) -> (local_devices, per_device_batch, ...), the pmap layout."""
     import tensorflow as tf
+
     return {k: tf.reshape(v, tf.concat([[local_devices, -1], tf.shape(v)[1:]], 0)) for k, v in batch.items()}
 
 
 def _options(ds):
     import tensorflow as tf
+
     options = tf.data.Options()
     options.deterministic = True  # parallel maps keep their order: same seed, same batches
     return ds.with_options(options)
 
 
-def train_iterator(config, *, local_devices: Union[int, Sequence[Any]], seed: int,
-                   process_index: Optional[int] = None, process_count: Optional[int] = None
-                   ) -> Iterator[dict[str, np.ndarray]]:
+def train_iterator(
+    config,
+    *,
+    local_devices: Union[int, Sequence[Any]],
+    seed: int,
+    process_index: Optional[int] = None,
+    process_count: Optional[int] = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """Infinite, shuffled, augmented numpy batches of this process's share of the train split.
 
     Deterministic given ``seed`` (and the process index). ``config.augment`` (default True) turns
@@ -400,8 +457,10 @@ def train_iterator(config, *, local_devices: Union[int, Sequence[Any]], seed: in
     process_seed = int(seed) * 7919 + process_index  # distinct, reproducible stream per process
     ds, count = _read(config, spec, "train", process_index, process_count, train=True, seed=process_seed)
     if count < per_device * devices:
-        raise ValueError(f"this process holds {count} train examples, fewer than its batch of "
-                         f"{per_device * devices}: lower config.batch_size or raise num_train_examples")
+        raise ValueError(
+            f"this process holds {count} train examples, fewer than its batch of "
+            f"{per_device * devices}: lower config.batch_size or raise num_train_examples"
+        )
     # Shuffle before repeat: every epoch is a permutation (a new one each epoch, fixed by the seed).
     ds = ds.shuffle(min(spec.shuffle_buffer, count), seed=process_seed, reshuffle_each_iteration=True).repeat()
     augment = bool(config.get("augment", True))
@@ -416,9 +475,14 @@ def train_iterator(config, *, local_devices: Union[int, Sequence[Any]], seed: in
     return iter(tfds.as_numpy(_options(ds).prefetch(tf.data.AUTOTUNE)))
 
 
-def eval_iterator(config, *, local_devices: Union[int, Sequence[Any]], split: str = "test",
-                  process_index: Optional[int] = None, process_count: Optional[int] = None
-                  ) -> Iterator[dict[str, np.ndarray]]:
+def eval_iterator(
+    config,
+    *,
+    local_devices: Union[int, Sequence[Any]],
+    split: str = "test",
+    process_index: Optional[int] = None,
+    process_count: Optional[int] = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """Finite numpy batches of this process's share of ``split`` ('test', 'validation' or 'train').
 
     The last batch is padded with zero images whose ``mask`` is 0, and every process yields the
@@ -442,14 +506,19 @@ def eval_iterator(config, *, local_devices: Union[int, Sequence[Any]], split: st
 
     def pad_batch(examples):
         missing = batch - tf.shape(examples["label"])[0]
-        return {k: tf.ensure_shape(tf.pad(v, [[0, missing]] + [[0, 0]] * (len(v.shape) - 1)), [batch, *v.shape[1:]])
-                for k, v in examples.items()}
+        return {
+            k: tf.ensure_shape(tf.pad(v, [[0, missing]] + [[0, 0]] * (len(v.shape) - 1)), [batch, *v.shape[1:]])
+            for k, v in examples.items()
+        }
 
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).map(pad_batch)
     padding_batches = num_batches - math.ceil(count / batch)
     if padding_batches:
-        empty = {"image": tf.zeros((batch, *spec.input_shape), tf.float32), "label": tf.zeros((batch,), tf.int32),
-                 "mask": tf.zeros((batch,), tf.float32)}
+        empty = {
+            "image": tf.zeros((batch, *spec.input_shape), tf.float32),
+            "label": tf.zeros((batch,), tf.int32),
+            "mask": tf.zeros((batch,), tf.float32),
+        }
         ds = ds.concatenate(tf.data.Dataset.from_tensors(empty).repeat(padding_batches))
     ds = ds.map(lambda b: _to_devices(b, devices))
     return iter(tfds.as_numpy(_options(ds).prefetch(tf.data.AUTOTUNE)))

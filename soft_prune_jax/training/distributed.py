@@ -24,24 +24,30 @@ import jax
 _CLUSTER_SIZE_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
 
-def validate_fields(coordinator_address: Optional[str], num_processes: Optional[int],
-                    process_id: Optional[int]) -> None:
+def validate_fields(
+    coordinator_address: Optional[str], num_processes: Optional[int], process_id: Optional[int]
+) -> None:
     """One-line ValueErrors for values ``jax.distributed.initialize`` would reject late or obscurely."""
     if coordinator_address is not None:
         host, sep, port = str(coordinator_address).rpartition(":")
         if not isinstance(coordinator_address, str) or not sep or not host or not port.isdigit():
-            raise ValueError(f"config.distributed.coordinator_address={coordinator_address!r} is invalid: "
-                             "expected 'host:port' (process 0's address) or None")
+            raise ValueError(
+                f"config.distributed.coordinator_address={coordinator_address!r} is invalid: "
+                "expected 'host:port' (process 0's address) or None"
+            )
     for name, value, low in (("num_processes", num_processes, 1), ("process_id", process_id, 0)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise ValueError(f"config.distributed.{name}={value!r} is invalid: expected an int >= {low} or None")
     if num_processes is not None and process_id is not None and process_id >= num_processes:
-        raise ValueError(f"config.distributed.process_id={process_id} is invalid: expected 0 <= process_id < "
-                         f"num_processes={num_processes}")
+        raise ValueError(
+            f"config.distributed.process_id={process_id} is invalid: expected 0 <= process_id < "
+            f"num_processes={num_processes}"
+        )
 
 
-def requested(coordinator_address=None, num_processes=None, process_id=None,
-              environ: Optional[Mapping[str, str]] = None) -> bool:
+def requested(
+    coordinator_address=None, num_processes=None, process_id=None, environ: Optional[Mapping[str, str]] = None
+) -> bool:
     """True when the fields or the environment ask for a multi-process run."""
     environ = os.environ if environ is None else environ
     if any(v is not None for v in (coordinator_address, num_processes, process_id)):
@@ -51,8 +57,9 @@ def requested(coordinator_address=None, num_processes=None, process_id=None,
     return any(environ.get(v, "1").isdigit() and int(environ.get(v, "1")) > 1 for v in _CLUSTER_SIZE_VARIABLES)
 
 
-def initialize_from_fields(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None) -> bool:
+def initialize_from_fields(
+    coordinator_address: Optional[str] = None, num_processes: Optional[int] = None, process_id: Optional[int] = None
+) -> bool:
     """Validates, then joins the runtime if ``requested``; returns whether it did.
 
     Must run before anything touches a JAX device (JAX's own rule).
@@ -60,8 +67,9 @@ def initialize_from_fields(coordinator_address: Optional[str] = None, num_proces
     validate_fields(coordinator_address, num_processes, process_id)
     if not requested(coordinator_address, num_processes, process_id):
         return False
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
     return True
 
 
@@ -83,4 +91,5 @@ def sync(name: str) -> None:
     """
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)

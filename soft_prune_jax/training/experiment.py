@@ -24,6 +24,12 @@ def create_model(config, **overrides) -> nn.Module:
 def training_phase(config) -> Phase:
     """Joint training from scratch: the model, regulariser and initial variables of ``config.method``."""
     method = get_method(config.method)
-    return Phase("train", create_model(config), float(config.learning_rate), int(config.num_epochs),
-                 regulariser=method.regulariser(config), mask=method.mask_config(config),
-                 init_transform=lambda variables: method.init_variables(config, variables))
+    return Phase(
+        "train",
+        create_model(config),
+        float(config.learning_rate),
+        int(config.num_epochs),
+        regulariser=method.regulariser(config),
+        mask=method.mask_config(config),
+        init_transform=lambda variables: method.init_variables(config, variables),
+    )

@@ -10,7 +10,8 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from soft_prune_jax.training.steps import AXIS
 
@@ -22,8 +23,9 @@ def check_global_batch(batch_size: int, num_devices: int, what: str = "batch_siz
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{what}={batch_size!r} is invalid: expected an int >= 1")
     if batch_size % num_devices:
-        raise ValueError(f"{what}={batch_size} is not divisible by the {num_devices} devices: "
-                         f"expected a multiple of {num_devices}")
+        raise ValueError(
+            f"{what}={batch_size} is not divisible by the {num_devices} devices: expected a multiple of {num_devices}"
+        )
     return batch_size // num_devices
 
 
@@ -73,7 +75,8 @@ class Parallel:
             stacked = jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * len(self.devices)), tree)
             return jax.pmap(lambda t: t, axis_name=AXIS, devices=self._pmap_devices)(stacked)
         host = jax.tree_util.tree_map(
-            lambda x: jax.make_array_from_process_local_data(self._replicated, np.asarray(x)), tree)
+            lambda x: jax.make_array_from_process_local_data(self._replicated, np.asarray(x)), tree
+        )
         return jax.jit(lambda t: t, out_shardings=self._replicated)(host)
 
     def unreplicate(self, tree):
@@ -86,9 +89,12 @@ class Parallel:
         def put(x):
             x = np.asarray(x)
             if x.shape[0] != self.num_local_devices:
-                raise ValueError(f"a batch with leading axis {x.shape[0]} does not match the "
-                                 f"{self.num_local_devices} local devices: expected (devices, per_device, ...)")
+                raise ValueError(
+                    f"a batch with leading axis {x.shape[0]} does not match the "
+                    f"{self.num_local_devices} local devices: expected (devices, per_device, ...)"
+                )
             if self.kind == "pmap":
                 return x
             return jax.make_array_from_process_local_data(self._sharded, x.reshape((-1,) + x.shape[2:]))
+
         return {k: put(v) for k, v in batch.items()}

@@ -28,8 +28,10 @@ class Summaries:
         try:
             self._writer.flush()
         except OSError as e:
-            raise OSError(f"writing TensorBoard summaries to {self._logdir} failed ({e.strerror or e}): disk full or "
-                          "not writable? The training checkpoints written so far are kept") from e
+            raise OSError(
+                f"writing TensorBoard summaries to {self._logdir} failed ({e.strerror or e}): disk full or "
+                "not writable? The training checkpoints written so far are kept"
+            ) from e
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if self._writer is not None:
