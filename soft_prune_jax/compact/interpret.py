@@ -1,0 +1,171 @@
+"""An interpreter of an analysed graph with channels cut out: the compact model's forward pass.
+
+Why an interpreter rather than rebuilding the user's classes with smaller widths: a user's model
+code knows nothing about channel selections (a DenseNet layer reading a subset of a concatenation,
+a pre-activation block's BN reading part of the stream) and may hold widths in attributes we
+cannot see. Replaying the traced equations on sliced arrays needs no knowledge of the classes:
+each equation is bound again with the shape-bearing parameters updated (reshape ``new_sizes``,
+``broadcast_in_dim`` shape, a depthwise conv's ``feature_group_count``, ``split`` sizes, full
+``slice`` limits) and its output shape checked against the plan, so a primitive whose parameters
+were not updated is a loud error, never a silently wrong model. Plain 2-D NHWC convolutions go
+through ``ops.fast_conv.conv2d`` with the 'auto' formulation, so the compact model avoids
+XLA:CPU's slow conv shapes exactly like the hand-built compact classes do.
+
+``run`` also evaluates the dense graph with 0/1 masks multiplied into unit outputs (the
+"hard-masked network" that a compact model must equal) when given ``masks`` and no cuts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from soft_prune_jax.graph.groups import Analysis
+from soft_prune_jax.graph.ir import Lit
+from soft_prune_jax.ops import fast_conv
+
+_NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+class CompactError(RuntimeError):
+    """The compact replay of an equation did not produce the planned shape."""
+
+
+def kept_indices(analysis: Analysis, alive: np.ndarray) -> dict:
+    """(slot, axis) -> sorted kept indices, for every axis that loses a channel."""
+    out = {}
+    for key, (off, n) in analysis.slot_axes.items():
+        a = alive[analysis.labels[off:off + n]]
+        if not a.all():
+            out[key] = np.flatnonzero(a)
+    return out
+
+
+def take(value, kept: Mapping, slot, ndim: int):
+    for ax in range(ndim):
+        idx = kept.get((slot, ax))
+        if idx is not None:
+            value = (np.take(value, idx, axis=ax) if isinstance(value, np.ndarray)
+                     else jnp.take(value, jnp.asarray(idx, jnp.int32), axis=ax))
+    return value
+
+
+def constant_values(analysis: Analysis, leaves) -> dict:
+    """Every variable-only value, computed concretely from the full variable leaves."""
+    g = analysis.graph
+    env = {vid: np.asarray(leaf) if not _is_key(leaf) else leaf for vid, leaf in zip(g.variable_ids, leaves)}
+    env.update(g.consts)
+    for e in g.eqns:
+        if any(o in analysis.live for o in e.outs):
+            continue
+        ins = [a.value if isinstance(a, Lit) else env[a] for a in e.ins]
+        outs = e.prim.bind(*ins, **e.params)
+        outs = outs if e.prim.multiple_results else [outs]
+        for o, v in zip(e.outs, outs):
+            env[o] = v if _is_key(v) else np.asarray(v)
+    return env
+
+
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def compact_shape(analysis: Analysis, kept: Mapping, slot) -> tuple:
+    g = analysis.graph
+    vid = slot if not isinstance(slot, tuple) else g.eqns[slot[1]].ins[slot[2]]
+    return tuple(len(kept[(slot, ax)]) if (slot, ax) in kept else d for ax, d in enumerate(g.shapes[vid]))
+
+
+def _params(e, ins, expected, full_in_shape):
+    p = dict(e.params)
+    name = e.name
+    if name == "reshape":
+        p["new_sizes"] = expected[0]
+        p["dimensions"] = None
+    elif name == "broadcast_in_dim":
+        p["shape"] = expected[0]
+    elif name == "conv_general_dilated" and p["feature_group_count"] > 1:
+        lhs_feature = p["dimension_numbers"].lhs_spec[1]
+        p["feature_group_count"] = int(ins[0].shape[lhs_feature])
+    elif name == "split":
+        p["sizes"] = tuple(s[p["axis"]] for s in expected)
+    elif name == "slice":
+        p["limit_indices"] = tuple(
+            np.shape(ins[0])[ax] if (a, b) == (0, full) else b
+            for ax, (a, b, full) in enumerate(zip(p["start_indices"], p["limit_indices"], full_in_shape)))
+    return p
+
+
+def _plain_conv(e, lhs, rhs) -> bool:
+    p = e.params
+    dn = p["dimension_numbers"]
+    return ((tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec)) == _NHWC and p["feature_group_count"] == 1
+            and p.get("batch_group_count", 1) == 1 and tuple(p["lhs_dilation"]) == (1, 1)
+            and tuple(p["rhs_dilation"]) == (1, 1) and p.get("preferred_element_type") is None
+            and lhs.dtype == rhs.dtype and np.ndim(lhs) == 4)
+
+
+def run(analysis: Analysis, leaves, inputs, *, kept: Optional[Mapping] = None, folded: Optional[Mapping] = None,
+        masks: Optional[Mapping] = None, formulation: Optional[str] = "auto") -> list:
+    """The graph's outputs from (already sliced) variable ``leaves`` and model ``inputs``.
+
+    kept: (slot, axis) -> kept indices (``kept_indices``); folded: value id -> sliced value of every
+    output of a folded equation; masks: unit output value id -> 0/1 array broadcastable to it.
+    formulation: conv formulation for plain NHWC convs (None = re-bind the traced primitive).
+    """
+    g = analysis.graph
+    kept = kept or {}
+    masks = masks or {}
+    env = dict(zip(g.variable_ids, leaves))
+    for vid, c in g.consts.items():
+        env[vid] = take(c, kept, vid, np.ndim(c))
+    env.update(zip(g.input_ids, inputs))
+
+    def read(e, j):
+        a = e.ins[j]
+        if isinstance(a, Lit):
+            return a.value
+        v = env[a]
+        use = analysis.split_uses.get((e.index, j))
+        if use is not None:
+            v = take(v, kept, use, len(g.shapes[a]))
+        return v
+
+    for e in g.eqns:
+        if folded is not None and e.index in analysis.fold:
+            for o in e.outs:
+                env[o] = folded[o]
+            continue
+        ins = [read(e, j) for j in range(len(e.ins))]
+        expected = [compact_shape(analysis, kept, o) for o in e.outs]
+        full_in = g.shapes[e.ins[0]] if e.ins and not isinstance(e.ins[0], Lit) else ()
+        if e.name == "conv_general_dilated" and formulation is not None and _plain_conv(e, ins[0], ins[1]):
+            p = e.params
+            outs = [fast_conv.conv2d(ins[0], ins[1], tuple(p["window_strides"]), tuple(map(tuple, p["padding"])),
+                                     formulation)]
+        else:
+            res = e.prim.bind(*ins, **_params(e, ins, expected, full_in))
+            outs = list(res) if e.prim.multiple_results else [res]
+        for o, v, shape in zip(e.outs, outs, expected):
+            if tuple(np.shape(v)) != tuple(shape):
+                raise CompactError(f"{e.describe()}: the compact replay gave shape {tuple(np.shape(v))}, the plan "
+                                   f"expects {tuple(shape)}; this primitive's parameters cannot follow pruned channels")
+            if o in masks:
+                v = v * masks[o].astype(v.dtype)
+            env[o] = v
+    return [env[o] for o in g.output_ids]
+
+
+def unit_masks(analysis: Analysis, alive: np.ndarray) -> dict:
+    """0/1 arrays for every unit output, broadcastable to it: the group's alive channels."""
+    g = analysis.graph
+    out = {}
+    for u in analysis.units:
+        lab = analysis.slot_labels(u.out, u.axis)
+        shape = [1] * len(g.shapes[u.out])
+        shape[u.axis] = len(lab)
+        out[u.out] = jnp.asarray(alive[lab].astype(np.float32).reshape(shape))
+    return out

@@ -1,0 +1,302 @@
+"""``prune_model``: physical channel pruning of any Flax CNN, linen or NNX, found from its computation.
+
+    compact_model, compact_variables = prune_model(model, variables, x, train=False)   # linen
+    compact_module = prune_model(module, x)                                             # NNX (eval mode)
+
+The model's evaluation is traced (``graph.ir``), its channel groups and BN-ReLU units found
+(``graph.groups``), every prunable group's kept channels decided (the SCP hard masks of its units
+by default: a channel goes only when every unit of the group drops it; ``keep=`` overrides;
+``round_to=`` pads widths with the most alive channels; a group never goes empty -- its most alive
+channel stays, which is exact because a dropped channel's output is 0 anyway), and the compact
+model replays the traced equations on sliced arrays (``compact.interpret``, which says why an
+interpreter). The compact model equals the dense network with every unit's output multiplied by
+its group's 0/1 keep mask (``masked_reference``); where the dropped channels are dead it equals the
+dense network.
+
+Built-in models use ``fast_conv.Conv``, whose 'auto' formulation emits im2col/matmul for some
+shapes; linen models are traced under ``flax_conv_formulation('xla')`` so every conv is one
+``conv_general_dilated`` equation (simpler groups), and the replay picks the fast formulation for
+the compact shapes. A new input shape (another batch size) retraces the dense model on abstract
+shapes (no compute) and maps the decisions by group name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from soft_prune_jax.compact import interpret as I
+from soft_prune_jax.graph import groups as G
+from soft_prune_jax.graph import ir, units as U
+from soft_prune_jax.method import masks as M
+from soft_prune_jax.ops import fast_conv
+
+
+class PruneError(ValueError):
+    """Bad arguments to ``prune_model`` (unknown group names, masks of the wrong size, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupPlan:
+    name: str
+    kept: np.ndarray  # kept channel positions of the group, sorted
+    total: int
+    from_mask: int  # channels the masks (or keep=) kept before keep-one / round_to
+    prunable: bool
+    reason: str
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray)) or hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
+
+
+def _hashable(kwargs: Mapping) -> tuple:
+    try:
+        key = tuple(sorted(kwargs.items()))
+        hash(key)
+    except TypeError as err:
+        raise PruneError(f"call keyword arguments must be hashable (static), got {sorted(kwargs)}") from err
+    return key
+
+
+def _mask_config(model, mask_config) -> M.MaskConfig:
+    if mask_config is not None:
+        return mask_config
+    own = getattr(model, "mask", None)
+    return own if isinstance(own, M.MaskConfig) else M.MaskConfig()
+
+
+def decide(analysis: G.Analysis, consts: Mapping, *, keep: Optional[Mapping] = None, round_to: int = 1,
+           mask_config: M.MaskConfig = M.MaskConfig()) -> dict:
+    """{group name: GroupPlan} for every group; unprunable groups keep everything."""
+    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+        raise PruneError(f"round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment)")
+    keep = dict(keep or {})
+    by_name = {grp.name: grp for grp in analysis.groups}
+    unknown = sorted(set(keep) - set(by_name))
+    if unknown:
+        prunable = [n for n, grp in by_name.items() if grp.prunable]
+        raise PruneError(f"keep names unknown groups {unknown[:3]}; prunable groups: {', '.join(prunable[:8])}"
+                         f"{' ...' if len(prunable) > 8 else ''}")
+    plans = {}
+    for grp in analysis.groups:
+        n = grp.size
+        if not grp.prunable:
+            if grp.name in keep and not np.all(_as_mask(keep[grp.name], n, grp.name)):
+                raise PruneError(f"group {grp.name!r} cannot lose channels: {grp.reason}")
+            plans[grp.name] = GroupPlan(grp.name, np.arange(n), n, n, False, grp.reason)
+            continue
+        pos = {int(lab): k for k, lab in enumerate(grp.labels)}
+        z = np.full(n, np.inf)
+        mask = np.zeros(n, bool)
+        for u in grp.units:
+            gamma, beta = U.gamma_beta(u, consts.__getitem__)
+            idx = np.array([pos[int(x)] for x in analysis.slot_labels(u.out, u.axis)])
+            pi = np.asarray(M.prune_probability(M.deactivation_probability(gamma, beta, mask_config.eps),
+                                                mask_config.k, mask_config.c))
+            mask[idx] |= np.asarray(M.hard_mask(pi)) > 0
+            z[idx] = np.minimum(z[idx], np.asarray(M.deactivation_z(gamma, beta, mask_config.eps)))
+        if grp.name in keep:
+            mask = _as_mask(keep[grp.name], n, grp.name)
+        from_mask = int(mask.sum())
+        order = np.argsort(z, kind="stable")  # most alive first
+        if not mask.any():
+            mask[order[0]] = True
+        target = min(n, -(-int(mask.sum()) // round_to) * round_to)
+        extra = [i for i in order if not mask[i]][: target - int(mask.sum())]
+        mask[extra] = True
+        plans[grp.name] = GroupPlan(grp.name, np.flatnonzero(mask), n, from_mask, True, "")
+    return plans
+
+
+def _as_mask(value, n: int, name: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype == bool or (arr.shape == (n,) and np.isin(arr, (0, 1)).all() and arr.dtype.kind == "f"):
+        if arr.shape != (n,):
+            raise PruneError(f"keep[{name!r}] is a mask of shape {arr.shape}, expected ({n},)")
+        return arr.astype(bool)
+    idx = arr.reshape(-1).astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise PruneError(f"keep[{name!r}] has indices outside [0, {n}): {idx.tolist()[:5]}")
+    mask = np.zeros(n, bool)
+    mask[idx] = True
+    return mask
+
+
+def alive_of(analysis: G.Analysis, plans: Mapping) -> np.ndarray:
+    alive = np.ones(int(analysis.labels.max()) + 1 if len(analysis.labels) else 0, bool)
+    for grp in analysis.groups:
+        p = plans.get(grp.name)
+        if p is None:
+            continue
+        dropped = np.ones(grp.size, bool)
+        dropped[p.kept] = False
+        alive[grp.labels[dropped]] = False
+    return alive
+
+
+class Program:
+    """Replays the traced model with cut channels; retraces (abstractly) for every new input shape."""
+
+    def __init__(self, trace_fn, dense_leaves, treedef, strip, plans, folded_order, call_key, first):
+        self.trace_fn = trace_fn  # (abstract variables tree, inputs, kwargs) -> Graph
+        self.dense_leaves = dense_leaves  # ShapeDtypeStructs of the dense variable leaves
+        self.treedef = treedef
+        self.strip = strip
+        self.plans = plans
+        self.folded_order = folded_order  # sliced outputs of folded equations, in program order
+        self.cache = {call_key: first}
+        self.formulation = "auto"
+
+    def prepared(self, inputs, kwargs_key):
+        key = (tuple((tuple(np.shape(x)), str(x.dtype)) for x in inputs), kwargs_key)
+        if key not in self.cache:
+            dense = jax.tree_util.tree_unflatten(self.treedef, self.dense_leaves)
+            g = self.trace_fn(dense, _abstract(list(inputs)), dict(kwargs_key))
+            analysis = G.analyze(g, self.strip)
+            names = {grp.name: grp for grp in analysis.groups}
+            for name, p in self.plans.items():
+                if len(p.kept) < p.total and (name not in names or names[name].size != p.total):
+                    raise I.CompactError(f"retracing for inputs {key[0]} changed channel group {name!r}; "
+                                         f"the model's structure depends on the input shape")
+            alive = alive_of(analysis, self.plans)
+            kept = I.kept_indices(analysis, alive)
+            outs = [o for e in g.eqns if e.index in analysis.fold for o in e.outs]
+            if len(outs) != len(self.folded_order):
+                raise I.CompactError(f"retracing for inputs {key[0]} changed the variable-only computation")
+            self.cache[key] = (analysis, kept, dict(zip(outs, self.folded_order)))
+        return self.cache[key]
+
+    def __call__(self, leaves, inputs, kwargs_key):
+        analysis, kept, folded = self.prepared(inputs, kwargs_key)
+        outs = I.run(analysis, leaves, inputs, kept=kept, folded=folded, formulation=self.formulation)
+        tree = analysis.graph.out_tree
+        return jax.tree_util.tree_unflatten(tree, outs) if tree is not None else outs
+
+
+class CompactLinen:
+    """The compact linen model: ``apply(compact_variables, x, **kwargs)`` like the original."""
+
+    def __init__(self, program: Program, treedef, defaults: Mapping):
+        self.program, self.treedef, self.defaults = program, treedef, dict(defaults)
+
+    def apply(self, variables, *inputs, **kwargs):
+        leaves = self.treedef.flatten_up_to(variables)
+        return self.program(leaves, inputs, _hashable({**self.defaults, **kwargs}))
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError("a compact linen model is called as compact_model.apply(compact_variables, x, ...)")
+
+
+class CompactModule(nnx.Module):
+    """The compact NNX module: called like the original; its sliced arrays are nnx Variables."""
+
+    def __init__(self, program: Program, variables, paths, defaults: Mapping):
+        self.variables = nnx.List(variables)
+        self.paths = tuple(paths)
+        self.program = program
+        self.defaults = _hashable(defaults)
+
+    def __call__(self, *inputs, **kwargs):
+        leaves = [v.value for v in self.variables]
+        return self.program(leaves, inputs, _hashable({**dict(self.defaults), **kwargs}))
+
+
+def _build(trace_fn, variables, inputs, kwargs, strip, keep, round_to, mask_config):
+    g = trace_fn(variables, list(inputs), kwargs)
+    analysis = G.analyze(g, strip)
+    leaves, treedef = jax.tree_util.tree_flatten(variables)
+    consts = I.constant_values(analysis, leaves)
+    plans = decide(analysis, consts, keep=keep, round_to=round_to, mask_config=mask_config)
+    alive = alive_of(analysis, plans)
+    kept = I.kept_indices(analysis, alive)
+    sliced = [I.take(np.asarray(leaf) if not I._is_key(leaf) else leaf, kept, vid, np.ndim(leaf))
+              for vid, leaf in zip(g.variable_ids, leaves)]
+    outs = [o for e in g.eqns if e.index in analysis.fold for o in e.outs]
+    folded = [I.take(consts[o], kept, o, np.ndim(consts[o])) if not I._is_key(consts[o]) else consts[o] for o in outs]
+    key = (tuple((tuple(np.shape(x)), str(x.dtype)) for x in inputs), _hashable(kwargs))
+    program = Program(trace_fn, [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in leaves], treedef, strip, plans,
+                      folded, key[1], (analysis, kept, dict(zip(outs, folded))))
+    program.cache[key] = program.cache.pop(key[1])
+    program.alive, program.analysis = alive, analysis
+    return program, treedef, sliced
+
+
+def _linen_trace(model):
+    def trace_fn(variables, inputs, kwargs):
+        with fast_conv.flax_conv_formulation("xla"):
+            return ir.trace(lambda v, *xs: model.apply(v, *xs, **kwargs), variables, *inputs)
+    return trace_fn
+
+
+def _nnx_trace(graphdef):
+    def trace_fn(state, inputs, kwargs):
+        with fast_conv.flax_conv_formulation("xla"):
+            return ir.trace(lambda s, *xs: nnx.merge(graphdef, s)(*xs, **kwargs), state, *inputs)
+    return trace_fn
+
+
+def prune_model(model, *args, keep: Optional[Mapping[str, Any]] = None, round_to: int = 1,
+                mask_config: Optional[M.MaskConfig] = None, **kwargs):
+    """Physically prunes a linen model (returns ``(compact_model, compact_variables)``) or an NNX
+    module (returns the compact module). See the module docstring.
+
+    linen: ``prune_model(model, variables, sample_input, **apply_kwargs)``.
+    NNX: ``prune_model(module, sample_input, *more_inputs, **call_kwargs)`` (traced in eval mode).
+    keep: {group name: kept channel indices or a 0/1 mask over the group's channels}; other
+      prunable groups follow their units' SCP hard masks. round_to: pad kept widths to multiples.
+    mask_config: the SCP mask hyper-parameters (default: the model's own ``mask`` or the paper's).
+    """
+    if isinstance(model, nnx.Module):
+        if not args:
+            raise PruneError("prune_model(module, sample_input, ...): a sample input is needed to trace the module")
+        copy = nnx.merge(*nnx.split(model))
+        copy.eval()
+        graphdef, state = nnx.split(copy)
+        inputs = [a for a in args]
+        program, _, sliced = _build(_nnx_trace(graphdef), state, inputs, kwargs, 0, keep, round_to,
+                                    _mask_config(model, mask_config))
+        flat = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
+        variables = []
+        for (path, var), arr in zip(flat, sliced):
+            cls = type(var) if isinstance(var, nnx.Variable) else nnx.Variable
+            variables.append(cls(jnp.asarray(arr) if not I._is_key(arr) else arr))
+        paths = ["/".join(ir.leaf_path(p)) for p, _ in flat]
+        return CompactModule(program, variables, paths, kwargs)
+    if isinstance(model, nn.Module):
+        if len(args) != 2:
+            raise PruneError("prune_model(model, variables, sample_input, **apply_kwargs) takes the variables and "
+                             f"one sample input for a linen model; got {len(args)} positional arguments")
+        variables, x = args
+        program, treedef, sliced = _build(_linen_trace(model), variables, [x], kwargs, 1, keep, round_to,
+                                          _mask_config(model, mask_config))
+        compact_vars = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in sliced])
+        return CompactLinen(program, treedef, kwargs), compact_vars
+    raise TypeError(f"prune_model takes a flax.linen Module or a flax.nnx Module, got {type(model).__name__}")
+
+
+def program_of(compact) -> Program:
+    return compact.program
+
+
+def masked_reference(compact, dense_variables, *inputs, **kwargs):
+    """The dense network with each unit's output times its group's keep mask: what ``compact`` equals.
+
+    ``dense_variables``: the linen variables, or the NNX module's ``nnx.state`` (eval mode).
+    """
+    program = compact.program
+    analysis = program.analysis
+    leaves = jax.tree_util.tree_leaves(dense_variables)
+    outs = I.run(analysis, leaves, inputs, masks=I.unit_masks(analysis, program.alive), formulation=None)
+    tree = analysis.graph.out_tree
+    return jax.tree_util.tree_unflatten(tree, outs) if tree is not None else outs

@@ -1,0 +1,277 @@
+"""Channel groups of a traced model: which channels of which arrays must go together.
+
+Every (value, axis) of the flat graph gets one node per index; the rules (``rules.RULES``) join
+nodes that are the same channel, and connected components (scipy) are the single channels. A group
+is the set of components with the same footprint -- the same (value, axis) pairs -- so the channels
+of one layer form one group even when flattening or concatenation spreads them over index maps.
+
+Shared values. A value that several equations read and that is not exactly zero on dropped
+channels (a residual stream, a DenseNet concatenation) is given one slot per reader
+(``("use", equation, operand)``): each reader may keep its own channel selection (a gather in the
+compact model), as a pre-activation block's BN-ReLU or a DenseNet layer does. The value's own
+group must then keep everything. Values that are zero where dropped (a unit's output) are not
+split: all their readers drop the same channels.
+
+A group is prunable when it contains at least one unit (``units``), touches neither the model's
+inputs nor its outputs, meets no stopped axis (an unknown primitive, a grouped conv, ...), and every
+axis it sums away (a conv's input channels, a dense layer's rows) sums a value that is zero where
+dropped. Otherwise it is kept whole and ``reason`` says which equation decided that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from soft_prune_jax.graph import rules, units as U
+from soft_prune_jax.graph.ir import Eqn, Graph, Lit
+
+# Variable-only equations that the compact interpreter recomputes from the sliced variables (per
+# channel, so slicing commutes with them); every other variable-only equation is evaluated once on
+# the full variables and its result sliced (reductions over channels such as a keep-one argmin).
+RECOMPUTE = rules.ELEMENTWISE | {"broadcast_in_dim", "reshape", "transpose", "squeeze", "expand_dims",
+                                 "concatenate", "split", "slice", "pad"}
+
+
+@dataclasses.dataclass
+class Member:
+    path: tuple  # the variable's path, e.g. ('params', 'block0', 'conv1', 'kernel')
+    axis: int
+    channel: np.ndarray  # for each index of that axis, the group channel it belongs to
+
+
+@dataclasses.dataclass
+class Group:
+    name: str
+    labels: np.ndarray  # component label of each group channel, in the order of the anchor array
+    members: list  # Member for every variable axis in the group
+    slots: list  # every (slot, axis) in the group, intermediates included
+    units: list  # the units whose outputs lie in this group
+    prunable: bool
+    reason: str  # why it is kept whole ('' when prunable)
+
+    @property
+    def size(self) -> int:
+        return len(self.labels)
+
+    def member_set(self, strip: int = 0) -> set:
+        return {(m.path[strip:], m.axis) for m in self.members}
+
+
+@dataclasses.dataclass
+class Analysis:
+    graph: Graph
+    live: set
+    units: list
+    zero: set
+    split_uses: dict  # (eqn index, operand) -> use slot
+    fold: set  # indices of variable-only equations evaluated once on the full variables
+    slot_axes: dict  # (slot, axis) -> (offset, size)
+    labels: np.ndarray  # node -> component label
+    groups: list
+    strip: int
+
+    def group(self, name: str) -> Group:
+        for grp in self.groups:
+            if grp.name == name:
+                return grp
+        raise KeyError(f"no channel group named {name!r}; groups: {', '.join(g.name for g in self.groups)}")
+
+    def slot_labels(self, slot, axis) -> Optional[np.ndarray]:
+        item = self.slot_axes.get((slot, axis))
+        if item is None:
+            return None
+        off, n = item
+        return self.labels[off:off + n]
+
+
+class _Linker(rules.Linker):
+    def __init__(self, g: Graph, split_uses: dict):
+        self.g, self.split_uses = g, split_uses
+        self.slot_axes, self.total = {}, 0
+        self.src, self.dst = [], []
+        self.stops, self.consumes = {}, []
+
+    def slot(self, e: Eqn, j: int):
+        return self.split_uses.get((e.index, j), e.ins[j])
+
+    def shape(self, slot):
+        if isinstance(slot, tuple):
+            return self.g.shapes[self.g.eqns[slot[1]].ins[slot[2]]]
+        return self.g.shapes[slot]
+
+    def node(self, slot, ax):
+        key = (slot, ax)
+        if key not in self.slot_axes:
+            n = self.shape(slot)[ax]
+            self.slot_axes[key] = (self.total, n)
+            self.total += n
+        return self.slot_axes[key][0]
+
+    def link(self, a, ax, b, bx, ia=None, ib=None):
+        oa, ob = self.node(a, ax), self.node(b, bx)
+        if ia is None:
+            n = self.shape(a)[ax]
+            if n != self.shape(b)[bx]:
+                return
+            ia = ib = np.arange(n)
+        self.src.append(oa + np.asarray(ia))
+        self.dst.append(ob + np.asarray(ib))
+
+    def stop(self, slot, ax, e: Eqn):
+        self.node(slot, ax)
+        self.stops.setdefault((slot, ax), e.describe())
+
+    def consume(self, e: Eqn, axes, operands):
+        for slot, ax in axes:
+            self.node(slot, ax)
+        self.consumes.append((e, list(axes), list(operands)))
+
+
+def analyze(g: Graph, strip: int = 0) -> Analysis:
+    """Units, zeros, shared-value splits, channel components and groups of ``g``."""
+    live = U.live_values(g)
+    units = U.find_units(g, live, strip)
+    zero = U.zero_values(g, live, units)
+    # A live, non-zero value read by several equations: one slot per reader.
+    outputs = set(g.output_ids)
+    split_uses = {}
+    for vid, uses in g.uses.items():
+        if vid in live and vid not in zero and len(uses) + (vid in outputs) >= 2:
+            for e, j in uses:
+                split_uses[(e.index, j)] = ("use", e.index, j)
+    fold = {e.index for e in g.eqns if not any(o in live for o in e.outs) and e.name not in RECOMPUTE}
+    L = _Linker(g, split_uses)
+    for e in g.eqns:
+        if e.index in fold:
+            continue
+        rules.apply_rule(e, L)
+    for vid in g.variable_ids + g.input_ids + g.output_ids:
+        for ax in range(len(g.shapes[vid])):
+            L.node(vid, ax)
+    for vid in g.input_ids:  # a reader's own slot of a model input is still the input
+        for e, j in g.uses.get(vid, []):
+            if (e.index, j) in split_uses:
+                for ax in range(len(g.shapes[vid])):
+                    L.node(split_uses[(e.index, j)], ax)
+    N = L.total
+    src = np.concatenate(L.src) if L.src else np.zeros(0, np.int64)
+    dst = np.concatenate(L.dst) if L.dst else np.zeros(0, np.int64)
+    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(N, N))
+    _, labels = connected_components(graph, directed=False)
+    groups = _groups(g, L, labels, units, zero, split_uses, strip)
+    return Analysis(g, live, units, zero, split_uses, fold, L.slot_axes, labels, groups, strip)
+
+
+def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip) -> list:
+    keys = list(L.slot_axes)
+    index = {k: i for i, k in enumerate(keys)}
+    K = len(keys)
+    offsets = np.array([L.slot_axes[k][0] for k in keys], np.int64)
+    sizes = np.array([L.slot_axes[k][1] for k in keys], np.int64)
+    sa_of_node = np.repeat(np.arange(K), sizes)
+    pair = np.unique(labels.astype(np.int64) * K + sa_of_node)
+    pl, ps = pair // K, pair % K
+    weights = np.random.default_rng(0).integers(1, 2**62, K, dtype=np.int64).astype(np.uint64)
+    sig = np.zeros(labels.max() + 1 if len(labels) else 0, np.uint64)
+    np.add.at(sig, pl, weights[ps])
+    var_ids = set(g.variable_ids)
+    var_sa = np.array([(k[0] in var_ids) if not isinstance(k[0], tuple) else False for k in keys])
+    # one representative label per signature that touches a variable, and its slot-axes
+    has_var = var_sa[ps]
+    sigs = sig[pl[has_var]]
+    uniq, first = np.unique(sigs, return_index=True)
+    reps = pl[has_var][first]
+    first_label = {int(u): int(r) for u, r in zip(uniq, reps)}
+    in_rep = np.isin(pl, reps)
+    sas_of_label = {}
+    for lab, sa in zip(pl[in_rep].tolist(), ps[in_rep].tolist()):
+        sas_of_label.setdefault(lab, []).append(sa)
+    input_slots = set(g.input_ids) | {s for (ei, j), s in split_uses.items() if g.eqns[ei].ins[j] in g.input_ids}
+    output_slots = set(g.output_ids)
+    unit_by_out = {u.out: u for u in units}
+    consumes_by_sa = {}
+    for e, axes, operands in L.consumes:
+        ok = any(_value(o) in zero for o in operands)
+        for slot, ax in axes:
+            consumes_by_sa.setdefault(index[(slot, ax)], []).append((e, ok))
+    groups = []
+    for s, lab in first_label.items():
+        sas = sas_of_label[lab]
+        slot_axes = [keys[i] for i in sas]
+        members_sa = [i for i in sas if var_sa[i]]
+        grp_units = [unit_by_out[k[0]] for k in slot_axes if k[0] in unit_by_out]
+        grp_units.sort(key=lambda u: u.relu)
+        anchor = None
+        for u in grp_units:
+            if u.mean_leaf is not None and (u.mean_leaf, 0) in index and index[(u.mean_leaf, 0)] in members_sa:
+                anchor = index[(u.mean_leaf, 0)]
+                break
+        if anchor is None:
+            anchor = min(members_sa, key=lambda i: (g.path_of(keys[i][0]), keys[i][1]))
+        alab = labels[offsets[anchor]:offsets[anchor] + sizes[anchor]]
+        mine = sig[alab] == np.uint64(s)
+        order, seen = [], set()
+        for x in alab[mine]:
+            if int(x) not in seen:
+                seen.add(int(x))
+                order.append(int(x))
+        glabels = np.array(order, np.int64)
+        pos = {x: i for i, x in enumerate(order)}
+        members = []
+        for i in members_sa:
+            slot, ax = keys[i]
+            lab_i = labels[offsets[i]:offsets[i] + sizes[i]]
+            channel = np.array([pos.get(int(x), -1) for x in lab_i], np.int64)
+            members.append(Member(g.path_of(slot), ax, channel))
+        members.sort(key=lambda m: (m.path, m.axis))
+        reason = _why_whole(g, slot_axes, sas, grp_units, L, consumes_by_sa, zero, split_uses, input_slots,
+                            output_slots, alab, mine)
+        if grp_units:
+            name = grp_units[0].name
+        else:
+            m = members[0]
+            name = "/".join(m.path[strip:]) + f":{m.axis}"
+        groups.append(Group(name, glabels, members, slot_axes, grp_units, not reason, reason))
+    groups.sort(key=lambda grp: grp.name)
+    names = set()
+    for grp in groups:  # names must be unique keys for keep=
+        base, k = grp.name, 1
+        while grp.name in names:
+            k += 1
+            grp.name = f"{base}#{k}"
+        names.add(grp.name)
+    return groups
+
+
+def _value(slot):
+    return slot if not isinstance(slot, tuple) else None
+
+
+def _why_whole(g, slot_axes, sas, grp_units, L, consumes_by_sa, zero, split_uses, input_slots, output_slots,
+               alab, mine) -> str:
+    if not np.all(mine):
+        return "an index of its anchor array belongs to another group"
+    for slot, ax in slot_axes:
+        if (slot, ax) in L.stops:
+            return f"stopped by {L.stops[(slot, ax)]}"
+    for slot, _ in slot_axes:
+        if slot in input_slots:
+            return "touches the model's input"
+        if slot in output_slots:
+            return "touches the model's output"
+    if not grp_units:
+        return "no BN-ReLU unit gives it a mask"
+    for i in sas:
+        for e, ok in consumes_by_sa.get(i, []):
+            if not ok:
+                return f"{e.describe()} sums a value that is not zero where the group drops a channel"
+    split_values = {g.eqns[ei].ins[j] for (ei, j) in split_uses}
+    for slot, _ in slot_axes:
+        if not isinstance(slot, tuple) and slot in split_values and slot not in zero:
+            return "its values are shared by several readers with their own selections (a residual stream)"
+    return ""
