@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import pathlib
 import re
-import runpy
 import subprocess
 import sys
 import types
@@ -17,16 +15,15 @@ import tensorflow_datasets as tfds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from configs import default
 from soft_prune_jax.training import config_validation, data
 
-
-CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 USE_CODE = tfds.testing.MockPolicy.USE_CODE  # the wheel has no dataset metadata
 
 
 def make_config(tmp_path, **overrides):
     """The shared schema (configs/default.py) with small counts for mocked data."""
-    config = runpy.run_path(str(CONFIGS / "default.py"))["get_config"]()
+    config = default.get_config()
     config.update(dict(data_dir=str(tmp_path / "tfds"), batch_size=8, eval_batch_size=6,
                        num_train_examples=24, num_eval_examples=13))
     config.update(overrides)

@@ -31,12 +31,13 @@ STEPS_PER_EPOCH, EPOCHS = 4, 5  # 64 examples, batch 16
 TOTAL_STEPS = STEPS_PER_EPOCH * EPOCHS
 
 TINY_CONFIG = f"""
-import runpy
 from ml_collections import config_dict
+
+from configs import fashion_mnist  # importable: launch/train.py puts the checkout's root on sys.path
 
 
 def get_config():
-    c = runpy.run_path({os.path.join(REPO, "configs", "fashion_mnist.py")!r})["get_config"]()
+    c = fashion_mnist.get_config()
     c.model_kwargs = config_dict.ConfigDict({{"widths": (4, "M", 8)}})
     c.num_train_examples = 64
     c.num_eval_examples = 64
