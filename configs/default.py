@@ -48,12 +48,12 @@ def get_config() -> config_dict.ConfigDict:
     # Optimisation: SGD with Nesterov momentum, step decay (the paper's CIFAR recipe).
     config.batch_size = 64  # global, over all processes and devices
     config.eval_batch_size = 512  # divisible by 1, 2, 4 and 8 devices; the last batch is padded
-    config.num_epochs = 160
-    config.learning_rate = 0.1
+    config.num_epochs = 160  # of joint training (weights and masks together, from scratch)
+    config.learning_rate = 0.1  # initial; piecewise constant over the epochs
     config.lr_boundaries = (80, 120)  # epochs at which the learning rate is multiplied by lr_decay
-    config.lr_decay = 0.1
-    config.momentum = 0.9
-    config.nesterov = True
+    config.lr_decay = 0.1  # factor applied at each of lr_boundaries
+    config.momentum = 0.9  # SGD momentum
+    config.nesterov = True  # Nesterov momentum (the reference); False = plain heavy-ball
     # Added to the gradient as weight_decay * w (optax.add_decayed_weights; see the convention above) on
     # conv/dense kernels and BN scales, not on BN or dense biases. 2e-4 = the reference's l2_reg 1e-4.
     config.weight_decay = CIFAR_PAPER_WEIGHT_DECAY
@@ -95,11 +95,11 @@ def get_config() -> config_dict.ConfigDict:
     config.round_to = 1  # keep channel counts multiples of this (1 = no alignment)
 
     # Running.
-    config.parallel = "pmap"  # 'pmap' | 'shard_map'
-    config.checkpoint_every_epochs = 1
-    config.keep_checkpoints = 3
-    config.log_every_steps = 100
-    config.seed = 0
+    config.parallel = "pmap"  # data parallelism over the local devices: 'pmap' | 'shard_map' (jit + shard_map)
+    config.checkpoint_every_epochs = 1  # a killed run resumes from the last one
+    config.keep_checkpoints = 3  # newest checkpoints kept per phase
+    config.log_every_steps = 100  # progress line and TensorBoard scalars
+    config.seed = 0  # initialisation, Gumbel noise and data order (a run is a function of it)
     config.num_train_examples = placeholder(int)  # None = the whole train split (minus validation)
     config.num_eval_examples = placeholder(int)  # None = the whole evaluation split
     config.validation_examples = 0  # > 0 carves a validation split from the END of train
