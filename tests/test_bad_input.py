@@ -74,6 +74,11 @@ BAD_FIELDS = [
     ("sparsity_lambda", "1e-4"), ("sparsity_lambda", INF), ("sparsity_s", None), ("sparsity_s", -2.0),
     ("slimming.l1", "0"), ("slimming.l1", -1.0), ("slimming.scale_init", 0.0), ("slimming.scale_init", "0.5"),
     ("slimming.target_channel_ratio", 1.5),
+    ("target_macs_ratio", 1.0), ("target_macs_ratio", "half"),  # optional field
+    ("cost_aware_penalty", "yes"),
+    ("budget_controller.kp", -1.0), ("budget_controller.ki", "0.05"), ("budget_controller.ramp_fraction", 1.5),
+    ("budget_controller.undershoot_boost", 0.5), ("budget_controller.lambda_min", 0.0),
+    ("budget_controller.lambda_max", 1e-9),
     ("slimming.target_macs_ratio", 0.0), ("slimming.target_macs_ratio", "half"),  # optional field
     ("finetune_epochs", 1.5), ("finetune_epochs", -1),
     ("finetune_learning_rate", "0.01"), ("finetune_learning_rate", 0.0),
