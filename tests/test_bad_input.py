@@ -54,6 +54,8 @@ def _one_line(error: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------
 
 NAN, INF = float("nan"), float("inf")
+# One line per field, its bad values side by side (kept so by the formatter).
+# fmt: off
 BAD_FIELDS = [
     ("model", 3), ("model", "resnet57"),
     ("model_kwargs", 3), ("model_kwargs", {"depth": 3}),
@@ -97,6 +99,7 @@ BAD_FIELDS = [
     ("distributed.num_processes", "2"), ("distributed.num_processes", 0),
     ("distributed.process_id", -1), ("distributed.process_id", 2),
 ]
+# fmt: on
 
 
 def _with(field: str, value) -> ml_collections.ConfigDict:
