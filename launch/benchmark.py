@@ -52,9 +52,6 @@ flags.DEFINE_bool("per_layer", False, "Also time every conv/dense layer alone (b
 flags.DEFINE_list("formulations", ["xla", "auto"], "With --per_layer: conv formulations to compare.")
 flags.DEFINE_bool("train_step", False, "Also time the SCP train step against the plain one (largest batch size).")
 
-_INPUT_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "fashion_mnist": (28, 28, 1),
-                 "imagenet2012": (224, 224, 3)}
-
 
 def _parse_shape(text: str) -> tuple[int, ...]:
     try:
@@ -81,9 +78,11 @@ def _input_shape(dataset: str | None) -> tuple[int, ...]:
         return _parse_shape(FLAGS.input_shape)
     if dataset is None:
         return (32, 32, 3)
-    if dataset not in _INPUT_SHAPES:
+    from soft_prune_jax.training import data  # the dataset's own facts: one source for its input shape
+
+    if dataset not in data.DATASETS:
         raise app.UsageError(f"dataset {dataset!r} has no known input shape; pass --input_shape=H,W,C")
-    return _INPUT_SHAPES[dataset]
+    return data.DATASETS[dataset].input_shape
 
 
 def _random_compact(model, variables, round_to: int):
