@@ -73,9 +73,11 @@ def get_config() -> config_dict.ConfigDict:
     config.cost_aware_penalty = False
     # The controller of target_macs_ratio (soft_prune_jax/method/controller.py), on e = hard-masked MACs /
     # dense - target_t: log lambda = I + kp * e, I += ki * e every step; target_t falls linearly from 1 to
-    # the budget over the first ramp_fraction of training; lambda stays in [lambda_min, lambda_max].
+    # the budget over the first ramp_fraction of training; lambda stays in [lambda_min, lambda_max]; both
+    # gains are multiplied by undershoot_boost while the MACs are below the target (dead channels rarely revive).
     config.budget_controller = config_dict.ConfigDict(
-        dict(kp=2.0, ki=0.05, ramp_fraction=0.5, lambda_min=1e-6, lambda_max=1.0))
+        dict(kp=2.0, ki=0.05, undershoot_boost=4.0, ramp_fraction=0.5, lambda_min=1e-6, lambda_max=1.0)
+    )
     # Network Slimming (method='slimming'; per-architecture values: slimming_recipe below).
     config.slimming = config_dict.ConfigDict()
     config.slimming.l1 = 1e-4  # L1 weight on the BN scales (Liu et al.: 1e-4 VGG, 1e-5 ResNet/DenseNet)

@@ -46,6 +46,12 @@ def render(out: Mapping[str, Any], table: str, plot: Optional[str]) -> str:
     timings = out.get("timings") or {}
     if timings:
         lines.append("| wall time per phase (s) | " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + " |")
+    landing = (out.get("prune") or {}).get("budget")
+    if landing:  # config.target_macs_ratio: the budget, where training left the network, and the cut
+        lines.append(f"| MAC budget (of dense MACs) | target {100 * landing['target_macs_ratio']:.1f}%, trained "
+                     f"hard-masked {100 * landing['hard_masked_macs_ratio']:.1f}%, reached "
+                     f"{100 * landing['reached_macs_ratio']:.1f}% ({landing['removed_by_landing']} channels "
+                     f"removed by landing) |")
     fallback = (out.get("prune") or {}).get("kept_by_fallback")
     if fallback:
         rule = method.get("keep_one_rule", "the lowest pruning probability pi")

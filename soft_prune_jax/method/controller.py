@@ -6,14 +6,18 @@ MACs r_t of the current hard-masked network:
 
     target_t   = 1 - (1 - target) * min(1, step / ramp_steps)   the budget, reached gradually
     e_t        = r_t - target_t                                   > 0: too many MACs, push harder
-    integral  += ki * e_t                                         clipped to [log lambda_min, log lambda_max]
-    log_lambda = integral + kp * e_t                              clipped likewise
+    g_t        = 1 if e_t >= 0 else undershoot_boost              below the budget: back off faster
+    integral  += g_t * ki * e_t                                   clipped to [log lambda_min, log lambda_max]
+    log_lambda = integral + g_t * kp * e_t                        clipped likewise
 
 The ramp keeps the error small while pruning lags behind lambda (channels die a while after the
 penalty rises), so the integral does not wind up and overshoot the budget; clipping the integral to
-the same range as log lambda is the anti-windup. The controller acts on the hard-masked MACs -- the
-network that is cut and reported -- rather than on the expected ones: pi saturates at
-sigmoid(k delta) < 1 for dead channels, so expected MACs never reach the hard ones.
+the same range as log lambda is the anti-windup. The gains are larger below the budget because the
+plant is one-way: a channel the penalty killed rarely comes back when lambda falls, so too much
+push costs accuracy for good, while too little is corrected by landing on the budget after training.
+The controller acts on the hard-masked MACs -- the network that is cut and reported -- rather than
+on the expected ones: pi saturates at sigmoid(k delta) < 1 for dead channels, so the expected MACs
+of a network stay above its hard-masked MACs.
 
 The state is a small pytree of scalars (checkpointed with the training state); ``update`` is pure
 and jit-able, and identical on every replica when its inputs are (replicated params).
@@ -33,6 +37,7 @@ import jax.numpy as jnp
 class ControllerConfig:
     """target: the MAC budget as a fraction of the dense MACs, in (0, 1).
     kp, ki: proportional and integral gains on the error in MAC ratio (ki per step), >= 0.
+    undershoot_boost: both gains are multiplied by this while the MACs are below the target, >= 1.
     ramp_steps: steps over which the target falls from 1 to ``target`` (0 = at once).
     lambda_min, lambda_max: the range of lambda, 0 < min <= max.
     """
@@ -40,6 +45,7 @@ class ControllerConfig:
     target: float
     kp: float = 2.0
     ki: float = 0.01
+    undershoot_boost: float = 4.0
     ramp_steps: int = 0
     lambda_min: float = 1e-6
     lambda_max: float = 1.0
@@ -87,5 +93,8 @@ def update(config: ControllerConfig, state: ControllerState, macs_ratio, step) -
     """One controller step from the current MAC ratio (MACs / dense MACs) at training step ``step``."""
     low, high = math.log(config.lambda_min), math.log(config.lambda_max)
     error = jnp.asarray(macs_ratio, jnp.float32) - scheduled_target(config, step)
-    integral = jnp.clip(state.integral + config.ki * error, low, high)
-    return ControllerState(log_lambda=jnp.clip(integral + config.kp * error, low, high), integral=integral, error=error)
+    gain = jnp.where(error >= 0, 1.0, config.undershoot_boost)
+    integral = jnp.clip(state.integral + gain * config.ki * error, low, high)
+    return ControllerState(
+        log_lambda=jnp.clip(integral + gain * config.kp * error, low, high), integral=integral, error=error
+    )

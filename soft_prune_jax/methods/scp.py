@@ -1,17 +1,21 @@
 """SCP (Kang & Han, ICML 2020): soft operation-aware masks, trained jointly with the sparsity penalty.
 
 Surgery cuts by the model's own hard masks [pi < 0.5]; the keep-one fallback and round_to padding
-use the model's own ranking (lowest pi), so both defaults of ``Method`` apply.
+use the model's own ranking (lowest pi), so both defaults of ``Method`` apply. With
+``config.target_macs_ratio`` (a MAC budget), a trained network whose hard-masked MACs still exceed
+the budget loses its least alive channels (highest z) until it fits (``budget.land_on_budget``).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping, Optional
 
 import jax
+import numpy as np
 
+from soft_prune_jax.method import budget
 from soft_prune_jax.method import masks as M
-from soft_prune_jax.methods.base import Config, Method, Params
+from soft_prune_jax.methods.base import Config, MacsRatio, Masks, Method, Params
 from soft_prune_jax.methods.registry import register
 
 
@@ -25,10 +29,28 @@ def regulariser(config: Config) -> Callable[[Params], jax.Array]:
     return lambda params: lam * M.sparsity_penalty(params, s)
 
 
+def surgery_masks(config: Config, variables: Mapping[str, Any], macs_ratio: MacsRatio) -> Optional[Masks]:
+    """None (the model's own hard masks) without a budget; with one, those masks landed on it."""
+    target = config.get("target_macs_ratio")
+    if target is None:
+        return None
+    mask = mask_config(config)
+    layers = M.masked_layers(variables["params"])
+    hard = {name: np.asarray(M.hard_mask(p["pi"])) for name, p in M.layer_probabilities(variables["params"], mask).items()}
+    z = {name: np.asarray(M.deactivation_z(layer["scale"], layer["bias"], mask.eps)) for name, layer in layers.items()}
+    return budget.land_on_budget(hard, z, macs_ratio, float(target))[0]
+
+
 def settings(config: Config) -> dict:
-    return {"sparsity_lambda": float(config.sparsity_lambda), "sparsity_s": float(config.sparsity_s),
-            "mask": {k: float(v) for k, v in config.mask.items()}}
+    out = {"sparsity_lambda": float(config.sparsity_lambda), "sparsity_s": float(config.sparsity_s),
+           "mask": {k: float(v) for k, v in config.mask.items()}}
+    if config.get("cost_aware_penalty"):
+        out["cost_aware_penalty"] = True
+    if config.get("target_macs_ratio") is not None:  # lambda above is then only where the controller starts
+        out["target_macs_ratio"] = float(config.target_macs_ratio)
+        out["budget_controller"] = {k: float(v) for k, v in config.budget_controller.items()}
+    return out
 
 
 METHOD = register(Method(name="scp", label="SCP", mask_config=mask_config, regulariser=regulariser,
-                         settings=settings))
+                         surgery_masks=surgery_masks, settings=settings))

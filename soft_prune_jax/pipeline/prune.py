@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from soft_prune_jax.compact import export, surgery
+from soft_prune_jax.pipeline.budget import landing_record
 from soft_prune_jax.pipeline.cut import surgery_choice
 from soft_prune_jax.pipeline.records import write_json
 from soft_prune_jax.pipeline.workdir import COMPACT_DIR, trained_variables
@@ -14,7 +15,8 @@ from soft_prune_jax.training.experiment import create_model
 def prune_phase(config, workdir, *, dataset, devices=None) -> dict:
     model = create_model(config)
     variables = trained_variables(config, workdir)
-    choice = surgery_choice(config, model, variables, dataset.get_dataset_info(config).input_shape)
+    input_shape = dataset.get_dataset_info(config).input_shape
+    choice = surgery_choice(config, model, variables, input_shape)
     round_to = int(config.round_to)
     plans = surgery.plan(model, variables, round_to=round_to, **choice)
     compact, compact_vars = surgery.prune(model, variables, round_to=round_to, **choice)
@@ -27,5 +29,8 @@ def prune_phase(config, workdir, *, dataset, devices=None) -> dict:
         # METHOD.md section 3: a plain chain never loses its last channel; say where that happened.
         "kept_by_fallback": sorted(name for name, p in plans.items() if p.kept_by_fallback),
     }
+    landing = landing_record(config, model, variables, input_shape, plans)
+    if landing is not None:  # a MAC budget: target vs reached
+        summary["budget"] = landing
     write_json(workdir, "prune.json", summary)
     return summary

@@ -240,6 +240,7 @@ def _validate_budget(config) -> None:
             1.0 if name == "ramp_fraction" else math.inf,
             high_open=name != "ramp_fraction",
         )
+    _number_in(config, "budget_controller.undershoot_boost", 1.0, math.inf, high_open=True)
     _number_in(config, "budget_controller.lambda_min", 0.0, math.inf, low_open=True, high_open=True)
     _number_in(config, "budget_controller.lambda_max", config.budget_controller.lambda_min, math.inf, high_open=True)
 

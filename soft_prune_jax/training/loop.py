@@ -23,6 +23,7 @@ from soft_prune_jax.methods.base import zero_penalty
 from soft_prune_jax.training import checkpoint as ckpt_lib
 from soft_prune_jax.training import data as default_dataset
 from soft_prune_jax.training import state as S
+from soft_prune_jax.training.budget import Budget
 from soft_prune_jax.training.evaluate import evaluate
 from soft_prune_jax.training.parallel import Parallel, check_global_batch
 from soft_prune_jax.training.progress import Progress
@@ -39,6 +40,7 @@ class Phase:
     mask: the model's mask config, for the channel counts of the progress line (None: none).
     variables: initial variables, or None to initialise from ``config.seed``.
     init_transform: applied to freshly initialised variables (e.g. a method's own BN scale init).
+    budget: a MAC budget or the cost-aware penalty (training/budget.py): replaces ``regulariser``.
     """
 
     name: str
@@ -51,6 +53,7 @@ class Phase:
     init_transform: Optional[Callable[[Mapping[str, Any]], Mapping[str, Any]]] = None
     lr_boundaries: Optional[Sequence[float]] = None  # epochs; None = config.lr_boundaries
     seed_offset: int = 0
+    budget: Optional[Budget] = None
 
 
 @dataclasses.dataclass
@@ -94,7 +97,9 @@ def fit(config, workdir: str, phase: Phase, *, dataset=None, devices: Optional[S
     tx = S.create_optimizer(config, lr_fn, variables["params"])
     checkpointer = ckpt_lib.TrainCheckpointer(ckpt_lib.checkpoint_dir(workdir, phase.name),
                                               max_to_keep=config.keep_checkpoints)
-    host_state = checkpointer.restore_or(S.create_train_state(gumbel_key, variables, tx))
+    budget = phase.budget.bind(total_steps) if phase.budget is not None else None
+    controller = budget.init_state() if budget is not None else None
+    host_state = checkpointer.restore_or(S.create_train_state(gumbel_key, variables, tx, controller))
     start_step = int(host_state.step)
     if start_step:
         logging.info("%s: resuming from step %d of %d (%s)", phase.name, start_step, total_steps,
@@ -102,7 +107,7 @@ def fit(config, workdir: str, phase: Phase, *, dataset=None, devices: Optional[S
 
     model = phase.model.clone(axis_name=AXIS)
     p_train = parallel.map(functools.partial(train_step, model=model, tx=tx, learning_rate_fn=lr_fn,
-                                             regulariser=phase.regulariser), donate_first=True)
+                                             regulariser=phase.regulariser, budget=budget), donate_first=True)
     p_eval = parallel.map(functools.partial(eval_step, model=model))
     state = parallel.replicate(host_state)
     progress = Progress(phase.name, phase.mask, parallel, total_steps, start_step, checkpointer, macs_fn,

@@ -39,6 +39,11 @@ def format_progress(name, step, total, rate, metrics, channels, macs) -> str:
         line += f" | kept channels {channels['kept']}/{channels['total']} ({100 * channels['ratio']:.1f}%)"
     if macs is not None:
         line += f" | MACs {macs['macs'] / 1e6:.2f}M ({100 * macs['ratio']:.1f}% of dense)"
+    if "lambda" in metrics:  # a MAC budget or the cost-aware penalty (training/budget.py)
+        line += (f" | lambda {metrics['lambda']:.3g} | MACs expected {100 * metrics['macs_expected_ratio']:.1f}%"
+                 f" hard-masked {100 * metrics['macs_hard_ratio']:.1f}%")
+        if "macs_target_ratio" in metrics:
+            line += f" (target now {100 * metrics['macs_target_ratio']:.1f}%)"
     return line
 
 

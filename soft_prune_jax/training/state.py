@@ -21,6 +21,7 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     rng: jax.Array  # replicated base key; the step's Gumbel key is fold_in(rng, step)
+    controller: Any = None  # the MAC-budget controller's state (training.budget), None without a budget
 
     @property
     def variables(self) -> dict:
@@ -39,10 +40,12 @@ def init_variables(model: nn.Module, key, input_shape: Sequence[int]) -> dict:
     return _jitted_init(model)({"params": key}, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
 
 
-def create_train_state(rng, variables: Mapping[str, Any], tx: optax.GradientTransformation) -> TrainState:
+def create_train_state(rng, variables: Mapping[str, Any], tx: optax.GradientTransformation,
+                       controller: Any = None) -> TrainState:
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=rng)
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=rng,
+                      controller=controller)
 
 
 def steps_per_epoch(num_train_examples: int, batch_size: int) -> int:

@@ -17,6 +17,7 @@ import optax
 from jax import lax
 
 from soft_prune_jax.method.units import GUMBEL_RNG
+from soft_prune_jax.training.budget import Budget
 from soft_prune_jax.training.state import TrainState
 
 AXIS = "batch"  # the mapped axis name used by every step, pmap and shard_map alike
@@ -28,8 +29,13 @@ def cross_entropy_loss(logits, labels):
 
 
 def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.GradientTransformation,
-               learning_rate_fn: optax.Schedule, regulariser: Callable, axis_name: Optional[str] = AXIS):
-    """One SGD step on this device's shard of the global batch (``model`` built with ``axis_name``)."""
+               learning_rate_fn: optax.Schedule, regulariser: Callable, axis_name: Optional[str] = AXIS,
+               budget: Optional[Budget] = None):
+    """One SGD step on this device's shard of the global batch (``model`` built with ``axis_name``).
+
+    budget: replaces ``regulariser`` by lambda_t * penalty and updates the controller in the state
+    (training/budget.py); its MAC ratios and lambda join the metrics.
+    """
     gumbel_key = jax.random.fold_in(state.rng, state.step)
     params = state.params
 
@@ -38,7 +44,7 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
             {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
             rngs={GUMBEL_RNG: gumbel_key}, mutable=["batch_stats"])
         ce = jnp.mean(cross_entropy_loss(logits, batch["label"]))
-        reg = regulariser(params)
+        reg = regulariser(params) if budget is None else budget.regulariser(params, state.controller)
         return ce + reg, (logits, new_model_state, ce, reg)
 
     (loss, (logits, new_model_state, ce, reg)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -52,8 +58,13 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
     if axis_name is not None:
         metrics = lax.pmean(metrics, axis_name)
     metrics["learning_rate"] = learning_rate_fn(state.step)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(params, updates),
-                              batch_stats=new_model_state["batch_stats"], opt_state=new_opt_state)
+    new_params = optax.apply_updates(params, updates)
+    controller = state.controller
+    if budget is not None:  # from replicated params: the same update on every replica
+        controller, budget_metrics = budget.update(controller, new_params, state.step)
+        metrics |= budget_metrics
+    new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_model_state["batch_stats"],
+                              opt_state=new_opt_state, controller=controller)
     return new_state, metrics
 
 

@@ -1,0 +1,83 @@
+"""A MAC budget for SCP (config.target_macs_ratio) and the cost-aware penalty (config.cost_aware_penalty):
+the glue between the cost model (``method.budget``), built from ``structure`` and ``flops``, and the
+trainer (``training.budget``), which may import neither.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+
+from soft_prune_jax.compact import surgery
+from soft_prune_jax.compact.structure import describe
+from soft_prune_jax.measure import flops
+from soft_prune_jax.method import budget as B
+from soft_prune_jax.method.controller import ControllerConfig
+from soft_prune_jax.methods import get_method
+from soft_prune_jax.training.budget import Budget
+
+
+def model_cost(model: nn.Module, input_shape: Sequence[int]) -> B.CostModel:
+    """The ``CostModel`` of a built-in architecture: its mask groups and its per-layer MACs."""
+    return B.cost_model(describe(model).groups, flops.count(model, None, input_shape).layers)
+
+
+def uses_budget(config) -> bool:
+    return config.get("target_macs_ratio") is not None or bool(config.get("cost_aware_penalty"))
+
+
+def controller_config(config) -> Optional[ControllerConfig]:
+    """The controller of ``config.target_macs_ratio`` (None: the paper's fixed lambda).
+    ``budget_controller.ramp_fraction`` is turned into steps by the trainer (``Budget.bind``)."""
+    target = config.get("target_macs_ratio")
+    if target is None:
+        return None
+    c = config.budget_controller
+    return ControllerConfig(
+        target=float(target),
+        kp=float(c.kp),
+        ki=float(c.ki),
+        undershoot_boost=float(c.undershoot_boost),
+        lambda_min=float(c.lambda_min),
+        lambda_max=float(c.lambda_max),
+    )
+
+
+def training_budget(config, model: nn.Module, input_shape: Sequence[int]) -> Optional[Budget]:
+    """The ``Budget`` the train phase runs with, or None when the config asks for neither option."""
+    if not uses_budget(config):
+        return None
+    mask = get_method(config.method).mask_config(config)
+    controller = controller_config(config)
+    ramp = float(config.budget_controller.ramp_fraction) if controller is not None else 0.0
+    return Budget(
+        cost=model_cost(model, input_shape),
+        mask=mask,
+        s=float(config.sparsity_s),
+        initial_lambda=float(config.sparsity_lambda),
+        cost_aware=bool(config.cost_aware_penalty),
+        controller=controller,
+        ramp_fraction=ramp,
+    )
+
+
+def _ratio(model: nn.Module, kept: Mapping[str, Any], input_shape: Sequence[int]) -> float:
+    compact = describe(model).rebuild(kept)
+    return flops.count(compact, None, input_shape).macs / flops.count(model, None, input_shape).macs
+
+
+def landing_record(config, model: nn.Module, variables, input_shape: Sequence[int], plans) -> Optional[dict]:
+    """For prune.json under a MAC budget: the target, the MACs ratio of the trained hard-masked network,
+    the ratio reached by the cut (``plans``: surgery's) and how many channels landing removed."""
+    target = config.get("target_macs_ratio")
+    if target is None:
+        return None
+    hard = surgery.plan(model, variables, round_to=int(config.round_to))
+    kept = {name: p.kept for name, p in plans.items()}
+    return {
+        "target_macs_ratio": float(target),
+        "hard_masked_macs_ratio": _ratio(model, {name: p.kept for name, p in hard.items()}, input_shape),
+        "reached_macs_ratio": _ratio(model, kept, input_shape),
+        "removed_by_landing": int(sum(len(p.kept) for p in hard.values()) - sum(len(k) for k in kept.values())),
+    }

@@ -1,0 +1,74 @@
+"""What a train step does differently under a MAC budget or the cost-aware penalty.
+
+``Budget`` replaces the method's regulariser by lambda_t * penalty(params), where penalty is SCP's
+sum_c (beta_c + s |gamma_c|), each unit weighted by the MACs its channels cost when ``cost_aware``
+(``method.budget.cost_aware_penalty``), and lambda_t comes from the controller state in the
+TrainState (``method.controller``), or is fixed without a target. After each step the controller is
+updated from the hard-masked MACs of the new params; the params are replicated, so every replica
+computes the same update. The step's metrics gain lambda and the expected, hard-masked and target
+MAC ratios (progress lines and TensorBoard show them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from soft_prune_jax.method import budget as B
+from soft_prune_jax.method import controller as C
+from soft_prune_jax.method import masks as M
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """cost: the network's ``CostModel``; mask: its mask config; s: SCP's penalty ratio;
+    initial_lambda: lambda at step 0 (the fixed lambda without a controller);
+    controller: None = fixed lambda; ramp_fraction: the part of the phase over which the
+    controller's target falls from 1 to the budget (``bind`` turns it into steps)."""
+
+    cost: B.CostModel
+    mask: M.MaskConfig
+    s: float
+    initial_lambda: float
+    cost_aware: bool = False
+    controller: Optional[C.ControllerConfig] = None
+    ramp_fraction: float = 0.0
+
+    def bind(self, total_steps: int) -> Budget:
+        """This budget with the controller's ramp in steps of a phase of ``total_steps``."""
+        if self.controller is None:
+            return self
+        ramp = int(round(self.ramp_fraction * total_steps))
+        return dataclasses.replace(self, controller=dataclasses.replace(self.controller, ramp_steps=ramp))
+
+    def init_state(self) -> Optional[C.ControllerState]:
+        return None if self.controller is None else C.init_state(self.controller, self.initial_lambda)
+
+    def lam(self, state: Optional[C.ControllerState]) -> jax.Array:
+        if state is None:
+            return jnp.asarray(self.initial_lambda, jnp.float32)
+        return jax.lax.stop_gradient(state.lam)
+
+    def penalty(self, params) -> jax.Array:
+        if self.cost_aware:
+            return B.cost_aware_penalty(params, self.cost, self.mask, self.s)
+        return M.sparsity_penalty(params, self.s)
+
+    def regulariser(self, params, state: Optional[C.ControllerState]) -> jax.Array:
+        return self.lam(state) * self.penalty(params)
+
+    def update(self, state: Optional[C.ControllerState], params, step) -> tuple[Optional[C.ControllerState], dict]:
+        """(next controller state, metrics) after a step that produced ``params``."""
+        ratios = B.macs_ratios(self.cost, params, self.mask)
+        metrics = {
+            "lambda": self.lam(state),
+            "macs_expected_ratio": ratios["expected"],
+            "macs_hard_ratio": ratios["hard"],
+        }
+        if state is None:
+            return state, metrics
+        metrics["macs_target_ratio"] = C.scheduled_target(self.controller, step)
+        return C.update(self.controller, state, ratios["hard"], step), metrics
