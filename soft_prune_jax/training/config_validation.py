@@ -19,7 +19,7 @@ from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.methods import method_names
 from soft_prune_jax.models import get_model, model_names
 from soft_prune_jax.training import data, distributed
-from soft_prune_jax.training.parallel import PARALLEL_KINDS
+from soft_prune_jax.training.parallel import PARALLEL_KINDS, check_global_batch
 
 
 def _get(config, name: str):
@@ -177,12 +177,8 @@ def _validate_imagenet_manual_dir(config) -> None:
 
 def _validate_optimisation(config, num_devices: int) -> None:
     for name in ("batch_size", "eval_batch_size"):
-        value = _int_at_least(config, name, 1)
-        if value % num_devices:
-            raise ValueError(
-                f"config.{name}={value} is not divisible by the {num_devices} devices: "
-                f"expected a multiple of {num_devices}"
-            )
+        # The split over devices is the trainer's own rule (it checks the real device layout again).
+        check_global_batch(_int_at_least(config, name, 1), num_devices, what=f"config.{name}")
     num_epochs = _int_at_least(config, "num_epochs", 1)
     _number_in(config, "learning_rate", 0.0, math.inf, low_open=True, high_open=True)
     boundaries = _get(config, "lr_boundaries")
