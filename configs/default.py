@@ -25,8 +25,13 @@ CIFAR_PAPER_WEIGHT_DECAY = 2e-4
 # Network Slimming as Liu et al. ran it (ICCV 2017; their code's commands): L1 on the BN scales of
 # 1e-4 for VGG and 1e-5 for ResNet and DenseNet, and the fraction of prunable channels cut by one
 # global |scale| percentile (--percent: 0.7 for VGG, 0.4 for ResNet and DenseNet), which is
-# target_channel_ratio = 1 - percent here. Keys: the model-name prefix.
-SLIMMING_BY_FAMILY = {"vgg": (1e-4, 0.3), "fmnist_cnn": (1e-4, 0.3), "resnet": (1e-5, 0.6), "densenet": (1e-5, 0.6)}
+# target_channel_ratio = 1 - percent here. Keys: the model-name prefix; values: (l1, target_channel_ratio).
+SLIMMING_BY_FAMILY = {
+    "vgg": (1e-4, 0.3),
+    "resnet": (1e-5, 0.6),
+    "densenet": (1e-5, 0.6),
+    "fmnist_cnn": (1e-4, 0.3),  # not in their paper: a plain chain like VGG, so VGG's values (our choice)
+}
 
 
 def get_config() -> config_dict.ConfigDict:
@@ -110,8 +115,8 @@ def get_config() -> config_dict.ConfigDict:
     # Multi-host: None = from the cluster environment (e.g. SLURM) or a single process.
     config.distributed = config_dict.ConfigDict()
     config.distributed.coordinator_address = placeholder(str)  # 'host:port' of process 0
-    config.distributed.num_processes = placeholder(int)
-    config.distributed.process_id = placeholder(int)
+    config.distributed.num_processes = placeholder(int)  # hosts (one process each)
+    config.distributed.process_id = placeholder(int)  # this host's index in [0, num_processes)
     return config
 
 
