@@ -5,8 +5,8 @@ nodes that are the same channel, and connected components (scipy) are the single
 is the set of components with the same footprint -- the same (value, axis) pairs -- so the channels
 of one layer form one group even when flattening or concatenation spreads them over index maps.
 
-Shared values. A value that several equations read and that is not exactly zero on dropped
-channels (a residual stream, a DenseNet concatenation) is given one slot per reader
+Shared values. A value that several equations read, or that joins branches (a residual sum, a
+concatenation), and that is not exactly zero on dropped channels is given one slot per reader
 (``("use", equation, operand)``): each reader may keep its own channel selection (a gather in the
 compact model), as a pre-activation block's BN-ReLU or a DenseNet layer does. The value's own
 group must then keep everything. Values that are zero where dropped (a unit's output) are not
@@ -137,11 +137,12 @@ def analyze(g: Graph, strip: int = 0) -> Analysis:
     live = U.live_values(g)
     units = U.find_units(g, live, strip)
     zero = U.zero_values(g, live, units)
-    # A live, non-zero value read by several equations: one slot per reader.
+    # A live, non-zero value read by several equations, or a junction of branches (a residual sum,
+    # a concatenation): one slot per reader.
     outputs = set(g.output_ids)
     split_uses = {}
     for vid, uses in g.uses.items():
-        if vid in live and vid not in zero and len(uses) + (vid in outputs) >= 2:
+        if vid in live and vid not in zero and (len(uses) + (vid in outputs) >= 2 or _junction(g, live, vid)):
             for e, j in uses:
                 split_uses[(e.index, j)] = ("use", e.index, j)
     fold = {e.index for e in g.eqns if not any(o in live for o in e.outs) and e.name not in RECOMPUTE}
@@ -165,6 +166,14 @@ def analyze(g: Graph, strip: int = 0) -> Analysis:
     _, labels = connected_components(graph, directed=False)
     groups = _groups(g, L, labels, units, zero, split_uses, strip)
     return Analysis(g, live, units, zero, split_uses, fold, L.slot_axes, labels, groups, strip)
+
+
+def _junction(g: Graph, live: set, vid) -> bool:
+    """A sum or concatenation of several live branches: the hand-written structures (and the SCP
+    paper) never prune such a stream, each reader selects its own channels of it."""
+    e = g.producer.get(vid)
+    return (e is not None and e.name in ("add", "add_any", "sub", "concatenate")
+            and sum(1 for a in e.ins if not isinstance(a, Lit) and a in live) >= 2)
 
 
 def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip) -> list:
