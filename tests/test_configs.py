@@ -166,3 +166,7 @@ def test_fields_are_overridable_from_the_command_line(tmp_path):
     assert dict(config.model_kwargs) == {"widths": (8, "M")} and config.num_classes == 10
     with pytest.raises(flags.IllegalFlagValueError):  # types stay stable: a str is refused for an int field
         parse("fashion_mnist.py", "--config.num_train_examples=many")
+
+
+def test_default_is_cifar10_resnet56_as_its_docstring_says():
+    assert default.get_config().to_dict() == cifar.get_config("cifar10_resnet56").to_dict()
