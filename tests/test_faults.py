@@ -20,10 +20,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import SyntheticData, tiny_config
-
 from soft_prune_jax import pipeline
 from soft_prune_jax.training import checkpoint as ckpt_lib
+
+from conftest import SyntheticData, tiny_config
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
@@ -54,9 +54,20 @@ def get_config():
 
 def _launch(config_path: str, workdir: str) -> subprocess.Popen:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, os.path.join(REPO, "launch", "train.py"), f"--config={config_path}",
-                             f"--workdir={workdir}", "--phases=train"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(REPO, "launch", "train.py"),
+            f"--config={config_path}",
+            f"--workdir={workdir}",
+            "--phases=train",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _entries(workdir: str) -> list[str]:
@@ -78,7 +89,9 @@ def _kill_when(proc: subprocess.Popen, condition, timeout: float = 240) -> None:
     """Polls ``condition()`` every millisecond and SIGKILLs ``proc`` the moment it holds."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the kill:\n{proc.stderr.read()[-3000:]}"
+        assert proc.poll() is None, (
+            f"the run ended (rc {proc.returncode}) before the kill:\n{proc.stderr.read()[-3000:]}"
+        )
         assert time.monotonic() < deadline, "timed out waiting for the moment to kill"
         time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
@@ -112,6 +125,7 @@ def _restore_newest(workdir: str) -> dict:
 
 def _assert_trees_equal(a, b):
     import jax
+
     paths_a = jax.tree_util.tree_leaves_with_path(a)
     paths_b = jax.tree_util.tree_leaves_with_path(b)
     assert [p for p, _ in paths_a] == [p for p, _ in paths_b]
@@ -150,8 +164,12 @@ def test_sigkill_during_save_and_during_training_then_resume_ends_as_uninterrupt
 
     def mid_epoch() -> bool:
         done = _complete(killed_dir)
-        return (not _temporaries(killed_dir) and bool(done) and done[-1] > resumed_from
-                and stderr.seen(f"train step {done[-1] + 1}/{TOTAL_STEPS}"))
+        return (
+            not _temporaries(killed_dir)
+            and bool(done)
+            and done[-1] > resumed_from
+            and stderr.seen(f"train step {done[-1] + 1}/{TOTAL_STEPS}")
+        )
 
     resumed_from = newest
     _kill_when(run, mid_epoch)
@@ -202,11 +220,17 @@ except Exception as e:
 def test_full_disk_is_a_clear_error_not_a_hang_and_keeps_the_last_checkpoint(tmp_path):
     workdir = str(tmp_path / "run")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD.replace("TESTS_DIR", repr(TESTS_DIR)), workdir],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)  # a hang fails here
+    proc = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_CHILD.replace("TESTS_DIR", repr(TESTS_DIR)), workdir],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # a hang fails here
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     assert result["error"] == "OSError", result
     assert "\n" not in result["message"] and workdir in result["message"]
     assert "disk full or" in result["message"]
@@ -214,11 +238,15 @@ def test_full_disk_is_a_clear_error_not_a_hang_and_keeps_the_last_checkpoint(tmp
     assert int(_restore_newest(workdir)["step"]) == 2
 
 
-@pytest.mark.parametrize("make_workdir", [
-    lambda tmp: os.path.join(_regular_file(tmp), "workdir"),  # a path below a regular file
-    lambda tmp: _regular_file(tmp),  # a regular file itself
-    lambda tmp: "/proc/soft_prune_jax_workdir",  # a file system that refuses new entries, even to root
-], ids=["below-a-file", "is-a-file", "proc"])
+@pytest.mark.parametrize(
+    "make_workdir",
+    [
+        lambda tmp: os.path.join(_regular_file(tmp), "workdir"),  # a path below a regular file
+        lambda tmp: _regular_file(tmp),  # a regular file itself
+        lambda tmp: "/proc/soft_prune_jax_workdir",  # a file system that refuses new entries, even to root
+    ],
+    ids=["below-a-file", "is-a-file", "proc"],
+)
 def test_unwritable_workdir_is_a_clear_error_before_any_work(tmp_path, make_workdir):
     workdir = make_workdir(tmp_path)
     before = _snapshot(tmp_path)
@@ -242,6 +270,7 @@ def _regular_file(tmp) -> str:
 def _snapshot(root) -> dict:
     """{path: (size, mtime_ns, content digest)} of every file under ``root``."""
     import hashlib
+
     out = {}
     for dirpath, _, files in os.walk(root):
         for name in files:

@@ -17,6 +17,7 @@ def _settings(settings: Mapping[str, Any]) -> str:
         if isinstance(value, Mapping):
             return "{" + ", ".join(f"{k} {show(v)}" for k, v in value.items()) + "}"
         return f"{value:g}" if isinstance(value, float) else str(value)
+
     return ", ".join(f"{k} {show(v)}" for k, v in settings.items())
 
 
@@ -35,23 +36,29 @@ def render(out: Mapping[str, Any], table: str, plot: Optional[str]) -> str:
                 lines.append(f"| test accuracy, {label} | {100 * ev[key]:.2f}%{top5} |")
         diff = ev["max_abs_logit_diff_before_finetune"]
         lines.append(f"| max abs logit difference, hard-masked vs compact | {diff:.3g} |")
-    lines += [f"| MACs per example | {s['dense_macs']:,} -> {s['compact_macs']:,} (-{s['macs_reduction_pct']:.2f}%) |",
-              f"| parameters | {s['dense_params']:,} -> {s['compact_params']:,} (-{s['params_reduction_pct']:.2f}%) |",
-              f"| channels of masked layers | {s['total_channels']:,} -> {s['kept_channels']:,} "
-              f"(-{s['channel_reduction_pct']:.2f}%) |"]
+    lines += [
+        f"| MACs per example | {s['dense_macs']:,} -> {s['compact_macs']:,} (-{s['macs_reduction_pct']:.2f}%) |",
+        f"| parameters | {s['dense_params']:,} -> {s['compact_params']:,} (-{s['params_reduction_pct']:.2f}%) |",
+        f"| channels of masked layers | {s['total_channels']:,} -> {s['kept_channels']:,} "
+        f"(-{s['channel_reduction_pct']:.2f}%) |",
+    ]
     for row in (out.get("benchmark") or {}).get("rows", []):
-        lines.append(f"| latency at batch {row['batch_size']} (median, {out['benchmark']['device']}) | "
-                     f"dense {row['dense']['median_ms']:.2f} ms, compact {row['compact']['median_ms']:.2f} ms, "
-                     f"speed-up {row['speedup']:.2f}x (MACs ratio {out['benchmark']['mac_ratio']:.2f}x) |")
+        lines.append(
+            f"| latency at batch {row['batch_size']} (median, {out['benchmark']['device']}) | "
+            f"dense {row['dense']['median_ms']:.2f} ms, compact {row['compact']['median_ms']:.2f} ms, "
+            f"speed-up {row['speedup']:.2f}x (MACs ratio {out['benchmark']['mac_ratio']:.2f}x) |"
+        )
     timings = out.get("timings") or {}
     if timings:
         lines.append("| wall time per phase (s) | " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + " |")
     landing = (out.get("prune") or {}).get("budget")
     if landing:  # config.target_macs_ratio: the budget, where training left the network, and the cut
-        lines.append(f"| MAC budget (of dense MACs) | target {100 * landing['target_macs_ratio']:.1f}%, trained "
-                     f"hard-masked {100 * landing['hard_masked_macs_ratio']:.1f}%, reached "
-                     f"{100 * landing['reached_macs_ratio']:.1f}% ({landing['removed_by_landing']} channels "
-                     f"removed by landing) |")
+        lines.append(
+            f"| MAC budget (of dense MACs) | target {100 * landing['target_macs_ratio']:.1f}%, trained "
+            f"hard-masked {100 * landing['hard_masked_macs_ratio']:.1f}%, reached "
+            f"{100 * landing['reached_macs_ratio']:.1f}% ({landing['removed_by_landing']} channels "
+            f"removed by landing) |"
+        )
     fallback = (out.get("prune") or {}).get("kept_by_fallback")
     if fallback:
         rule = method.get("keep_one_rule", "the lowest pruning probability pi")

@@ -36,14 +36,19 @@ def surgery_masks(config: Config, variables: Mapping[str, Any], macs_ratio: Macs
         return None
     mask = mask_config(config)
     layers = M.masked_layers(variables["params"])
-    hard = {name: np.asarray(M.hard_mask(p["pi"])) for name, p in M.layer_probabilities(variables["params"], mask).items()}
+    hard = {
+        name: np.asarray(M.hard_mask(p["pi"])) for name, p in M.layer_probabilities(variables["params"], mask).items()
+    }
     z = {name: np.asarray(M.deactivation_z(layer["scale"], layer["bias"], mask.eps)) for name, layer in layers.items()}
     return budget.land_on_budget(hard, z, macs_ratio, float(target))[0]
 
 
 def settings(config: Config) -> dict:
-    out = {"sparsity_lambda": float(config.sparsity_lambda), "sparsity_s": float(config.sparsity_s),
-           "mask": {k: float(v) for k, v in config.mask.items()}}
+    out = {
+        "sparsity_lambda": float(config.sparsity_lambda),
+        "sparsity_s": float(config.sparsity_s),
+        "mask": {k: float(v) for k, v in config.mask.items()},
+    }
     if config.get("cost_aware_penalty"):
         out["cost_aware_penalty"] = True
     if config.get("target_macs_ratio") is not None:  # lambda above is then only where the controller starts
@@ -52,5 +57,13 @@ def settings(config: Config) -> dict:
     return out
 
 
-METHOD = register(Method(name="scp", label="SCP", mask_config=mask_config, regulariser=regulariser,
-                         surgery_masks=surgery_masks, settings=settings))
+METHOD = register(
+    Method(
+        name="scp",
+        label="SCP",
+        mask_config=mask_config,
+        regulariser=regulariser,
+        surgery_masks=surgery_masks,
+        settings=settings,
+    )
+)

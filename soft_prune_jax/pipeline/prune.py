@@ -21,8 +21,13 @@ def prune_phase(config, workdir, *, dataset, devices=None) -> dict:
     plans = surgery.plan(model, variables, round_to=round_to, **choice)
     compact, compact_vars = surgery.prune(model, variables, round_to=round_to, **choice)
     # overwrite: rerunning the phase on its own recomputes the same compact model from the same checkpoint.
-    export.save_compact(os.path.join(workdir, COMPACT_DIR), compact, compact_vars, overwrite=True,
-                        extra={"source": "prune", "method": config.method, "round_to": round_to})
+    export.save_compact(
+        os.path.join(workdir, COMPACT_DIR),
+        compact,
+        compact_vars,
+        overwrite=True,
+        extra={"source": "prune", "method": config.method, "round_to": round_to},
+    )
     summary = {
         "kept_channels": {name: len(p.kept) for name, p in plans.items()},
         "total_channels": {name: p.total for name, p in plans.items()},

@@ -69,8 +69,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
 
 
-def fit(config, workdir: str, phase: Phase, *, dataset=None, devices: Optional[Sequence[jax.Device]] = None,
-        macs_fn: Optional[Callable[[Any], dict]] = None) -> FitResult:
+def fit(
+    config,
+    workdir: str,
+    phase: Phase,
+    *,
+    dataset=None,
+    devices: Optional[Sequence[jax.Device]] = None,
+    macs_fn: Optional[Callable[[Any], dict]] = None,
+) -> FitResult:
     """Trains ``phase.model`` for ``phase.num_epochs``, resuming from WORKDIR/checkpoints/<phase>.
 
     dataset: a module-like object with ``get_dataset_info``, ``train_iterator`` and ``eval_iterator``
@@ -95,31 +102,46 @@ def fit(config, workdir: str, phase: Phase, *, dataset=None, devices: Optional[S
         if phase.init_transform is not None:
             variables = phase.init_transform(variables)
     tx = S.create_optimizer(config, lr_fn, variables["params"])
-    checkpointer = ckpt_lib.TrainCheckpointer(ckpt_lib.checkpoint_dir(workdir, phase.name),
-                                              max_to_keep=config.keep_checkpoints)
+    checkpointer = ckpt_lib.TrainCheckpointer(
+        ckpt_lib.checkpoint_dir(workdir, phase.name), max_to_keep=config.keep_checkpoints
+    )
     budget = phase.budget.bind(total_steps) if phase.budget is not None else None
     controller = budget.init_state() if budget is not None else None
     host_state = checkpointer.restore_or(S.create_train_state(gumbel_key, variables, tx, controller))
     start_step = int(host_state.step)
     if start_step:
-        logging.info("%s: resuming from step %d of %d (%s)", phase.name, start_step, total_steps,
-                     checkpointer.directory)
+        logging.info(
+            "%s: resuming from step %d of %d (%s)", phase.name, start_step, total_steps, checkpointer.directory
+        )
 
     model = phase.model.clone(axis_name=AXIS)
-    p_train = parallel.map(functools.partial(train_step, model=model, tx=tx, learning_rate_fn=lr_fn,
-                                             regulariser=phase.regulariser, budget=budget), donate_first=True)
+    p_train = parallel.map(
+        functools.partial(
+            train_step, model=model, tx=tx, learning_rate_fn=lr_fn, regulariser=phase.regulariser, budget=budget
+        ),
+        donate_first=True,
+    )
     p_eval = parallel.map(functools.partial(eval_step, model=model))
     state = parallel.replicate(host_state)
-    progress = Progress(phase.name, phase.mask, parallel, total_steps, start_step, checkpointer, macs_fn,
-                        Summaries(os.path.join(workdir, "tensorboard", phase.name)))
+    progress = Progress(
+        phase.name,
+        phase.mask,
+        parallel,
+        total_steps,
+        start_step,
+        checkpointer,
+        macs_fn,
+        Summaries(os.path.join(workdir, "tensorboard", phase.name)),
+    )
     log_every = max(1, int(config.log_every_steps))
     validation = None
 
     try:
         for epoch in range(start_step // spe, phase.num_epochs):
             first = max(start_step, epoch * spe)
-            batches = dataset.train_iterator(config, local_devices=parallel.num_local_devices,
-                                             seed=epoch_seed(config.seed, epoch))
+            batches = dataset.train_iterator(
+                config, local_devices=parallel.num_local_devices, seed=epoch_seed(config.seed, epoch)
+            )
             batches = itertools.islice(batches, first - epoch * spe, None)  # mid-epoch resume
             for step in range(first, (epoch + 1) * spe):
                 state, metrics = p_train(state, parallel.shard_batch(next(batches)))
@@ -128,11 +150,19 @@ def fit(config, workdir: str, phase: Phase, *, dataset=None, devices: Optional[S
                     progress.flush(step + 1, state, log=True)
             progress.flush((epoch + 1) * spe, state, log=False)  # every loss of the epoch is finite before saving
             if int(config.get("validation_examples") or 0) > 0:
-                validation = evaluate(parallel, p_eval, {"params": state.params, "batch_stats": state.batch_stats},
-                                      dataset.eval_iterator(config, local_devices=parallel.num_local_devices,
-                                                            split="validation"))
-                logging.info("%s epoch %d: validation accuracy %.4f, loss %.4f", phase.name, epoch + 1,
-                             validation["accuracy"], validation["loss"])
+                validation = evaluate(
+                    parallel,
+                    p_eval,
+                    {"params": state.params, "batch_stats": state.batch_stats},
+                    dataset.eval_iterator(config, local_devices=parallel.num_local_devices, split="validation"),
+                )
+                logging.info(
+                    "%s epoch %d: validation accuracy %.4f, loss %.4f",
+                    phase.name,
+                    epoch + 1,
+                    validation["accuracy"],
+                    validation["loss"],
+                )
                 progress.summaries.scalars((epoch + 1) * spe, {f"validation/{k}": v for k, v in validation.items()})
             if (epoch + 1) % int(config.checkpoint_every_epochs) == 0 or epoch + 1 == phase.num_epochs:
                 checkpointer.save((epoch + 1) * spe, parallel.unreplicate(state))
@@ -142,5 +172,6 @@ def fit(config, workdir: str, phase: Phase, *, dataset=None, devices: Optional[S
     finally:
         progress.summaries.close()
         checkpointer.close()
-    return FitResult(state=parallel.unreplicate(state), steps=total_steps, train_metrics=progress.last_mean,
-                     validation=validation)
+    return FitResult(
+        state=parallel.unreplicate(state), steps=total_steps, train_metrics=progress.last_mean, validation=validation
+    )

@@ -33,15 +33,19 @@ def mean_metrics(window: list[dict]) -> dict:
 
 
 def format_progress(name, step, total, rate, metrics, channels, macs) -> str:
-    line = (f"{name} step {step}/{total} | {rate:.2f} steps/s | loss {metrics['loss']:.4f} "
-            f"(ce {metrics['cross_entropy']:.4f}) | acc {metrics['accuracy']:.4f} | lr {metrics['learning_rate']:.4g}")
+    line = (
+        f"{name} step {step}/{total} | {rate:.2f} steps/s | loss {metrics['loss']:.4f} "
+        f"(ce {metrics['cross_entropy']:.4f}) | acc {metrics['accuracy']:.4f} | lr {metrics['learning_rate']:.4g}"
+    )
     if channels is not None:
         line += f" | kept channels {channels['kept']}/{channels['total']} ({100 * channels['ratio']:.1f}%)"
     if macs is not None:
         line += f" | MACs {macs['macs'] / 1e6:.2f}M ({100 * macs['ratio']:.1f}% of dense)"
     if "lambda" in metrics:  # a MAC budget or the cost-aware penalty (training/budget.py)
-        line += (f" | lambda {metrics['lambda']:.3g} | MACs expected {100 * metrics['macs_expected_ratio']:.1f}%"
-                 f" hard-masked {100 * metrics['macs_hard_ratio']:.1f}%")
+        line += (
+            f" | lambda {metrics['lambda']:.3g} | MACs expected {100 * metrics['macs_expected_ratio']:.1f}%"
+            f" hard-masked {100 * metrics['macs_hard_ratio']:.1f}%"
+        )
         if "macs_target_ratio" in metrics:
             line += f" (target now {100 * metrics['macs_target_ratio']:.1f}%)"
     return line
@@ -54,9 +58,17 @@ class Progress:
     {'macs', 'ratio'} for the log line, or None.
     """
 
-    def __init__(self, name: str, mask: Optional[M.MaskConfig], parallel: Parallel, total_steps: int,
-                 start_step: int, checkpointer: TrainCheckpointer, macs_fn: Optional[Callable[[Any], dict]],
-                 summaries: Summaries):
+    def __init__(
+        self,
+        name: str,
+        mask: Optional[M.MaskConfig],
+        parallel: Parallel,
+        total_steps: int,
+        start_step: int,
+        checkpointer: TrainCheckpointer,
+        macs_fn: Optional[Callable[[Any], dict]],
+        summaries: Summaries,
+    ):
         self.name, self.mask, self.parallel, self.total_steps = name, mask, parallel, total_steps
         self.checkpointer, self.macs_fn, self.summaries = checkpointer, macs_fn, summaries
         self.pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet checked
@@ -72,7 +84,8 @@ class Progress:
                 self.checkpointer.wait_until_finished()
                 raise FloatingPointError(
                     f"non-finite loss {float(metrics['loss'])} at step {s} of phase {self.name!r}; "
-                    f"the last good checkpoint (step {self.last_saved}) in {self.checkpointer.directory} is kept")
+                    f"the last good checkpoint (step {self.last_saved}) in {self.checkpointer.directory} is kept"
+                )
             self.window.append({k: float(v) for k, v in metrics.items()})
         self.pending.clear()
         if log and self.window:

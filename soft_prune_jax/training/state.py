@@ -40,24 +40,33 @@ def init_variables(model: nn.Module, key, input_shape: Sequence[int]) -> dict:
     return _jitted_init(model)({"params": key}, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
 
 
-def create_train_state(rng, variables: Mapping[str, Any], tx: optax.GradientTransformation,
-                       controller: Any = None) -> TrainState:
+def create_train_state(
+    rng, variables: Mapping[str, Any], tx: optax.GradientTransformation, controller: Any = None
+) -> TrainState:
     params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=rng,
-                      controller=controller)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=rng,
+        controller=controller,
+    )
 
 
 def steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
     steps = num_train_examples // batch_size
     if steps < 1:
-        raise ValueError(f"batch_size={batch_size} is larger than the {num_train_examples} training examples: "
-                         "expected batch_size <= num_train_examples")
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {num_train_examples} training examples: "
+            "expected batch_size <= num_train_examples"
+        )
     return steps
 
 
-def create_learning_rate_fn(base_learning_rate: float, boundaries_epochs: Iterable[float], decay: float,
-                            steps_per_epoch: int) -> optax.Schedule:
+def create_learning_rate_fn(
+    base_learning_rate: float, boundaries_epochs: Iterable[float], decay: float, steps_per_epoch: int
+) -> optax.Schedule:
     """Piecewise constant in steps: multiply by ``decay`` at each epoch boundary."""
     boundaries = {int(round(e * steps_per_epoch)): float(decay) for e in boundaries_epochs}
     return optax.piecewise_constant_schedule(float(base_learning_rate), boundaries)
@@ -65,8 +74,10 @@ def create_learning_rate_fn(base_learning_rate: float, boundaries_epochs: Iterab
 
 def weight_decay_mask(params) -> Any:
     """True on conv/dense kernels and BN scales, False on every bias (METHOD.md section 2)."""
+
     def decays(path, _):
         return getattr(path[-1], "key", None) in ("kernel", "scale")
+
     return jax.tree_util.tree_map_with_path(decays, params)
 
 

@@ -28,9 +28,17 @@ def cross_entropy_loss(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.GradientTransformation,
-               learning_rate_fn: optax.Schedule, regulariser: Callable, axis_name: Optional[str] = AXIS,
-               budget: Optional[Budget] = None):
+def train_step(
+    state: TrainState,
+    batch,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    learning_rate_fn: optax.Schedule,
+    regulariser: Callable,
+    axis_name: Optional[str] = AXIS,
+    budget: Optional[Budget] = None,
+):
     """One SGD step on this device's shard of the global batch (``model`` built with ``axis_name``).
 
     budget: replaces ``regulariser`` by lambda_t * penalty and updates the controller in the state
@@ -41,8 +49,12 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
 
     def loss_fn(params):
         logits, new_model_state = model.apply(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-            rngs={GUMBEL_RNG: gumbel_key}, mutable=["batch_stats"])
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["image"],
+            train=True,
+            rngs={GUMBEL_RNG: gumbel_key},
+            mutable=["batch_stats"],
+        )
         ce = jnp.mean(cross_entropy_loss(logits, batch["label"]))
         reg = regulariser(params) if budget is None else budget.regulariser(params, state.controller)
         return ce + reg, (logits, new_model_state, ce, reg)
@@ -52,7 +64,9 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
         grads = lax.pmean(grads, axis_name)
     updates, new_opt_state = tx.update(grads, state.opt_state, params)
     metrics = {
-        "loss": loss, "cross_entropy": ce, "regulariser": reg,
+        "loss": loss,
+        "cross_entropy": ce,
+        "regulariser": reg,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
     }
     if axis_name is not None:
@@ -63,8 +77,13 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
     if budget is not None:  # from replicated params: the same update on every replica
         controller, budget_metrics = budget.update(controller, new_params, state.step)
         metrics |= budget_metrics
-    new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_model_state["batch_stats"],
-                              opt_state=new_opt_state, controller=controller)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=new_params,
+        batch_stats=new_model_state["batch_stats"],
+        opt_state=new_opt_state,
+        controller=controller,
+    )
     return new_state, metrics
 
 
