@@ -192,6 +192,14 @@ def test_dense_baseline_has_no_mask_effect():
     np.testing.assert_allclose(y, [2.0, 5.5], rtol=1e-4)
 
 
+def test_keep_at_least_one_breaks_saturated_pi_ties_on_z():
+    # q rounds to 1 for all three: pi ties at sigmoid(k delta); bias -8 has the lowest z.
+    x = jnp.full((1, 1, 1, 3), 20.0)
+    unit = MaskedBNReLU(M.MaskConfig(), keep_at_least_one=True)
+    y = unit.apply(with_bn(init_unit(unit, x), jnp.ones(3), [-10.0, -8.0, -12.0]), x)
+    np.testing.assert_allclose(y[0, 0, 0], [0.0, 12.0, 0.0], rtol=1e-4)
+
+
 def test_keep_at_least_one_keeps_the_lowest_pi_channel():
     x = jnp.full((1, 1, 1, 3), 6.0)
     bias = [-3.0, -2.5, -4.0]  # all pruned; -2.5 has the lowest q

@@ -124,6 +124,34 @@ def test_hard_mask_keep_one_keeps_lowest_pi_only_when_all_would_go():
     np.testing.assert_array_equal(M.hard_mask_keep_one(some_kept), [0, 1, 0, 1])
 
 
+def saturated_layer():
+    """Three dead channels whose q rounds to 1 in float32: pi ties at sigmoid(k delta), z does not."""
+    scale, bias = jnp.ones(3), jnp.array([-10.0, -8.0, -12.0])
+    pi = M.prune_probability(M.deactivation_probability(scale, bias))
+    return pi, M.deactivation_z(scale, bias)
+
+
+def test_saturated_channels_tie_on_pi_but_not_on_z():
+    pi, z = saturated_layer()
+    assert np.all(np.asarray(pi) == np.asarray(pi)[0])  # argmin pi would pick index 0
+    np.testing.assert_allclose(z, [10.05, 8.05, 12.05], rtol=1e-6)
+
+
+def test_hard_mask_keep_one_breaks_pi_ties_on_z():
+    pi, z = saturated_layer()
+    np.testing.assert_array_equal(M.hard_mask_keep_one(pi, z), [0, 1, 0])  # bias -8 is the least dead
+    np.testing.assert_array_equal(M.hard_mask_keep_one(pi), [1, 0, 0])  # without z: the first index
+
+
+def test_z_orders_like_q_and_is_finite_at_zero_scale():
+    scale = jnp.array([1.0, 0.5, 2.0, 0.0, 0.0])
+    bias = jnp.array([0.3, -0.2, 0.1, 1.0, -1.0])
+    z = np.asarray(M.deactivation_z(scale, bias))
+    q = np.asarray(M.deactivation_probability(scale, bias))
+    assert np.all(np.argsort(z[:3]) == np.argsort(q[:3]))
+    assert not np.any(np.isnan(z)) and z[3] < 0 < z[4]
+
+
 # ----------------------------------------------------------------------------------------------
 # soft mask (binary Gumbel-Softmax)
 # ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from soft_prune_jax.method import masks as M
 from soft_prune_jax.compact import structure, surgery
+from soft_prune_jax.compact.fold import fold_batchnorm
 
 PROPERTY = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -102,17 +103,136 @@ def test_round_to_aligns_every_nonempty_width(round_to):
             assert k == 0  # an empty layer stays empty (its block is removed)
 
 
-def test_round_to_adds_the_lowest_pi_channels():
+def test_round_to_adds_the_lowest_z_channels():
     model, variables, x = tiny("fmnist_cnn")
     variables = surgery.randomize_bn(variables, 1, 0.7)
     plain, rounded = surgery.plan(model, variables), surgery.plan(model, variables, round_to=4)
     for unit, layer in M.masked_layers(variables["params"]).items():
         added = sorted(set(rounded[unit].kept) - set(plain[unit].kept))
         rest = sorted(set(range(rounded[unit].total)) - set(rounded[unit].kept))
-        q = M.deactivation_probability(layer["scale"], layer["bias"])
-        pi = np.asarray(M.prune_probability(q))
+        z = np.asarray(M.deactivation_z(layer["scale"], layer["bias"]))
         if added and rest:
-            assert max(pi[added]) <= min(pi[rest])
+            assert max(z[added]) <= min(z[rest])
+
+
+def saturated(name, seed=0):
+    """A tiny model whose every masked channel is dead with q = 1 in float32 (pi ties), z all distinct."""
+    model, variables, x = tiny(name)
+    variables = surgery.randomize_bn(variables, seed, 1.0)
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(np.asarray, variables["params"])
+    for unit in M.masked_layers(params):
+        node = params
+        for part in unit.split("/"):
+            node = node[part]
+        node["scale"] = np.ones_like(node["scale"])
+        node["bias"] = -8.0 - rng.permutation(node["bias"].size).astype(np.float32)  # z = 8.05, 9.05, ...
+    return model, {**variables, "params": params}, x
+
+
+def test_keep_one_fallback_breaks_saturated_pi_ties_on_z():
+    model, variables, x = saturated("vgg16")
+    layers = M.masked_layers(variables["params"])
+    for unit, p in surgery.plan(model, variables).items():
+        pi = np.asarray(M.prune_probability(M.deactivation_probability(layers[unit]["scale"], layers[unit]["bias"])))
+        assert np.all(pi == pi[0])  # argmin pi would keep channel 0
+        assert p.kept_by_fallback and list(p.kept) == [int(np.argmax(layers[unit]["bias"]))]
+    compact, compact_vars = surgery.prune(model, variables)  # the model's own keep-one rule agrees
+    assert_close(evaluate(compact, compact_vars, x), evaluate(model, variables, x))
+
+
+def test_round_to_padding_breaks_saturated_pi_ties_on_z():
+    model, variables, x = saturated("vgg16", seed=3)
+    layers = M.masked_layers(variables["params"])
+    for unit, p in surgery.plan(model, variables, round_to=4).items():
+        z = np.asarray(M.deactivation_z(layers[unit]["scale"], layers[unit]["bias"]))
+        assert sorted(p.kept) == sorted(np.argsort(z)[: min(4, p.total)])
+
+
+def test_scores_replace_the_ranking():
+    model, variables, x = saturated("vgg16", seed=4)
+    names = list(surgery.plan(model, variables))
+    scores = {unit: np.arange(p.total, dtype=np.float32) for unit, p in surgery.plan(model, variables).items()}
+    for unit, p in surgery.plan(model, variables, round_to=2, scores=scores).items():
+        assert list(p.kept) == [p.total - 2, p.total - 1]  # the highest scores, whatever z says
+    default = surgery.plan(model, variables, round_to=2, scores=surgery.default_scores(model, variables))
+    assert {u: list(p.kept) for u, p in default.items()} == {
+        u: list(p.kept) for u, p in surgery.plan(model, variables, round_to=2).items()}
+    with pytest.raises(surgery.SurgeryError, match="missing"):
+        surgery.plan(model, variables, scores={names[0]: scores[names[0]]})
+    with pytest.raises(surgery.SurgeryError, match="shape"):
+        surgery.plan(model, variables, scores={**scores, names[0]: np.ones(1)})
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixed empty cases that random masks reach only by chance: each compact model equals the model
+# hard-masked the same way (and, where a folded conv then reads nothing, so does its BN-folded export).
+# ----------------------------------------------------------------------------------------------
+
+def cut_with_empty(name, empty, seed=0, fold=False):
+    """Prunes tiny ``name`` with every channel kept except the units in ``empty`` (all dropped)."""
+    model, variables, x = tiny(name)
+    variables = surgery.randomize_bn(variables, seed, 0.0)
+    masks = surgery.model_hard_masks(model, variables["params"])
+    assert set(empty) <= set(masks)
+    masks = {k: (np.zeros_like(v) if k in empty else v) for k, v in masks.items()}
+    compact, compact_vars = surgery.prune(model, variables, masks=masks)
+    out = evaluate(compact, compact_vars, x)
+    used = surgery.masks_of(surgery.plan(model, variables, masks=masks))  # chains keep one channel
+    assert_close(out, evaluate(model, variables, x, used))
+    if fold:
+        folded, folded_vars = fold_batchnorm(compact, compact_vars)
+        assert_close(evaluate(folded, folded_vars, x), out)
+    return compact, compact_vars["params"]
+
+
+def test_basic_block_with_empty_mask1_and_kept_mask2_stays():
+    compact, params = cut_with_empty("resnet56", {"block1/masked_bn1"})
+    assert compact.block_reads[1] == () and compact.block_widths[1] == (8,)
+    assert "conv1" not in params["block1"] and "conv2" in params["block1"]  # BN2's bias still flows
+
+
+def test_basic_first_block_with_an_identity_shortcut_reduces_to_its_bn_relu():
+    compact, params = cut_with_empty("resnet56", {"block0/masked_bn2"})
+    assert set(params["block0"]) == {"bn1"}  # the shortcut adds the shared BN-ReLU's output
+
+
+@pytest.mark.parametrize("block", [0, 1])  # block0 is a first block (shared BN-ReLU + projection)
+def test_bottleneck_with_empty_mask2_and_kept_mask3_stays(block):
+    compact, params = cut_with_empty("resnet164", {f"block{block}/masked_bn2"}, fold=True)
+    assert compact.block_widths[block] == (0, 4)
+    assert "conv1" not in params[f"block{block}"] and "conv3" in params[f"block{block}"]
+
+
+def test_densenet_with_an_empty_transition_and_an_empty_layer():
+    model = tiny("densenet40")[0]
+    transition, layer = model.layers_per_block, 0  # unit 2 is the transition of the tiny model
+    compact, params = cut_with_empty("densenet40", {f"masked_bn{transition}", f"masked_bn{layer}"})
+    assert compact.reads[transition] == () and compact.reads[layer] == ()
+    assert f"conv{transition}" not in params and f"conv{layer}" not in params
+
+
+@pytest.mark.parametrize("unit,reads_nothing,present", [("masked_bn1", "conv2", "conv3"), ("masked_bn2", "conv3", "bn3")])
+def test_imagenet_bottleneck_with_an_empty_inner_layer(unit, reads_nothing, present):
+    # post-activation: the conv after the empty layer reads nothing, but the BN after it still adds
+    # its bias, so the branch is a constant, not zero, and stays
+    compact, params = cut_with_empty("resnet50", {f"block1/{unit}"}, fold=True)
+    assert 0 in compact.block_widths[1]
+    assert reads_nothing not in params["block1"] and present in params["block1"]
+
+
+@pytest.mark.parametrize("name,unit", [("resnet56", "masked_bn_final"), ("resnet164", "masked_bn_final"),
+                                       ("densenet40", "masked_bn5")])
+def test_empty_final_unit_leaves_the_head_bias(name, unit):
+    compact, params = cut_with_empty(name, {unit})
+    assert params["head"]["kernel"].shape[0] == 0
+
+
+def test_masked_imagenet_stem_keeps_its_best_channel():
+    model, variables, x = tiny("resnet50")
+    assert "masked_bn_stem" in surgery.model_hard_masks(model, variables["params"])
+    compact, params = cut_with_empty("resnet50", {"masked_bn_stem"})  # the plan keeps one channel
+    assert compact.stem_width == 1 and params["block0"]["proj"]["kernel"].shape[2] == 1
 
 
 def test_prune_rejects_bad_input():
