@@ -17,8 +17,12 @@ import logging as py_logging
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from soft_prune_jax import pipeline
+from soft_prune_jax.training import checkpoint, config_validation, distributed
 
 # The config files import each other as the package ``configs`` (e.g. ``from configs import default``),
 # which lives in this checkout's root, not in the installed package.
@@ -48,10 +52,6 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    import jax
-
-    from soft_prune_jax.training import distributed
-
     config = FLAGS.config
     try:  # joins the multi-host runtime only when the config or environment asks
         distributed.initialize(config)
@@ -64,9 +64,6 @@ def main(argv):
     except ImportError:
         pass
     logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(), jax.local_devices())
-
-    from soft_prune_jax import pipeline
-    from soft_prune_jax.training import checkpoint, config_validation
 
     try:  # a bad config or a foreign workdir is one line, before any compute
         phases = pipeline.parse_phases(FLAGS.phases)
