@@ -300,3 +300,17 @@ def masked_reference(compact, dense_variables, *inputs, **kwargs):
     outs = I.run(analysis, leaves, inputs, masks=I.unit_masks(analysis, program.alive), formulation=None)
     tree = analysis.graph.out_tree
     return jax.tree_util.tree_unflatten(tree, outs) if tree is not None else outs
+
+
+def prune_traced(trace_fn, variables, inputs, *, keep: Optional[Mapping[str, Any]] = None, round_to: int = 1,
+                 mask_config: Optional[M.MaskConfig] = None, strip: int = 1, call_kwargs: Optional[Mapping] = None):
+    """``prune_model`` for a model given as ``trace_fn(variables, inputs, kwargs) -> ir.Graph`` over a plain
+    variables pytree (a user model behind ``models.user.UserModel``, linen or NNX alike).
+
+    Returns ``(compact, compact_variables)``; ``compact.apply(compact_variables, *inputs, **call_kwargs)``
+    and ``compact.program.plans`` (GroupPlan per group) as for a linen model.
+    """
+    program, treedef, sliced = _build(trace_fn, variables, list(inputs), dict(call_kwargs or {}), strip, keep,
+                                      round_to, mask_config or M.MaskConfig())
+    compact_vars = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in sliced])
+    return CompactLinen(program, treedef, dict(call_kwargs or {})), compact_vars
