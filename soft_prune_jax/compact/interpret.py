@@ -88,8 +88,9 @@ def _params(e, ins, expected, full_in_shape):
     elif name == "broadcast_in_dim":
         p["shape"] = expected[0]
     elif name == "conv_general_dilated" and p["feature_group_count"] > 1:
-        lhs_feature = p["dimension_numbers"].lhs_spec[1]
-        p["feature_group_count"] = int(ins[0].shape[lhs_feature])
+        dn = p["dimension_numbers"]
+        if np.shape(ins[1])[dn.rhs_spec[1]] == 1:  # depthwise: one group per (kept) input channel
+            p["feature_group_count"] = int(np.shape(ins[0])[dn.lhs_spec[1]])
     elif name == "split":
         p["sizes"] = tuple(s[p["axis"]] for s in expected)
     elif name == "slice":

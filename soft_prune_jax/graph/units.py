@@ -188,6 +188,32 @@ def gamma_beta(unit: Unit, value: Callable[[object], np.ndarray]) -> tuple[np.nd
     return (np.broadcast_to(gamma, (n,)).astype(np.float32), np.broadcast_to(beta, (n,)).astype(np.float32))
 
 
+def _constant_scalar(g: Graph, a) -> Optional[float]:
+    if isinstance(a, Lit):
+        v = np.asarray(a.value)
+    elif a in g.consts:
+        v = np.asarray(g.consts[a])
+    else:
+        e = g.producer.get(a)
+        if e is not None and e.name in ("broadcast_in_dim", "convert_element_type", "reshape") and len(e.ins) == 1:
+            return _constant_scalar(g, e.ins[0])
+        return None
+    return float(v.reshape(-1)[0]) if v.size >= 1 and np.all(v == v.reshape(-1)[0]) else None
+
+
+def _keeps_zero(g: Graph, e, act) -> bool:
+    """max(x, c <= 0), min(x, c >= 0) and clamp(lo <= 0, x, hi >= 0) map an exact 0 to 0."""
+    others = [a for a in e.ins if a is not act]
+    values = [_constant_scalar(g, a) for a in others]
+    if any(v is None for v in values):
+        return False
+    if e.name == "max":
+        return all(v <= 0 for v in values)
+    if e.name == "min":
+        return all(v >= 0 for v in values)
+    return e.ins[1] is act and values[0] <= 0 <= values[1]
+
+
 def zero_values(g: Graph, live: set, units: list[Unit]) -> set:
     """Values that are exactly 0 on every channel their group drops (see the module docstring)."""
     zero = set()
@@ -207,6 +233,8 @@ def zero_values(g: Graph, live: set, units: list[Unit]) -> set:
             ok = any(a in zero for a in acts)
         elif name in rules.ZERO_IF_FIRST:
             ok = not isinstance(e.ins[0], Lit) and e.ins[0] in zero
+        elif name in ("max", "min", "clamp") and len(acts) == 1 and acts[0] in zero and _keeps_zero(g, e, acts[0]):
+            ok = True  # ReLU6 and friends: min(x, 6), max(x, -1), clamp(0, x, 6) keep an exact 0
         elif name in rules.ZERO_IF_ALL:
             cases = e.ins[1:] if name == "select_n" else e.ins
             ok = bool(acts) and all((not isinstance(a, Lit) and a in zero) or is_zero_constant(g, a) for a in cases)
