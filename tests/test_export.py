@@ -39,11 +39,14 @@ def test_roundtrip_same_model_and_outputs(compact, saved):
     assert export.read_spec(saved)["extra"] == {"macs": 123}
 
 
-@pytest.mark.parametrize("name, kwargs, shape", [
-    ("densenet40", dict(num_blocks=2, layers_per_block=2, growth_rate=4, stem_width=6), (1, 8, 8, 3)),
-    ("fmnist_cnn", dict(widths=(8, "M", 12)), (1, 12, 12, 1)),
-    ("resnet50", dict(stage_sizes=(1, 1, 1, 1), stage_widths=(4, 8, 8, 8)), (1, 32, 32, 3)),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, shape",
+    [
+        ("densenet40", dict(num_blocks=2, layers_per_block=2, growth_rate=4, stem_width=6), (1, 8, 8, 3)),
+        ("fmnist_cnn", dict(widths=(8, "M", 12)), (1, 12, 12, 1)),
+        ("resnet50", dict(stage_sizes=(1, 1, 1, 1), stage_widths=(4, 8, 8, 8)), (1, 32, 32, 3)),
+    ],
+)
 def test_roundtrip_other_architectures(name, kwargs, shape, tmp_path):
     model = get_model(name, 5, **kwargs)
     x = np.random.RandomState(1).randn(*shape).astype(np.float32)
@@ -102,8 +105,11 @@ def test_other_architecture_and_mismatched_widths(saved):
 
 
 def _data_files(directory):
-    files = [f for f in glob.glob(os.path.join(directory, export.ARRAYS_DIR, "**", "d", "*"), recursive=True)
-             if os.path.isfile(f)]
+    files = [
+        f
+        for f in glob.glob(os.path.join(directory, export.ARRAYS_DIR, "**", "d", "*"), recursive=True)
+        if os.path.isfile(f)
+    ]
     assert files, "the orbax checkpoint layout changed: no data files found"
     return sorted(files, key=os.path.getsize)
 
@@ -127,6 +133,7 @@ def test_flipped_bytes_are_refused(saved):
 
 def test_deleted_arrays_are_refused(saved):
     import shutil
+
     shutil.rmtree(os.path.join(saved, export.ARRAYS_DIR))
     with pytest.raises(export.ExportError, match="cannot be read"):
         export.load_compact(saved)

@@ -27,8 +27,10 @@ def test_tiny_vgg_by_hand():
     conv0 = 8 * 8 * 3 * 3 * 3 * 4  # H_out W_out kh kw C_in C_out
     conv1 = 4 * 4 * 3 * 3 * 4 * 6  # after the 2x2 max-pool
     head = 6 * 10
-    assert [(r.path, r.kind, r.in_channels, r.out_channels, r.kernel_size, r.output_spatial, r.macs, r.params)
-            for r in count.layers] == [
+    assert [
+        (r.path, r.kind, r.in_channels, r.out_channels, r.kernel_size, r.output_spatial, r.macs, r.params)
+        for r in count.layers
+    ] == [
         ("conv0", "conv", 3, 4, (3, 3), (8, 8), conv0, 3 * 3 * 3 * 4),
         ("conv1", "conv", 4, 6, (3, 3), (4, 4), conv1, 3 * 3 * 4 * 6),
         ("head", "dense", 6, 10, (), (), head, 6 * 10 + 10),
@@ -95,9 +97,14 @@ def test_batch_shape_is_per_example_and_variables_may_be_omitted():
     assert flops.count(model, None, (16, 8, 8, 3)) == with_vars
 
 
-@pytest.mark.parametrize("name,num_classes,shape,expected_macs", [
-    ("resnet56", 10, (32, 32, 3), 125e6), ("resnet50", 1000, (224, 224, 3), 4.1e9), ("vgg16", 10, (32, 32, 3), 313e6),
-])
+@pytest.mark.parametrize(
+    "name,num_classes,shape,expected_macs",
+    [
+        ("resnet56", 10, (32, 32, 3), 125e6),
+        ("resnet50", 1000, (224, 224, 3), 4.1e9),
+        ("vgg16", 10, (32, 32, 3), 313e6),
+    ],
+)
 def test_full_size_macs(name, num_classes, shape, expected_macs):
     model = get_model(name, num_classes)
     count = flops.count(model, None, shape)
@@ -158,8 +165,7 @@ def test_close_to_xla_cost_analysis_with_same_padding():
     x = jax.ShapeDtypeStruct((batch, 16, 16, 3), jnp.float32)
     count = flops.count(model, None, (16, 16, 3))
     in_bounds_taps = {16: (3 * 16 - 2) ** 2, 8: (3 * 8 - 2) ** 2}  # sum over outputs of in-image 3x3 taps
-    in_bounds_macs = (in_bounds_taps[16] * 3 * 8 + in_bounds_taps[8] * 8 * 16 + in_bounds_taps[8] * 16 * 16
-                      + 16 * 10)
+    in_bounds_macs = in_bounds_taps[16] * 3 * 8 + in_bounds_taps[8] * 8 * 16 + in_bounds_taps[8] * 16 * 16 + 16 * 10
     xla = xla_flops(model, shapes_of(model, (16, 16, 3), batch), x)
     assert 2 * batch * in_bounds_macs <= xla <= batch * count.flops
     assert xla == pytest.approx(batch * count.flops, rel=0.15)
@@ -192,6 +198,7 @@ def test_params_tree_instead_of_variables_is_rejected():
 # ----------------------------------------------------------------------------------------------
 # reduction
 # ----------------------------------------------------------------------------------------------
+
 
 def test_reduction_of_a_hand_made_compact_vgg():
     shape = (8, 8, 3)

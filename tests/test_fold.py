@@ -2,10 +2,11 @@
 
 import jax
 import pytest
-from conftest import TINY, assert_close, evaluate, tiny
 
 from soft_prune_jax.compact import export, surgery
 from soft_prune_jax.compact.fold import fold_batchnorm
+
+from conftest import TINY, assert_close, evaluate, tiny
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -11,9 +11,9 @@ import pytest
 from flax.errors import InvalidRngError
 
 from soft_prune_jax.method import masks as M
-from soft_prune_jax.models.layers import conv
 from soft_prune_jax.method.units import GUMBEL_RNG, MaskedBNReLU
 from soft_prune_jax.models import get_model
+from soft_prune_jax.models.layers import conv
 
 TINY_VGG = (4, "M", 8)
 
@@ -58,8 +58,9 @@ def test_gradient_reaches_scale_through_the_soft_mask_alone():
     variables = with_bn(init_unit(unit, x), [0.02, 0.03, -0.02], [0.01, 0.02, 0.01])  # pi ~ 0.3..0.7
 
     def loss(params, key):
-        y, _ = unit.apply({**variables, "params": params}, x, train=True, rngs={GUMBEL_RNG: key},
-                          mutable=["batch_stats"])
+        y, _ = unit.apply(
+            {**variables, "params": params}, x, train=True, rngs={GUMBEL_RNG: key}, mutable=["batch_stats"]
+        )
         return jnp.sum(y)
 
     grad = jax.jit(jax.grad(loss))
@@ -87,7 +88,7 @@ def numpy_variables(model, x, seed=0):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_vgg(mask=M.MaskConfig()):
     """A 2-conv VGG on 8x8 inputs (cached)."""
     model = get_model("vgg16", 3, widths=TINY_VGG, mask=mask)
@@ -100,8 +101,13 @@ def test_tiny_model_loss_gradients_wrt_bn_scale_and_bias_are_finite_and_nonzero(
     labels = jnp.array([0, 1, 2, 1])
 
     def loss(params):
-        logits, _ = model.apply({**variables, "params": params}, x, train=True,
-                                rngs={GUMBEL_RNG: jax.random.key(2)}, mutable=["batch_stats"])
+        logits, _ = model.apply(
+            {**variables, "params": params},
+            x,
+            train=True,
+            rngs={GUMBEL_RNG: jax.random.key(2)},
+            mutable=["batch_stats"],
+        )
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     grads = M.masked_layers(jax.jit(jax.grad(loss))(variables["params"]))
@@ -143,8 +149,7 @@ def test_running_stats_update_only_where_the_sampled_mask_keeps(monkeypatch):
     saw_keep = saw_prune = False
     for seed in range(6):
         samples.clear()
-        _, upd = unit.apply(variables, x, train=True, rngs={GUMBEL_RNG: jax.random.key(seed)},
-                            mutable=["batch_stats"])
+        _, upd = unit.apply(variables, x, train=True, rngs={GUMBEL_RNG: jax.random.key(seed)}, mutable=["batch_stats"])
         keep = np.asarray(samples[0]) > 0.5
         saw_keep |= bool(keep[4:].any())
         saw_prune |= bool((~keep).any())
@@ -166,8 +171,13 @@ def test_running_stats_of_pruned_channels_stay_put_in_a_training_step():
     assert np.all(np.asarray(pi[:2]) == 1.0) and np.all(np.asarray(pi[2:]) < 1e-6)
     before = variables["batch_stats"]["masked_bn0"]
     for seed in range(3):
-        _, upd = model.apply({**variables, "params": params}, x, train=True,
-                             rngs={GUMBEL_RNG: jax.random.key(seed)}, mutable=["batch_stats"])
+        _, upd = model.apply(
+            {**variables, "params": params},
+            x,
+            train=True,
+            rngs={GUMBEL_RNG: jax.random.key(seed)},
+            mutable=["batch_stats"],
+        )
         after = upd["batch_stats"]["masked_bn0"]
         for stat in ("mean", "var"):
             np.testing.assert_array_equal(after[stat][:2], before[stat][:2])
@@ -216,7 +226,8 @@ def test_synchronised_bn_matches_a_single_device_batch():
     y_full, upd_full = MaskedBNReLU(None).apply(variables, x, train=True, mutable=["batch_stats"])
     shards = x.reshape(2, 4, 2, 2, 3)
     y_sharded, upd_sharded = jax.vmap(
-        lambda xs: unit.apply(variables, xs, train=True, mutable=["batch_stats"]), axis_name="devices")(shards)
+        lambda xs: unit.apply(variables, xs, train=True, mutable=["batch_stats"]), axis_name="devices"
+    )(shards)
     np.testing.assert_allclose(y_sharded.reshape(x.shape), y_full, atol=1e-5)
     np.testing.assert_allclose(upd_sharded["batch_stats"]["mean"][0], upd_full["batch_stats"]["mean"], atol=1e-6)
 
@@ -226,8 +237,9 @@ def test_unit_on_zero_channels_is_the_identity():
     unit = MaskedBNReLU(M.MaskConfig())
     variables = init_unit(unit, x)
     assert variables["params"]["scale"].shape == (0,)
-    assert unit.apply(variables, x, train=True, rngs={GUMBEL_RNG: jax.random.key(0)},
-                      mutable=["batch_stats"])[0].shape == (2, 3, 3, 0)
+    assert unit.apply(variables, x, train=True, rngs={GUMBEL_RNG: jax.random.key(0)}, mutable=["batch_stats"])[
+        0
+    ].shape == (2, 3, 3, 0)
 
 
 class ConvProbe(nn.Module):

@@ -1,4 +1,4 @@
-"""The SCP mask math (masks.py) against independent float64 computations (METHOD.md section 2)."""
+"""The SCP mask math (masks.py) against independent float64 computations (docs/method.md, "Equations")."""
 
 import math
 
@@ -14,7 +14,7 @@ from soft_prune_jax.method import masks as M
 
 
 def q_reference(scale, bias, eps=0.05):
-    """METHOD.md's formula in float64 with math.erf: 0.5 (1 + erf((eps - b) / (sqrt2 (|s| + 1e-8))))."""
+    """docs/method.md's formula in float64 with math.erf: 0.5 (1 + erf((eps - b) / (sqrt2 (|s| + 1e-8))))."""
     return 0.5 * (1.0 + math.erf((eps - bias) / (math.sqrt(2.0) * (abs(scale) + 1e-8))))
 
 
@@ -26,9 +26,19 @@ def pi_reference(q, k=20.0, c=0.95):
 # deactivation probability q
 # ----------------------------------------------------------------------------------------------
 
+
 def test_q_matches_erf_formula():
-    cases = [(1.0, 0.0), (0.3, 0.2), (2.0, -1.5), (0.05, 0.05), (1.0, 0.05 - 1.6448536), (0.7, 3.0),
-             (-1.0, 0.0), (-0.3, 0.2), (-2.0, -1.5)]  # negative scale: only |scale| matters
+    cases = [
+        (1.0, 0.0),
+        (0.3, 0.2),
+        (2.0, -1.5),
+        (0.05, 0.05),
+        (1.0, 0.05 - 1.6448536),
+        (0.7, 3.0),
+        (-1.0, 0.0),
+        (-0.3, 0.2),
+        (-2.0, -1.5),
+    ]  # negative scale: only |scale| matters
     scale, bias = (jnp.array(v, jnp.float32) for v in zip(*cases))
     got = np.asarray(M.deactivation_probability(scale, bias))
     np.testing.assert_allclose(got, [q_reference(s, b) for s, b in cases], atol=2e-6)
@@ -57,7 +67,8 @@ def test_q_at_zero_scale_is_a_step_never_nan():
 def test_q_gradients_are_finite_at_zero_scale():
     bias = jnp.array([-1.0, 0.05, 1.0], jnp.float32)
     g_scale, g_bias = jax.grad(lambda s, b: jnp.sum(M.deactivation_probability(s, b)), argnums=(0, 1))(
-        jnp.zeros(3), bias)
+        jnp.zeros(3), bias
+    )
     assert np.all(np.isfinite(g_scale)) and np.all(np.isfinite(g_bias))
 
 
@@ -89,11 +100,11 @@ def test_q_in_unit_interval_and_decreasing_in_bias(bias, step, scale):
 # prune probability pi and hard masks
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("q", [0.0, 0.3, 0.9, 0.95, 0.97, 1.0])
 @pytest.mark.parametrize("k,c", [(20.0, 0.95), (5.0, 0.8)])
 def test_prune_probability_matches_logistic(q, k, c):
-    assert float(M.prune_probability(jnp.float32(q), k, c)) == pytest.approx(pi_reference(q, k, c), rel=1e-5,
-                                                                             abs=1e-9)
+    assert float(M.prune_probability(jnp.float32(q), k, c)) == pytest.approx(pi_reference(q, k, c), rel=1e-5, abs=1e-9)
 
 
 def test_prune_probability_is_capped_by_k_delta():
@@ -156,6 +167,7 @@ def test_z_orders_like_q_and_is_finite_at_zero_scale():
 # soft mask (binary Gumbel-Softmax)
 # ----------------------------------------------------------------------------------------------
 
+
 def test_soft_mask_in_unit_interval_and_finite_at_pi_0_and_1():
     pi = jnp.array([0.0, 1e-30, 0.3, 0.5, 1.0 - 1e-7, 1.0], jnp.float32)
     pi = jnp.tile(pi, 500)
@@ -199,6 +211,7 @@ def test_soft_mask_is_a_function_of_the_key():
 # penalty and pytree helpers
 # ----------------------------------------------------------------------------------------------
 
+
 def bn(scale, bias):
     return {"scale": jnp.array(scale, jnp.float32), "bias": jnp.array(bias, jnp.float32)}
 
@@ -207,8 +220,10 @@ def hand_made_params():
     return {
         "conv0": {"kernel": jnp.ones((3, 3, 3, 2))},
         "masked_bn0": bn([1.0, -2.0], [0.5, -3.0]),
-        "block0": {"bn1": bn([5.0, 5.0], [5.0, 5.0]),  # unmasked: must not count
-                   "masked_bn2": bn([0.25, 0.0, -1.0], [-0.5, 0.0, 2.0])},
+        "block0": {
+            "bn1": bn([5.0, 5.0], [5.0, 5.0]),  # unmasked: must not count
+            "masked_bn2": bn([0.25, 0.0, -1.0], [-0.5, 0.0, 2.0]),
+        },
         "masked_bn_final": bn([3.0], [-4.0]),
         "head": {"kernel": jnp.ones((1, 2)), "bias": jnp.zeros((2,))},
     }
@@ -243,8 +258,10 @@ def test_masked_layers_finds_prefix_names_only():
 
 
 def test_hard_masks_and_kept_channels():
-    params = {"masked_bn0": bn([1.0, 1.0, 0.1], [1.0, -5.0, 0.0]),  # q: 0.17, 1.0, 0.69
-              "masked_bn1": bn([0.0, 0.0], [-1.0, -1.0])}  # both always off
+    params = {
+        "masked_bn0": bn([1.0, 1.0, 0.1], [1.0, -5.0, 0.0]),  # q: 0.17, 1.0, 0.69
+        "masked_bn1": bn([0.0, 0.0], [-1.0, -1.0]),
+    }  # both always off
     masks = M.hard_masks(params)
     np.testing.assert_array_equal(masks["masked_bn0"], [1, 0, 1])
     np.testing.assert_array_equal(masks["masked_bn1"], [0, 0])
@@ -252,14 +269,26 @@ def test_hard_masks_and_kept_channels():
     assert counts["per_layer"] == {"masked_bn0": (2, 3), "masked_bn1": (0, 2)}
     assert (counts["kept"], counts["total"], counts["ratio"]) == (2, 5, 0.4)
     probs = M.layer_probabilities(params)
-    expected = sum(1 - pi_reference(q_reference(s, b)) for s, b in
-                   [(1.0, 1.0), (1.0, -5.0), (0.1, 0.0), (0.0, -1.0), (0.0, -1.0)])
+    expected = sum(
+        1 - pi_reference(q_reference(s, b)) for s, b in [(1.0, 1.0), (1.0, -5.0), (0.1, 0.0), (0.0, -1.0), (0.0, -1.0)]
+    )
     assert float(M.expected_kept_channels(params)) == pytest.approx(expected, rel=1e-5)
     assert float(probs["masked_bn0"]["q"][2]) == pytest.approx(q_reference(0.1, 0.0), abs=1e-6)
 
 
-@pytest.mark.parametrize("field,value", [("eps", 0.0), ("eps", 1.5), ("delta", 1.0), ("delta", -0.1),
-                                         ("k", 0.0), ("k", float("inf")), ("tau", -1.0), ("tau", "0.5")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("eps", 0.0),
+        ("eps", 1.5),
+        ("delta", 1.0),
+        ("delta", -0.1),
+        ("k", 0.0),
+        ("k", float("inf")),
+        ("tau", -1.0),
+        ("tau", "0.5"),
+    ],
+)
 def test_mask_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=f"{field}="):
         M.MaskConfig(**{field: value})

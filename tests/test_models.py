@@ -14,14 +14,21 @@ from soft_prune_jax.models import DenseNet, PreActBlock, PreActResNet, ResNet, R
 CIFAR = (32, 32, 3)
 IMAGENET = (224, 224, 3)
 SPECS = {  # name: (num_classes, input shape)
-    "vgg16": (10, CIFAR), "vgg19": (10, CIFAR), "resnet56": (10, CIFAR), "resnet110": (10, CIFAR),
-    "resnet164": (10, CIFAR), "densenet40": (10, CIFAR), "resnet18": (1000, IMAGENET),
-    "resnet34": (1000, IMAGENET), "resnet50": (1000, IMAGENET), "resnet101": (1000, IMAGENET),
+    "vgg16": (10, CIFAR),
+    "vgg19": (10, CIFAR),
+    "resnet56": (10, CIFAR),
+    "resnet110": (10, CIFAR),
+    "resnet164": (10, CIFAR),
+    "densenet40": (10, CIFAR),
+    "resnet18": (1000, IMAGENET),
+    "resnet34": (1000, IMAGENET),
+    "resnet50": (1000, IMAGENET),
+    "resnet101": (1000, IMAGENET),
     "fmnist_cnn": (10, (28, 28, 1)),
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def param_shapes(name, **kwargs):
     """The full-size params tree as ShapeDtypeStructs: nothing is allocated or computed."""
     num_classes, shape = SPECS[name]
@@ -74,12 +81,19 @@ def test_preact_hand_counts():
     assert preact_resnet_params(18, True) == 1_703_258
 
 
-@pytest.mark.parametrize("name,expected,rel", [
-    ("resnet56", preact_resnet_params(9, False), 0.0), ("resnet110", preact_resnet_params(18, False), 0.0),
-    ("resnet164", preact_resnet_params(18, True), 0.0),
-    ("resnet18", 11.7e6, 0.03), ("resnet50", 25.6e6, 0.03), ("resnet101", 44.5e6, 0.03),
-    ("vgg16", 14.7e6, 0.03), ("densenet40", densenet40_params(), 0.0),
-])
+@pytest.mark.parametrize(
+    "name,expected,rel",
+    [
+        ("resnet56", preact_resnet_params(9, False), 0.0),
+        ("resnet110", preact_resnet_params(18, False), 0.0),
+        ("resnet164", preact_resnet_params(18, True), 0.0),
+        ("resnet18", 11.7e6, 0.03),
+        ("resnet50", 25.6e6, 0.03),
+        ("resnet101", 44.5e6, 0.03),
+        ("vgg16", 14.7e6, 0.03),
+        ("densenet40", densenet40_params(), 0.0),
+    ],
+)
 def test_full_size_parameter_counts(name, expected, rel):
     assert num_params(param_shapes(name)) == pytest.approx(expected, rel=rel)
 
@@ -90,10 +104,21 @@ def test_densenet40_hand_count_is_the_published_exact_count():
     assert densenet40_params() == pytest.approx(1.0e6, rel=0.06)
 
 
-@pytest.mark.parametrize("name,count", [
-    ("vgg16", 13), ("vgg19", 16), ("resnet56", 52), ("resnet110", 106), ("resnet164", 160),
-    ("densenet40", 39), ("resnet18", 8), ("resnet34", 16), ("resnet50", 33), ("resnet101", 67),
-])
+@pytest.mark.parametrize(
+    "name,count",
+    [
+        ("vgg16", 13),
+        ("vgg19", 16),
+        ("resnet56", 52),
+        ("resnet110", 106),
+        ("resnet164", 160),
+        ("densenet40", 39),
+        ("resnet18", 8),
+        ("resnet34", 16),
+        ("resnet50", 33),
+        ("resnet101", 67),
+    ],
+)
 def test_number_of_masked_layers(name, count):
     assert len(widths(name)) == count
 
@@ -107,8 +132,9 @@ def test_vgg16_masks_every_conv_output():
     assert set(params) == {f"conv{i}" for i in range(13)} | set(widths("vgg16")) | {"head"}
 
 
-@pytest.mark.parametrize("name,blocks_per_stage,bottleneck", [
-    ("resnet56", 9, False), ("resnet110", 18, False), ("resnet164", 18, True)])
+@pytest.mark.parametrize(
+    "name,blocks_per_stage,bottleneck", [("resnet56", 9, False), ("resnet110", 18, False), ("resnet164", 18, True)]
+)
 def test_preact_resnet_mask_placement(name, blocks_per_stage, bottleneck):
     params, found = param_shapes(name), widths(name)
     expected = {}
@@ -144,8 +170,14 @@ def test_resnet56_mask_kinds():
 
 def test_densenet40_masks_every_consumers_input():
     params = param_shapes("densenet40")
-    reads = ([24 + 12 * i for i in range(12)] + [168] + [168 + 12 * i for i in range(12)] + [312]
-             + [312 + 12 * i for i in range(12)] + [456])
+    reads = (
+        [24 + 12 * i for i in range(12)]
+        + [168]
+        + [168 + 12 * i for i in range(12)]
+        + [312]
+        + [312 + 12 * i for i in range(12)]
+        + [456]
+    )
     assert widths("densenet40") == {f"masked_bn{u}": c for u, c in enumerate(reads)}
     for u, c in enumerate(reads[:-1]):  # every masked unit feeds exactly its own conv
         kernel = params[f"conv{u}"]["kernel"].shape
@@ -153,9 +185,15 @@ def test_densenet40_masks_every_consumers_input():
         assert kernel[-1] == (c if u in (12, 25) else 12)  # transitions keep the width; layers add k
 
 
-@pytest.mark.parametrize("name,stage_sizes,bottleneck", [
-    ("resnet18", (2, 2, 2, 2), False), ("resnet34", (3, 4, 6, 3), False),
-    ("resnet50", (3, 4, 6, 3), True), ("resnet101", (3, 4, 23, 3), True)])
+@pytest.mark.parametrize(
+    "name,stage_sizes,bottleneck",
+    [
+        ("resnet18", (2, 2, 2, 2), False),
+        ("resnet34", (3, 4, 6, 3), False),
+        ("resnet50", (3, 4, 6, 3), True),
+        ("resnet101", (3, 4, 23, 3), True),
+    ],
+)
 def test_imagenet_resnet_masks_block_internal_units_and_a_projected_stem(name, stage_sizes, bottleneck):
     params, found = param_shapes(name), widths(name)
     expected, b = {}, 0
@@ -201,12 +239,15 @@ def test_bad_num_classes_is_rejected(bad):
 TINY = {
     "vgg": lambda **kw: get_model("vgg16", 5, widths=(4, "M", 6), **kw),
     "preact": lambda **kw: PreActResNet(stage_sizes=(2, 2), stage_widths=(4, 8), stem_width=4, num_classes=5, **kw),
-    "preact_bottleneck": lambda **kw: PreActResNet(stage_sizes=(1, 2), stage_widths=(2, 4), stem_width=4,
-                                                   bottleneck=True, num_classes=5, **kw),
-    "densenet": lambda **kw: DenseNet(layers_per_block=2, num_blocks=2, growth_rate=3, stem_width=4,
-                                      num_classes=5, **kw),
-    "resnet_imagenet": lambda **kw: ResNet(stage_sizes=(1, 1), stage_widths=(4, 8), bottleneck=True,
-                                           num_classes=5, **kw),
+    "preact_bottleneck": lambda **kw: PreActResNet(
+        stage_sizes=(1, 2), stage_widths=(2, 4), stem_width=4, bottleneck=True, num_classes=5, **kw
+    ),
+    "densenet": lambda **kw: DenseNet(
+        layers_per_block=2, num_blocks=2, growth_rate=3, stem_width=4, num_classes=5, **kw
+    ),
+    "resnet_imagenet": lambda **kw: ResNet(
+        stage_sizes=(1, 1), stage_widths=(4, 8), bottleneck=True, num_classes=5, **kw
+    ),
 }
 
 
@@ -220,8 +261,9 @@ def test_tiny_models_trace_in_both_modes(family):
     def run(x):
         variables = model.init(jax.random.key(1), x)
         logits_eval = model.apply(variables, x)
-        logits_train, updates = model.apply(variables, x, train=True, rngs={"gumbel": jax.random.key(2)},
-                                            mutable=["batch_stats"])
+        logits_train, updates = model.apply(
+            variables, x, train=True, rngs={"gumbel": jax.random.key(2)}, mutable=["batch_stats"]
+        )
         return logits_eval, logits_train, variables["batch_stats"], updates["batch_stats"]
 
     logits_eval, logits_train, stats_before, stats_after = jax.eval_shape(run, x)
@@ -230,7 +272,7 @@ def test_tiny_models_trace_in_both_modes(family):
     assert jax.tree_util.tree_leaves(stats_after)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_preact():
     """The tiny PreActResNet, its variables, and a jitted map params -> every block's output."""
     model = TINY["preact"]()
@@ -240,14 +282,21 @@ def tiny_preact():
     rng = np.random.default_rng(0)
     variables = jax.tree_util.tree_map_with_path(
         lambda path, leaf: jnp.asarray(
-            np.ones(leaf.shape) if path[-1].key in ("scale", "var")
-            else np.zeros(leaf.shape) if path[-1].key in ("bias", "mean")
-            else rng.normal(0.0, 0.5, leaf.shape), leaf.dtype), shapes)
+            np.ones(leaf.shape)
+            if path[-1].key in ("scale", "var")
+            else np.zeros(leaf.shape)
+            if path[-1].key in ("bias", "mean")
+            else rng.normal(0.0, 0.5, leaf.shape),
+            leaf.dtype,
+        ),
+        shapes,
+    )
 
     @jax.jit
     def block_outputs(params):
-        _, state = model.apply({**variables, "params": params}, x, capture_intermediates=True,
-                               mutable=["intermediates"])
+        _, state = model.apply(
+            {**variables, "params": params}, x, capture_intermediates=True, mutable=["intermediates"]
+        )
         return {k: v["__call__"][0] for k, v in state["intermediates"].items() if k.startswith("block")}
 
     return variables, block_outputs
@@ -257,8 +306,7 @@ def tiny_preact():
 def test_dense_baseline_has_the_same_parameter_tree(family):
     # mask=None changes only what the units do, never the names or shapes (checkpoints, surgery).
     x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
-    masked, dense = (jax.eval_shape(lambda x: m.init(jax.random.key(0), x), x)
-                     for m in (TINY[family](), TINY[family](mask=None)))
+    masked, dense = (jax.eval_shape(m.init, jax.random.key(0), x) for m in (TINY[family](), TINY[family](mask=None)))
     assert jax.tree_util.tree_structure(masked) == jax.tree_util.tree_structure(dense)
     assert [a.shape for a in jax.tree_util.tree_leaves(masked)] == [a.shape for a in jax.tree_util.tree_leaves(dense)]
 
@@ -285,8 +333,14 @@ def test_block_whose_first_mask_is_all_zero_still_adds_bn2_bias():
 
 
 def test_compact_widths_shrink_exactly_the_named_layers():
-    model = PreActResNet(stage_sizes=(2, 2), stage_widths=(4, 8), stem_width=4, num_classes=5,
-                         block_widths=((3,), (0,), (8,), (5,)), block_reads=(None, None, None, (0, 2, 7)))
+    model = PreActResNet(
+        stage_sizes=(2, 2),
+        stage_widths=(4, 8),
+        stem_width=4,
+        num_classes=5,
+        block_widths=((3,), (0,), (8,), (5,)),
+        block_reads=(None, None, None, (0, 2, 7)),
+    )
     params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jnp.zeros((1, 8, 8, 3)))["params"]
     assert params["block0"]["conv1"]["kernel"].shape == (3, 3, 4, 3)
     assert params["block0"]["masked_bn2"]["scale"].shape == (3,)
@@ -306,9 +360,15 @@ def test_wrong_number_of_block_widths_is_rejected():
 # Shortcuts and stride-2 alignment (the reference's rules)
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("block", [
-    PreActBlock(4, (4,), stride=2, first=True, projection=True, mask=None),
-    ResNetBlock(4, (4,), stride=2, projection=True, mask=None)], ids=["preact", "imagenet"])
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        PreActBlock(4, (4,), stride=2, first=True, projection=True, mask=None),
+        ResNetBlock(4, (4,), stride=2, projection=True, mask=None),
+    ],
+    ids=["preact", "imagenet"],
+)
 def test_stride2_conv_reads_the_same_pixels_as_its_projection(block):
     # With centre-tap identity kernels a 3x3 stride-2 conv that pads (1, 1) reads pixels (2i, 2j),
     # as the 1x1 stride-2 projection does; XLA's SAME would pad (0, 1) and read (2i + 1, 2j + 1).
@@ -325,11 +385,15 @@ def test_stride2_conv_reads_the_same_pixels_as_its_projection(block):
     assert not np.allclose(conv1[0, 0, 0], proj[0, 1, 1])  # the pixels differ, so the check can fail
 
 
-@pytest.mark.parametrize("make", [
-    lambda: PreActBlock(8, (4,), stride=2, first=True, projection=False),
-    lambda: PreActBlock(8, (4,), stride=1, first=True, projection=False),
-    lambda: PreActBlock(4, (4,), stride=1, first=False, projection=True),
-    lambda: ResNetBlock(8, (4,), stride=1, projection=False)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: PreActBlock(8, (4,), stride=2, first=True, projection=False),
+        lambda: PreActBlock(8, (4,), stride=1, first=True, projection=False),
+        lambda: PreActBlock(4, (4,), stride=1, first=False, projection=True),
+        lambda: ResNetBlock(8, (4,), stride=1, projection=False),
+    ],
+)
 def test_identity_shortcut_that_cannot_add_up_is_rejected(make):
     with pytest.raises(ValueError, match="shortcut"):
         jax.eval_shape(lambda x: make().init(jax.random.key(0), x), jnp.zeros((1, 8, 8, 4)))

@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from soft_prune_jax.measure import flops, report
-
 from soft_prune_jax.compact import surgery
+from soft_prune_jax.measure import flops, report
 from soft_prune_jax.method import masks as M
 from soft_prune_jax.models import PreActResNet, get_model
 
@@ -24,8 +23,9 @@ def preact(**kwargs):
 def resnet_report():
     """Block 1 removed (inner width 0), block 3 reads 3 of 8 stream channels and keeps 5 inner ones."""
     dense = flops.count(preact(), None, CIFAR_TINY)
-    compact = flops.count(preact(block_widths=((4,), (0,), (8,), (5,)), block_reads=(None, None, None, (0, 2, 7))),
-                          None, CIFAR_TINY)
+    compact = flops.count(
+        preact(block_widths=((4,), (0,), (8,), (5,)), block_reads=(None, None, None, (0, 2, 7))), None, CIFAR_TINY
+    )
     return report.compare(dense, compact)
 
 
@@ -101,14 +101,19 @@ def test_report_of_a_surgically_pruned_vgg_matches_its_hard_masks():
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
     rng = np.random.default_rng(0)
     variables = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: np.ones(leaf.shape, np.float32) if path[-1].key in ("scale", "var")
-        else np.zeros(leaf.shape, np.float32) if path[-1].key == "mean"
-        else rng.normal(0.0, 0.3, leaf.shape).astype(np.float32), shapes)
+        lambda path, leaf: (
+            np.ones(leaf.shape, np.float32)
+            if path[-1].key in ("scale", "var")
+            else np.zeros(leaf.shape, np.float32)
+            if path[-1].key == "mean"
+            else rng.normal(0.0, 0.3, leaf.shape).astype(np.float32)
+        ),
+        shapes,
+    )
     variables["params"]["masked_bn0"]["bias"] = np.array([-5, 1, -5, 1, 1, -5], np.float32)  # 3 of 6 dead
     variables["params"]["masked_bn1"]["bias"] = np.array([1, -5, 1, 1, 1, 1, -5, 1], np.float32)  # 2 of 8
     compact, compact_variables = surgery.prune(model, variables)
-    rep = report.compare(flops.count(model, variables, CIFAR_TINY),
-                         flops.count(compact, compact_variables, CIFAR_TINY))
+    rep = report.compare(flops.count(model, variables, CIFAR_TINY), flops.count(compact, compact_variables, CIFAR_TINY))
     kept = M.kept_channels(surgery.model_hard_masks(model, variables["params"]))
     assert (rep.summary["kept_channels"], rep.summary["total_channels"]) == (kept["kept"], kept["total"]) == (9, 14)
     assert [(w.path, w.after) for w in rep.widths] == [("masked_bn0", 3), ("masked_bn1", 6)]

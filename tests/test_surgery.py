@@ -7,21 +7,25 @@ and channel alignment. Tiny widths keep every example to a fraction of a second.
 import jax
 import numpy as np
 import pytest
-from conftest import TINY, assert_close, evaluate, tiny
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from soft_prune_jax.method import masks as M
 from soft_prune_jax.compact import structure, surgery
 from soft_prune_jax.compact.fold import fold_batchnorm
+from soft_prune_jax.method import masks as M
+
+from conftest import TINY, assert_close, evaluate, tiny
 
 PROPERTY = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
 @PROPERTY
-@given(seed=st.integers(0, 2**31 - 1), fraction=st.sampled_from([0.0, 0.3, 0.6, 0.95, 1.0]),
-       round_to=st.sampled_from([1, 1, 4]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    fraction=st.sampled_from([0.0, 0.3, 0.6, 0.95, 1.0]),
+    round_to=st.sampled_from([1, 1, 4]),
+)
 def test_compact_equals_hard_masked_random_bn(name, seed, fraction, round_to):
     model, variables, x = tiny(name)
     variables = surgery.randomize_bn(variables, seed, fraction)
@@ -153,11 +157,12 @@ def test_scores_replace_the_ranking():
     model, variables, x = saturated("vgg16", seed=4)
     names = list(surgery.plan(model, variables))
     scores = {unit: np.arange(p.total, dtype=np.float32) for unit, p in surgery.plan(model, variables).items()}
-    for unit, p in surgery.plan(model, variables, round_to=2, scores=scores).items():
+    for p in surgery.plan(model, variables, round_to=2, scores=scores).values():
         assert list(p.kept) == [p.total - 2, p.total - 1]  # the highest scores, whatever z says
     default = surgery.plan(model, variables, round_to=2, scores=surgery.default_scores(model, variables))
     assert {u: list(p.kept) for u, p in default.items()} == {
-        u: list(p.kept) for u, p in surgery.plan(model, variables, round_to=2).items()}
+        u: list(p.kept) for u, p in surgery.plan(model, variables, round_to=2).items()
+    }
     with pytest.raises(surgery.SurgeryError, match="missing"):
         surgery.plan(model, variables, scores={names[0]: scores[names[0]]})
     with pytest.raises(surgery.SurgeryError, match="shape"):
@@ -168,6 +173,7 @@ def test_scores_replace_the_ranking():
 # Mixed empty cases that random masks reach only by chance: each compact model equals the model
 # hard-masked the same way (and, where a folded conv then reads nothing, so does its BN-folded export).
 # ----------------------------------------------------------------------------------------------
+
 
 def cut_with_empty(name, empty, seed=0, fold=False):
     """Prunes tiny ``name`` with every channel kept except the units in ``empty`` (all dropped)."""
@@ -212,7 +218,9 @@ def test_densenet_with_an_empty_transition_and_an_empty_layer():
     assert f"conv{transition}" not in params and f"conv{layer}" not in params
 
 
-@pytest.mark.parametrize("unit,reads_nothing,present", [("masked_bn1", "conv2", "conv3"), ("masked_bn2", "conv3", "bn3")])
+@pytest.mark.parametrize(
+    "unit,reads_nothing,present", [("masked_bn1", "conv2", "conv3"), ("masked_bn2", "conv3", "bn3")]
+)
 def test_imagenet_bottleneck_with_an_empty_inner_layer(unit, reads_nothing, present):
     # post-activation: the conv after the empty layer reads nothing, but the BN after it still adds
     # its bias, so the branch is a constant, not zero, and stays
@@ -221,8 +229,9 @@ def test_imagenet_bottleneck_with_an_empty_inner_layer(unit, reads_nothing, pres
     assert reads_nothing not in params["block1"] and present in params["block1"]
 
 
-@pytest.mark.parametrize("name,unit", [("resnet56", "masked_bn_final"), ("resnet164", "masked_bn_final"),
-                                       ("densenet40", "masked_bn5")])
+@pytest.mark.parametrize(
+    "name,unit", [("resnet56", "masked_bn_final"), ("resnet164", "masked_bn_final"), ("densenet40", "masked_bn5")]
+)
 def test_empty_final_unit_leaves_the_head_bias(name, unit):
     compact, params = cut_with_empty(name, {unit})
     assert params["head"]["kernel"].shape[0] == 0

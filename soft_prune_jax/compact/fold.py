@@ -30,8 +30,10 @@ BN_EPSILON = 1e-5  # MaskedBNReLU and BatchNorm both use flax's default
 def fold_batchnorm(model: nn.Module, variables):
     """Returns (folded_model, folded_variables): the same class with ``bn_folded=True``."""
     if getattr(model, "mask", None) is not None:
-        raise ValueError(f"fold_batchnorm needs a model without masks (mask=None, e.g. the output of "
-                         f"surgery.prune); got mask={model.mask}")
+        raise ValueError(
+            f"fold_batchnorm needs a model without masks (mask=None, e.g. the output of "
+            f"surgery.prune); got mask={model.mask}"
+        )
     structure = describe(model)
     if not structure.folds:
         return model, variables

@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import flax.linen as nn
 import numpy as np
 
-from soft_prune_jax.models import DenseNet, PreActResNet, ResNet, VGG
+from soft_prune_jax.models import VGG, DenseNet, PreActResNet, ResNet
 from soft_prune_jax.models.vgg import POOL
 
 Path = tuple[str, ...]
@@ -61,8 +61,12 @@ class Structure:
 
 
 def _bn(path: Path) -> list[ArraySlice]:
-    return [ArraySlice("params", path + ("scale",), 0), ArraySlice("params", path + ("bias",), 0),
-            ArraySlice("batch_stats", path + ("mean",), 0), ArraySlice("batch_stats", path + ("var",), 0)]
+    return [
+        ArraySlice("params", path + ("scale",), 0),
+        ArraySlice("params", path + ("bias",), 0),
+        ArraySlice("batch_stats", path + ("mean",), 0),
+        ArraySlice("batch_stats", path + ("var",), 0),
+    ]
 
 
 def _out(conv: Path) -> ArraySlice:
@@ -124,12 +128,19 @@ def _preact_resnet(model: PreActResNet) -> Structure:
             blk = f"block{b}/"
             block_widths.append(tuple(len(kept[f"{blk}masked_bn{j + 2}"]) for j in range(len(widths))))
             block_reads.append(None if firsts[b] else _compose(reads[b], kept[f"{blk}masked_bn1"]))
-        return model.clone(block_widths=tuple(block_widths), block_reads=tuple(block_reads),
-                           final_reads=_compose(model.final_reads, kept["masked_bn_final"]), mask=None)
+        return model.clone(
+            block_widths=tuple(block_widths),
+            block_reads=tuple(block_reads),
+            final_reads=_compose(model.final_reads, kept["masked_bn_final"]),
+            mask=None,
+        )
 
     # Only the BNs inside a branch follow a conv directly; the others read the residual stream.
-    folds = tuple(Fold((f"block{b}", f"conv{j + 1}"), (f"block{b}", f"masked_bn{j + 2}"))
-                  for b, widths in enumerate(inner) for j in range(len(widths)))
+    folds = tuple(
+        Fold((f"block{b}", f"conv{j + 1}"), (f"block{b}", f"masked_bn{j + 2}"))
+        for b, widths in enumerate(inner)
+        for j in range(len(widths))
+    )
     return Structure(tuple(groups), rebuild, ("stem", "kernel"), folds)
 
 
@@ -141,8 +152,9 @@ def _densenet(model: DenseNet) -> Structure:
         groups.append(_group((f"masked_bn{u}",), consumer))
 
     def rebuild(kept: Kept) -> nn.Module:
-        return model.clone(reads=tuple(_compose(reads[u], kept[f"masked_bn{u}"]) for u in range(model.num_units)),
-                           mask=None)
+        return model.clone(
+            reads=tuple(_compose(reads[u], kept[f"masked_bn{u}"]) for u in range(model.num_units)), mask=None
+        )
 
     return Structure(tuple(groups), rebuild, ("stem", "kernel"))
 
@@ -152,31 +164,43 @@ def _resnet(model: ResNet) -> Structure:
     groups = []
     stem_bn = ("masked_bn_stem",) if model.stem_masked else ("bn_stem",)
     if model.stem_masked:  # a chain unit: the stem's outputs feed block0's conv1 and projection only
-        groups.append(_group(stem_bn, _out(("stem",)), _in(("block0", "conv1")), _in(("block0", "proj")),
-                             keep_at_least_one=True))
+        groups.append(
+            _group(stem_bn, _out(("stem",)), _in(("block0", "conv1")), _in(("block0", "proj")), keep_at_least_one=True)
+        )
     for b, widths in enumerate(inner):
         blk = (f"block{b}",)
         for j in range(len(widths)):
-            groups.append(_group(blk + (f"masked_bn{j + 1}",), _out(blk + (f"conv{j + 1}",)),
-                                 _in(blk + (f"conv{j + 2}",))))
+            groups.append(
+                _group(blk + (f"masked_bn{j + 1}",), _out(blk + (f"conv{j + 1}",)), _in(blk + (f"conv{j + 2}",)))
+            )
 
     def rebuild(kept: Kept) -> nn.Module:
         stem = {"stem_width": len(kept["masked_bn_stem"])} if model.stem_masked else {}
-        return model.clone(block_widths=tuple(
-            tuple(len(kept[f"block{b}/masked_bn{j + 1}"]) for j in range(len(widths))) for b, widths in enumerate(inner)),
-            mask=None, **stem)
+        return model.clone(
+            block_widths=tuple(
+                tuple(len(kept[f"block{b}/masked_bn{j + 1}"]) for j in range(len(widths)))
+                for b, widths in enumerate(inner)
+            ),
+            mask=None,
+            **stem,
+        )
 
     folds = [Fold(("stem",), stem_bn)]
     for b, widths in enumerate(inner):
         blk = (f"block{b}",)
         folds += [Fold(blk + (f"conv{j + 1}",), blk + (f"masked_bn{j + 1}",)) for j in range(len(widths))]
-        folds += [Fold(blk + (f"conv{len(widths) + 1}",), blk + (f"bn{len(widths) + 1}", "bn")),
-                  Fold(blk + ("proj",), blk + ("proj_bn", "bn"))]
+        folds += [
+            Fold(blk + (f"conv{len(widths) + 1}",), blk + (f"bn{len(widths) + 1}", "bn")),
+            Fold(blk + ("proj",), blk + ("proj_bn", "bn")),
+        ]
     return Structure(tuple(groups), rebuild, ("stem", "kernel"), tuple(folds))
 
 
 _DESCRIBERS: dict[type, Callable[[nn.Module], Structure]] = {
-    VGG: _vgg, PreActResNet: _preact_resnet, DenseNet: _densenet, ResNet: _resnet,
+    VGG: _vgg,
+    PreActResNet: _preact_resnet,
+    DenseNet: _densenet,
+    ResNet: _resnet,
 }
 
 

@@ -21,9 +21,9 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
+from soft_prune_jax.compact.structure import Structure, describe
 from soft_prune_jax.method import masks as M
 from soft_prune_jax.method.units import MASK_OVERRIDE
-from soft_prune_jax.compact.structure import Structure, describe
 
 
 class SurgeryError(ValueError):
@@ -77,9 +77,14 @@ def model_hard_masks(model: nn.Module, params, keep_at_least_one: bool = True) -
     return out
 
 
-def plan(model: nn.Module, variables, *, round_to: int = 1,
-         masks: Optional[Mapping[str, np.ndarray]] = None,
-         scores: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, LayerPlan]:
+def plan(
+    model: nn.Module,
+    variables,
+    *,
+    round_to: int = 1,
+    masks: Optional[Mapping[str, np.ndarray]] = None,
+    scores: Optional[Mapping[str, np.ndarray]] = None,
+) -> dict[str, LayerPlan]:
     """Kept channel indices per masked unit.
 
     round_to: keep the next-best channels (highest score) until every non-empty kept width is a
@@ -104,12 +109,16 @@ def plan(model: nn.Module, variables, *, round_to: int = 1,
     else:
         unknown = sorted(set(masks) - set(names))
         if unknown or len(masks) != len(names):
-            raise SurgeryError(f"masks must have exactly one entry per masked unit; unknown: {unknown[:3]}, "
-                               f"missing: {sorted(set(names) - set(masks))[:3]}")
+            raise SurgeryError(
+                f"masks must have exactly one entry per masked unit; unknown: {unknown[:3]}, "
+                f"missing: {sorted(set(names) - set(masks))[:3]}"
+            )
     if scores is None:
         scores = default_scores(model, variables)
     elif set(names) - set(scores):
-        raise SurgeryError(f"scores must have an entry per masked unit; missing: {sorted(set(names) - set(scores))[:3]}")
+        raise SurgeryError(
+            f"scores must have an entry per masked unit; missing: {sorted(set(names) - set(scores))[:3]}"
+        )
 
     result = {}
     for group in structure.groups:
@@ -136,8 +145,14 @@ def plan(model: nn.Module, variables, *, round_to: int = 1,
     return result
 
 
-def prune(model: nn.Module, variables, *, round_to: int = 1,
-          masks: Optional[Mapping[str, np.ndarray]] = None, scores: Optional[Mapping[str, np.ndarray]] = None):
+def prune(
+    model: nn.Module,
+    variables,
+    *,
+    round_to: int = 1,
+    masks: Optional[Mapping[str, np.ndarray]] = None,
+    scores: Optional[Mapping[str, np.ndarray]] = None,
+):
     """Returns (compact_model, compact_variables): the same class with smaller widths, no masks.
 
     The compact model's outputs equal ``apply_with_masks(model, variables, masks_of(plan))``; with
@@ -171,14 +186,14 @@ def fit_variables(model: nn.Module, flat: Mapping[tuple, np.ndarray], input_kern
         raise SurgeryError(f"variables have no input conv kernel at {'/'.join(input_kernel)}")
     in_channels = flat[in_kernel].shape[2]
     # Parameter shapes do not depend on the spatial size, so any size that survives the strides works.
-    target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, in_channels)),
-                                               train=False))
+    target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, in_channels)), train=False))
     out = {}
     for key, leaf in traverse_util.flatten_dict(unfreeze(dict(target))).items():
         if key not in flat or tuple(flat[key].shape) != tuple(leaf.shape):
             got = None if key not in flat else tuple(flat[key].shape)
-            raise SurgeryError(f"{'/'.join(key)}: {type(model).__name__} expects shape {tuple(leaf.shape)}, the "
-                               f"variables give {got}")
+            raise SurgeryError(
+                f"{'/'.join(key)}: {type(model).__name__} expects shape {tuple(leaf.shape)}, the variables give {got}"
+            )
         out[key] = jnp.asarray(flat[key], dtype=leaf.dtype)
     return traverse_util.unflatten_dict(out)
 
@@ -196,7 +211,8 @@ def masks_of(layer_plans: Mapping[str, LayerPlan]) -> dict[str, np.ndarray]:
 def apply_with_masks(model: nn.Module, variables, masks: Mapping[str, np.ndarray], x):
     """Evaluation of ``model`` with fixed 0/1 masks in place of its own hard masks."""
     override = traverse_util.unflatten_dict(
-        {tuple(name.split("/")) + ("keep",): jnp.asarray(m, jnp.float32) for name, m in masks.items()})
+        {tuple(name.split("/")) + ("keep",): jnp.asarray(m, jnp.float32) for name, m in masks.items()}
+    )
     return model.apply({**variables, MASK_OVERRIDE: override}, x, train=False)
 
 
@@ -221,9 +237,7 @@ def randomize_bn(variables, seed: int, prune_fraction: float = 0.5):
             value = rng.uniform(0.5, 1.5, n)
         elif leaf == "bias" and masked:
             value = np.where(rng.random(n) < prune_fraction, -10.0, rng.uniform(0.1, 1.0, n))
-        elif leaf == "bias":
-            value = rng.normal(0.0, 0.3, n)
-        elif leaf == "mean":
+        elif leaf == "bias" or leaf == "mean":
             value = rng.normal(0.0, 0.3, n)
         else:
             value = rng.uniform(0.5, 2.0, n)

@@ -9,7 +9,7 @@ variance (docs/method.md, "Equations"). Parameter and statistic names match ``nn
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax

@@ -12,7 +12,7 @@ Every model takes ``mask`` (a ``MaskConfig``; None builds the dense baseline wit
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from soft_prune_jax.models.densenet import DenseNet
 from soft_prune_jax.models.resnet_cifar import PreActBlock, PreActResNet
@@ -51,5 +51,14 @@ def get_model(name: str, num_classes: int, **kwargs):
     return cls(num_classes=num_classes, **{**defaults, **kwargs})
 
 
-__all__ = ["get_model", "model_names", "MODEL_CLASSES", "VGG", "PreActResNet", "PreActBlock", "DenseNet",
-           "ResNet", "ResNetBlock"]
+__all__ = [
+    "get_model",
+    "model_names",
+    "MODEL_CLASSES",
+    "VGG",
+    "PreActResNet",
+    "PreActBlock",
+    "DenseNet",
+    "ResNet",
+    "ResNetBlock",
+]

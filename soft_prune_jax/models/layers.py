@@ -36,8 +36,9 @@ def resolve_padding(padding: Any, window: Sequence[int]) -> Any:
     if isinstance(padding, str) and padding.upper() == SYMMETRIC:
         return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in window)
     if isinstance(padding, str) and padding.upper() not in ("SAME", "VALID"):
-        raise ValueError(f"padding={padding!r} is invalid: expected 'SYMMETRIC', 'SAME', 'VALID' or "
-                         f"((lo, hi), (lo, hi))")
+        raise ValueError(
+            f"padding={padding!r} is invalid: expected 'SYMMETRIC', 'SAME', 'VALID' or ((lo, hi), (lo, hi))"
+        )
     if isinstance(padding, str):
         return padding.upper()
     return tuple(tuple(int(v) for v in p) for p in padding)
@@ -51,8 +52,16 @@ def output_spatial(spatial: Sequence[int], window: Sequence[int], strides: Seque
     return tuple((d + lo + hi - k) // s + 1 for d, k, s, (lo, hi) in zip(spatial, window, strides, pads))
 
 
-def conv(x, features: int, kernel_size: Sequence[int] | int, strides: int = 1, name: Optional[str] = None,
-         dtype: Any = jnp.float32, use_bias: bool = False, padding: Any = SYMMETRIC):
+def conv(
+    x,
+    features: int,
+    kernel_size: Sequence[int] | int,
+    strides: int = 1,
+    name: Optional[str] = None,
+    dtype: Any = jnp.float32,
+    use_bias: bool = False,
+    padding: Any = SYMMETRIC,
+):
     """A bias-free He-normal conv that also handles empty channel sets exactly.
 
     Must be called inside a compact module. ``padding``: SYMMETRIC (default, see
@@ -71,8 +80,9 @@ def conv(x, features: int, kernel_size: Sequence[int] | int, strides: int = 1, n
         return out
     # fast_conv.Conv has nn.Conv's parameters; its 'auto' formulation avoids XLA:CPU's pathological
     # conv shapes (e.g. 3x3 on 2x2x512 inputs: ~140x slower than im2col + matmul).
-    return fast_conv.Conv(features, ks, strides=strides, padding=pads, use_bias=use_bias,
-                          kernel_init=he_normal, dtype=dtype, name=name)(x)
+    return fast_conv.Conv(
+        features, ks, strides=strides, padding=pads, use_bias=use_bias, kernel_init=he_normal, dtype=dtype, name=name
+    )(x)
 
 
 def _allow_empty(init: Callable) -> Callable:

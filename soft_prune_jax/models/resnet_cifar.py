@@ -22,20 +22,19 @@ then the identity, its shared BN-ReLU, or that BN-ReLU and its projection).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from soft_prune_jax.method.masks import MaskConfig
+from soft_prune_jax.method.units import MaskedBNReLU
 from soft_prune_jax.models.layers import classifier, conv
 
-from soft_prune_jax.method.units import MaskedBNReLU
-from soft_prune_jax.method.masks import MaskConfig
-
-Reads = Optional[Tuple[int, ...]]
+Reads = Optional[tuple[int, ...]]
 
 
-def full_widths(stage_sizes, stage_widths, bottleneck: bool) -> list[Tuple[int, ...]]:
+def full_widths(stage_sizes, stage_widths, bottleneck: bool) -> list[tuple[int, ...]]:
     """Every block's unpruned inner widths: (w,) for basic blocks, (w, w) for bottlenecks."""
     n = 2 if bottleneck else 1
     return [(w,) * n for size, w in zip(stage_sizes, stage_widths) for _ in range(size)]
@@ -52,7 +51,7 @@ class PreActBlock(nn.Module):
     """Pre-activation basic (2 convs) or bottleneck (3 convs) block."""
 
     out_width: int
-    inner_widths: Tuple[int, ...]  # basic: (conv1 out,), bottleneck: (conv1 out, conv2 out)
+    inner_widths: tuple[int, ...]  # basic: (conv1 out,), bottleneck: (conv1 out, conv2 out)
     stride: int = 1
     first: bool = False  # first block of a stage: one unmasked BN-ReLU shared with the shortcut
     projection: bool = False  # a 1x1 conv shortcut (first blocks where the stride or width changes)
@@ -66,8 +65,10 @@ class PreActBlock(nn.Module):
         if self.projection and not self.first:
             raise ValueError("a projection shortcut needs the shared BN-ReLU of a first block (first=True)")
         if not self.projection and (self.stride != 1 or x.shape[-1] != self.out_width):
-            raise ValueError(f"an identity shortcut needs stride 1 and {self.out_width} input channels; got stride "
-                             f"{self.stride} and {x.shape[-1]} channels (set projection=True)")
+            raise ValueError(
+                f"an identity shortcut needs stride 1 and {self.out_width} input channels; got stride "
+                f"{self.stride} and {x.shape[-1]} channels (set projection=True)"
+            )
         if self.first:
             u = MaskedBNReLU(None, axis_name=self.axis_name, name="bn1")(x, train)
             shortcut = conv(u, self.out_width, 1, self.stride, name="proj") if self.projection else u
@@ -76,7 +77,8 @@ class PreActBlock(nn.Module):
             if self.inner_widths[-1] == 0:  # removed block: the identity
                 return x
             u = MaskedBNReLU(self.mask, axis_name=self.axis_name, name="masked_bn1")(
-                select_channels(x, self.reads), train)
+                select_channels(x, self.reads), train
+            )
         if self.inner_widths[-1] == 0:  # the last conv reads nothing: the branch is exactly 0
             return shortcut
         bottleneck = len(self.inner_widths) == 2
@@ -103,8 +105,8 @@ class PreActResNet(nn.Module):
     bottleneck: bool = False  # outputs are 4x the inner width when True
     stem_width: int = 16
     num_classes: int = 10
-    block_widths: Optional[Tuple[Tuple[int, ...], ...]] = None  # per block; None = full
-    block_reads: Optional[Tuple[Reads, ...]] = None  # per block; None = all channels
+    block_widths: Optional[tuple[tuple[int, ...], ...]] = None  # per block; None = full
+    block_reads: Optional[tuple[Reads, ...]] = None  # per block; None = all channels
     final_reads: Reads = None
     mask: Optional[MaskConfig] = MaskConfig()
     axis_name: Optional[str] = None
@@ -112,7 +114,7 @@ class PreActResNet(nn.Module):
     # BNs that read the residual stream cannot be: a sum precedes them and ReLU follows them.
     bn_folded: bool = False
 
-    def full_block_widths(self) -> list[Tuple[int, ...]]:
+    def full_block_widths(self) -> list[tuple[int, ...]]:
         return full_widths(self.stage_sizes, self.stage_widths, self.bottleneck)
 
     @nn.compact
@@ -120,20 +122,30 @@ class PreActResNet(nn.Module):
         inner = self.block_widths or self.full_block_widths()
         reads = self.block_reads or (None,) * len(inner)
         if len(inner) != sum(self.stage_sizes) or len(reads) != len(inner):
-            raise ValueError(f"block_widths/block_reads need {sum(self.stage_sizes)} entries, got "
-                             f"{len(inner)}/{len(reads)}")
+            raise ValueError(
+                f"block_widths/block_reads need {sum(self.stage_sizes)} entries, got {len(inner)}/{len(reads)}"
+            )
         x = conv(x, self.stem_width, 3, name="stem")
         b, stream = 0, self.stem_width
         for s, (size, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
             out_width = width * 4 if self.bottleneck else width
             stride = 2 if s > 0 else 1
             for i in range(size):
-                x = PreActBlock(out_width, tuple(inner[b]), stride=(stride if i == 0 else 1), first=(i == 0),
-                                projection=(i == 0 and (stride != 1 or stream != out_width)),
-                                reads=reads[b], mask=self.mask, axis_name=self.axis_name,
-                                bn_folded=self.bn_folded, name=f"block{b}")(x, train)
+                x = PreActBlock(
+                    out_width,
+                    tuple(inner[b]),
+                    stride=(stride if i == 0 else 1),
+                    first=(i == 0),
+                    projection=(i == 0 and (stride != 1 or stream != out_width)),
+                    reads=reads[b],
+                    mask=self.mask,
+                    axis_name=self.axis_name,
+                    bn_folded=self.bn_folded,
+                    name=f"block{b}",
+                )(x, train)
                 b, stream = b + 1, out_width
         x = MaskedBNReLU(self.mask, axis_name=self.axis_name, name="masked_bn_final")(
-            select_channels(x, self.final_reads), train)
+            select_channels(x, self.final_reads), train
+        )
         x = jnp.mean(x, axis=(1, 2))
         return classifier(x, self.num_classes)

@@ -1,8 +1,9 @@
 """Plain post-activation chains: VGG-16/19 for CIFAR and the small Fashion-MNIST CNN.
 
-Every conv is Conv -> BN -> ReLU -> mask (METHOD.md section 3). The mask removes the conv's output
-channels, its BN channels and the next layer's input channels; a layer never loses its last channel
-(``keep_at_least_one``), because an empty layer would make the network constant.
+Every conv is Conv -> BN -> ReLU -> mask (docs/method.md, "Where the masks sit"). The mask removes
+the conv's output channels, its BN channels and the next layer's input channels. A layer never
+loses its last channel (``keep_at_least_one``: the lowest z = (eps - beta) / |gamma| stays),
+because an empty layer would make the network constant.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from typing import Optional, Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from soft_prune_jax.models.layers import classifier, conv
-
-from soft_prune_jax.method.units import MaskedBNReLU
 from soft_prune_jax.method.masks import MaskConfig
+from soft_prune_jax.method.units import MaskedBNReLU
+from soft_prune_jax.models.layers import classifier, conv
 
 POOL = "M"
 VGG16_WIDTHS = (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512)
@@ -47,8 +47,9 @@ class VGG(nn.Module):
             if self.bn_folded:
                 x = nn.relu(x)
             else:
-                x = MaskedBNReLU(self.mask, keep_at_least_one=True, axis_name=self.axis_name,
-                                 name=f"masked_bn{i}")(x, train)
+                x = MaskedBNReLU(self.mask, keep_at_least_one=True, axis_name=self.axis_name, name=f"masked_bn{i}")(
+                    x, train
+                )
             i += 1
         x = jnp.mean(x, axis=(1, 2))
         return classifier(x, self.num_classes)
