@@ -33,7 +33,7 @@ TRAIN_STEP_ARCHS = ["resnet56", "vgg16"]
 HALF_MACS_PRUNE = {"vgg16": 0.3}
 METHODS = ("scp", "dense", "slimming")
 
-# METHOD.md section 5: (dataset, net, baseline -> pruned accuracy, reductions, config)
+# docs/method.md, "Published numbers and their sources": (dataset, net, baseline -> pruned accuracy, reductions, config)
 PAPER = [
     ("CIFAR-10", "VGG-16", "93.85 -> 93.79", "channels 75%, params 93.05%, FLOPs 66.23%", "configs/cifar.py:cifar10_vgg16"),
     ("CIFAR-10", "ResNet-56", "93.69 -> 93.23", "channels 45%, params 46.47%, FLOPs 51.20%", "configs/cifar.py:cifar10_resnet56"),
@@ -41,7 +41,7 @@ PAPER = [
      "configs/cifar.py:cifar10_densenet40"),
     ("CIFAR-100", "ResNet-164", "77.24 -> 76.62", "params 28.89%, FLOPs 45.36%", "configs/cifar.py:cifar100_resnet164"),
     ("CIFAR-100", "DenseNet-40", "74.24 -> 73.84", "params 55.22%, FLOPs 46.25%", "configs/cifar.py:cifar100_densenet40"),
-    ("ILSVRC-12", "ResNet-50", "75.89 -> 74.20 top-1 (92.98 -> 92.00 top-5)", "FLOPs 54.3%",
+    ("ILSVRC-12", "ResNet-50", "75.89 -> 75.27 top-1 (92.98 -> 92.30 top-5)", "FLOPs 54.3%",
      "configs/imagenet.py:resnet50"),
 ]
 
@@ -187,7 +187,7 @@ def bench_section(results: list[dict], train_steps: list[tuple[str, dict]]) -> l
 
 def paper_section() -> list[str]:
     lines = ["## 3. The paper's results and the configs that reproduce them", "",
-             "Published numbers (Kang & Han, ICML 2020; ../shared/METHOD.md section 5). Not yet reproduced here: "
+             "Published numbers (Kang & Han, ICML 2020; sources: docs/method.md). Not yet reproduced here: "
              "they need the datasets and GPUs (CIFAR: one GPU, 160 epochs, a few hours; ImageNet: 4 GPUs, "
              "100 epochs, total batch 256, days).", "",
              "| dataset | net | accuracy (baseline -> pruned) | reductions | config | command |", "|---|---|---|---|---|---|"]
