@@ -1,6 +1,6 @@
 """Analytic multiply-accumulate (MAC) and parameter counts, read from shapes only.
 
-Convention (the one pruning papers use; METHOD.md section 4):
+Convention (the one pruning papers use; docs/method.md, "Conventions"):
   * MACs are counted per example, for the layers that multiply: every ``nn.Conv`` and ``nn.Dense``
     (any module with its own 'kernel' parameter in their layouts).
     A conv costs H_out * W_out * kh * kw * (C_in / groups) * C_out MACs; a dense layer costs

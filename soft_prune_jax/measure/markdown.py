@@ -61,7 +61,7 @@ def render(out: Mapping[str, Any], table: str, plot: Optional[str]) -> str:
         )
     fallback = (out.get("prune") or {}).get("kept_by_fallback")
     if fallback:
-        rule = method.get("keep_one_rule", "the lowest pruning probability pi")
+        rule = method.get("keep_one_rule", "the lowest z = (eps - beta) / |gamma|")
         lines += ["", f"Layers that would have lost every channel kept the channel with {rule}: {', '.join(fallback)}."]
     lines += ["", "MACs: " + out["macs_convention"] + ".", "", "```", table, "```"]
     if plot:

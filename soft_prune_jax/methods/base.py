@@ -11,7 +11,7 @@ A method decides five things, and nothing else in the package branches on its na
                            ``macs_ratio(masks)`` is injected by the caller so a method can aim at a
                            MAC budget without importing the pipeline
   keep_scores(params)      per-unit scores, higher = more worth keeping: the keep-one fallback and the
-                           round_to padding of surgery (None = the model's own lowest pi)
+                           round_to padding of surgery (None = SCP's -z, surgery.default_scores)
 
 and tells the report its ``label``, its ``settings(config)`` and the words for its keep-one rule.
 """
@@ -68,5 +68,5 @@ class Method:
     regulariser: Callable[[Config], Callable[[Params], jax.Array]] = no_regulariser
     surgery_masks: Callable[[Config, Mapping[str, Any], MacsRatio], Optional[Masks]] = model_hard_masks
     keep_scores: Optional[Callable[[Params], dict[str, np.ndarray]]] = None
-    keep_one_rule: str = "the lowest pruning probability pi"  # completes "kept the channel with ..."
+    keep_one_rule: str = "the lowest z = (eps - beta) / |gamma|"  # completes "kept the channel with ..."
     settings: Callable[[Config], dict] = no_settings  # the config fields the report shows

@@ -31,7 +31,7 @@ def prune_phase(config, workdir, *, dataset, devices=None) -> dict:
     summary = {
         "kept_channels": {name: len(p.kept) for name, p in plans.items()},
         "total_channels": {name: p.total for name, p in plans.items()},
-        # METHOD.md section 3: a plain chain never loses its last channel; say where that happened.
+        # docs/method.md, "Where the masks sit": a plain chain never loses its last channel; say where that happened.
         "kept_by_fallback": sorted(name for name, p in plans.items() if p.kept_by_fallback),
     }
     landing = landing_record(config, model, variables, input_shape, plans)

@@ -1,6 +1,6 @@
 """Input pipelines: tensorflow-datasets -> tf.data -> numpy batches laid out for pmap / shard_map.
 
-Datasets: cifar10, cifar100, imagenet2012, fashion_mnist (METHOD.md section 4 for augmentation).
+Datasets: cifar10, cifar100, imagenet2012, fashion_mnist (docs/method.md, "Training recipe", for augmentation).
 Every batch is a dict ``{'image': float32 (local_devices, per_device_batch, H, W, C),
 'label': int32 (local_devices, per_device_batch)}``; evaluation batches add ``'mask'`` (float32,
 0 for the padding examples that fill up the last batch).

@@ -73,7 +73,7 @@ def create_learning_rate_fn(
 
 
 def weight_decay_mask(params) -> Any:
-    """True on conv/dense kernels and BN scales, False on every bias (METHOD.md section 2)."""
+    """True on conv/dense kernels and BN scales, False on every bias (docs/method.md, "Conventions")."""
 
     def decays(path, _):
         return getattr(path[-1], "key", None) in ("kernel", "scale")
