@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from soft_prune_jax.compact import structure, surgery
-from soft_prune_jax.measure import flops
+from soft_prune_jax.measure import flops, markdown
 from soft_prune_jax.method import budget as B
 from soft_prune_jax.method import controller as C
 from soft_prune_jax.method import masks as M
 from soft_prune_jax.pipeline.budget import model_cost
 from soft_prune_jax.training import config_validation
+from soft_prune_jax.training.progress import format_progress
 
 from conftest import tiny, tiny_config
 
@@ -233,3 +234,51 @@ def test_budget_options_need_scp():
     bad.budget_controller.lambda_max = bad.budget_controller.lambda_min / 2
     with pytest.raises(ValueError, match=r"config\.budget_controller\.lambda_max="):
         config_validation.validate(bad, num_devices=1)
+
+
+def test_progress_line_and_report_show_lambda_and_target_vs_reached():
+    metrics = {
+        "loss": 1.0,
+        "cross_entropy": 0.9,
+        "accuracy": 0.5,
+        "learning_rate": 0.1,
+        "lambda": 2.5e-3,
+        "macs_expected_ratio": 0.52,
+        "macs_hard_ratio": 0.41,
+        "macs_target_ratio": 0.35,
+    }
+    line = format_progress("train", 10, 100, 1.0, metrics, None, None)
+    assert line.endswith("| lambda 0.0025 | MACs expected 52.0% hard-masked 41.0% (target now 35.0%)")
+    assert "lambda" not in format_progress(
+        "train", 10, 100, 1.0, {k: metrics[k] for k in list(metrics)[:4]}, None, None
+    )
+    summary = {
+        "dense_macs": 100,
+        "compact_macs": 35,
+        "macs_reduction_pct": 65.0,
+        "dense_params": 10,
+        "compact_params": 5,
+        "params_reduction_pct": 50.0,
+        "total_channels": 8,
+        "kept_channels": 4,
+        "channel_reduction_pct": 50.0,
+    }
+    budget = {
+        "target_macs_ratio": 0.35,
+        "hard_masked_macs_ratio": 0.372,
+        "reached_macs_ratio": 0.349,
+        "removed_by_landing": 3,
+    }
+    out = {
+        "model": "m",
+        "dataset": "d",
+        "method": "scp",
+        "pruning": {"summary": summary},
+        "macs_convention": "MACs",
+        "prune": {"budget": budget},
+    }
+    page = markdown.render(out, "table", None)
+    assert (
+        "| MAC budget (of dense MACs) | target 35.0%, trained hard-masked 37.2%, reached 34.9% "
+        "(3 channels removed by landing) |"
+    ) in page
