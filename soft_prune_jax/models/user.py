@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import keyword
 import os
 import re
 import sys
@@ -78,15 +79,20 @@ def _wants_rngs(target) -> bool:
         return False
 
 
-def _train_flag(call: str, spec: str) -> tuple[Optional[str], bool]:
-    """(keyword, inverted) of ``call``; ('train', False) by default."""
-    words = call.split()
-    if len(words) == 1 and words[0].isidentifier():
+def _name(word: str) -> bool:
+    return word.isidentifier() and not keyword.iskeyword(word)
+
+
+def parse_call(call) -> tuple[str, bool]:
+    """(keyword, inverted) of config.model_call: 'train' -> ('train', False), 'not deterministic' ->
+    ('deterministic', True)."""
+    words = call.split() if isinstance(call, str) else []
+    if len(words) == 1 and _name(words[0]):
         return words[0], False
-    if len(words) == 2 and words[0] == "not" and words[1].isidentifier():
+    if len(words) == 2 and words[0] == "not" and _name(words[1]):
         return words[1], True
-    raise _fail(spec, f"config.model_call={call!r} is invalid: expected a flag name ('train') or 'not NAME' "
-                      "('not deterministic')")
+    raise ValueError(f"config.model_call={call!r} is invalid: expected a flag name ('train') or 'not NAME' "
+                     "('not deterministic')")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -193,7 +199,7 @@ def build(spec: str, num_classes: int, kwargs: Optional[dict] = None, *, call: s
     else:
         raise _fail(spec, f"it returned a {type(module).__name__}, not a Flax module (flax.linen.Module or "
                           "flax.nnx.Module)")
-    flag, inverted = _train_flag(call, spec) if kind == "linen" else (None, False)
+    flag, inverted = parse_call(call) if kind == "linen" else (None, False)
     return UserModel(spec, kind, make, module, flag, inverted)
 
 

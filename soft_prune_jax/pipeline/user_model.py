@@ -1,0 +1,172 @@
+"""The pipeline's phases for a user's own model (``config.model = "package.module:attribute"``).
+
+The built-in architectures are cut by ``structure.py``; a user model is cut by what the graph
+analysis finds. Each phase module calls one function here where it would otherwise build a
+registry model:
+
+  train      ``training_phase``: the user model behind ``user.masked.MaskedModel`` (SCP: soft masks on
+             every unit of a prunable group; dense/slimming: the model as written) and the method's
+             regulariser over the units (``UnitSet.unit_view``)
+  prune      ``prune``: ``prune_traced`` with the method's masks (SCP: the units' hard masks; slimming:
+             its global threshold over the units' |gamma|; dense: nothing cut); the compact model is
+             saved as a ``jax.export`` artifact (``user.artifact``) and the kept channels in prune.json
+  finetune   ``finetune``: the trained network under the fixed cut (masks 0/1 at the units, running
+             statistics of dropped channels frozen), then cut again by the same channels. Dropped
+             channels are 0 at every unit output, so they get no gradient and feed nothing: this
+             trains exactly the parameters the compact model keeps, with the dense graph's cost
+  evaluate   ``evaluation_pair``: the hard-masked reference (the same fixed masks) and the reloaded
+             artifact
+  benchmark / report   ``counts``: MACs per layer from the graph (``user.macs``), dense vs compact
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from soft_prune_jax.compact import interpret as I
+from soft_prune_jax.compact.prune_model import prune_traced
+from soft_prune_jax.graph import ir
+from soft_prune_jax.method.masks import MaskConfig
+from soft_prune_jax.methods import get_method
+from soft_prune_jax.models import user as U
+from soft_prune_jax.pipeline.records import read_json
+from soft_prune_jax.training import data
+from soft_prune_jax.training.loop import Phase
+from soft_prune_jax.user import artifact, macs, masked
+
+SAMPLE_BATCH = 2  # the batch the evaluation graph is traced with (BN in evaluation mode: any size)
+
+
+@functools.lru_cache(maxsize=4)
+def _setup(spec: str, num_classes: int, kwargs_items: tuple, call: str, seed: int, input_shape: tuple):
+    user = U.build(spec, num_classes, dict(kwargs_items), call=call, seed=seed)
+    x = jnp.zeros((SAMPLE_BATCH,) + input_shape, jnp.float32)
+    variables = user.init(jax.random.PRNGKey(seed), x)
+    return user, masked.UnitSet.analyze(user, variables, x)
+
+
+def setup(config, input_shape: Sequence[int]):
+    """(UserModel, UnitSet) of ``config.model``; analysed once per process."""
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config.get("model_kwargs") or {}).items()}
+    return _setup(config.model, data.num_classes(config), tuple(sorted(kwargs.items())),
+                  str(config.get("model_call") or "train"), int(config.seed), tuple(input_shape))
+
+
+def mask_config(config) -> MaskConfig:
+    return get_method(config.method).mask_config(config) or MaskConfig(**{k: float(v) for k, v in config.mask.items()})
+
+
+def training_phase(config, input_shape: Sequence[int]) -> Phase:
+    method = get_method(config.method)
+    user, units = setup(config, input_shape)
+    masked.log_units(units, config.model)
+    mask = method.mask_config(config)
+    model = masked.MaskedModel(user, units, "soft" if mask is not None else "none", mask=mask)
+    reg = method.regulariser(config)
+    return Phase("train", model, float(config.learning_rate), int(config.num_epochs),
+                 regulariser=lambda params: reg(units.unit_view(params)),
+                 init_transform=lambda variables: method.init_variables(config, variables))
+
+
+def _trace_fn(user: U.UserModel):
+    def trace_fn(variables, inputs, kwargs):  # the compact model is inference only: kwargs (train=False) fixed
+        return ir.trace(lambda v, *xs: user.apply(v, *xs, train=False), variables, *inputs)
+
+    return trace_fn
+
+
+def cut(config, variables, input_shape: Sequence[int], keep=None):
+    """(compact, compact_variables) of the trained ``variables`` by the method's masks (or ``keep``)."""
+    user, units = setup(config, input_shape)
+    x = jnp.zeros((SAMPLE_BATCH,) + tuple(input_shape), jnp.float32)
+    mask = mask_config(config)
+    round_to = int(config.round_to)
+    if keep is None:
+        method = get_method(config.method)
+        trained = masked.UnitSet.analyze(user, variables, x)
+        consts = I.constant_values(trained.analysis, jax.tree_util.tree_leaves(dict(variables)))
+        ratio = macs.macs_ratio_fn(trained.analysis, consts, mask, round_to)
+        view = {"params": jax.tree_util.tree_map(np.asarray, units.unit_view(variables["params"]))}
+        masks = method.surgery_masks(config, view, lambda m: ratio(units.group_keep(m))) if units.units else None
+        if masks is not None:
+            keep = units.group_keep(masks)
+        elif method.mask_config(config) is None:  # trained without masks and no masks chosen: nothing is cut
+            keep = {grp.name: np.ones(grp.size, bool) for grp in units.analysis.groups if grp.prunable}
+    return prune_traced(_trace_fn(user), dict(variables), [x], keep=keep, round_to=round_to if keep is None else 1,
+                        mask_config=mask, call_kwargs={"train": False})
+
+
+def kept_of(workdir: str, needed_by: str) -> dict:
+    return {k: np.asarray(v, np.int64) for k, v in read_json(workdir, "prune.json", needed_by=needed_by)["kept_indices"].items()}
+
+
+def prune(config, variables, input_shape: Sequence[int], directory: str) -> dict:
+    """Cuts, saves the artifact in ``directory`` and returns prune.json's record."""
+    user, units = setup(config, input_shape)
+    compact, compact_vars = cut(config, variables, input_shape)
+    plans = {name: p for name, p in compact.program.plans.items() if p.prunable}
+    artifact.save(directory, compact, compact_vars, input_shape, overwrite=True,
+                  extra={"source": "prune", "model": config.model, "method": config.method})
+    return {
+        "kept_channels": {name: len(p.kept) for name, p in plans.items()},
+        "total_channels": {name: p.total for name, p in plans.items()},
+        "kept_by_fallback": sorted(name for name, p in plans.items() if p.from_mask == 0 and p.total),
+        "kept_indices": {name: p.kept.tolist() for name, p in plans.items()},
+        "units": masked.describe(units, config.model),
+        "groups_kept_whole": {name: p.reason for name, p in compact.program.plans.items() if not p.prunable},
+    }
+
+
+def fixed_model(config, workdir: str, input_shape: Sequence[int], needed_by: str) -> masked.MaskedModel:
+    """The trained network under the cut prune chose: 0/1 masks at the units (fine-tuning, reference)."""
+    user, units = setup(config, input_shape)
+    return masked.MaskedModel(user, units, "fixed", fixed=units.unit_masks_of(kept_of(workdir, needed_by)))
+
+
+def finetune_phase(config, workdir: str, input_shape: Sequence[int], variables, epochs: int) -> Phase:
+    scale = epochs / float(config.num_epochs)
+    return Phase("finetune", fixed_model(config, workdir, input_shape, "finetune"),
+                 float(config.finetune_learning_rate), epochs,
+                 lr_boundaries=tuple(b * scale for b in config.lr_boundaries), variables=variables, seed_offset=1)
+
+
+def save_finetuned(config, workdir: str, input_shape: Sequence[int], variables, directory: str, epochs: int):
+    compact, compact_vars = cut(config, variables, input_shape, keep=kept_of(workdir, "finetune"))
+    artifact.save(directory, compact, compact_vars, input_shape, overwrite=True,
+                  extra={"source": "finetune", "epochs": epochs, "model": config.model})
+
+
+def evaluation_pair(config, workdir: str, input_shape: Sequence[int], compact_dir: str):
+    """(reference(v, x), compact, compact_variables): the hard-masked trained network and the artifact."""
+    reference = fixed_model(config, workdir, input_shape, "evaluate")
+    compact, compact_vars = artifact.load(compact_dir)
+    return (lambda v, x: reference.apply(v, x, train=False)), compact, compact_vars
+
+
+def dense_model(config, input_shape: Sequence[int]) -> masked.MaskedModel:
+    """The user's model as written (no masks): what pruning is measured against."""
+    user, units = setup(config, input_shape)
+    return masked.MaskedModel(user, units, "none")
+
+
+def counts(config, workdir: str, variables, input_shape: Sequence[int]):
+    """(dense FlopCount, compact FlopCount) from the graph, the compact one with prune's kept channels."""
+    compact, _ = cut(config, variables, input_shape, keep=kept_of(workdir, "report"))
+    return macs.count(compact.program.analysis), macs.of_compact(compact)
+
+
+def load(directory: str):
+    return artifact.load(directory)
+
+
+def is_user_model(config) -> bool:
+    return U.is_user_model(config.model)
+
+
+__all__ = ["counts", "cut", "dense_model", "evaluation_pair", "finetune_phase", "is_user_model", "load", "prune",
+           "save_finetuned", "setup", "training_phase"]
