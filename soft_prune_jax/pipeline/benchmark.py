@@ -9,6 +9,7 @@ from __future__ import annotations
 from absl import logging
 
 from soft_prune_jax.measure import benchmark
+from soft_prune_jax.pipeline import user_model
 from soft_prune_jax.pipeline.records import write_json
 from soft_prune_jax.pipeline.workdir import final_compact, trained_variables
 from soft_prune_jax.training.experiment import create_model
@@ -16,15 +17,24 @@ from soft_prune_jax.training.experiment import create_model
 
 def benchmark_phase(config, workdir, *, dataset, devices=None) -> dict:
     # The dense architecture with the trained weights (masks off): what pruning is measured against.
-    dense = create_model(config, mask=None)
+    input_shape = tuple(dataset.get_dataset_info(config).input_shape)
     variables = trained_variables(config, workdir)
     compact, compact_vars, which = final_compact(workdir)
+    macs = None
+    if user_model.is_user_model(config):  # the model as written; MACs from its graph
+        dense = user_model.dense_model(config, input_shape)
+        dense_count, compact_count = user_model.counts(config, workdir, variables, input_shape)
+        macs = {name: {"macs": c.macs, "params": c.params}
+                for name, c in (("dense", dense_count), ("compact", compact_count))}
+    else:
+        dense = create_model(config, mask=None)
     result = benchmark.compare(
         dense,
         variables,
         compact,
         compact_vars,
-        input_shape=tuple(dataset.get_dataset_info(config).input_shape),
+        macs=macs,
+        input_shape=input_shape,
         batch_sizes=tuple(int(b) for b in config.benchmark_batch_sizes),
         runs=int(config.benchmark_runs),
     )

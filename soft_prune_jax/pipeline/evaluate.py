@@ -15,9 +15,10 @@ from absl import logging
 from jax import lax
 
 from soft_prune_jax.compact import export, surgery
+from soft_prune_jax.pipeline import user_model
 from soft_prune_jax.pipeline.cut import effective_masks
 from soft_prune_jax.pipeline.records import write_json
-from soft_prune_jax.pipeline.workdir import COMPACT_DIR, FINETUNED_DIR, has_finetuned, trained_variables
+from soft_prune_jax.pipeline.workdir import COMPACT_DIR, FINETUNED_DIR, has_finetuned, load_model_dir, trained_variables
 from soft_prune_jax.training.evaluate import evaluate, rates
 from soft_prune_jax.training.experiment import create_model
 from soft_prune_jax.training.parallel import Parallel, check_global_batch
@@ -46,13 +47,18 @@ def _with_top5(summary: dict, name: str, top5_name: str, result: dict) -> None:
 def evaluate_phase(config, workdir, *, dataset, devices=None) -> dict:
     parallel = Parallel(config.parallel, devices)
     check_global_batch(config.eval_batch_size, parallel.num_local_devices * jax.process_count(), what="eval_batch_size")
-    model = create_model(config)
     variables = trained_variables(config, workdir)
-    masks = effective_masks(config, model, variables, dataset.get_dataset_info(config).input_shape)
-    compact, compact_vars = export.load_compact(os.path.join(workdir, COMPACT_DIR))
+    input_shape = dataset.get_dataset_info(config).input_shape
+    if user_model.is_user_model(config):  # the fixed cut at the units, and the reloaded artifact
+        reference, compact, compact_vars = user_model.evaluation_pair(
+            config, workdir, input_shape, os.path.join(workdir, COMPACT_DIR))
+    else:
+        model = create_model(config)
+        masks = effective_masks(config, model, variables, input_shape)
+        compact, compact_vars = export.load_compact(os.path.join(workdir, COMPACT_DIR))
 
-    def reference(v, x):  # the trained network under the masks the surgery cut by
-        return surgery.apply_with_masks(model, v, masks, x)
+        def reference(v, x):  # the trained network under the masks the surgery cut by
+            return surgery.apply_with_masks(model, v, masks, x)
 
     step = parallel.map(functools.partial(compare_step, reference=reference, compact_model=compact))
     pair = parallel.replicate({"reference": variables, "compact": compact_vars})
@@ -67,7 +73,7 @@ def evaluate_phase(config, workdir, *, dataset, devices=None) -> dict:
     _with_top5(summary, "compact_accuracy_before_finetune", "compact_top5_accuracy_before_finetune", compact_rates)
     final = compact_rates
     if has_finetuned(workdir):
-        tuned, tuned_vars = export.load_compact(os.path.join(workdir, FINETUNED_DIR))
+        tuned, tuned_vars = load_model_dir(os.path.join(workdir, FINETUNED_DIR))
         p_eval = parallel.map(functools.partial(eval_step, model=tuned))
         batches = dataset.eval_iterator(config, local_devices=parallel.num_local_devices, split="test")
         final = evaluate(parallel, p_eval, parallel.replicate(tuned_vars), batches)

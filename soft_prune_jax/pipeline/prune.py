@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from soft_prune_jax.compact import export, surgery
+from soft_prune_jax.pipeline import user_model
 from soft_prune_jax.pipeline.budget import landing_record
 from soft_prune_jax.pipeline.cut import surgery_choice
 from soft_prune_jax.pipeline.records import write_json
@@ -13,9 +14,14 @@ from soft_prune_jax.training.experiment import create_model
 
 
 def prune_phase(config, workdir, *, dataset, devices=None) -> dict:
+    input_shape = dataset.get_dataset_info(config).input_shape
+    if user_model.is_user_model(config):  # cut by the graph analysis (pipeline/user_model.py)
+        variables = trained_variables(config, workdir)
+        summary = user_model.prune(config, variables, input_shape, os.path.join(workdir, COMPACT_DIR))
+        write_json(workdir, "prune.json", summary)
+        return summary
     model = create_model(config)
     variables = trained_variables(config, workdir)
-    input_shape = dataset.get_dataset_info(config).input_shape
     choice = surgery_choice(config, model, variables, input_shape)
     round_to = int(config.round_to)
     plans = surgery.plan(model, variables, round_to=round_to, **choice)

@@ -9,6 +9,7 @@ import jax
 
 from soft_prune_jax.measure import flops, markdown, report
 from soft_prune_jax.methods import get_method
+from soft_prune_jax.pipeline import user_model
 from soft_prune_jax.pipeline.records import read_existing, write_json
 from soft_prune_jax.pipeline.workdir import final_compact, trained_variables
 from soft_prune_jax.training.checkpoint import config_to_dict
@@ -19,12 +20,15 @@ RECORDS = ("train", "prune", "finetune", "evaluate", "benchmark", "timings")
 
 def report_phase(config, workdir, *, dataset, devices=None) -> dict:
     input_shape = tuple(dataset.get_dataset_info(config).input_shape)
-    dense_model = create_model(config)
     variables = trained_variables(config, workdir)
     compact, compact_vars, which = final_compact(workdir)
-    comparison = report.compare(
-        flops.count(dense_model, variables, input_shape), flops.count(compact, compact_vars, input_shape)
-    )
+    if user_model.is_user_model(config):  # MACs per layer from the graph, the cut prune chose
+        comparison = report.compare(*user_model.counts(config, workdir, variables, input_shape))
+    else:
+        dense_model = create_model(config)
+        comparison = report.compare(
+            flops.count(dense_model, variables, input_shape), flops.count(compact, compact_vars, input_shape)
+        )
     method = get_method(config.method)
     out = {
         "model": config.model,

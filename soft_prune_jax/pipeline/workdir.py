@@ -7,6 +7,7 @@ import os
 from soft_prune_jax.compact import export
 from soft_prune_jax.pipeline.records import read_json
 from soft_prune_jax.training import checkpoint as ckpt_lib
+from soft_prune_jax.user import artifact
 
 COMPACT_DIR, FINETUNED_DIR = "compact", "finetuned"
 
@@ -39,5 +40,12 @@ def has_finetuned(workdir: str) -> bool:
 def final_compact(workdir: str):
     """(model, variables, which): the fine-tuned compact model if there is one, else the pruned one."""
     name = FINETUNED_DIR if has_finetuned(workdir) else COMPACT_DIR
-    model, variables = export.load_compact(os.path.join(workdir, name))
+    model, variables = load_model_dir(os.path.join(workdir, name))
     return model, variables, name
+
+
+def load_model_dir(directory: str):
+    """(model, variables) of a compact export: a built-in architecture's, or a user model's artifact."""
+    if artifact.is_artifact(directory):
+        return artifact.load(directory)
+    return export.load_compact(directory)
