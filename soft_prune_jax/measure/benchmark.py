@@ -347,8 +347,12 @@ def _macs(model: nn.Module, variables: Mapping[str, Any], input_shape: Sequence[
 def compare(dense: nn.Module, dense_variables: Mapping[str, Any], compact: Optional[nn.Module] = None,
             compact_variables: Optional[Mapping[str, Any]] = None, *, input_shape: Sequence[int] = (32, 32, 3),
             batch_sizes: Sequence[int] = (1, 64, 256), runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP,
-            conv_formulation: Optional[str] = None, seed: int = 0) -> dict[str, Any]:
+            conv_formulation: Optional[str] = None, seed: int = 0,
+            macs: Optional[Mapping[str, Mapping[str, int]]] = None) -> dict[str, Any]:
     """Latency, MACs and FLOP rates of a dense model and (optionally) its compact version.
+
+    macs: {'dense'|'compact': {'macs', 'params'}} counted elsewhere (a model ``flops.count`` cannot
+    intercept, e.g. a user's NNX model or a compact replay of a traced graph); default: ``flops.count``.
 
     Per batch size: both timings (dense and compact take turns, ``time_interleaved``), the speed-up, the MAC ratio (dense MACs / compact MACs), their
     quotient (1.0 = the speed-up is all the MAC cut promises) and each model's GFLOP/s over the
@@ -369,7 +373,7 @@ def compare(dense: nn.Module, dense_variables: Mapping[str, Any], compact: Optio
         "runs": runs, "sgemm_gflops_before": sgemm_rate(runs=runs, warmup=warmup),
     }
     for name, (model, variables) in models.items():
-        result[name] = _macs(model, variables, input_shape)
+        result[name] = dict(macs[name]) if macs is not None else _macs(model, variables, input_shape)
     if compact is not None:
         result["mac_ratio"] = result["dense"]["macs"] / max(result["compact"]["macs"], 1)
         result["macs_reduction_pct"] = 100.0 * (1.0 - result["compact"]["macs"] / result["dense"]["macs"])
