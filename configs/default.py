@@ -38,10 +38,16 @@ def get_config() -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
 
     # What to train on.
-    config.model = "resnet56"  # a name from soft_prune_jax.models.model_names()
+    # A name from soft_prune_jax.models.model_names(), or a user's own linen/NNX model as "package.module:attribute"
+    # (a class or factory called with num_classes and **model_kwargs, imported from the working directory or
+    # PYTHONPATH; its masks are inserted from outside, soft_prune_jax/user/masked.py).
+    config.model = "resnet56"
     # Constructor overrides of the registry model, e.g. {'widths': (4, 'M', 8)} for a tiny VGG; empty = the
     # architecture as published. A dict literal on the command line: --config.model_kwargs="{'widths': (8, 'M')}".
     config.model_kwargs = config_dict.ConfigDict()
+    # How a user's linen model is told train vs eval: "train" calls apply(v, x, train=...); "not NAME" passes
+    # NAME=not training (e.g. "not deterministic"). Built-in and NNX models ignore it (NNX: .train()/.eval()).
+    config.model_call = "train"
     config.dataset = "cifar10"  # 'cifar10' | 'cifar100' | 'imagenet2012' | 'fashion_mnist'
     # None = the dataset's class count (derived, never typed per config); an int only for a custom dataset
     # module passed to the pipeline (tests' synthetic data); with a known dataset it must agree.

@@ -59,6 +59,7 @@ NAN, INF = float("nan"), float("inf")
 BAD_FIELDS = [
     ("model", 3), ("model", "resnet57"),
     ("model_kwargs", 3), ("model_kwargs", {"depth": 3}),
+    ("model_call", "not"), ("model_call", 3),
     ("dataset", None), ("dataset", "cifar11"),
     ("num_classes", "10"), ("num_classes", 100),
     ("data_dir", 5), ("manual_dir", 7), ("augment", "yes"), ("augment", 1),

@@ -18,6 +18,7 @@ import jax
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.methods import method_names
 from soft_prune_jax.models import get_model, model_names
+from soft_prune_jax.models import user
 from soft_prune_jax.training import data, distributed
 from soft_prune_jax.training.parallel import PARALLEL_KINDS, check_global_batch
 
@@ -105,6 +106,10 @@ def validate(config, *, num_devices: Optional[int] = None) -> None:
 
 
 def _validate_model(config) -> None:
+    user.parse_call(_get(config, "model_call"))
+    if user.is_user_model(_get(config, "model")):
+        _validate_user_model(config)
+        return
     if _get(config, "model") not in model_names():
         raise ValueError(f"config.model={config.model!r} is unknown: known models are {', '.join(model_names())}")
     kwargs = _get(config, "model_kwargs")
@@ -117,6 +122,21 @@ def _validate_model(config) -> None:
             f"config.model_kwargs={dict(kwargs)!r} is invalid for model {config.model!r}: "
             f"expected constructor arguments of it ({e})"
         ) from None
+
+
+def _validate_user_model(config) -> None:
+    """A user's model: importable, a Flax module, callable on the dataset's images (abstractly, no compute)."""
+    kwargs = _get(config, "model_kwargs")
+    if not hasattr(kwargs, "keys"):
+        raise ValueError(f"config.model_kwargs={kwargs!r} is invalid: expected a dict of constructor arguments")
+    for field in ("target_macs_ratio", "cost_aware_penalty"):
+        if config.get(field):
+            raise ValueError(f"config.{field}={config.get(field)!r} is not supported with a user model "
+                             f"(config.model={config.model!r}): expected None / False")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(kwargs).items()}
+    model = user.build(config.model, data.num_classes(config), kwargs, call=config.model_call,
+                       seed=int(_get(config, "seed")))
+    user.check_callable(model, data.dataset_spec(_get(config, "dataset")).input_shape)
 
 
 def _validate_data(config) -> None:
