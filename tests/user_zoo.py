@@ -103,3 +103,26 @@ NOT_A_MODULE = 3
 
 def not_a_module(num_classes: int):
     return {"num_classes": num_classes}
+
+
+class Tiny(nn.Module):
+    """conv (1x1) -> BN -> ReLU -> mean -> Dense: small enough to compute the masked step by hand."""
+
+    num_classes: int
+    width: int = 3
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        y = nn.Conv(self.width, (1, 1), use_bias=False)(x)
+        y = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(y))
+        return nn.Dense(self.num_classes)(y.mean(axis=(1, 2)))
+
+
+class WrongInput(nn.Module):
+    """Flattens to a fixed CIFAR size: cannot be called on Fashion-MNIST images."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Dense(self.num_classes)(x.reshape((x.shape[0], 32 * 32 * 3)))
