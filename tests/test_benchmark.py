@@ -53,7 +53,7 @@ def all_formulations(x, kernel, strides, padding, formulations):
        padding=st.sampled_from(["SAME", "VALID", ((1, 0), (0, 2))]), seed=st.integers(0, 2 ** 16))
 def test_every_formulation_equals_lax_conv(batch, height, width, cin, cout, kh, kw, strides, padding, seed):
     x, kernel = random_pair(seed, (batch, height, width, cin), (kh, kw, cin, cout))
-    pads = F._explicit_padding((height, width), (kh, kw), strides, padding)
+    pads = F.explicit_padding((height, width), (kh, kw), strides, padding)
     if 0 in F.output_spatial((height, width), (kh, kw), strides, pads):
         return  # the window does not fit; covered by test_window_larger_than_input
     formulations = ("xla", "im2col", "auto") + (("matmul",) if (kh, kw) == (1, 1) else ())

@@ -29,6 +29,10 @@ So ``conv2d`` offers several formulations of the same convolution, all numerical
 * ``'matmul'``: for 1x1 kernels: a strided slice and one GEMM (no patch copy).
 
 ``'auto'`` picks by a fixed shape rule (no timing at call time), see ``choose_formulation``.
+Gradients: the kernel's gradient uses the formulation ``ops.conv_grad`` picks for the shape (XLA:CPU's
+own weight-gradient conv is several times slower than the forward conv on most shapes), the
+input's gradient is the autodiff of the forward formulation; ``weight_grad='autodiff'`` differentiates
+the forward formulation alone.
 ``Conv`` is a drop-in linen module (param 'kernel' of shape (kh, kw, in, out), optional 'bias')
 that uses ``conv2d``, so checkpoints of ``nn.Conv`` layers load unchanged.
 """
@@ -36,47 +40,23 @@ that uses ``conv2d``, so checkpoints of ``nn.Conv`` layers load unchanged.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from soft_prune_jax.ops import conv_grad
+from soft_prune_jax.ops.conv_geometry import Padding, explicit_padding, output_spatial, pair, shifted_views
+
 FORMULATIONS = ("auto", "xla", "im2col", "matmul")
-Padding = Union[str, Sequence[Tuple[int, int]]]
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # im2col wins by 10-100x when the output has at most this many spatial positions (2x2); at 3x3 it
 # is a wash and from 4x4 up XLA's own conv is faster (it avoids the kh*kw patch copy)...
 IM2COL_MAX_OUTPUT_POSITIONS = 4
 # ...unless the GEMM is this small in all (batch * positions rows), as at batch 1.
 IM2COL_MAX_OUTPUT_ROWS = 64
-
-
-def _pair(value, name: str) -> Tuple[int, int]:
-    if isinstance(value, int):
-        value = (value, value)
-    value = tuple(value)
-    if len(value) != 2 or not all(isinstance(v, int) and v >= 1 for v in value):
-        raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1 or a pair of them")
-    return value
-
-
-def _explicit_padding(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int],
-                      padding: Padding) -> Tuple[Tuple[int, int], ...]:
-    if isinstance(padding, str):
-        if padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(f"padding={padding!r} is invalid: expected 'SAME', 'VALID' or ((lo, hi), (lo, hi))")
-        return tuple(lax.padtype_to_pads(tuple(spatial), tuple(window), tuple(strides), padding.upper()))
-    pads = tuple(tuple(p) for p in padding)
-    if len(pads) != 2 or not all(len(p) == 2 and all(isinstance(v, int) and v >= 0 for v in p) for p in pads):
-        raise ValueError(f"padding={padding!r} is invalid: expected 'SAME', 'VALID' or ((lo, hi), (lo, hi)) ints >= 0")
-    return pads
-
-
-def output_spatial(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int],
-                   pads: Sequence[Tuple[int, int]]) -> Tuple[int, ...]:
-    """Output height/width of a conv with explicit padding (0 when the window does not fit)."""
-    return tuple(max((d + lo + hi - k) // s + 1, 0) for d, k, s, (lo, hi) in zip(spatial, window, strides, pads))
 
 
 def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int], strides=1,
@@ -87,29 +67,20 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int], 
     ``IM2COL_MAX_OUTPUT_POSITIONS`` spatial positions, or of at most ``IM2COL_MAX_OUTPUT_ROWS``
     positions in the whole batch -> 'im2col'; otherwise 'xla'.
     """
-    strides = _pair(strides, "strides")
+    strides = pair(strides, "strides")
     kh, kw = kernel_shape[:2]
     if (kh, kw) == (1, 1):
         return "matmul"
-    pads = _explicit_padding(input_shape[1:3], (kh, kw), strides, padding)
+    pads = explicit_padding(input_shape[1:3], (kh, kw), strides, padding)
     ho, wo = output_spatial(input_shape[1:3], (kh, kw), strides, pads)
     if ho * wo <= IM2COL_MAX_OUTPUT_POSITIONS or input_shape[0] * ho * wo <= IM2COL_MAX_OUTPUT_ROWS:
         return "im2col"
     return "xla"
 
 
-def _shifted_views(x, window, strides, pads, out_hw):
-    """The kh*kw strided views x_pad[:, i::sh, j::sw, :] cropped to the output size, (i, j) row-major."""
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    (sh, sw), (ho, wo) = strides, out_hw
-    return [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, xp.shape[3]),
-                      (1, sh, sw, 1))
-            for i in range(window[0]) for j in range(window[1])]
-
-
 def _im2col(x, kernel, strides, pads, out_hw):
     kh, kw, cin, cout = kernel.shape
-    patches = jnp.concatenate(_shifted_views(x, (kh, kw), strides, pads, out_hw), axis=-1)
+    patches = jnp.concatenate(shifted_views(x, (kh, kw), strides, pads, out_hw), axis=-1)
     # Patch channels are ordered (i, j, c), which is exactly the HWIO kernel's row-major order.
     out = jnp.dot(patches.reshape(-1, kh * kw * cin), kernel.reshape(kh * kw * cin, cout),
                   preferred_element_type=jnp.result_type(x, kernel))
@@ -117,11 +88,18 @@ def _im2col(x, kernel, strides, pads, out_hw):
 
 
 def _matmul_1x1(x, kernel, strides, pads, out_hw):
-    (view,) = _shifted_views(x, (1, 1), strides, pads, out_hw)
+    (view,) = shifted_views(x, (1, 1), strides, pads, out_hw)
     return jnp.einsum("nhwc,co->nhwo", view, kernel[0, 0], preferred_element_type=jnp.result_type(x, kernel))
 
 
-def conv2d(x, kernel, strides=1, padding: Padding = "SAME", formulation: str = "auto"):
+def _xla(x, kernel, strides, pads, out_hw):
+    return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS)
+
+
+_FORWARDS = {"xla": _xla, "im2col": _im2col, "matmul": _matmul_1x1}
+
+
+def conv2d(x, kernel, strides=1, padding: Padding = "SAME", formulation: str = "auto", weight_grad: str = "auto"):
     """A 2-D convolution, NHWC input and HWIO kernel (as ``nn.Conv``), no dilation, one group.
 
     Equal to ``lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=
@@ -134,6 +112,9 @@ def conv2d(x, kernel, strides=1, padding: Padding = "SAME", formulation: str = "
       strides: an int or an (sh, sw) pair.
       padding: 'SAME', 'VALID' or ((top, bottom), (left, right)).
       formulation: one of ``FORMULATIONS``; 'auto' follows ``choose_formulation``.
+      weight_grad: how the kernel's gradient is computed, one of ``conv_grad.WEIGHT_GRAD_FORMULATIONS``;
+        'auto' follows ``conv_grad.choose_weight_grad``, 'autodiff' differentiates the forward
+        formulation itself. The input's gradient is always the autodiff of the forward formulation.
     """
     if formulation not in FORMULATIONS:
         raise ValueError(f"formulation={formulation!r} is invalid: expected one of {', '.join(FORMULATIONS)}")
@@ -142,9 +123,9 @@ def conv2d(x, kernel, strides=1, padding: Padding = "SAME", formulation: str = "
     if x.shape[-1] != kernel.shape[2]:
         raise ValueError(f"input channels {x.shape[-1]} != kernel input channels {kernel.shape[2]} "
                          f"(shapes {x.shape}, {kernel.shape})")
-    strides = _pair(strides, "strides")
+    strides = pair(strides, "strides")
     window = tuple(kernel.shape[:2])
-    pads = _explicit_padding(x.shape[1:3], window, strides, padding)
+    pads = explicit_padding(x.shape[1:3], window, strides, padding)
     out_hw = output_spatial(x.shape[1:3], window, strides, pads)
     dtype = jnp.result_type(x, kernel)
     if x.shape[-1] == 0 or kernel.shape[-1] == 0 or 0 in out_hw or x.shape[0] == 0:
@@ -153,11 +134,15 @@ def conv2d(x, kernel, strides=1, padding: Padding = "SAME", formulation: str = "
         formulation = choose_formulation(x.shape, kernel.shape, strides, pads)
     if formulation == "matmul" and window != (1, 1):
         raise ValueError(f"formulation='matmul' needs a 1x1 kernel, got {window[0]}x{window[1]}")
-    if formulation == "xla":
-        return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS)
-    if formulation == "matmul":
-        return _matmul_1x1(x, kernel, strides, pads, out_hw)
-    return _im2col(x, kernel, strides, pads, out_hw)
+    conv_grad.check_weight_grad(weight_grad)
+    if weight_grad == "matmul" and window != (1, 1):
+        raise ValueError(f"weight_grad='matmul' needs a 1x1 kernel, got {window[0]}x{window[1]}")
+    if weight_grad == "auto":
+        weight_grad = conv_grad.choose_weight_grad(kernel.shape, formulation)
+    forward = functools.partial(_FORWARDS[formulation], strides=strides, pads=pads, out_hw=out_hw)
+    if weight_grad == "autodiff":
+        return forward(x, kernel)
+    return conv_grad.conv(x, kernel, forward, strides, pads, weight_grad)
 
 
 class Conv(nn.Module):
@@ -176,12 +161,14 @@ class Conv(nn.Module):
     bias_init: Callable = nn.initializers.zeros
     dtype: Any = jnp.float32
     formulation: str = "auto"
+    weight_grad: str = "auto"
 
     @nn.compact
     def __call__(self, x):
-        kh, kw = _pair(tuple(self.kernel_size), "kernel_size")
+        kh, kw = pair(tuple(self.kernel_size), "kernel_size")
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
-        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding, self.formulation)
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding, self.formulation,
+                   self.weight_grad)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
@@ -204,7 +191,8 @@ def flax_conv_formulation(formulation: Optional[str] = "auto"):
         module = context.module
         if type(module) is Conv and context.method_name == "__call__" and formulation is not None:
             x, kernel = args[0], module.get_variable("params", "kernel")
-            y = conv2d(x.astype(module.dtype), kernel.astype(module.dtype), module.strides, module.padding, formulation)
+            y = conv2d(x.astype(module.dtype), kernel.astype(module.dtype), module.strides, module.padding, formulation,
+                       module.weight_grad)
             return y + module.get_variable("params", "bias").astype(module.dtype) if module.use_bias else y
         if (formulation in (None, "xla") or type(module) is not nn.Conv or context.method_name != "__call__"
                 or not module.has_variable("params", "kernel") or module.feature_group_count != 1

@@ -1,0 +1,109 @@
+"""Every gradient formulation of ops.conv_grad equals XLA's own convolution gradients (float32)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+from soft_prune_jax.ops import conv_grad as G
+from soft_prune_jax.ops import fast_conv as F
+from soft_prune_jax.ops.conv_geometry import explicit_padding, output_spatial
+
+
+def reference_grads(x, kernel, strides, padding, cotangent):
+    conv = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.vjp(conv, x, kernel)[1](cotangent)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def all_grads(x, kernel, strides, padding, combos, cotangent):
+    """The reference gradients and those of every (forward, weight_grad) pair, in one compile."""
+    ours = [jax.vjp(lambda x_, k_: F.conv2d(x_, k_, strides, padding, f, g), x, kernel)[1](cotangent)
+            for f, g in combos]
+    return reference_grads(x, kernel, strides, padding, cotangent), ours
+
+
+@settings(max_examples=6, deadline=None)
+@given(batch=st.integers(1, 4), height=st.integers(1, 7), width=st.integers(1, 7), cin=st.integers(1, 4),
+       cout=st.integers(1, 4), kh=st.sampled_from([1, 2, 3]), kw=st.sampled_from([1, 3]),
+       strides=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       padding=st.sampled_from(["SAME", "VALID", ((1, 0), (0, 2))]), seed=st.integers(0, 2 ** 16))
+def test_every_gradient_formulation_equals_xla(batch, height, width, cin, cout, kh, kw, strides, padding, seed):
+    pads = explicit_padding((height, width), (kh, kw), strides, padding)
+    out_hw = output_spatial((height, width), (kh, kw), strides, pads)
+    if 0 in out_hw:
+        return  # the window does not fit: conv2d returns zeros without a VJP of its own
+    kx, kk, kc = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(kx, (batch, height, width, cin), jnp.float32)
+    kernel = jax.random.normal(kk, (kh, kw, cin, cout), jnp.float32)
+    cotangent = jax.random.normal(kc, (batch,) + out_hw + (cout,), jnp.float32)
+    forwards = ("xla", "im2col", "auto") + (("matmul",) if (kh, kw) == (1, 1) else ())
+    grads = ("auto", "autodiff", "chunked_im2col") + (("matmul",) if (kh, kw) == (1, 1) else ())
+    combos = tuple((f, g) for f in forwards for g in grads)
+    (dx_ref, dw_ref), ours = all_grads(x, kernel, strides, padding, combos, cotangent)
+    for (f, g), (dx, dw) in zip(combos, ours):
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4, err_msg=f"input grad, {f}/{g}")
+        np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4, err_msg=f"weight grad, {f}/{g}")
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 700, 10 ** 9])
+def test_chunked_weight_grad_equals_xla_for_every_chunking(chunk_bytes):
+    # 1 byte: one example per chunk (a scan over 6); 700: 2 examples (3*3 positions * 18 * 4 bytes each); 1e9: no scan.
+    kx, kk, kc = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (6, 5, 5, 2), jnp.float32)
+    kernel = jax.random.normal(kk, (3, 3, 2, 3), jnp.float32)
+    pads = explicit_padding((5, 5), (3, 3), (2, 2), "SAME")
+    dy = jax.random.normal(kc, (6, 3, 3, 3), jnp.float32)
+    expected = reference_grads(x, kernel, (2, 2), pads, dy)[1]
+    got = G.chunked_im2col_weight_grad(x, dy, (3, 3), (2, 2), pads, chunk_bytes)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_chunk_size_is_the_largest_divisor_within_the_limit():
+    assert G.chunk_size(128, 1000, 4000) == 4
+    assert G.chunk_size(6, 100, 350) == 3
+    assert G.chunk_size(7, 100, 350) == 1  # 7 is prime: one example per chunk
+    assert G.chunk_size(8, 10 ** 9, 4000) == 1  # one example over the limit still runs alone
+    assert G.chunk_size(8, 1, 4000) == 8
+
+
+def test_rule_matches_the_forward_and_kernel():
+    assert G.choose_weight_grad((1, 1, 8, 8), "matmul") == "matmul"
+    assert G.choose_weight_grad((3, 3, 8, 8), "xla") == "chunked_im2col"
+    assert G.choose_weight_grad((3, 3, 8, 8), "im2col") == "autodiff"
+
+
+def test_bad_weight_grad_is_one_line_error():
+    x, kernel = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
+    with pytest.raises(ValueError, match="weight_grad='fast' is invalid"):
+        F.conv2d(x, kernel, weight_grad="fast")
+    with pytest.raises(ValueError, match="weight_grad='matmul' needs a 1x1 kernel"):
+        F.conv2d(x, kernel, weight_grad="matmul")
+
+
+def test_model_gradients_equal_xla_gradients(monkeypatch):
+    """A tiny ResNet's parameter gradients under the default rule equal those with XLA's conv gradients."""
+    from soft_prune_jax.models import get_model
+    model = get_model("resnet56", 10, stage_sizes=(1, 1, 1), stage_widths=(4, 8, 8), stem_width=4, mask=None)
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3), jnp.float32)
+    variables = model.init(jax.random.key(1), x)
+
+    def loss(params):
+        out, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(out ** 2)
+
+    ours = jax.grad(loss)(variables["params"])
+    monkeypatch.setattr(G, "choose_weight_grad", lambda kernel_shape, forward: "autodiff")
+    reference = jax.grad(loss)(variables["params"])
+    leaves = jax.tree_util.tree_leaves(ours)
+    assert len(leaves) > 10
+    for a, b in zip(leaves, jax.tree_util.tree_leaves(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
