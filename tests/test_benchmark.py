@@ -186,21 +186,22 @@ def test_time_layers_groups_identical_shapes():
     assert all(r["xla"]["median_ms"] > 0 and r["auto"]["gflops"] > 0 for r in rows)
 
 
-def test_time_train_step_compares_scp_with_plain():
-    model = get_model("vgg16", 10, **TINY_VGG)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
-    step = B.time_train_step(model, variables, 2, input_shape=(8, 8, 3), runs=2, warmup=1)
-    assert step["plain"]["runs"] == step["scp"]["runs"] == 2
-    assert step["ratio"] == pytest.approx(step["scp"]["median_ms"] / step["plain"]["median_ms"])
-    with pytest.raises(ValueError, match="mask=None"):
-        B.time_train_step(model.clone(mask=None), variables, 2, input_shape=(8, 8, 3))
+def test_time_train_steps_reports_ratios_to_the_forward():
+    forward = (lambda x: x @ x, (jnp.ones((8, 8)),))
+    steps = {"plain": (lambda x: x @ x @ x, (jnp.ones((8, 8)),)), "scp": (lambda x: (x @ x) @ (x @ x), (jnp.ones((8, 8)),))}
+    result = B.time_train_steps(forward, steps, runs=2, warmup=1)
+    assert result["forward"]["runs"] == result["plain"]["runs"] == result["scp"]["runs"] == 2
+    assert result["over_forward"]["scp"] == pytest.approx(result["scp"]["median_ms"] / result["forward"]["median_ms"])
+    assert result["ratio"] == pytest.approx(result["scp"]["median_ms"] / result["plain"]["median_ms"])
+    with pytest.raises(ValueError, match="may not be named 'forward'"):
+        B.time_train_steps(forward, {"forward": forward})
 
 
 def test_launch_emits_json_with_the_documented_keys(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, os.path.join(REPO, "launch", "benchmark.py"), "--model=vgg16",
            f"--model_kwargs={json.dumps(TINY_VGG)}", "--input_shape=8,8,3", "--batch_sizes=1,2", "--runs=2",
-           "--warmup=0", "--random_prune=0.5", f"--json={out}"]
+           "--warmup=0", "--random_prune=0.5", "--train_step", f"--json={out}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
@@ -213,6 +214,9 @@ def test_launch_emits_json_with_the_documented_keys(tmp_path):
         assert row["speedup_over_mac_ratio"] == pytest.approx(row["speedup"] / result["mac_ratio"])
         assert row["dense_sgemm_fraction"] == pytest.approx(row["dense_gflops"] / result["sgemm_gflops"])
     assert "speed-up" in proc.stdout  # the human table
+    step = result["train_step"]  # the training package's own step, plain and SCP, against the forward
+    assert step["batch_size"] == 2 and {"forward", "plain", "scp", "over_forward", "ratio"} <= set(step)
+    assert step["over_forward"]["scp"] == pytest.approx(step["scp"]["median_ms"] / step["forward"]["median_ms"])
 
     bad = subprocess.run(cmd[:2] + ["--batch_sizes=0"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode != 0 and "--batch_sizes='0' is invalid" in bad.stderr

@@ -27,11 +27,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from soft_prune_jax.measure import flops
 from soft_prune_jax.ops import fast_conv
-from soft_prune_jax.method import masks as M
-from soft_prune_jax.method.units import GUMBEL_RNG
+from soft_prune_jax.ops.conv_geometry import explicit_padding, output_spatial, pair
 
 DEFAULT_RUNS = 50
 DEFAULT_WARMUP = 5
@@ -132,7 +131,7 @@ def sgemm_rate(*, size: int = SGEMM_SIZE, runs: int = DEFAULT_RUNS, warmup: int 
     return flop_rate(size ** 3, result["median_ms"])
 
 
-def _input_batch(batch_size: int, input_shape: Sequence[int], seed: int):
+def random_inputs(batch_size: int, input_shape: Sequence[int], seed: int):
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} is invalid: expected an int >= 1")
     shape = tuple(input_shape)
@@ -173,7 +172,7 @@ def time_inference(model: nn.Module, variables: Mapping[str, Any], batch_size: i
         ``nn.Conv`` layers through ``fast_conv.conv2d`` with that formulation.
     Returns: {median_ms, p10_ms, p90_ms, min_ms, runs, batch_size, device, compile_s}.
     """
-    x = _input_batch(batch_size, input_shape, seed)
+    x = random_inputs(batch_size, input_shape, seed)
     apply = _with_formulation(functools.partial(_apply_eval, model), conv_formulation)
     result = time_compiled(apply, (variables, x), runs=runs, warmup=warmup)
     return {**result, "batch_size": batch_size, "device": device_description()}
@@ -199,8 +198,8 @@ class LayerShape:
         """MACs for the whole batch (the flops.py convention: kernel size times output positions)."""
         if self.kind == "dense":
             return math.prod(self.input_shape[:-1]) * self.kernel_shape[-1] * self.kernel_shape[0]
-        pads = fast_conv._explicit_padding(self.input_shape[1:3], self.kernel_shape[:2], self.strides, self.padding)
-        ho, wo = fast_conv.output_spatial(self.input_shape[1:3], self.kernel_shape[:2], self.strides, pads)
+        pads = explicit_padding(self.input_shape[1:3], self.kernel_shape[:2], self.strides, self.padding)
+        ho, wo = output_spatial(self.input_shape[1:3], self.kernel_shape[:2], self.strides, pads)
         return self.input_shape[0] * ho * wo * math.prod(self.kernel_shape)
 
     def key(self) -> tuple:
@@ -225,7 +224,7 @@ def layer_shapes(model: nn.Module, variables: Mapping[str, Any], batch_size: int
                 rows.append(LayerShape("/".join(module.path), "dense", tuple(args[0].shape), kernel_shape, (1, 1),
                                        None))
             else:
-                strides = fast_conv._pair(module.strides if module.strides is not None else 1, "strides")
+                strides = pair(module.strides if module.strides is not None else 1, "strides")
                 padding = module.padding
                 padding = padding.upper() if isinstance(padding, str) else tuple(map(tuple, padding))
                 rows.append(LayerShape("/".join(module.path), "conv", tuple(args[0].shape), kernel_shape, strides,
@@ -284,54 +283,25 @@ def time_layers(model: nn.Module, variables: Mapping[str, Any], batch_size: int,
 # Train steps.
 # ---------------------------------------------------------------------------------------------
 
-def _sgd_step(model: nn.Module, sparsity_lambda: float, sparsity_s: float, learning_rate: float,
-              conv_formulation: Optional[str]):
-    """A minimal train step: CE (+ lambda * SCP penalty when > 0) -> grads -> plain SGD update."""
+def time_train_steps(forward: tuple[Callable, Sequence[Any]], steps: Mapping[str, tuple[Callable, Sequence[Any]]], *,
+                     runs: int = 20, warmup: int = 3) -> dict[str, Any]:
+    """Times train steps against the jitted inference forward of the same model and batch.
 
-    def loss_fn(params, batch_stats, x, labels, key):
-        logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                                      rngs={GUMBEL_RNG: key}, mutable=["batch_stats"])
-        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-        if sparsity_lambda:
-            loss = loss + sparsity_lambda * M.sparsity_penalty(params, sparsity_s)
-        return loss, updates["batch_stats"]
-
-    loss_fn = _with_formulation(loss_fn, conv_formulation)
-
-    def step(params, batch_stats, x, labels, key):
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, x, labels, key)
-        params = jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
-        return params, batch_stats, loss
-
-    return step
-
-
-def time_train_step(model: nn.Module, variables: Mapping[str, Any], batch_size: int, *,
-                    input_shape: Sequence[int] = (32, 32, 3), num_classes: Optional[int] = None,
-                    sparsity_lambda: float = 5e-5, sparsity_s: float = 2.0, learning_rate: float = 0.1,
-                    runs: int = 20, warmup: int = 3, seed: int = 0,
-                    conv_formulation: Optional[str] = None) -> dict[str, Any]:
-    """One jitted SGD step of the SCP model against the same model with ``mask=None``, same batch.
-
-    The SCP step samples Gumbel soft masks, gates BN statistics and adds the sparsity penalty; the
-    plain step is the dense baseline's. Both share ``variables`` (masks add no parameters) and take
-    turns in this call (``time_interleaved``). Returns {'plain', 'scp': timings, 'ratio': scp median
-    / plain median, 'batch_size', 'device'}.
+    ``forward`` and each of ``steps`` are ``(fn, args)``; the caller builds them (the training
+    package's own ``train_step``, see ``launch/benchmark.py --train_step``), so what is timed is the
+    step that trains, not a copy. All take turns run by run (``time_interleaved``). Returns
+    {'forward': timings, name: timings, ..., 'over_forward': {name: median / forward median},
+    'device'}, plus 'ratio' = scp median / plain median when steps named 'scp' and 'plain' exist.
     """
-    if getattr(model, "mask", None) is None:
-        raise ValueError(f"{type(model).__name__} has mask=None: time_train_step needs the SCP (masked) model")
-    x = _input_batch(batch_size, input_shape, seed)
-    num_classes = num_classes or int(getattr(model, "num_classes", 10))
-    labels = jax.random.randint(jax.random.key(seed + 1), (batch_size,), 0, num_classes)
-    key = jax.random.key(seed + 2)
-    params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    args = (params, batch_stats, x, labels, key)
-    calls = {"plain": (_sgd_step(model.clone(mask=None), 0.0, sparsity_s, learning_rate, conv_formulation), args),
-             "scp": (_sgd_step(model, sparsity_lambda, sparsity_s, learning_rate, conv_formulation), args)}
-    # The two steps take turns run by run, so load drift on a shared machine hits both alike.
-    results = time_interleaved(calls, runs=runs, warmup=warmup)
-    return {**results, "ratio": results["scp"]["median_ms"] / results["plain"]["median_ms"],
-            "batch_size": batch_size, "device": device_description()}
+    if "forward" in steps:
+        raise ValueError("a train step may not be named 'forward': expected other names")
+    results = time_interleaved({"forward": forward, **steps}, runs=runs, warmup=warmup)
+    out: dict[str, Any] = {**results, "device": device_description(),
+                           "over_forward": {name: results[name]["median_ms"] / results["forward"]["median_ms"]
+                                            for name in steps}}
+    if "scp" in steps and "plain" in steps:
+        out["ratio"] = results["scp"]["median_ms"] / results["plain"]["median_ms"]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +309,6 @@ def time_train_step(model: nn.Module, variables: Mapping[str, Any], batch_size: 
 # ---------------------------------------------------------------------------------------------
 
 def _macs(model: nn.Module, variables: Mapping[str, Any], input_shape: Sequence[int]) -> dict[str, int]:
-    from soft_prune_jax.measure import flops  # MACs per example, the library's one convention
     count = flops.count(model, variables, input_shape)
     return {"macs": count.macs, "params": count.params}
 
@@ -380,7 +349,7 @@ def compare(dense: nn.Module, dense_variables: Mapping[str, Any], compact: Optio
     rows = []
     device = device_description()
     for b in batch_sizes:
-        x = _input_batch(b, input_shape, seed)
+        x = random_inputs(b, input_shape, seed)
         calls = {name: (_with_formulation(functools.partial(_apply_eval, model), conv_formulation), (variables, x))
                  for name, (model, variables) in models.items()}
         timings = time_interleaved(calls, runs=runs, warmup=warmup)  # dense and compact take turns
