@@ -37,7 +37,7 @@ ALL = "train,prune,finetune,evaluate,benchmark,report"
 
 def user_config(spec: str, **overrides):
     config = tiny_config(model=spec, num_classes=10, num_epochs=2, lr_boundaries=(1,), num_train_examples=128,
-                         sparsity_lambda=0.05, **overrides)
+                         sparsity_lambda=1.0, **overrides)
     config.model_kwargs = {}
     return config
 

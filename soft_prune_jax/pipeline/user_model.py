@@ -46,7 +46,9 @@ SAMPLE_BATCH = 2  # the batch the evaluation graph is traced with (BN in evaluat
 def _setup(spec: str, num_classes: int, kwargs_items: tuple, call: str, seed: int, input_shape: tuple):
     user = U.build(spec, num_classes, dict(kwargs_items), call=call, seed=seed)
     x = jnp.zeros((SAMPLE_BATCH,) + input_shape, jnp.float32)
-    variables = user.init(jax.random.PRNGKey(seed), x)
+    # The analysis needs shapes only (no initialiser is compiled); ones keep var + eps > 0 for gamma_beta.
+    shapes = jax.eval_shape(user.init, jax.random.PRNGKey(seed), x)
+    variables = jax.tree_util.tree_map(lambda s: jnp.ones(s.shape, s.dtype), shapes)
     return user, masked.UnitSet.analyze(user, variables, x)
 
 
