@@ -38,21 +38,34 @@ flags.DEFINE_string("workdir", None, "A finished run's workdir: dense train chec
 flags.DEFINE_string("model", None, "A registry model name (instead of --config/--workdir).")
 flags.DEFINE_integer("num_classes", 10, "With --model: number of classes.")
 flags.DEFINE_string("input_shape", None, "One example's H,W,C (default: from the dataset, or 32,32,3).")
-flags.DEFINE_string("model_kwargs", None, "With --model: JSON constructor overrides, e.g. '{\"stage_sizes\": [1,1,1]}'.")
-flags.DEFINE_float("random_prune", 0.5, "With --config/--model: fraction of each masked layer's channels that random "
-                   "BN parameters prune (0 = time the dense model only).")
+flags.DEFINE_string(
+    "model_kwargs", None, "With --model: JSON constructor overrides, e.g. '{\"stage_sizes\": [1,1,1]}'."
+)
+flags.DEFINE_float(
+    "random_prune",
+    0.5,
+    "With --config/--model: fraction of each masked layer's channels that random "
+    "BN parameters prune (0 = time the dense model only).",
+)
 flags.DEFINE_integer("round_to", None, "Channel alignment for surgery (default: the config's round_to, else 1).")
 flags.DEFINE_list("batch_sizes", ["1", "64", "256"], "Batch sizes to time.")
 flags.DEFINE_integer("runs", 50, "Timed runs per measurement (the median is reported).")
 flags.DEFINE_integer("warmup", 5, "Untimed warm-up runs per measurement.")
 flags.DEFINE_integer("seed", 0, "Seed of the random weights, BN parameters and inputs.")
 flags.DEFINE_string("json", None, "Write machine-readable results: '-' = stdout, else a file path.")
-flags.DEFINE_enum("conv_formulation", "model", ["model", "auto", "xla", "im2col"],
-                  "How convs run: 'model' = as the model builds them; else through fast_conv.conv2d.")
+flags.DEFINE_enum(
+    "conv_formulation",
+    "model",
+    ["model", "auto", "xla", "im2col"],
+    "How convs run: 'model' = as the model builds them; else through fast_conv.conv2d.",
+)
 flags.DEFINE_bool("per_layer", False, "Also time every conv/dense layer alone (batch: the largest batch size).")
 flags.DEFINE_list("formulations", ["xla", "auto"], "With --per_layer: conv formulations to compare.")
-flags.DEFINE_bool("train_step", False, "Also time the real train step (plain and SCP) against the jitted inference "
-                  "forward (largest batch size).")
+flags.DEFINE_bool(
+    "train_step",
+    False,
+    "Also time the real train step (plain and SCP) against the jitted inference forward (largest batch size).",
+)
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -90,6 +103,7 @@ def _input_shape(dataset: str | None) -> tuple[int, ...]:
 def _random_compact(model, variables, round_to: int):
     """Random BN parameters dropping ~--random_prune of each masked layer, then surgery."""
     from soft_prune_jax.compact import surgery
+
     if not 0.0 <= FLAGS.random_prune < 1.0:
         raise app.UsageError(f"--random_prune={FLAGS.random_prune} is invalid: expected a number in [0, 1)")
     variables = surgery.randomize_bn(variables, FLAGS.seed, FLAGS.random_prune)
@@ -102,6 +116,7 @@ def _random_compact(model, variables, round_to: int):
 def _models():
     """(dense, dense_vars, compact|None, compact_vars|None, input_shape, description)."""
     import jax
+
     from soft_prune_jax.training.experiment import create_model
     from soft_prune_jax.training.state import init_variables
 
@@ -110,14 +125,22 @@ def _models():
         raise app.UsageError(f"give exactly one of --workdir, --config, --model (got {sources or 'none'})")
     if FLAGS.workdir is not None:
         from ml_collections import ConfigDict
-        from soft_prune_jax.training import checkpoint
+
         from soft_prune_jax import pipeline
+        from soft_prune_jax.training import checkpoint
+
         config = ConfigDict(checkpoint.load_workdir_config(FLAGS.workdir))
         dense = create_model(config, mask=None)
         variables = pipeline.trained_variables(config, FLAGS.workdir)
         compact, compact_vars, which = pipeline.final_compact(FLAGS.workdir)
-        return dense, variables, compact, compact_vars, _input_shape(config.dataset), \
-            f"workdir {FLAGS.workdir} ({config.model}, compact: {which})"
+        return (
+            dense,
+            variables,
+            compact,
+            compact_vars,
+            _input_shape(config.dataset),
+            f"workdir {FLAGS.workdir} ({config.model}, compact: {which})",
+        )
 
     if FLAGS.config is not None:
         config = FLAGS.config
@@ -126,18 +149,25 @@ def _models():
         round_to = FLAGS.round_to or int(config.round_to)
     else:
         from soft_prune_jax.models import get_model
+
         kwargs = json.loads(FLAGS.model_kwargs) if FLAGS.model_kwargs else {}
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
         try:
             model = get_model(FLAGS.model, FLAGS.num_classes, **kwargs)
         except (ValueError, TypeError) as e:
-            raise app.UsageError(str(e))
+            raise app.UsageError(str(e)) from None
         input_shape, name = _input_shape(None), FLAGS.model
         round_to = FLAGS.round_to or 1
     variables = init_variables(model, jax.random.key(FLAGS.seed), input_shape)
     variables, compact, compact_vars = _random_compact(model, variables, round_to)
-    return model.clone(mask=None), variables, compact, compact_vars, input_shape, \
-        f"{name}, random BN pruning {FLAGS.random_prune:.2f}, round_to {round_to}"
+    return (
+        model.clone(mask=None),
+        variables,
+        compact,
+        compact_vars,
+        input_shape,
+        f"{name}, random BN pruning {FLAGS.random_prune:.2f}, round_to {round_to}",
+    )
 
 
 def _train_steps(dense, variables, batch_size: int, input_shape):
@@ -146,11 +176,14 @@ def _train_steps(dense, variables, batch_size: int, input_shape):
     the SCP model (Gumbel masks, sparsity penalty), on one random batch. ``axis_name=None``: one device
     without pmap, as the loop runs on one CPU."""
     import functools
+
     import jax
+
     from soft_prune_jax.measure import benchmark as B
     from soft_prune_jax.methods import get_method
     from soft_prune_jax.training import state as S
     from soft_prune_jax.training.steps import train_step
+
     config = FLAGS.config if FLAGS.config is not None else _default_config()
     x = B.random_inputs(batch_size, input_shape, FLAGS.seed)
     labels = jax.random.randint(jax.random.key(FLAGS.seed + 1), (batch_size,), 0, int(dense.num_classes))
@@ -160,14 +193,33 @@ def _train_steps(dense, variables, batch_size: int, input_shape):
     batch = {"image": x, "label": labels}
     scp = get_method("scp")
     steps = {
-        "plain": (functools.partial(train_step, model=dense, tx=tx, learning_rate_fn=lr_fn,
-                                    regulariser=get_method("dense").regulariser(config), axis_name=None), (state, batch)),
-        "scp": (functools.partial(train_step, model=dense.clone(mask=scp.mask_config(config)), tx=tx,
-                                  learning_rate_fn=lr_fn, regulariser=scp.regulariser(config), axis_name=None),
-                (state, batch)),
+        "plain": (
+            functools.partial(
+                train_step,
+                model=dense,
+                tx=tx,
+                learning_rate_fn=lr_fn,
+                regulariser=get_method("dense").regulariser(config),
+                axis_name=None,
+            ),
+            (state, batch),
+        ),
+        "scp": (
+            functools.partial(
+                train_step,
+                model=dense.clone(mask=scp.mask_config(config)),
+                tx=tx,
+                learning_rate_fn=lr_fn,
+                regulariser=scp.regulariser(config),
+                axis_name=None,
+            ),
+            (state, batch),
+        ),
     }
-    forward = (lambda v, x: dense.apply(v, x, train=False), ({"params": variables["params"],
-                                                               "batch_stats": variables["batch_stats"]}, x))
+    forward = (
+        lambda v, x: dense.apply(v, x, train=False),
+        ({"params": variables["params"], "batch_stats": variables["batch_stats"]}, x),
+    )
     return forward, steps
 
 
@@ -175,6 +227,7 @@ def _default_config():
     """configs/default.py's config (the paper's optimizer, lambda and mask settings)."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the ``configs`` package
     from configs import default
+
     return default.get_config()
 
 
@@ -186,8 +239,18 @@ def main(argv):
     batch_sizes = _batch_sizes()
     dense, dense_vars, compact, compact_vars, input_shape, description = _models()
     formulation = None if FLAGS.conv_formulation == "model" else FLAGS.conv_formulation
-    result = B.compare(dense, dense_vars, compact, compact_vars, input_shape=input_shape, batch_sizes=batch_sizes,
-                       runs=FLAGS.runs, warmup=FLAGS.warmup, conv_formulation=formulation, seed=FLAGS.seed)
+    result = B.compare(
+        dense,
+        dense_vars,
+        compact,
+        compact_vars,
+        input_shape=input_shape,
+        batch_sizes=batch_sizes,
+        runs=FLAGS.runs,
+        warmup=FLAGS.warmup,
+        conv_formulation=formulation,
+        seed=FLAGS.seed,
+    )
     result["source"] = description
     human = sys.stderr if FLAGS.json == "-" else sys.stdout
     print(description, file=human)
@@ -199,8 +262,15 @@ def main(argv):
         for name, model, variables in (("dense", dense, dense_vars), ("compact", compact, compact_vars)):
             if model is None:
                 continue
-            rows = B.time_layers(model, variables, largest, input_shape=input_shape,
-                                 formulations=FLAGS.formulations, runs=max(3, FLAGS.runs // 5), seed=FLAGS.seed)
+            rows = B.time_layers(
+                model,
+                variables,
+                largest,
+                input_shape=input_shape,
+                formulations=FLAGS.formulations,
+                runs=max(3, FLAGS.runs // 5),
+                seed=FLAGS.seed,
+            )
             result["per_layer"][name] = rows
             print(f"\n{name} layers, each alone, batch {largest}:", file=human)
             print(B.format_layers(rows, FLAGS.formulations, result["sgemm_gflops"]), file=human)
@@ -209,10 +279,13 @@ def main(argv):
         step = B.time_train_steps(forward, steps, runs=max(5, FLAGS.runs // 5), warmup=3)
         step["batch_size"] = largest
         result["train_step"] = step
-        print(f"\ntrain step (training.steps.train_step, jitted), batch {largest}, interleaved medians: forward "
-              f"{step['forward']['median_ms']:.1f} ms, plain step {step['plain']['median_ms']:.1f} ms "
-              f"({step['over_forward']['plain']:.2f}x the forward), SCP step {step['scp']['median_ms']:.1f} ms "
-              f"({step['over_forward']['scp']:.2f}x the forward; {step['ratio']:.3f}x the plain step)", file=human)
+        print(
+            f"\ntrain step (training.steps.train_step, jitted), batch {largest}, interleaved medians: forward "
+            f"{step['forward']['median_ms']:.1f} ms, plain step {step['plain']['median_ms']:.1f} ms "
+            f"({step['over_forward']['plain']:.2f}x the forward), SCP step {step['scp']['median_ms']:.1f} ms "
+            f"({step['over_forward']['scp']:.2f}x the forward; {step['ratio']:.3f}x the plain step)",
+            file=human,
+        )
 
     if FLAGS.json == "-":
         json.dump(result, sys.stdout, indent=1)

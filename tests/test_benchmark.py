@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from jax import lax
 
 from soft_prune_jax.measure import benchmark as B
-from soft_prune_jax.ops import fast_conv as F
 from soft_prune_jax.measure import flops
 from soft_prune_jax.models import get_model
+from soft_prune_jax.ops import fast_conv as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RESNET = dict(stage_sizes=(1, 1, 1), stage_widths=(4, 8, 8), stem_width=4)
@@ -40,6 +40,7 @@ def random_pair(seed, x_shape, k_shape):
 # fast_conv
 # ---------------------------------------------------------------------------------------------
 
+
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def all_formulations(x, kernel, strides, padding, formulations):
     """The reference and every formulation in one compiled function (one compile per example)."""
@@ -47,10 +48,18 @@ def all_formulations(x, kernel, strides, padding, formulations):
 
 
 @settings(max_examples=12, deadline=None)
-@given(batch=st.integers(1, 2), height=st.integers(1, 7), width=st.integers(1, 7), cin=st.integers(1, 5),
-       cout=st.integers(1, 5), kh=st.sampled_from([1, 2, 3]), kw=st.sampled_from([1, 3]),
-       strides=st.tuples(st.integers(1, 2), st.integers(1, 2)),
-       padding=st.sampled_from(["SAME", "VALID", ((1, 0), (0, 2))]), seed=st.integers(0, 2 ** 16))
+@given(
+    batch=st.integers(1, 2),
+    height=st.integers(1, 7),
+    width=st.integers(1, 7),
+    cin=st.integers(1, 5),
+    cout=st.integers(1, 5),
+    kh=st.sampled_from([1, 2, 3]),
+    kw=st.sampled_from([1, 3]),
+    strides=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=st.sampled_from(["SAME", "VALID", ((1, 0), (0, 2))]),
+    seed=st.integers(0, 2**16),
+)
 def test_every_formulation_equals_lax_conv(batch, height, width, cin, cout, kh, kw, strides, padding, seed):
     x, kernel = random_pair(seed, (batch, height, width, cin), (kh, kw, cin, cout))
     pads = F.explicit_padding((height, width), (kh, kw), strides, padding)
@@ -98,13 +107,16 @@ def test_auto_rule():
     assert F.choose_formulation((1, 16, 16, 64), (3, 3, 64, 64), 1) == "xla"
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda x, k: F.conv2d(x, k, formulation="fft"), "formulation='fft'"),
-    (lambda x, k: F.conv2d(x, k, formulation="matmul"), "needs a 1x1 kernel"),
-    (lambda x, k: F.conv2d(x, k, padding="FULL"), "padding='FULL'"),
-    (lambda x, k: F.conv2d(x, k, strides=0), "strides"),
-    (lambda x, k: F.conv2d(x[..., :2], k), "input channels 2"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda x, k: F.conv2d(x, k, formulation="fft"), "formulation='fft'"),
+        (lambda x, k: F.conv2d(x, k, formulation="matmul"), "needs a 1x1 kernel"),
+        (lambda x, k: F.conv2d(x, k, padding="FULL"), "padding='FULL'"),
+        (lambda x, k: F.conv2d(x, k, strides=0), "strides"),
+        (lambda x, k: F.conv2d(x[..., :2], k), "input channels 2"),
+    ],
+)
 def test_errors_name_the_bad_value(call, match):
     x, kernel = random_pair(0, (1, 4, 4, 3), (3, 3, 3, 2))
     with pytest.raises(ValueError, match=match):
@@ -147,6 +159,7 @@ def test_flax_conv_formulation_swaps_the_convs_of_a_model():
 # benchmark
 # ---------------------------------------------------------------------------------------------
 
+
 def test_summarize_and_flop_rate():
     s = B.summarize([0.004, 0.001, 0.003, 0.002, 0.005])
     assert s["median_ms"] == pytest.approx(3.0) and s["min_ms"] == pytest.approx(1.0) and s["runs"] == 5
@@ -188,7 +201,10 @@ def test_time_layers_groups_identical_shapes():
 
 def test_time_train_steps_reports_ratios_to_the_forward():
     forward = (lambda x: x @ x, (jnp.ones((8, 8)),))
-    steps = {"plain": (lambda x: x @ x @ x, (jnp.ones((8, 8)),)), "scp": (lambda x: (x @ x) @ (x @ x), (jnp.ones((8, 8)),))}
+    steps = {
+        "plain": (lambda x: x @ x @ x, (jnp.ones((8, 8)),)),
+        "scp": (lambda x: (x @ x) @ (x @ x), (jnp.ones((8, 8)),)),
+    }
     result = B.time_train_steps(forward, steps, runs=2, warmup=1)
     assert result["forward"]["runs"] == result["plain"]["runs"] == result["scp"]["runs"] == 2
     assert result["over_forward"]["scp"] == pytest.approx(result["scp"]["median_ms"] / result["forward"]["median_ms"])
@@ -199,9 +215,19 @@ def test_time_train_steps_reports_ratios_to_the_forward():
 
 def test_launch_emits_json_with_the_documented_keys(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, os.path.join(REPO, "launch", "benchmark.py"), "--model=vgg16",
-           f"--model_kwargs={json.dumps(TINY_VGG)}", "--input_shape=8,8,3", "--batch_sizes=1,2", "--runs=2",
-           "--warmup=0", "--random_prune=0.5", "--train_step", f"--json={out}"]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "launch", "benchmark.py"),
+        "--model=vgg16",
+        f"--model_kwargs={json.dumps(TINY_VGG)}",
+        "--input_shape=8,8,3",
+        "--batch_sizes=1,2",
+        "--runs=2",
+        "--warmup=0",
+        "--random_prune=0.5",
+        "--train_step",
+        f"--json={out}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())

@@ -18,24 +18,35 @@ from soft_prune_jax.ops.conv_geometry import explicit_padding, output_spatial
 
 
 def reference_grads(x, kernel, strides, padding, cotangent):
-    conv = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
-                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = functools.partial(
+        lax.conv_general_dilated, window_strides=strides, padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return jax.vjp(conv, x, kernel)[1](cotangent)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def all_grads(x, kernel, strides, padding, combos, cotangent):
     """The reference gradients and those of every (forward, weight_grad) pair, in one compile."""
-    ours = [jax.vjp(lambda x_, k_: F.conv2d(x_, k_, strides, padding, f, g), x, kernel)[1](cotangent)
-            for f, g in combos]
+    ours = []
+    for f, g in combos:
+        conv = functools.partial(F.conv2d, strides=strides, padding=padding, formulation=f, weight_grad=g)
+        ours.append(jax.vjp(conv, x, kernel)[1](cotangent))
     return reference_grads(x, kernel, strides, padding, cotangent), ours
 
 
 @settings(max_examples=6, deadline=None)
-@given(batch=st.integers(1, 4), height=st.integers(1, 7), width=st.integers(1, 7), cin=st.integers(1, 4),
-       cout=st.integers(1, 4), kh=st.sampled_from([1, 2, 3]), kw=st.sampled_from([1, 3]),
-       strides=st.tuples(st.integers(1, 2), st.integers(1, 2)),
-       padding=st.sampled_from(["SAME", "VALID", ((1, 0), (0, 2))]), seed=st.integers(0, 2 ** 16))
+@given(
+    batch=st.integers(1, 4),
+    height=st.integers(1, 7),
+    width=st.integers(1, 7),
+    cin=st.integers(1, 4),
+    cout=st.integers(1, 4),
+    kh=st.sampled_from([1, 2, 3]),
+    kw=st.sampled_from([1, 3]),
+    strides=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=st.sampled_from(["SAME", "VALID", ((1, 0), (0, 2))]),
+    seed=st.integers(0, 2**16),
+)
 def test_every_gradient_formulation_equals_xla(batch, height, width, cin, cout, kh, kw, strides, padding, seed):
     pads = explicit_padding((height, width), (kh, kw), strides, padding)
     out_hw = output_spatial((height, width), (kh, kw), strides, pads)
@@ -54,7 +65,7 @@ def test_every_gradient_formulation_equals_xla(batch, height, width, cin, cout, 
         np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4, err_msg=f"weight grad, {f}/{g}")
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 700, 10 ** 9])
+@pytest.mark.parametrize("chunk_bytes", [1, 700, 10**9])
 def test_chunked_weight_grad_equals_xla_for_every_chunking(chunk_bytes):
     # 1 byte: one example per chunk (a scan over 6); 700: 2 examples (3*3 positions * 18 * 4 bytes each); 1e9: no scan.
     kx, kk, kc = jax.random.split(jax.random.key(0), 3)
@@ -71,7 +82,7 @@ def test_chunk_size_is_the_largest_divisor_within_the_limit():
     assert G.chunk_size(128, 1000, 4000) == 4
     assert G.chunk_size(6, 100, 350) == 3
     assert G.chunk_size(7, 100, 350) == 1  # 7 is prime: one example per chunk
-    assert G.chunk_size(8, 10 ** 9, 4000) == 1  # one example over the limit still runs alone
+    assert G.chunk_size(8, 10**9, 4000) == 1  # one example over the limit still runs alone
     assert G.chunk_size(8, 1, 4000) == 8
 
 
@@ -92,13 +103,14 @@ def test_bad_weight_grad_is_one_line_error():
 def test_model_gradients_equal_xla_gradients(monkeypatch):
     """A tiny ResNet's parameter gradients under the default rule equal those with XLA's conv gradients."""
     from soft_prune_jax.models import get_model
+
     model = get_model("resnet56", 10, stage_sizes=(1, 1, 1), stage_widths=(4, 8, 8), stem_width=4, mask=None)
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3), jnp.float32)
     variables = model.init(jax.random.key(1), x)
 
     def loss(params):
         out, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
-        return jnp.sum(out ** 2)
+        return jnp.sum(out**2)
 
     ours = jax.grad(loss)(variables["params"])
     monkeypatch.setattr(G, "choose_weight_grad", lambda kernel_shape, forward: "autodiff")

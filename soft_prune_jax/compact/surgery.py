@@ -21,6 +21,7 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
+from soft_prune_jax.compact import align
 from soft_prune_jax.compact.structure import Structure, describe
 from soft_prune_jax.method import masks as M
 from soft_prune_jax.method.units import MASK_OVERRIDE
@@ -81,22 +82,27 @@ def plan(
     model: nn.Module,
     variables,
     *,
-    round_to: int = 1,
+    round_to: int | str | align.Auto = 1,
     masks: Optional[Mapping[str, np.ndarray]] = None,
     scores: Optional[Mapping[str, np.ndarray]] = None,
 ) -> dict[str, LayerPlan]:
     """Kept channel indices per masked unit.
 
     round_to: keep the next-best channels (highest score) until every non-empty kept width is a
-      multiple of ``round_to`` (or the full width). Empty layers stay empty.
+      multiple of ``round_to`` (or the full width). Empty layers stay empty. 'auto' (or an
+      ``align.Auto``): per unit, the width >= its kept count whose convs measured fastest on this
+      device (``compact/align.py``).
     masks: {unit name: 0/1 array} to use instead of the model's own hard masks.
     scores: {unit name: array}, higher = more worth keeping: picks the keep-one fallback and the
       round_to padding (a method's own ranking, e.g. Network Slimming's |scale|). None = SCP's
       -z, z = (eps - beta) / |gamma| (``default_scores``): the same order as lowest pi wherever pi
       differs, and a real order where pi saturated at sigmoid(k delta) for every dead channel.
     """
-    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
-        raise ValueError(f"round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment)")
+    if round_to == align.AUTO:
+        round_to = align.Auto()
+    bad_int = not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1
+    if not isinstance(round_to, align.Auto) and bad_int:
+        raise ValueError(f"round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment) or 'auto'")
     params = variables["params"]
     structure = describe(model)
     layers = M.masked_layers(params)
@@ -120,6 +126,11 @@ def plan(
             f"scores must have an entry per masked unit; missing: {sorted(set(names) - set(scores))[:3]}"
         )
 
+    auto_widths = None
+    if isinstance(round_to, align.Auto):  # the unaligned counts first, then the fastest widths above them
+        base = plan(model, variables, round_to=1, masks=masks, scores=scores)
+        counts, totals = {n: len(p.kept) for n, p in base.items()}, {n: p.total for n, p in base.items()}
+        auto_widths = align.auto_widths(model, variables, structure, counts, totals, round_to)
     result = {}
     for group in structure.groups:
         total = int(np.shape(layers[group.name]["scale"])[0])
@@ -136,7 +147,10 @@ def plan(
             fallback = True
         from_mask = int(np.sum(mask > 0))
         count = int(keep.sum())
-        target = min(total, -(-count // round_to) * round_to) if count else 0
+        if auto_widths is not None:
+            target = auto_widths[group.name]
+        else:
+            target = min(total, -(-count // round_to) * round_to) if count else 0
         if target > count:
             order = np.argsort(rank, kind="stable")
             extra = [i for i in order if not keep[i]][: target - count]

@@ -41,6 +41,7 @@ SGEMM_SIZE = 2048
 # The protocol.
 # ---------------------------------------------------------------------------------------------
 
+
 def _check_counts(runs: int, warmup: int) -> None:
     if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
         raise ValueError(f"runs={runs!r} is invalid: expected an int >= 1")
@@ -66,12 +67,18 @@ def device_description(device: Optional[jax.Device] = None) -> str:
 def summarize(seconds: Sequence[float]) -> dict[str, float]:
     """median/p10/p90/min of a list of durations, in milliseconds."""
     ms = np.asarray(seconds, np.float64) * 1e3
-    return {"median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
-            "p90_ms": float(np.percentile(ms, 90)), "min_ms": float(np.min(ms)), "runs": int(ms.size)}
+    return {
+        "median_ms": float(np.median(ms)),
+        "p10_ms": float(np.percentile(ms, 10)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "min_ms": float(np.min(ms)),
+        "runs": int(ms.size),
+    }
 
 
-def time_compiled(fn: Callable, args: Sequence[Any], *, runs: int = DEFAULT_RUNS,
-                  warmup: int = DEFAULT_WARMUP) -> dict[str, float]:
+def time_compiled(
+    fn: Callable, args: Sequence[Any], *, runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP
+) -> dict[str, float]:
     """Times ``fn(*args)`` by the protocol above; returns ``summarize`` of the runs plus 'compile_s'.
 
     ``args`` are put on the default device first; ``fn`` must be jit-able with them.
@@ -91,8 +98,9 @@ def time_compiled(fn: Callable, args: Sequence[Any], *, runs: int = DEFAULT_RUNS
     return {**summarize(seconds), "compile_s": compile_s}
 
 
-def time_interleaved(calls: Mapping[str, tuple[Callable, Sequence[Any]]], *, runs: int = DEFAULT_RUNS,
-                     warmup: int = DEFAULT_WARMUP) -> dict[str, dict[str, float]]:
+def time_interleaved(
+    calls: Mapping[str, tuple[Callable, Sequence[Any]]], *, runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP
+) -> dict[str, dict[str, float]]:
     """Times several ``{name: (fn, args)}`` by the same protocol, taking turns run by run.
 
     On a shared machine the load drifts within seconds; alternating A, B, A, B, ... exposes every
@@ -128,7 +136,7 @@ def sgemm_rate(*, size: int = SGEMM_SIZE, runs: int = DEFAULT_RUNS, warmup: int 
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
     result = time_compiled(jnp.matmul, (a, b), runs=runs, warmup=warmup)
-    return flop_rate(size ** 3, result["median_ms"])
+    return flop_rate(size**3, result["median_ms"])
 
 
 def random_inputs(batch_size: int, input_shape: Sequence[int], seed: int):
@@ -157,13 +165,22 @@ def _with_formulation(apply: Callable, formulation: Optional[str]) -> Callable:
 # Whole models.
 # ---------------------------------------------------------------------------------------------
 
+
 def _apply_eval(model: nn.Module, variables, x):
     return model.apply(variables, x, train=False)
 
 
-def time_inference(model: nn.Module, variables: Mapping[str, Any], batch_size: int, *, runs: int = DEFAULT_RUNS,
-                   warmup: int = DEFAULT_WARMUP, seed: int = 0, input_shape: Sequence[int] = (32, 32, 3),
-                   conv_formulation: Optional[str] = None) -> dict[str, Any]:
+def time_inference(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    batch_size: int,
+    *,
+    runs: int = DEFAULT_RUNS,
+    warmup: int = DEFAULT_WARMUP,
+    seed: int = 0,
+    input_shape: Sequence[int] = (32, 32, 3),
+    conv_formulation: Optional[str] = None,
+) -> dict[str, Any]:
     """Latency of ``model.apply(variables, x, train=False)`` for a random batch of ``batch_size``.
 
     Args:
@@ -181,6 +198,7 @@ def time_inference(model: nn.Module, variables: Mapping[str, Any], batch_size: i
 # ---------------------------------------------------------------------------------------------
 # Single layers.
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerShape:
@@ -206,8 +224,9 @@ class LayerShape:
         return (self.kind, self.input_shape, self.kernel_shape, self.strides, str(self.padding))
 
 
-def layer_shapes(model: nn.Module, variables: Mapping[str, Any], batch_size: int,
-                 input_shape: Sequence[int] = (32, 32, 3)) -> list[LayerShape]:
+def layer_shapes(
+    model: nn.Module, variables: Mapping[str, Any], batch_size: int, input_shape: Sequence[int] = (32, 32, 3)
+) -> list[LayerShape]:
     """Every ``nn.Conv``/``nn.Dense`` call of ``model.apply(variables, x, train=False)``, in call order.
 
     Found with ``nn.intercept_methods`` under ``jax.eval_shape`` (nothing is computed). Unlike
@@ -221,14 +240,16 @@ def layer_shapes(model: nn.Module, variables: Mapping[str, Any], batch_size: int
         if context.method_name == "__call__" and type(module) in (nn.Conv, fast_conv.Conv, nn.Dense):
             kernel_shape = tuple(module.get_variable("params", "kernel").shape)
             if isinstance(module, nn.Dense):
-                rows.append(LayerShape("/".join(module.path), "dense", tuple(args[0].shape), kernel_shape, (1, 1),
-                                       None))
+                rows.append(
+                    LayerShape("/".join(module.path), "dense", tuple(args[0].shape), kernel_shape, (1, 1), None)
+                )
             else:
                 strides = pair(module.strides if module.strides is not None else 1, "strides")
                 padding = module.padding
                 padding = padding.upper() if isinstance(padding, str) else tuple(map(tuple, padding))
-                rows.append(LayerShape("/".join(module.path), "conv", tuple(args[0].shape), kernel_shape, strides,
-                                       padding))
+                rows.append(
+                    LayerShape("/".join(module.path), "conv", tuple(args[0].shape), kernel_shape, strides, padding)
+                )
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
@@ -236,8 +257,14 @@ def layer_shapes(model: nn.Module, variables: Mapping[str, Any], batch_size: int
     return rows
 
 
-def time_layer(layer: LayerShape, *, formulation: str = "xla", runs: int = DEFAULT_RUNS,
-               warmup: int = DEFAULT_WARMUP, seed: int = 0) -> dict[str, Any]:
+def time_layer(
+    layer: LayerShape,
+    *,
+    formulation: str = "xla",
+    runs: int = DEFAULT_RUNS,
+    warmup: int = DEFAULT_WARMUP,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Times one layer alone on random data: {median_ms, ..., macs, gflops, formulation}."""
     kx, kk = jax.random.split(jax.random.key(seed))
     x = jax.random.normal(kx, layer.input_shape, jnp.float32)
@@ -245,16 +272,27 @@ def time_layer(layer: LayerShape, *, formulation: str = "xla", runs: int = DEFAU
     if layer.kind == "dense":
         fn, used = jnp.dot, "matmul"
     else:
-        used = (fast_conv.choose_formulation(layer.input_shape, layer.kernel_shape, layer.strides, layer.padding)
-                if formulation == "auto" else formulation)
+        used = (
+            fast_conv.choose_formulation(layer.input_shape, layer.kernel_shape, layer.strides, layer.padding)
+            if formulation == "auto"
+            else formulation
+        )
         fn = functools.partial(fast_conv.conv2d, strides=layer.strides, padding=layer.padding, formulation=used)
     result = time_compiled(fn, (x, kernel), runs=runs, warmup=warmup)
     return {**result, "macs": layer.macs, "gflops": flop_rate(layer.macs, result["median_ms"]), "formulation": used}
 
 
-def time_layers(model: nn.Module, variables: Mapping[str, Any], batch_size: int, *,
-                input_shape: Sequence[int] = (32, 32, 3), formulations: Sequence[str] = ("xla",),
-                runs: int = 10, warmup: int = 2, seed: int = 0) -> list[dict[str, Any]]:
+def time_layers(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    batch_size: int,
+    *,
+    input_shape: Sequence[int] = (32, 32, 3),
+    formulations: Sequence[str] = ("xla",),
+    runs: int = 10,
+    warmup: int = 2,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     """Per-layer latency and FLOP rate of every conv/dense layer, timed alone, per formulation.
 
     Layers with identical shapes are timed once (a ResNet-56 has 57 convs but 9 distinct shapes).
@@ -270,9 +308,15 @@ def time_layers(model: nn.Module, variables: Mapping[str, Any], batch_size: int,
     rows = []
     for layers in groups.values():
         layer = layers[0]
-        row = {"paths": [l.path for l in layers], "count": len(layers), "kind": layer.kind,
-               "input_shape": list(layer.input_shape), "kernel_shape": list(layer.kernel_shape),
-               "strides": list(layer.strides), "macs": layer.macs}
+        row = {
+            "paths": [layer.path for layer in layers],
+            "count": len(layers),
+            "kind": layer.kind,
+            "input_shape": list(layer.input_shape),
+            "kernel_shape": list(layer.kernel_shape),
+            "strides": list(layer.strides),
+            "macs": layer.macs,
+        }
         for f in formulations:
             row[f] = time_layer(layer, formulation=f, runs=runs, warmup=warmup, seed=seed)
         rows.append(row)
@@ -283,8 +327,14 @@ def time_layers(model: nn.Module, variables: Mapping[str, Any], batch_size: int,
 # Train steps.
 # ---------------------------------------------------------------------------------------------
 
-def time_train_steps(forward: tuple[Callable, Sequence[Any]], steps: Mapping[str, tuple[Callable, Sequence[Any]]], *,
-                     runs: int = 20, warmup: int = 3) -> dict[str, Any]:
+
+def time_train_steps(
+    forward: tuple[Callable, Sequence[Any]],
+    steps: Mapping[str, tuple[Callable, Sequence[Any]]],
+    *,
+    runs: int = 20,
+    warmup: int = 3,
+) -> dict[str, Any]:
     """Times train steps against the jitted inference forward of the same model and batch.
 
     ``forward`` and each of ``steps`` are ``(fn, args)``; the caller builds them (the training
@@ -296,9 +346,11 @@ def time_train_steps(forward: tuple[Callable, Sequence[Any]], steps: Mapping[str
     if "forward" in steps:
         raise ValueError("a train step may not be named 'forward': expected other names")
     results = time_interleaved({"forward": forward, **steps}, runs=runs, warmup=warmup)
-    out: dict[str, Any] = {**results, "device": device_description(),
-                           "over_forward": {name: results[name]["median_ms"] / results["forward"]["median_ms"]
-                                            for name in steps}}
+    out: dict[str, Any] = {
+        **results,
+        "device": device_description(),
+        "over_forward": {name: results[name]["median_ms"] / results["forward"]["median_ms"] for name in steps},
+    }
     if "scp" in steps and "plain" in steps:
         out["ratio"] = results["scp"]["median_ms"] / results["plain"]["median_ms"]
     return out
@@ -308,22 +360,33 @@ def time_train_steps(forward: tuple[Callable, Sequence[Any]], steps: Mapping[str
 # Dense against compact: the numbers a results page needs.
 # ---------------------------------------------------------------------------------------------
 
+
 def _macs(model: nn.Module, variables: Mapping[str, Any], input_shape: Sequence[int]) -> dict[str, int]:
     count = flops.count(model, variables, input_shape)
     return {"macs": count.macs, "params": count.params}
 
 
-def compare(dense: nn.Module, dense_variables: Mapping[str, Any], compact: Optional[nn.Module] = None,
-            compact_variables: Optional[Mapping[str, Any]] = None, *, input_shape: Sequence[int] = (32, 32, 3),
-            batch_sizes: Sequence[int] = (1, 64, 256), runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP,
-            conv_formulation: Optional[str] = None, seed: int = 0,
-            macs: Optional[Mapping[str, Mapping[str, int]]] = None) -> dict[str, Any]:
+def compare(
+    dense: nn.Module,
+    dense_variables: Mapping[str, Any],
+    compact: Optional[nn.Module] = None,
+    compact_variables: Optional[Mapping[str, Any]] = None,
+    *,
+    input_shape: Sequence[int] = (32, 32, 3),
+    batch_sizes: Sequence[int] = (1, 64, 256),
+    runs: int = DEFAULT_RUNS,
+    warmup: int = DEFAULT_WARMUP,
+    conv_formulation: Optional[str] = None,
+    seed: int = 0,
+    macs: Optional[Mapping[str, Mapping[str, int]]] = None,
+) -> dict[str, Any]:
     """Latency, MACs and FLOP rates of a dense model and (optionally) its compact version.
 
     macs: {'dense'|'compact': {'macs', 'params'}} counted elsewhere (a model ``flops.count`` cannot
     intercept, e.g. a user's NNX model or a compact replay of a traced graph); default: ``flops.count``.
 
-    Per batch size: both timings (dense and compact take turns, ``time_interleaved``), the speed-up, the MAC ratio (dense MACs / compact MACs), their
+    Per batch size: both timings (dense and compact take turns, ``time_interleaved``), the speed-up,
+    the MAC ratio (dense MACs / compact MACs), their
     quotient (1.0 = the speed-up is all the MAC cut promises) and each model's GFLOP/s over the
     sgemm rate. The sgemm rate is measured before and after the model timings (a gap between the
     two means the machine's load changed meanwhile); rates use the mean of the two.
@@ -337,9 +400,13 @@ def compare(dense: nn.Module, dense_variables: Mapping[str, Any], compact: Optio
     if compact is not None:
         models["compact"] = (compact, compact_variables)
     result: dict[str, Any] = {
-        "device": device_description(), "jax_version": jax.__version__, "load_average": list(os.getloadavg()),
-        "input_shape": list(input_shape), "conv_formulation": conv_formulation or "model",
-        "runs": runs, "sgemm_gflops_before": sgemm_rate(runs=runs, warmup=warmup),
+        "device": device_description(),
+        "jax_version": jax.__version__,
+        "load_average": list(os.getloadavg()),
+        "input_shape": list(input_shape),
+        "conv_formulation": conv_formulation or "model",
+        "runs": runs,
+        "sgemm_gflops_before": sgemm_rate(runs=runs, warmup=warmup),
     }
     for name, (model, variables) in models.items():
         result[name] = dict(macs[name]) if macs is not None else _macs(model, variables, input_shape)
@@ -350,11 +417,14 @@ def compare(dense: nn.Module, dense_variables: Mapping[str, Any], compact: Optio
     device = device_description()
     for b in batch_sizes:
         x = random_inputs(b, input_shape, seed)
-        calls = {name: (_with_formulation(functools.partial(_apply_eval, model), conv_formulation), (variables, x))
-                 for name, (model, variables) in models.items()}
+        calls = {
+            name: (_with_formulation(functools.partial(_apply_eval, model), conv_formulation), (variables, x))
+            for name, (model, variables) in models.items()
+        }
         timings = time_interleaved(calls, runs=runs, warmup=warmup)  # dense and compact take turns
-        rows.append({"batch_size": b, **{name: {**t, "batch_size": b, "device": device}
-                                         for name, t in timings.items()}})
+        rows.append(
+            {"batch_size": b, **{name: {**t, "batch_size": b, "device": device} for name, t in timings.items()}}
+        )
     result["sgemm_gflops_after"] = sgemm_rate(runs=runs, warmup=warmup)
     sgemm = 0.5 * (result["sgemm_gflops_before"] + result["sgemm_gflops_after"])
     result["sgemm_gflops"] = sgemm
@@ -374,28 +444,36 @@ def compare(dense: nn.Module, dense_variables: Mapping[str, Any], compact: Optio
 def format_table(result: Mapping[str, Any]) -> str:
     """A plain-text table of ``compare``'s result for humans."""
     has_compact = "compact" in result
-    lines = [f"device: {result['device']}  jax {result['jax_version']}  load avg {result['load_average'][0]:.2f}"
-             f" -> {result['load_average_after'][0]:.2f}",
-             f"sgemm {SGEMM_SIZE}^3 float32: {result['sgemm_gflops_before']:.0f} / {result['sgemm_gflops_after']:.0f}"
-             f" GFLOP/s (before / after)   input {tuple(result['input_shape'])}   convs: {result['conv_formulation']}",
-             f"dense: {result['dense']['macs'] / 1e6:.2f} M MACs/example, {result['dense']['params'] / 1e6:.3f} M params"]
+    lines = [
+        f"device: {result['device']}  jax {result['jax_version']}  load avg {result['load_average'][0]:.2f}"
+        f" -> {result['load_average_after'][0]:.2f}",
+        f"sgemm {SGEMM_SIZE}^3 float32: {result['sgemm_gflops_before']:.0f} / {result['sgemm_gflops_after']:.0f}"
+        f" GFLOP/s (before / after)   input {tuple(result['input_shape'])}   convs: {result['conv_formulation']}",
+        f"dense: {result['dense']['macs'] / 1e6:.2f} M MACs/example, {result['dense']['params'] / 1e6:.3f} M params",
+    ]
     if has_compact:
-        lines.append(f"compact: {result['compact']['macs'] / 1e6:.2f} M MACs/example, "
-                     f"{result['compact']['params'] / 1e6:.3f} M params   MAC reduction "
-                     f"{result['macs_reduction_pct']:.1f}% (ratio {result['mac_ratio']:.2f}x)")
+        lines.append(
+            f"compact: {result['compact']['macs'] / 1e6:.2f} M MACs/example, "
+            f"{result['compact']['params'] / 1e6:.3f} M params   MAC reduction "
+            f"{result['macs_reduction_pct']:.1f}% (ratio {result['mac_ratio']:.2f}x)"
+        )
     header = f"{'batch':>5} | {'dense ms':>9} {'p10-p90':>15} {'GF/s':>6} {'%sgemm':>6}"
     if has_compact:
         header += f" | {'compact ms':>10} {'p10-p90':>15} {'GF/s':>6} {'%sgemm':>6} | {'speed-up':>8} {'/MACratio':>9}"
     lines += [header, "-" * len(header)]
     for row in result["rows"]:
         d = row["dense"]
-        line = (f"{row['batch_size']:>5} | {d['median_ms']:>9.2f} {d['p10_ms']:>7.2f}-{d['p90_ms']:<7.2f} "
-                f"{row['dense_gflops']:>6.1f} {100 * row['dense_sgemm_fraction']:>5.0f}%")
+        line = (
+            f"{row['batch_size']:>5} | {d['median_ms']:>9.2f} {d['p10_ms']:>7.2f}-{d['p90_ms']:<7.2f} "
+            f"{row['dense_gflops']:>6.1f} {100 * row['dense_sgemm_fraction']:>5.0f}%"
+        )
         if has_compact:
             c = row["compact"]
-            line += (f" | {c['median_ms']:>10.2f} {c['p10_ms']:>7.2f}-{c['p90_ms']:<7.2f} {row['compact_gflops']:>6.1f}"
-                     f" {100 * row['compact_sgemm_fraction']:>5.0f}% | {row['speedup']:>7.2f}x"
-                     f" {row['speedup_over_mac_ratio']:>9.2f}")
+            line += (
+                f" | {c['median_ms']:>10.2f} {c['p10_ms']:>7.2f}-{c['p90_ms']:<7.2f} {row['compact_gflops']:>6.1f}"
+                f" {100 * row['compact_sgemm_fraction']:>5.0f}% | {row['speedup']:>7.2f}x"
+                f" {row['speedup_over_mac_ratio']:>9.2f}"
+            )
         lines.append(line)
     return "\n".join(lines)
 
@@ -408,10 +486,14 @@ def format_layers(rows: Sequence[Mapping[str, Any]], formulations: Sequence[str]
     lines = [header, "-" * len(header)]
     for row in rows:
         name = f"{row['paths'][0]} ({row['count']})"
-        line = (f"{name:<28.28} {'x'.join(map(str, row['input_shape'])):<18} "
-                f"{'x'.join(map(str, row['kernel_shape'])):<18} {row['strides'][0]:>2} {row['macs'] / 1e6:>8.1f}")
+        line = (
+            f"{name:<28.28} {'x'.join(map(str, row['input_shape'])):<18} "
+            f"{'x'.join(map(str, row['kernel_shape'])):<18} {row['strides'][0]:>2} {row['macs'] / 1e6:>8.1f}"
+        )
         for f in formulations:
             t = row[f]
-            line += f" | {t['median_ms']:>10.3f} {t['gflops']:>6.1f}" + (f" {100 * t['gflops'] / sgemm:>3.0f}%" if sgemm else "")
+            line += f" | {t['median_ms']:>10.3f} {t['gflops']:>6.1f}" + (
+                f" {100 * t['gflops'] / sgemm:>3.0f}%" if sgemm else ""
+            )
         lines.append(line)
     return "\n".join(lines)

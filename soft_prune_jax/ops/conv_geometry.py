@@ -3,15 +3,15 @@ and the kh*kw shifted (strided) views of a padded input that im2col-style formul
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from typing import Sequence, Union
 
 import jax.numpy as jnp
 from jax import lax
 
-Padding = Union[str, Sequence[Tuple[int, int]]]
+Padding = Union[str, Sequence[tuple[int, int]]]
 
 
-def pair(value, name: str) -> Tuple[int, int]:
+def pair(value, name: str) -> tuple[int, int]:
     """An int or a pair of ints >= 1 as a pair (e.g. strides); a one-line error naming ``name`` otherwise."""
     if isinstance(value, int):
         value = (value, value)
@@ -21,8 +21,9 @@ def pair(value, name: str) -> Tuple[int, int]:
     return value
 
 
-def explicit_padding(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int],
-                     padding: Padding) -> Tuple[Tuple[int, int], ...]:
+def explicit_padding(
+    spatial: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: Padding
+) -> tuple[tuple[int, int], ...]:
     """'SAME'/'VALID' or explicit ((lo, hi), (lo, hi)) as explicit pads for these sizes."""
     if isinstance(padding, str):
         if padding.upper() not in ("SAME", "VALID"):
@@ -34,8 +35,9 @@ def explicit_padding(spatial: Sequence[int], window: Sequence[int], strides: Seq
     return pads
 
 
-def output_spatial(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int],
-                   pads: Sequence[Tuple[int, int]]) -> Tuple[int, ...]:
+def output_spatial(
+    spatial: Sequence[int], window: Sequence[int], strides: Sequence[int], pads: Sequence[tuple[int, int]]
+) -> tuple[int, ...]:
     """Output height/width of a conv with explicit padding (0 when the window does not fit)."""
     return tuple(max((d + lo + hi - k) // s + 1, 0) for d, k, s, (lo, hi) in zip(spatial, window, strides, pads))
 
@@ -44,6 +46,10 @@ def shifted_views(x, window, strides, pads, out_hw):
     """The kh*kw strided views x_pad[:, i::sh, j::sw, :] cropped to the output size, (i, j) row-major."""
     xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
     (sh, sw), (ho, wo) = strides, out_hw
-    return [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, xp.shape[3]),
-                      (1, sh, sw, 1))
-            for i in range(window[0]) for j in range(window[1])]
+    return [
+        lax.slice(
+            xp, (0, i, j, 0), (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, xp.shape[3]), (1, sh, sw, 1)
+        )
+        for i in range(window[0])
+        for j in range(window[1])
+    ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +35,8 @@ from soft_prune_jax.ops.conv_geometry import shifted_views
 WEIGHT_GRAD_FORMULATIONS = ("auto", "autodiff", "chunked_im2col", "matmul")
 # Largest patch buffer of one chunk: about an L2 cache, so building the patches does not stream
 # through main memory; the chunk is the largest divisor of the batch within it (at least 1 example).
-CHUNK_BYTES = 4 * 2 ** 20
-Pads = Tuple[Tuple[int, int], Tuple[int, int]]
+CHUNK_BYTES = 4 * 2**20
+Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
 def choose_weight_grad(kernel_shape: Sequence[int], forward: str) -> str:
@@ -61,8 +61,9 @@ def chunk_size(batch: int, bytes_per_example: int, limit: int = CHUNK_BYTES) -> 
 def _patches_t_dy(x, dy, window, strides, pads):
     """sum over (n, h, w) of patches (n, h, w, kh*kw*cin) times dy (n, h, w, cout): (kh*kw*cin, cout)."""
     patches = jnp.concatenate(shifted_views(x, window, strides, pads, dy.shape[1:3]), axis=-1)
-    return lax.dot_general(patches, dy, (((0, 1, 2), (0, 1, 2)), ((), ())),
-                           preferred_element_type=jnp.result_type(x, dy))
+    return lax.dot_general(
+        patches, dy, (((0, 1, 2), (0, 1, 2)), ((), ())), preferred_element_type=jnp.result_type(x, dy)
+    )
 
 
 def chunked_im2col_weight_grad(x, dy, window, strides, pads, chunk_bytes: int = CHUNK_BYTES):
@@ -95,7 +96,7 @@ _WEIGHT_GRADS = {"chunked_im2col": chunked_im2col_weight_grad, "matmul": matmul_
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def conv(x, kernel, forward: Callable, strides: Tuple[int, int], pads: Pads, weight_grad: str):
+def conv(x, kernel, forward: Callable, strides: tuple[int, int], pads: Pads, weight_grad: str):
     """``forward(x, kernel)`` (a conv formulation with these strides and pads) whose weight gradient
     uses ``weight_grad`` (not 'auto': resolve it with ``choose_weight_grad`` first)."""
     return forward(x, kernel)
@@ -120,4 +121,6 @@ conv.defvjp(_conv_fwd, _conv_bwd)
 
 def check_weight_grad(weight_grad: str) -> None:
     if weight_grad not in WEIGHT_GRAD_FORMULATIONS:
-        raise ValueError(f"weight_grad={weight_grad!r} is invalid: expected one of {', '.join(WEIGHT_GRAD_FORMULATIONS)}")
+        raise ValueError(
+            f"weight_grad={weight_grad!r} is invalid: expected one of {', '.join(WEIGHT_GRAD_FORMULATIONS)}"
+        )

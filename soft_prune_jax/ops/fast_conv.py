@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -59,8 +59,9 @@ IM2COL_MAX_OUTPUT_POSITIONS = 4
 IM2COL_MAX_OUTPUT_ROWS = 64
 
 
-def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int], strides=1,
-                       padding: Padding = "SAME") -> str:
+def choose_formulation(
+    input_shape: Sequence[int], kernel_shape: Sequence[int], strides=1, padding: Padding = "SAME"
+) -> str:
     """The formulation ``'auto'`` uses for these shapes (NHWC input, HWIO kernel).
 
     The rule (measured, module docstring): 1x1 kernel -> 'matmul'; an output of at most
@@ -82,8 +83,11 @@ def _im2col(x, kernel, strides, pads, out_hw):
     kh, kw, cin, cout = kernel.shape
     patches = jnp.concatenate(shifted_views(x, (kh, kw), strides, pads, out_hw), axis=-1)
     # Patch channels are ordered (i, j, c), which is exactly the HWIO kernel's row-major order.
-    out = jnp.dot(patches.reshape(-1, kh * kw * cin), kernel.reshape(kh * kw * cin, cout),
-                  preferred_element_type=jnp.result_type(x, kernel))
+    out = jnp.dot(
+        patches.reshape(-1, kh * kw * cin),
+        kernel.reshape(kh * kw * cin, cout),
+        preferred_element_type=jnp.result_type(x, kernel),
+    )
     return out.reshape(x.shape[0], out_hw[0], out_hw[1], cout)
 
 
@@ -119,10 +123,14 @@ def conv2d(x, kernel, strides=1, padding: Padding = "SAME", formulation: str = "
     if formulation not in FORMULATIONS:
         raise ValueError(f"formulation={formulation!r} is invalid: expected one of {', '.join(FORMULATIONS)}")
     if x.ndim != 4 or kernel.ndim != 4:
-        raise ValueError(f"conv2d needs a 4-D NHWC input and a 4-D HWIO kernel, got shapes {x.shape} and {kernel.shape}")
+        raise ValueError(
+            f"conv2d needs a 4-D NHWC input and a 4-D HWIO kernel, got shapes {x.shape} and {kernel.shape}"
+        )
     if x.shape[-1] != kernel.shape[2]:
-        raise ValueError(f"input channels {x.shape[-1]} != kernel input channels {kernel.shape[2]} "
-                         f"(shapes {x.shape}, {kernel.shape})")
+        raise ValueError(
+            f"input channels {x.shape[-1]} != kernel input channels {kernel.shape[2]} "
+            f"(shapes {x.shape}, {kernel.shape})"
+        )
     strides = pair(strides, "strides")
     window = tuple(kernel.shape[:2])
     pads = explicit_padding(x.shape[1:3], window, strides, padding)
@@ -167,8 +175,14 @@ class Conv(nn.Module):
     def __call__(self, x):
         kh, kw = pair(tuple(self.kernel_size), "kernel_size")
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
-        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding, self.formulation,
-                   self.weight_grad)
+        y = conv2d(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            self.strides,
+            self.padding,
+            self.formulation,
+            self.weight_grad,
+        )
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
@@ -191,13 +205,25 @@ def flax_conv_formulation(formulation: Optional[str] = "auto"):
         module = context.module
         if type(module) is Conv and context.method_name == "__call__" and formulation is not None:
             x, kernel = args[0], module.get_variable("params", "kernel")
-            y = conv2d(x.astype(module.dtype), kernel.astype(module.dtype), module.strides, module.padding, formulation,
-                       module.weight_grad)
+            y = conv2d(
+                x.astype(module.dtype),
+                kernel.astype(module.dtype),
+                module.strides,
+                module.padding,
+                formulation,
+                module.weight_grad,
+            )
             return y + module.get_variable("params", "bias").astype(module.dtype) if module.use_bias else y
-        if (formulation in (None, "xla") or type(module) is not nn.Conv or context.method_name != "__call__"
-                or not module.has_variable("params", "kernel") or module.feature_group_count != 1
-                or module.kernel_dilation not in (None, 1, (1, 1)) or module.input_dilation not in (None, 1, (1, 1))
-                or args[0].ndim != 4):
+        if (
+            formulation in (None, "xla")
+            or type(module) is not nn.Conv
+            or context.method_name != "__call__"
+            or not module.has_variable("params", "kernel")
+            or module.feature_group_count != 1
+            or module.kernel_dilation not in (None, 1, (1, 1))
+            or module.input_dilation not in (None, 1, (1, 1))
+            or args[0].ndim != 4
+        ):
             return next_fun(*args, **kwargs)
         x = args[0]
         kernel = module.get_variable("params", "kernel")

@@ -1,0 +1,87 @@
+"""round_to='auto' (compact/align.py): widths chosen from an injected latency table, never below the kept count."""
+
+import json
+
+import numpy as np
+import pytest
+
+from soft_prune_jax.compact import align, surgery
+from soft_prune_jax.models import get_model
+
+from conftest import assert_close, evaluate
+
+VGG_WIDTHS = (24, "M", 40, 20)  # three masked units wide enough for candidates above their counts
+
+
+def aligned(channels: int) -> int:
+    """A fake device on which a channel count that is not a multiple of 8 costs double."""
+    return channels if channels % 8 == 0 else 2 * channels
+
+
+def blocky(shape: align.ConvShape) -> float:
+    cin, cout = shape.kernel_shape[2:]
+    return float(aligned(cin) * aligned(cout))
+
+
+def linear(shape: align.ConvShape) -> float:
+    cin, cout = shape.kernel_shape[2:]
+    return float(cin * cout)
+
+
+def model_and_variables(seed=3, fraction=0.55):
+    model = get_model("vgg16", 10, widths=VGG_WIDTHS)
+    return model, surgery.random_variables(model, (2, 8, 8, 3), seed, fraction)
+
+
+def test_candidates():
+    assert align.candidates(5, 64) == [5, 8, 12, 16]
+    assert align.candidates(16, 64) == [16]
+    assert align.candidates(30, 31) == [30, 31]
+    assert align.candidates(0, 8) == [0]
+
+
+def test_auto_pads_to_the_fastest_width_and_keeps_every_kept_channel():
+    model, variables = model_and_variables()
+    base = surgery.plan(model, variables, round_to=1)
+    auto = surgery.plan(model, variables, round_to=align.Auto(latency=blocky, input_shape=(8, 8, 3)))
+    for name, p in auto.items():
+        kept, k = set(base[name].kept.tolist()), len(base[name].kept)
+        assert kept <= set(p.kept.tolist())  # every channel the method kept is still there
+        assert len(p.kept) in align.candidates(k, p.total)
+        # each unit's convs cost aligned(width) times a constant: the fastest candidate is known
+        options = align.candidates(k, p.total)
+        assert len(p.kept) == options[int(np.argmin([aligned(c) for c in options]))]
+    assert any(len(p.kept) > len(base[n].kept) for n, p in auto.items()), "the test needs one padded unit"
+    linear_plan = surgery.plan(model, variables, round_to=align.Auto(latency=linear, input_shape=(8, 8, 3)))
+    assert {n: len(p.kept) for n, p in linear_plan.items()} == {n: len(p.kept) for n, p in base.items()}
+
+
+def test_auto_compact_model_is_exact():
+    model, variables = model_and_variables(seed=5)
+    auto = align.Auto(latency=blocky, input_shape=(8, 8, 3))
+    compact, compact_vars = surgery.prune(model, variables, round_to=auto)
+    rounded = surgery.masks_of(surgery.plan(model, variables, round_to=auto))
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    assert_close(evaluate(compact, compact_vars, x), evaluate(model, variables, x, rounded))
+
+
+def test_latency_table_measures_each_shape_once_per_device(tmp_path):
+    calls = []
+
+    def measure(shape):
+        calls.append(shape)
+        return 1.5
+
+    path = str(tmp_path / "table.json")
+    shape = align.ConvShape((2, 8, 8, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1)))
+    table = align.LatencyTable(path, measure)
+    assert table(shape) == table(shape) == 1.5 and len(calls) == 1
+    assert align.LatencyTable(path, measure)(shape) == 1.5 and len(calls) == 1  # read back from the file
+    with open(path) as f:
+        assert list(json.load(f)) == [f"{align.device_key()}|{shape.key()}"]
+
+
+def test_bad_round_to_is_one_line_error():
+    model, variables = model_and_variables()
+    with pytest.raises(ValueError, match="round_to='fast' is invalid: expected an int >= 1 .* or 'auto'"):
+        surgery.plan(model, variables, round_to="fast")
