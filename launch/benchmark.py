@@ -47,7 +47,12 @@ flags.DEFINE_float(
     "With --config/--model: fraction of each masked layer's channels that random "
     "BN parameters prune (0 = time the dense model only).",
 )
-flags.DEFINE_integer("round_to", None, "Channel alignment for surgery (default: the config's round_to, else 1).")
+flags.DEFINE_string(
+    "round_to",
+    None,
+    "Channel alignment for surgery: an int >= 1 or 'auto' (the fastest widths by a cached latency table); "
+    "default: the config's round_to, else 1.",
+)
 flags.DEFINE_list("batch_sizes", ["1", "64", "256"], "Batch sizes to time.")
 flags.DEFINE_integer("runs", 50, "Timed runs per measurement (the median is reported).")
 flags.DEFINE_integer("warmup", 5, "Untimed warm-up runs per measurement.")
@@ -100,7 +105,17 @@ def _input_shape(dataset: str | None) -> tuple[int, ...]:
     return data.DATASETS[dataset].input_shape
 
 
-def _random_compact(model, variables, round_to: int):
+def _round_to(value):
+    """'auto' or an int >= 1 (as surgery.plan takes it)."""
+    if str(value) == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise app.UsageError(f"--round_to={value!r} is invalid: expected an int >= 1 or 'auto'") from None
+
+
+def _random_compact(model, variables, round_to):
     """Random BN parameters dropping ~--random_prune of each masked layer, then surgery."""
     from soft_prune_jax.compact import surgery
 
@@ -146,7 +161,7 @@ def _models():
         config = FLAGS.config
         model = create_model(config)
         input_shape, name = _input_shape(config.dataset), config.model
-        round_to = FLAGS.round_to or int(config.round_to)
+        round_to = _round_to(FLAGS.round_to or config.round_to)
     else:
         from soft_prune_jax.models import get_model
 
@@ -157,7 +172,7 @@ def _models():
         except (ValueError, TypeError) as e:
             raise app.UsageError(str(e)) from None
         input_shape, name = _input_shape(None), FLAGS.model
-        round_to = FLAGS.round_to or 1
+        round_to = _round_to(FLAGS.round_to or 1)
     variables = init_variables(model, jax.random.key(FLAGS.seed), input_shape)
     variables, compact, compact_vars = _random_compact(model, variables, round_to)
     return (

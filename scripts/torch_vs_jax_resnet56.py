@@ -3,7 +3,8 @@
 Not a test and not a dependency: needs ``pip install torch==2.13.0`` (CPU wheel). Times the dense
 pre-activation ResNet-56 and the same net with every block's inner width halved (1.93x fewer MACs),
 in one process with the same protocol (warm-up, then N rounds in which every model runs once, so
-load drift hits all of them alike; median and min), and prints the load average next to the numbers because the machine may be shared.
+load drift hits all of them alike; median and min), and prints the load average next to the numbers
+because the machine may be shared.
 
     OMP_WAIT_POLICY=PASSIVE python scripts/torch_vs_jax_resnet56.py --runs=30 --batch_size=64
 
@@ -21,8 +22,8 @@ import time
 import jax
 
 from soft_prune_jax.measure import benchmark as B
-from soft_prune_jax.models import get_model
 from soft_prune_jax.measure import flops
+from soft_prune_jax.models import get_model
 
 
 def torch_resnet56(inner_widths, stage_widths=(16, 32, 64), stage_sizes=(9, 9, 9)):
@@ -71,6 +72,7 @@ def torch_resnet56(inner_widths, stage_widths=(16, 32, 64), stage_sizes=(9, 9, 9
 def torch_call(net, batch_size):
     """A no-argument callable running ``net`` once in eval / inference mode, channels_last."""
     import torch
+
     net = net.eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
 
@@ -85,7 +87,7 @@ def jax_call(model, variables, batch_size, formulation):
     """A no-argument callable running the AOT-compiled Flax model once, inputs already on the device."""
     x = jax.device_put(jax.random.normal(jax.random.key(0), (batch_size, 32, 32, 3)))
     variables = jax.device_put(variables)
-    apply = B._with_formulation(lambda v, x: model.apply(v, x, train=False), formulation)
+    apply = B.with_formulation(lambda v, x: model.apply(v, x, train=False), formulation)
     compiled = jax.jit(apply).lower(variables, x).compile()
     return lambda: jax.block_until_ready(compiled(variables, x))
 
@@ -113,14 +115,22 @@ def main():
     parser.add_argument("--torch_threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
     import torch
+
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
 
     full = [(w,) for w in (16, 32, 64) for _ in range(9)]
     halved = [(w // 2,) for (w,) in full]
-    results = {"device": B.device_description(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-               "jax": jax.__version__, "batch_size": args.batch_size, "load_average_before": list(os.getloadavg()),
-               "sgemm_gflops": B.sgemm_rate(runs=args.runs), "rows": []}
+    results = {
+        "device": B.device_description(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "jax": jax.__version__,
+        "batch_size": args.batch_size,
+        "load_average_before": list(os.getloadavg()),
+        "sgemm_gflops": B.sgemm_rate(runs=args.runs),
+        "rows": [],
+    }
     calls, macs = {}, {}
     for name, widths in (("dense", full), ("halved", halved)):
         model = get_model("resnet56", 10, mask=None, block_widths=tuple(widths))
@@ -131,22 +141,29 @@ def main():
             calls[(name, label)] = jax_call(model, variables, args.batch_size, formulation)
     timings = time_round_robin(calls, args.runs, args.warmup)
     for name in ("dense", "halved"):
-        results["rows"].append({"model": name, "macs": macs[name],
-                                **{label: t for (n, label), t in timings.items() if n == name}})
+        results["rows"].append(
+            {"model": name, "macs": macs[name], **{label: t for (n, label), t in timings.items() if n == name}}
+        )
     results["load_average_after"] = list(os.getloadavg())
-    print(f"{results['device']}, torch {results['torch']} ({results['torch_threads']} threads), jax {results['jax']}, "
-          f"batch {args.batch_size}, sgemm {results['sgemm_gflops']:.0f} GFLOP/s, load "
-          f"{results['load_average_before'][0]:.2f} -> {results['load_average_after'][0]:.2f}")
+    print(
+        f"{results['device']}, torch {results['torch']} ({results['torch_threads']} threads), jax {results['jax']}, "
+        f"batch {args.batch_size}, sgemm {results['sgemm_gflops']:.0f} GFLOP/s, load "
+        f"{results['load_average_before'][0]:.2f} -> {results['load_average_after'][0]:.2f}"
+    )
     print("median ms (min ms), every model once per round:")
     print(f"{'model':<8} {'MMACs':>7} | {'torch channels_last':>19} | {'jax xla':>15} | {'jax fast_conv auto':>18}")
     for row in results["rows"]:
-        cells = [f"{row[k]['median_ms']:.1f} ({row[k]['min_ms']:.1f})"
-                 for k in ("torch_channels_last", "jax_xla", "jax_fast_conv_auto")]
+        cells = [
+            f"{row[k]['median_ms']:.1f} ({row[k]['min_ms']:.1f})"
+            for k in ("torch_channels_last", "jax_xla", "jax_fast_conv_auto")
+        ]
         print(f"{row['model']:<8} {row['macs'] / 1e6:>7.1f} | {cells[0]:>19} | {cells[1]:>15} | {cells[2]:>18}")
     d, h = results["rows"]
     for label in ("torch_channels_last", "jax_xla", "jax_fast_conv_auto"):
-        print(f"speed-up dense/halved {label}: {d[label]['median_ms'] / h[label]['median_ms']:.2f}x "
-              f"(MAC ratio {d['macs'] / h['macs']:.2f}x)")
+        print(
+            f"speed-up dense/halved {label}: {d[label]['median_ms'] / h[label]['median_ms']:.2f}x "
+            f"(MAC ratio {d['macs'] / h['macs']:.2f}x)"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

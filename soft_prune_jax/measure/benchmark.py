@@ -148,7 +148,7 @@ def random_inputs(batch_size: int, input_shape: Sequence[int], seed: int):
     return jax.random.normal(jax.random.key(seed), (batch_size,) + shape, jnp.float32)
 
 
-def _with_formulation(apply: Callable, formulation: Optional[str]) -> Callable:
+def with_formulation(apply: Callable, formulation: Optional[str]) -> Callable:
     """``apply`` whose nn.Conv calls run through ``fast_conv.conv2d(formulation)`` while tracing."""
     if formulation is None:
         return apply
@@ -190,7 +190,7 @@ def time_inference(
     Returns: {median_ms, p10_ms, p90_ms, min_ms, runs, batch_size, device, compile_s}.
     """
     x = random_inputs(batch_size, input_shape, seed)
-    apply = _with_formulation(functools.partial(_apply_eval, model), conv_formulation)
+    apply = with_formulation(functools.partial(_apply_eval, model), conv_formulation)
     result = time_compiled(apply, (variables, x), runs=runs, warmup=warmup)
     return {**result, "batch_size": batch_size, "device": device_description()}
 
@@ -418,7 +418,7 @@ def compare(
     for b in batch_sizes:
         x = random_inputs(b, input_shape, seed)
         calls = {
-            name: (_with_formulation(functools.partial(_apply_eval, model), conv_formulation), (variables, x))
+            name: (with_formulation(functools.partial(_apply_eval, model), conv_formulation), (variables, x))
             for name, (model, variables) in models.items()
         }
         timings = time_interleaved(calls, runs=runs, warmup=warmup)  # dense and compact take turns
