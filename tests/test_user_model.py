@@ -36,8 +36,9 @@ ALL = "train,prune,finetune,evaluate,benchmark,report"
 
 
 def user_config(spec: str, **overrides):
-    config = tiny_config(model=spec, num_classes=10, num_epochs=2, lr_boundaries=(1,), num_train_examples=128,
-                         sparsity_lambda=1.0, **overrides)
+    fields = dict(model=spec, num_classes=10, num_epochs=2, lr_boundaries=(1,), num_train_examples=128,
+                  sparsity_lambda=1.0)
+    config = tiny_config(**{**fields, **overrides})
     config.model_kwargs = {}
     return config
 

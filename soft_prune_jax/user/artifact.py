@@ -65,10 +65,11 @@ def save(directory: str, compact, variables, input_shape: Sequence[int], *, over
     """Exports ``compact.apply(variables, x)`` for batches of any size of ``input_shape`` images."""
     if os.path.exists(directory) and not overwrite:
         raise ExportError(f"{directory} exists: pass overwrite=True to replace it")
-    variables = _unflat(_flat(variables))  # plain nested dicts: what load() rebuilds
+    treedef = jax.tree_util.tree_structure(variables)
+    variables = _unflat(_flat(variables))  # plain nested dicts without empty collections: what load() rebuilds
 
-    def per_example(v, x1):
-        return compact.apply(v, x1[None])[0]
+    def per_example(v, x1):  # the same leaves in the same (sorted-key) order, in the compact model's own tree
+        return compact.apply(jax.tree_util.tree_unflatten(treedef, jax.tree_util.tree_leaves(v)), x1[None])[0]
 
     (batch,) = jax_export.symbolic_shape("batch")
     specs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
