@@ -1,4 +1,7 @@
 """Low-level operations: ``fast_conv`` (2-D convolution formulations -- XLA's conv, im2col + matmul,
 1x1 as matmul -- and the rule that picks one per shape, because XLA:CPU is slow on a few conv
-shapes). The lowest layer: imports jax and numpy only, nothing of the package.
+shapes), ``conv_grad`` (a custom VJP whose weight gradient uses the formulation that is fast for
+the shape: chunked im2col or matmul instead of XLA:CPU's slow weight-gradient conv) and
+``conv_geometry`` (padding, output sizes and shifted views they share). The lowest layer: imports
+jax and numpy only, nothing of the package outside ``ops``.
 """
