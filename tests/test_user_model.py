@@ -36,8 +36,9 @@ ALL = "train,prune,finetune,evaluate,benchmark,report"
 
 
 def user_config(spec: str, **overrides):
-    fields = dict(model=spec, num_classes=10, num_epochs=2, lr_boundaries=(1,), num_train_examples=128,
-                  sparsity_lambda=1.0)
+    fields = dict(
+        model=spec, num_classes=10, num_epochs=2, lr_boundaries=(1,), num_train_examples=128, sparsity_lambda=1.0
+    )
     config = tiny_config(**{**fields, **overrides})
     config.model_kwargs = {}
     return config
@@ -45,13 +46,16 @@ def user_config(spec: str, **overrides):
 
 # ---- masks inserted from outside, against a hand-computed step ----------------------------------
 
+
 def _tiny(scale, bias):
     model = user.build("user_zoo:Tiny", 4, {})
     x = jax.random.normal(jax.random.PRNGKey(0), (6, 5, 5, 2))
     variables = model.init(jax.random.PRNGKey(1), x)
     variables["params"]["BatchNorm_0"] = {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}
-    variables["batch_stats"]["BatchNorm_0"] = {"mean": jnp.asarray([0.1, -0.2, 0.3]),
-                                               "var": jnp.asarray([1.5, 0.5, 2.0])}
+    variables["batch_stats"]["BatchNorm_0"] = {
+        "mean": jnp.asarray([0.1, -0.2, 0.3]),
+        "var": jnp.asarray([1.5, 0.5, 2.0]),
+    }
     units = masked.UnitSet.analyze(model, variables, x)
     return model, variables, x, units
 
@@ -80,7 +84,8 @@ def test_masked_train_step_equals_the_step_by_hand():
     else:
         pytest.fail("no key gave a mixed keep/drop sample")
     logits, state = jax.jit(lambda v, x: scp.apply(v, x, train=True, rngs={"gumbel": key}, mutable=["batch_stats"]))(
-        variables, x)
+        variables, x
+    )
     want, mean, var = _by_hand(variables, x, mask, train=True)
     np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
     old = variables["batch_stats"]["BatchNorm_0"]
@@ -91,8 +96,9 @@ def test_masked_train_step_equals_the_step_by_hand():
     # evaluation: the hard mask [pi < 0.5] on the running statistics
     hard = M.hard_mask(pi)
     assert np.asarray(hard).tolist() == [1.0, 1.0, 0.0]
-    np.testing.assert_allclose(scp.apply(variables, x), _by_hand(variables, x, hard, train=False)[0], rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        scp.apply(variables, x), _by_hand(variables, x, hard, train=False)[0], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_penalty_covers_exactly_the_units_of_prunable_groups():
@@ -105,12 +111,17 @@ def test_penalty_covers_exactly_the_units_of_prunable_groups():
     variables = phase.model.init({"params": jax.random.PRNGKey(0)}, jnp.zeros((2, 8, 8, 1)))
     params = jax.tree_util.tree_map(lambda a: a + 0.3, variables["params"])
     s, lam = float(config.sparsity_s), float(config.sparsity_lambda)
-    want = sum(lam * (jnp.sum(params[b]["BatchNorm_0"]["bias"]) + s * jnp.sum(jnp.abs(params[b]["BatchNorm_0"]["scale"])))
-               for b in ("ResNetBlock_0", "ResNetBlock_1"))
+    want = sum(
+        lam * (jnp.sum(params[b]["BatchNorm_0"]["bias"]) + s * jnp.sum(jnp.abs(params[b]["BatchNorm_0"]["scale"])))
+        for b in ("ResNetBlock_0", "ResNetBlock_1")
+    )
     np.testing.assert_allclose(phase.regulariser(params), want, rtol=1e-5)
     grads = jax.grad(phase.regulariser)(params)
-    touched = {"/".join(str(k.key) for k in path) for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
-               if np.any(np.asarray(g) != 0)}
+    touched = {
+        "/".join(str(k.key) for k in path)
+        for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
+        if np.any(np.asarray(g) != 0)
+    }
     assert touched == {f"ResNetBlock_{i}/BatchNorm_0/{leaf}" for i in (0, 1) for leaf in ("scale", "bias")}
 
 
@@ -141,11 +152,23 @@ def test_bad_user_model_is_one_line_naming_it(spec, cause):
 
 def test_bad_user_model_through_the_launcher_creates_nothing(tmp_path):
     workdir = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, REPO, os.environ.get("PYTHONPATH", "")]),
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "train.py"), "--config=configs/fashion_mnist.py",
-                           "--config.model=user_zoo:WrongInput", f"--workdir={workdir}"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([TESTS, REPO, os.environ.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "launch", "train.py"),
+            "--config=configs/fashion_mnist.py",
+            "--config.model=user_zoo:WrongInput",
+            f"--workdir={workdir}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: config.model='user_zoo:WrongInput': cannot be called"), proc.stderr[-2000:]
@@ -161,6 +184,7 @@ def test_model_without_units_trains_and_says_nothing_can_be_pruned(tmp_path):
 
 
 # ---- the whole pipeline ------------------------------------------------------------------------
+
 
 def _check_every_phase(workdir, out):
     prune, ev, bench = out["prune"], out["evaluate"], out["benchmark"]
@@ -200,8 +224,10 @@ def test_damaged_artifact_is_an_export_error(tmp_path):
         artifact.load(damaged)
 
 
-@pytest.mark.parametrize("spec,method,call", [("user_zoo:Deterministic", "dense", "not deterministic"),
-                                              ("user_zoo:CNN", "slimming", "train")])
+@pytest.mark.parametrize(
+    "spec,method,call",
+    [("user_zoo:Deterministic", "dense", "not deterministic"), ("user_zoo:CNN", "slimming", "train")],
+)
 def test_dense_and_slimming_train_and_cut_a_user_model(tmp_path, spec, method, call):
     config = user_config(spec, method=method, num_epochs=1, lr_boundaries=(), model_call=call)
     config.slimming.target_channel_ratio = 0.5

@@ -59,7 +59,9 @@ def load_target(spec: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - any import failure is the user's module; one line naming it
-        raise _fail(spec, f"cannot import {module_name!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise _fail(
+            spec, f"cannot import {module_name!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     target = module
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -91,8 +93,9 @@ def parse_call(call) -> tuple[str, bool]:
         return words[0], False
     if len(words) == 2 and words[0] == "not" and _name(words[1]):
         return words[1], True
-    raise ValueError(f"config.model_call={call!r} is invalid: expected a flag name ('train') or 'not NAME' "
-                     "('not deterministic')")
+    raise ValueError(
+        f"config.model_call={call!r} is invalid: expected a flag name ('train') or 'not NAME' ('not deterministic')"
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -176,8 +179,9 @@ def _nnx_keys(variables, state) -> dict:
     return out
 
 
-def build(spec: str, num_classes: int, kwargs: Optional[dict] = None, *, call: str = "train",
-          seed: int = 0) -> UserModel:
+def build(
+    spec: str, num_classes: int, kwargs: Optional[dict] = None, *, call: str = "train", seed: int = 0
+) -> UserModel:
     """The ``UserModel`` of ``spec`` (see the module docstring); errors are one line naming the model."""
     target = load_target(spec)
     kwargs = dict(kwargs or {})
@@ -190,15 +194,19 @@ def build(spec: str, num_classes: int, kwargs: Optional[dict] = None, *, call: s
     try:
         module = make(seed)
     except Exception as e:  # noqa: BLE001 - the user's constructor; one line naming it
-        raise _fail(spec, f"calling it with num_classes={num_classes} and model_kwargs={kwargs} failed: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise _fail(
+            spec,
+            f"calling it with num_classes={num_classes} and model_kwargs={kwargs} failed: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+        ) from None
     if isinstance(module, nnx.Module):
         kind = "nnx"
     elif isinstance(module, nn.Module):
         kind = "linen"
     else:
-        raise _fail(spec, f"it returned a {type(module).__name__}, not a Flax module (flax.linen.Module or "
-                          "flax.nnx.Module)")
+        raise _fail(
+            spec, f"it returned a {type(module).__name__}, not a Flax module (flax.linen.Module or flax.nnx.Module)"
+        )
     flag, inverted = parse_call(call) if kind == "linen" else (None, False)
     return UserModel(spec, kind, make, module, flag, inverted)
 
@@ -210,10 +218,16 @@ def check_callable(model: UserModel, input_shape) -> None:
         variables = jax.eval_shape(model.init, jax.random.key(0), x)
         out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
     except Exception as e:  # noqa: BLE001 - the user's model failed on the images; one line naming it
-        raise _fail(model.spec, f"cannot be called on the dataset's images of shape {tuple(input_shape)}: "
-                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise _fail(
+            model.spec,
+            f"cannot be called on the dataset's images of shape {tuple(input_shape)}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+        ) from None
     if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != 2:
-        raise _fail(model.spec, f"returned {jax.tree_util.tree_map(lambda a: a.shape, out)} for a batch of 2 "
-                                "images: expected logits of shape (batch, num_classes)")
+        raise _fail(
+            model.spec,
+            f"returned {jax.tree_util.tree_map(lambda a: a.shape, out)} for a batch of 2 "
+            "images: expected logits of shape (batch, num_classes)",
+        )
     if "params" not in variables:
         raise _fail(model.spec, "has no parameters")

@@ -24,8 +24,10 @@ def benchmark_phase(config, workdir, *, dataset, devices=None) -> dict:
     if user_model.is_user_model(config):  # the model as written; MACs from its graph
         dense = user_model.dense_model(config, input_shape)
         dense_count, compact_count = user_model.counts(config, workdir, variables, input_shape)
-        macs = {name: {"macs": c.macs, "params": c.params}
-                for name, c in (("dense", dense_count), ("compact", compact_count))}
+        macs = {
+            name: {"macs": c.macs, "params": c.params}
+            for name, c in (("dense", dense_count), ("compact", compact_count))
+        }
     else:
         dense = create_model(config, mask=None)
     result = benchmark.compare(

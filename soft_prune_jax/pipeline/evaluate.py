@@ -51,7 +51,8 @@ def evaluate_phase(config, workdir, *, dataset, devices=None) -> dict:
     input_shape = dataset.get_dataset_info(config).input_shape
     if user_model.is_user_model(config):  # the fixed cut at the units, and the reloaded artifact
         reference, compact, compact_vars = user_model.evaluation_pair(
-            config, workdir, input_shape, os.path.join(workdir, COMPACT_DIR))
+            config, workdir, input_shape, os.path.join(workdir, COMPACT_DIR)
+        )
     else:
         model = create_model(config)
         masks = effective_masks(config, model, variables, input_shape)

@@ -22,8 +22,9 @@ def finetune_phase(config, workdir, *, dataset, devices=None) -> dict:
         input_shape = dataset.get_dataset_info(config).input_shape
         phase = user_model.finetune_phase(config, workdir, input_shape, trained_variables(config, workdir), epochs)
         result = fit(config, workdir, phase, dataset=dataset, devices=devices)
-        user_model.save_finetuned(config, workdir, input_shape, result.state.variables,
-                                  os.path.join(workdir, FINETUNED_DIR), epochs)
+        user_model.save_finetuned(
+            config, workdir, input_shape, result.state.variables, os.path.join(workdir, FINETUNED_DIR), epochs
+        )
         return _record(workdir, result)
     model, variables = export.load_compact(os.path.join(workdir, COMPACT_DIR))
     # The same schedule shape: the boundaries keep their fraction of the run.

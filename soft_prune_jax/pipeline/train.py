@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from soft_prune_jax.pipeline.budget import training_budget
 from soft_prune_jax.pipeline import user_model
+from soft_prune_jax.pipeline.budget import training_budget
 from soft_prune_jax.pipeline.cut import progress_macs_fn
 from soft_prune_jax.pipeline.records import write_json
 from soft_prune_jax.training.experiment import training_phase

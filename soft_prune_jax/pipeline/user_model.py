@@ -55,8 +55,14 @@ def _setup(spec: str, num_classes: int, kwargs_items: tuple, call: str, seed: in
 def setup(config, input_shape: Sequence[int]):
     """(UserModel, UnitSet) of ``config.model``; analysed once per process."""
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config.get("model_kwargs") or {}).items()}
-    return _setup(config.model, data.num_classes(config), tuple(sorted(kwargs.items())),
-                  str(config.get("model_call") or "train"), int(config.seed), tuple(input_shape))
+    return _setup(
+        config.model,
+        data.num_classes(config),
+        tuple(sorted(kwargs.items())),
+        str(config.get("model_call") or "train"),
+        int(config.seed),
+        tuple(input_shape),
+    )
 
 
 def mask_config(config) -> MaskConfig:
@@ -70,9 +76,14 @@ def training_phase(config, input_shape: Sequence[int]) -> Phase:
     mask = method.mask_config(config)
     model = masked.MaskedModel(user, units, "soft" if mask is not None else "none", mask=mask)
     reg = method.regulariser(config)
-    return Phase("train", model, float(config.learning_rate), int(config.num_epochs),
-                 regulariser=lambda params: reg(units.unit_view(params)),
-                 init_transform=lambda variables: method.init_variables(config, variables))
+    return Phase(
+        "train",
+        model,
+        float(config.learning_rate),
+        int(config.num_epochs),
+        regulariser=lambda params: reg(units.unit_view(params)),
+        init_transform=lambda variables: method.init_variables(config, variables),
+    )
 
 
 def _trace_fn(user: U.UserModel):
@@ -99,12 +110,22 @@ def cut(config, variables, input_shape: Sequence[int], keep=None):
             keep = units.group_keep(masks)
         elif method.mask_config(config) is None:  # trained without masks and no masks chosen: nothing is cut
             keep = {grp.name: np.ones(grp.size, bool) for grp in units.analysis.groups if grp.prunable}
-    return prune_traced(_trace_fn(user), dict(variables), [x], keep=keep, round_to=round_to if keep is None else 1,
-                        mask_config=mask, call_kwargs={"train": False})
+    return prune_traced(
+        _trace_fn(user),
+        dict(variables),
+        [x],
+        keep=keep,
+        round_to=round_to if keep is None else 1,
+        mask_config=mask,
+        call_kwargs={"train": False},
+    )
 
 
 def kept_of(workdir: str, needed_by: str) -> dict:
-    return {k: np.asarray(v, np.int64) for k, v in read_json(workdir, "prune.json", needed_by=needed_by)["kept_indices"].items()}
+    return {
+        k: np.asarray(v, np.int64)
+        for k, v in read_json(workdir, "prune.json", needed_by=needed_by)["kept_indices"].items()
+    }
 
 
 def prune(config, variables, input_shape: Sequence[int], directory: str) -> dict:
@@ -112,8 +133,14 @@ def prune(config, variables, input_shape: Sequence[int], directory: str) -> dict
     user, units = setup(config, input_shape)
     compact, compact_vars = cut(config, variables, input_shape)
     plans = {name: p for name, p in compact.program.plans.items() if p.prunable}
-    artifact.save(directory, compact, compact_vars, input_shape, overwrite=True,
-                  extra={"source": "prune", "model": config.model, "method": config.method})
+    artifact.save(
+        directory,
+        compact,
+        compact_vars,
+        input_shape,
+        overwrite=True,
+        extra={"source": "prune", "model": config.model, "method": config.method},
+    )
     return {
         "kept_channels": {name: len(p.kept) for name, p in plans.items()},
         "total_channels": {name: p.total for name, p in plans.items()},
@@ -132,15 +159,27 @@ def fixed_model(config, workdir: str, input_shape: Sequence[int], needed_by: str
 
 def finetune_phase(config, workdir: str, input_shape: Sequence[int], variables, epochs: int) -> Phase:
     scale = epochs / float(config.num_epochs)
-    return Phase("finetune", fixed_model(config, workdir, input_shape, "finetune"),
-                 float(config.finetune_learning_rate), epochs,
-                 lr_boundaries=tuple(b * scale for b in config.lr_boundaries), variables=variables, seed_offset=1)
+    return Phase(
+        "finetune",
+        fixed_model(config, workdir, input_shape, "finetune"),
+        float(config.finetune_learning_rate),
+        epochs,
+        lr_boundaries=tuple(b * scale for b in config.lr_boundaries),
+        variables=variables,
+        seed_offset=1,
+    )
 
 
 def save_finetuned(config, workdir: str, input_shape: Sequence[int], variables, directory: str, epochs: int):
     compact, compact_vars = cut(config, variables, input_shape, keep=kept_of(workdir, "finetune"))
-    artifact.save(directory, compact, compact_vars, input_shape, overwrite=True,
-                  extra={"source": "finetune", "epochs": epochs, "model": config.model})
+    artifact.save(
+        directory,
+        compact,
+        compact_vars,
+        input_shape,
+        overwrite=True,
+        extra={"source": "finetune", "epochs": epochs, "model": config.model},
+    )
 
 
 def evaluation_pair(config, workdir: str, input_shape: Sequence[int], compact_dir: str):
@@ -170,5 +209,16 @@ def is_user_model(config) -> bool:
     return U.is_user_model(config.model)
 
 
-__all__ = ["counts", "cut", "dense_model", "evaluation_pair", "finetune_phase", "is_user_model", "load", "prune",
-           "save_finetuned", "setup", "training_phase"]
+__all__ = [
+    "counts",
+    "cut",
+    "dense_model",
+    "evaluation_pair",
+    "finetune_phase",
+    "is_user_model",
+    "load",
+    "prune",
+    "save_finetuned",
+    "setup",
+    "training_phase",
+]

@@ -17,8 +17,7 @@ import jax
 
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.methods import method_names
-from soft_prune_jax.models import get_model, model_names
-from soft_prune_jax.models import user
+from soft_prune_jax.models import get_model, model_names, user
 from soft_prune_jax.training import data, distributed
 from soft_prune_jax.training.parallel import PARALLEL_KINDS, check_global_batch
 
@@ -131,11 +130,14 @@ def _validate_user_model(config) -> None:
         raise ValueError(f"config.model_kwargs={kwargs!r} is invalid: expected a dict of constructor arguments")
     for field in ("target_macs_ratio", "cost_aware_penalty"):
         if config.get(field):
-            raise ValueError(f"config.{field}={config.get(field)!r} is not supported with a user model "
-                             f"(config.model={config.model!r}): expected None / False")
+            raise ValueError(
+                f"config.{field}={config.get(field)!r} is not supported with a user model "
+                f"(config.model={config.model!r}): expected None / False"
+            )
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(kwargs).items()}
-    model = user.build(config.model, data.num_classes(config), kwargs, call=config.model_call,
-                       seed=int(_get(config, "seed")))
+    model = user.build(
+        config.model, data.num_classes(config), kwargs, call=config.model_call, seed=int(_get(config, "seed"))
+    )
     user.check_callable(model, data.dataset_spec(_get(config, "dataset")).input_shape)
 
 
@@ -257,6 +259,7 @@ def _validate_budget(config) -> None:
             high_open=name != "ramp_fraction",
         )
     _number_in(config, "budget_controller.undershoot_boost", 1.0, math.inf, high_open=True)
+    _number_in(config, "budget_controller.early_q", 0.0, 1.0 - float(config.mask.delta), low_open=True)
     _number_in(config, "budget_controller.lambda_min", 0.0, math.inf, low_open=True, high_open=True)
     _number_in(config, "budget_controller.lambda_max", config.budget_controller.lambda_min, math.inf, high_open=True)
 

@@ -60,8 +60,15 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def save(directory: str, compact, variables, input_shape: Sequence[int], *, overwrite: bool = False,
-         extra: Mapping[str, Any] | None = None) -> None:
+def save(
+    directory: str,
+    compact,
+    variables,
+    input_shape: Sequence[int],
+    *,
+    overwrite: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
     """Exports ``compact.apply(variables, x)`` for batches of any size of ``input_shape`` images."""
     if os.path.exists(directory) and not overwrite:
         raise ExportError(f"{directory} exists: pass overwrite=True to replace it")
@@ -83,9 +90,13 @@ def save(directory: str, compact, variables, input_shape: Sequence[int], *, over
             f.write(exported.serialize())
         flat = _flat(variables)
         np.savez(os.path.join(tmp, ARRAYS_FILE), **flat)
-        spec = {"format": FORMAT, "input_shape": list(input_shape), **dict(extra or {}),
-                "shapes": {k: list(v.shape) for k, v in flat.items()},
-                "sha256": {name: _sha256(os.path.join(tmp, name)) for name in (FUNCTION_FILE, ARRAYS_FILE)}}
+        spec = {
+            "format": FORMAT,
+            "input_shape": list(input_shape),
+            **dict(extra or {}),
+            "shapes": {k: list(v.shape) for k, v in flat.items()},
+            "sha256": {name: _sha256(os.path.join(tmp, name)) for name in (FUNCTION_FILE, ARRAYS_FILE)},
+        }
         with open(os.path.join(tmp, SPEC_FILE), "w") as f:
             json.dump(spec, f, indent=2, sort_keys=True)
         if os.path.exists(directory):

@@ -65,10 +65,23 @@ def count(analysis: G.Analysis, kept: Optional[Mapping] = None, plans: Optional[
         positions = math.prod(y) // max(batch, 1) // max(out_c, 1) if out_c else 0
         macs = int(positions * math.prod(w)) if out_c else 0
         module = path[1:-1]
-        params = sum(math.prod(shape(v)) for v, p in zip(g.variable_ids, g.variable_paths)
-                     if p[0] == "params" and p[1:-1] == module)
-        rows.append(LayerCount(path="/".join(module), kind=kind, in_channels=int(in_c), out_channels=int(out_c),
-                               kernel_size=kernel_size, output_spatial=spatial, macs=macs, params=int(params)))
+        params = sum(
+            math.prod(shape(v))
+            for v, p in zip(g.variable_ids, g.variable_paths)
+            if p[0] == "params" and p[1:-1] == module
+        )
+        rows.append(
+            LayerCount(
+                path="/".join(module),
+                kind=kind,
+                in_channels=int(in_c),
+                out_channels=int(out_c),
+                kernel_size=kernel_size,
+                output_spatial=spatial,
+                macs=macs,
+                params=int(params),
+            )
+        )
     total = sum(math.prod(shape(v)) for v, p in zip(g.variable_ids, g.variable_paths) if p[0] == "params")
     widths = {}
     for grp in analysis.groups:
@@ -95,4 +108,3 @@ def macs_ratio_fn(analysis: G.Analysis, consts, mask_config, round_to: int):
         return count(analysis, kept, plans).macs / max(dense, 1)
 
     return ratio
-

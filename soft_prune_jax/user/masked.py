@@ -42,7 +42,7 @@ from absl import logging
 from soft_prune_jax.graph import groups as G
 from soft_prune_jax.graph import ir
 from soft_prune_jax.graph.ir import Lit
-from soft_prune_jax.graph.units import is_zero_constant, live_values
+from soft_prune_jax.graph.units import is_zero_constant
 from soft_prune_jax.method import masks as M
 from soft_prune_jax.method.units import GUMBEL_RNG
 from soft_prune_jax.models.user import STATS, UserModel
@@ -118,10 +118,12 @@ def locate(g: ir.Graph, units: Sequence[MaskedUnit]) -> dict:
         for i, u in enumerate(units):
             if leaves & u.params_leaves and len(shape) > u.axis and shape[u.axis] == u.channels:
                 by_leaves.setdefault(i, []).append(e.outs[0])
-    missing = [u.name for i, u in enumerate(units) if len(by_leaves.get(i, [])) != 1]
+    missing = [(u.name, len(by_leaves.get(i, []))) for i, u in enumerate(units) if len(by_leaves.get(i, [])) != 1]
     if missing:
-        raise MaskingError(f"units {missing[:3]} found {[len(by_leaves.get(i, [])) for i, u in enumerate(units) if u.name in missing[:3]]} "
-                           "times in this trace of the model: expected once (the model's structure depends on its mode)")
+        raise MaskingError(
+            f"units found other than once in this trace of the model (name, times): {missing[:3]}; expected "
+            "once each (the model's structure depends on its mode)"
+        )
     return {i: vals[0] for i, vals in by_leaves.items()}
 
 
@@ -162,7 +164,7 @@ class UnitSet:
     _units_of: list  # per MaskedUnit: its graph.units.Unit in ``analysis``
 
     @classmethod
-    def analyze(cls, user: UserModel, variables: Mapping[str, Any], x) -> "UnitSet":
+    def analyze(cls, user: UserModel, variables: Mapping[str, Any], x) -> UnitSet:
         g = ir.trace(lambda v, x: user.apply(v, x, train=False), dict(variables), x)
         analysis = G.analyze(g, strip=1)
         units, skipped, found = [], {}, []
@@ -224,8 +226,10 @@ class UnitSet:
 
     def unit_view(self, params) -> dict:
         """The units as masked BN layers for the method plug-ins: {'masked_bn:<unit>': {scale, bias}}."""
-        return {VIEW_PREFIX + u.name: {"scale": gamma, "bias": beta}
-                for u, (gamma, beta) in zip(self.units, self.gamma_beta(params))}
+        return {
+            VIEW_PREFIX + u.name: {"scale": gamma, "bias": beta}
+            for u, (gamma, beta) in zip(self.units, self.gamma_beta(params))
+        }
 
     def group_keep(self, unit_masks: Mapping[str, Any]) -> dict:
         """{group: 0/1 mask} from per-unit masks keyed by unit or view name: a channel stays if any
@@ -269,8 +273,14 @@ class MaskedModel:
     trainer calls on a module (``training.loop.fit``).
     """
 
-    def __init__(self, user: UserModel, units: UnitSet, mode: str = "soft", mask: Optional[M.MaskConfig] = None,
-                 fixed: Optional[Mapping[str, np.ndarray]] = None):
+    def __init__(
+        self,
+        user: UserModel,
+        units: UnitSet,
+        mode: str = "soft",
+        mask: Optional[M.MaskConfig] = None,
+        fixed: Optional[Mapping[str, np.ndarray]] = None,
+    ):
         if mode not in ("soft", "fixed", "none"):
             raise ValueError(f"mode={mode!r} is invalid: expected 'soft', 'fixed' or 'none'")
         self.user, self.units, self.mode = user, units, mode
@@ -287,8 +297,10 @@ class MaskedModel:
     def masks(self, params, key=None) -> list:
         """Per unit: its mask (soft sample with ``key``, hard without; the fixed one in 'fixed' mode)."""
         if self.mode == "fixed":
-            return [jnp.asarray(self.fixed[u.name]) if u.name in self.fixed else jnp.ones((u.channels,))
-                    for u in self.units.units]
+            return [
+                jnp.asarray(self.fixed[u.name]) if u.name in self.fixed else jnp.ones((u.channels,))
+                for u in self.units.units
+            ]
         out = []
         for i, (gamma, beta) in enumerate(self.units.gamma_beta(params)):
             pi = M.prune_probability(M.deactivation_probability(gamma, beta, self.mask.eps), self.mask.k, self.mask.c)
@@ -336,11 +348,15 @@ def describe(units: UnitSet, spec: str) -> str:
     """One line saying which units get masks (or that nothing can be pruned)."""
     if not units.units:
         why = "; ".join(f"{k}: {v}" for k, v in list(units.skipped.items())[:3]) or "no BN -> ReLU unit was found"
-        return (f"config.model={spec!r} has no operation-aware unit in a prunable channel group ({why}): "
-                "it trains, and nothing can be pruned")
-    return (f"config.model={spec!r}: {len(units.units)} operation-aware units get SCP masks "
-            f"({', '.join(u.name for u in units.units[:6])}{' ...' if len(units.units) > 6 else ''})"
-            + (f"; {len(units.skipped)} units in groups kept whole" if units.skipped else ""))
+        return (
+            f"config.model={spec!r} has no operation-aware unit in a prunable channel group ({why}): "
+            "it trains, and nothing can be pruned"
+        )
+    return (
+        f"config.model={spec!r}: {len(units.units)} operation-aware units get SCP masks "
+        f"({', '.join(u.name for u in units.units[:6])}{' ...' if len(units.units) > 6 else ''})"
+        + (f"; {len(units.skipped)} units in groups kept whole" if units.skipped else "")
+    )
 
 
 def log_units(units: UnitSet, spec: str) -> None:
