@@ -10,6 +10,7 @@ through its subpackage.
 """
 
 from soft_prune_jax.compact.export import load_compact, save_compact
+from soft_prune_jax.compact.prune_model import prune_model
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.methods import Method, get_method, method_names
 from soft_prune_jax.methods import register as register_method

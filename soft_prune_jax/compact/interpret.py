@@ -54,18 +54,26 @@ def take(value, kept: Mapping, slot, ndim: int):
 
 
 def constant_values(analysis: Analysis, leaves) -> dict:
-    """Every variable-only value, computed concretely from the full variable leaves."""
+    """Every variable-only value, computed concretely from the full variable leaves (one jit:
+    eager dispatch would compile every small op on its own)."""
     g = analysis.graph
-    env = {vid: np.asarray(leaf) if not _is_key(leaf) else leaf for vid, leaf in zip(g.variable_ids, leaves)}
+    eqns = [e for e in g.eqns if not any(o in analysis.live for o in e.outs)]
+    keep = [o for e in eqns for o in e.outs]
+
+    def evaluate(leaves):
+        env = dict(zip(g.variable_ids, leaves))
+        env.update(g.consts)
+        for e in eqns:
+            ins = [a.value if isinstance(a, Lit) else env[a] for a in e.ins]
+            outs = e.prim.bind(*ins, **e.params)
+            for o, v in zip(e.outs, outs if e.prim.multiple_results else [outs]):
+                env[o] = v
+        return [env[o] for o in keep]
+
+    values = jax.jit(evaluate)(list(leaves)) if eqns else []
+    env = {vid: leaf for vid, leaf in zip(g.variable_ids, leaves)}
     env.update(g.consts)
-    for e in g.eqns:
-        if any(o in analysis.live for o in e.outs):
-            continue
-        ins = [a.value if isinstance(a, Lit) else env[a] for a in e.ins]
-        outs = e.prim.bind(*ins, **e.params)
-        outs = outs if e.prim.multiple_results else [outs]
-        for o, v in zip(e.outs, outs):
-            env[o] = v if _is_key(v) else np.asarray(v)
+    env.update({o: v if _is_key(v) else np.asarray(v) for o, v in zip(keep, values)})
     return env
 
 

@@ -208,7 +208,7 @@ class CompactModule(nnx.Module):
         self.defaults = _hashable(defaults)
 
     def __call__(self, *inputs, **kwargs):
-        leaves = [v.value for v in self.variables]
+        leaves = [v.get_value() for v in self.variables]
         return self.program(leaves, inputs, _hashable({**dict(self.defaults), **kwargs}))
 
 
