@@ -254,3 +254,42 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert reference["train"]["steps"] == 8
     with open(os.path.join(workdir, "train.json")) as f:
         assert json.load(f)["steps"] == 8
+
+
+# ---- BN with axis_name='batch' on several devices ----------------------------------------------------
+
+DEVICES_CHILD = r"""
+import json, sys, tempfile
+import jax, numpy as np
+sys.path[:0] = [TESTS_DIR, REPO]
+from conftest import SyntheticData, tiny_config
+from soft_prune_jax.pipeline import user_model
+from soft_prune_jax.training.loop import fit
+
+config = tiny_config(model="user_zoo:resnet_tiny", num_classes=10, num_epochs=1, lr_boundaries=(),
+                     num_train_examples=32, sparsity_lambda=0.1)
+config.model_kwargs = {}
+out = {}
+for name, parallel, devices in (("single", "pmap", 1), ("pmap", "pmap", 2), ("shard_map", "shard_map", 2)):
+    config.parallel = parallel
+    phase = user_model.training_phase(config, (8, 8, 1))
+    result = fit(config, tempfile.mkdtemp(), phase, dataset=SyntheticData(), devices=jax.devices()[:devices])
+    out[name] = jax.tree_util.tree_leaves(result.state.variables)
+errors = {k: max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(out["single"], out[k]))
+          for k in ("pmap", "shard_map")}
+print("RESULT " + json.dumps({"devices": len(jax.devices()), "errors": errors}))
+"""
+
+
+def test_axis_name_batchnorm_and_masks_agree_on_two_devices_and_one():
+    """The user's BN synchronises over the trainer's axis and every replica samples the same masks: two
+    devices (pmap and shard_map) end where one device with the same global batch ends."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    child = DEVICES_CHILD.replace("TESTS_DIR", repr(TESTS)).replace("REPO", repr(REPO))
+    proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"child failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["devices"] == 2
+    for name, error in result["errors"].items():
+        assert error < 1e-4, (name, error)
