@@ -151,6 +151,30 @@ def test_controller_clips_lambda_and_winds_up_no_further():
     assert float(C.scheduled_target(dataclasses.replace(config, ramp_steps=10), 5)) == pytest.approx(0.75)
 
 
+def test_early_keep_drops_channels_on_their_way_out_before_the_hard_mask():
+    model, variables, x = tiny("fmnist_cnn")
+    params = variables["params"]
+    cost = model_cost(model, x.shape)
+    z = {
+        n: np.asarray(M.deactivation_z(v["scale"], v["bias"], model.mask.eps))
+        for n, v in M.masked_layers(params).items()
+    }
+    q = {n: np.asarray(jax.scipy.stats.norm.cdf(v)) for n, v in z.items()}
+    at_c = B.early_keep(params, model.mask, model.mask.c, cost.keep_one)
+    hard = B.hard_keep(params, model.mask, cost.keep_one)
+    for name in hard:  # q < c is exactly pi < 0.5
+        np.testing.assert_array_equal(np.asarray(at_c[name]), np.asarray(hard[name]))
+    threshold = float(np.median(np.concatenate(list(q.values()))))  # about half the channels are "on their way"
+    early = B.early_keep(params, model.mask, threshold, cost.keep_one)
+    for name in early:
+        expected = (q[name] < threshold).astype(np.float32)
+        if not expected.any():  # keep-one units keep their most alive channel
+            expected[np.argmin(z[name])] = 1.0
+        np.testing.assert_array_equal(np.asarray(early[name]), expected)
+    ratios = B.macs_ratios(cost, params, model.mask, threshold)
+    assert float(ratios["early"]) < float(ratios["hard"])
+
+
 def test_controller_update_is_jittable_and_pytree():
     config = C.ControllerConfig(target=0.3)
     state = C.init_state(config, 1e-3)
@@ -247,8 +271,9 @@ def test_progress_line_and_report_show_lambda_and_target_vs_reached():
         "macs_hard_ratio": 0.41,
         "macs_target_ratio": 0.35,
     }
+    metrics["macs_signal_ratio"] = 0.37
     line = format_progress("train", 10, 100, 1.0, metrics, None, None)
-    assert line.endswith("| lambda 0.0025 | MACs expected 52.0% hard-masked 41.0% (target now 35.0%)")
+    assert line.endswith("| lambda 0.0025 | MACs expected 52.0% hard-masked 41.0% early 37.0% (target now 35.0%)")
     assert "lambda" not in format_progress(
         "train", 10, 100, 1.0, {k: metrics[k] for k in list(metrics)[:4]}, None, None
     )

@@ -42,13 +42,15 @@ def _budget_config(**overrides):
 
 @pytest.mark.slow
 def test_controller_reaches_the_budget_on_synthetic_data(tmp_path):
-    """Training steers lambda so that the hard-masked network ends near the budget; landing then cuts
-    it to at most the budget; train.json, prune.json and the progress metrics say so."""
+    """Training steers lambda so that the network without its dying channels (q >= early_q) ends near
+    the budget; landing then cuts the hard-masked network to at most the budget; train.json,
+    prune.json and the progress metrics say so."""
     config = _budget_config()
     out = run(config, str(tmp_path), phases="train,prune", dataset=SyntheticData(num_train=512))
     metrics = out["train"]["train_metrics"]
     assert metrics["lambda"] > config.sparsity_lambda  # the controller had to push harder than it started
-    assert abs(metrics["macs_hard_ratio"] - 0.5) < 0.1
+    assert abs(metrics["macs_signal_ratio"] - 0.5) < 0.1, metrics  # what the controller steers
+    assert metrics["macs_hard_ratio"] >= metrics["macs_signal_ratio"] - 1e-6  # the hard mask is a little behind
     assert metrics["macs_target_ratio"] == pytest.approx(0.5)
     landing = out["prune"]["budget"]
     assert landing["target_macs_ratio"] == 0.5

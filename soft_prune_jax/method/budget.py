@@ -145,13 +145,33 @@ def hard_keep(params, mask: M.MaskConfig, keep_one: frozenset = frozenset()) -> 
     return out
 
 
-def macs_ratios(cost: CostModel, params, mask: M.MaskConfig) -> dict[str, jax.Array]:
-    """{'expected': E[MACs] / dense, 'hard': hard-masked MACs / dense} of the current params (jit-able)."""
+def early_keep(params, mask: M.MaskConfig, early_q: float, keep_one: frozenset = frozenset()) -> dict[str, jax.Array]:
+    """{masked unit: 0/1 mask} keeping the channels whose deactivation probability q is below ``early_q``.
+
+    With early_q < c = 1 - delta it drops the channels on their way out before the hard mask does
+    (the hard mask keeps q < c); keep-one units keep their lowest-z channel, as the hard mask does.
+    """
+    out = {}
+    for name, layer in M.masked_layers(params).items():
+        z = M.deactivation_z(layer["scale"], layer["bias"], mask.eps)
+        keep = (jax.scipy.stats.norm.cdf(z) < early_q).astype(jnp.float32)
+        if name in keep_one:
+            keep = jnp.where(jnp.any(keep > 0), keep, jax.nn.one_hot(jnp.argmin(z), keep.shape[-1]))
+        out[name] = keep
+    return out
+
+
+def macs_ratios(cost: CostModel, params, mask: M.MaskConfig, early_q: Optional[float] = None) -> dict[str, jax.Array]:
+    """{'expected': E[MACs] / dense, 'hard': hard-masked MACs / dense, and with ``early_q`` 'early':
+    the MACs with the channels of q >= early_q gone (``early_keep``)} of the current params (jit-able)."""
     dense = cost.dense_macs
-    return {
+    out = {
         "expected": macs(cost, keep_probabilities(params, mask)) / dense,
         "hard": macs(cost, hard_keep(params, mask, cost.keep_one)) / dense,
     }
+    if early_q is not None:
+        out["early"] = macs(cost, early_keep(params, mask, early_q, cost.keep_one)) / dense
+    return out
 
 
 def channel_costs(cost: CostModel, group_widths: Mapping[str, Any]) -> dict[str, jax.Array]:

@@ -15,9 +15,10 @@ penalty rises), so the integral does not wind up and overshoot the budget; clipp
 the same range as log lambda is the anti-windup. The gains are larger below the budget because the
 plant is one-way: a channel the penalty killed rarely comes back when lambda falls, so too much
 push costs accuracy for good, while too little is corrected by landing on the budget after training.
-The controller acts on the hard-masked MACs -- the network that is cut and reported -- rather than
-on the expected ones: pi saturates at sigmoid(k delta) < 1 for dead channels, so the expected MACs
-of a network stay above its hard-masked MACs.
+The caller chooses r_t. ``training.budget`` gives the MACs with every channel of q >= early_q gone
+(a little ahead of the hard masks' q >= c, since channels die in bursts after lambda rises), not the
+expected MACs: pi saturates at sigmoid(k delta) < 1 for dead channels, so the expected MACs of a
+network stay above its hard-masked MACs.
 
 The state is a small pytree of scalars (checkpointed with the training state); ``update`` is pure
 and jit-able, and identical on every replica when its inputs are (replicated params).

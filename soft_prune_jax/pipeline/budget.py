@@ -59,6 +59,7 @@ def training_budget(config, model: nn.Module, input_shape: Sequence[int]) -> Opt
         cost_aware=bool(config.cost_aware_penalty),
         controller=controller,
         ramp_fraction=ramp,
+        early_q=float(config.budget_controller.early_q) if controller is not None else None,
     )
 
 

@@ -27,7 +27,11 @@ class Budget:
     """cost: the network's ``CostModel``; mask: its mask config; s: SCP's penalty ratio;
     initial_lambda: lambda at step 0 (the fixed lambda without a controller);
     controller: None = fixed lambda; ramp_fraction: the part of the phase over which the
-    controller's target falls from 1 to the budget (``bind`` turns it into steps)."""
+    controller's target falls from 1 to the budget (``bind`` turns it into steps);
+    early_q: the controller counts a channel as gone once its q reaches this (``budget.early_keep``):
+    channels die in bursts a while after lambda rises, so the controller must see them coming; the
+    channels between early_q and c that are still kept at the end are the first that landing removes
+    (highest z). None (or c = 1 - delta) = the hard masks themselves."""
 
     cost: B.CostModel
     mask: M.MaskConfig
@@ -36,6 +40,7 @@ class Budget:
     cost_aware: bool = False
     controller: Optional[C.ControllerConfig] = None
     ramp_fraction: float = 0.0
+    early_q: Optional[float] = None
 
     def bind(self, total_steps: int) -> Budget:
         """This budget with the controller's ramp in steps of a phase of ``total_steps``."""
@@ -62,7 +67,8 @@ class Budget:
 
     def update(self, state: Optional[C.ControllerState], params, step) -> tuple[Optional[C.ControllerState], dict]:
         """(next controller state, metrics) after a step that produced ``params``."""
-        ratios = B.macs_ratios(self.cost, params, self.mask)
+        early_q = self.early_q if self.controller is not None else None
+        ratios = B.macs_ratios(self.cost, params, self.mask, early_q)
         metrics = {
             "lambda": self.lam(state),
             "macs_expected_ratio": ratios["expected"],
@@ -71,4 +77,6 @@ class Budget:
         if state is None:
             return state, metrics
         metrics["macs_target_ratio"] = C.scheduled_target(self.controller, step)
-        return C.update(self.controller, state, ratios["hard"], step), metrics
+        signal = ratios.get("early", ratios["hard"])
+        metrics["macs_signal_ratio"] = signal
+        return C.update(self.controller, state, signal, step), metrics
