@@ -28,7 +28,9 @@ from typing import Any, Mapping, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
+from soft_prune_jax.graph.ir import trace
 from soft_prune_jax.method import masks as M
 
 CONV, DENSE = "conv", "dense"
@@ -228,3 +230,38 @@ def reduction(dense: FlopCount, compact: FlopCount) -> dict[str, float]:
         "kept_channels": kept,
         "channel_reduction_pct": _reduction_pct(total, kept),
     }
+
+
+def traced_macs(fn, *args) -> int:
+    """MACs of ``fn(*args)`` (the whole batch) read off its jaxpr: every ``conv_general_dilated``
+    (output size x kernel taps x input channels per group) and ``dot_general`` (output size x the
+    contracted size). Works for any traceable model, e.g. one ``prune_model`` accepts or returns."""
+    g = trace(lambda _, *xs: fn(*xs), (), *args)
+    total = 0
+    for e in g.eqns:
+        if e.name == "conv_general_dilated":
+            rhs, out = g.shapes[e.ins[1]], g.shapes[e.outs[0]]
+            out_features = rhs[e.params["dimension_numbers"].rhs_spec[0]]
+            total += math.prod(out) * (math.prod(rhs) // max(out_features, 1))
+        elif e.name == "dot_general":
+            (lc, _), _ = e.params["dimension_numbers"]
+            lhs = g.shapes[e.ins[0]]
+            total += math.prod(g.shapes[e.outs[0]]) * math.prod(lhs[a] for a in lc)
+    return int(total)
+
+
+def model_macs(model, *args, **kwargs) -> float:
+    """MACs per example of any model ``prune_model`` accepts or returns, called as it is called:
+    ``model_macs(linen_model, variables, x, **apply_kwargs)``, ``model_macs(nnx_module, x)``, or a
+    compact model (``model_macs(compact_model, compact_variables, x)``). Batch = ``x.shape[0]``."""
+    if isinstance(model, nnx.Module):
+        graphdef, state = nnx.split(model)
+        x = args[0]
+        total = traced_macs(lambda s, *xs: nnx.merge(graphdef, s)(*xs, **kwargs), state, *args)
+    elif hasattr(model, "apply"):
+        variables, x = args[0], args[1]
+        total = traced_macs(lambda v, x_: model.apply(v, x_, **kwargs), variables, x)
+    else:
+        raise TypeError(f"model_macs takes a linen model, an NNX module or a prune_model result, "
+                        f"got {type(model).__name__}")
+    return total / x.shape[0]
