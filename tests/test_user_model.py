@@ -22,11 +22,12 @@ import pytest
 
 from soft_prune_jax import pipeline
 from soft_prune_jax.compact.export import ExportError
+from soft_prune_jax.measure import flops
 from soft_prune_jax.method import masks as M
 from soft_prune_jax.models import user
 from soft_prune_jax.pipeline import user_model
 from soft_prune_jax.training import config_validation
-from soft_prune_jax.user import artifact, masked
+from soft_prune_jax.user import artifact, macs, masked
 
 from conftest import SyntheticData, tiny_config
 
@@ -293,3 +294,15 @@ def test_axis_name_batchnorm_and_masks_agree_on_two_devices_and_one():
     assert result["devices"] == 2
     for name, error in result["errors"].items():
         assert error < 1e-4, (name, error)
+
+
+def test_macs_from_the_graph_equal_flops_count_of_the_linen_model():
+    config = user_config("user_zoo:Deterministic", model_call="not deterministic")  # evaluates by default
+    model, units = user_model.setup(config, (8, 8, 1))
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+    want = flops.count(model.module, variables, (8, 8, 1))
+    got = macs.count(units.analysis)
+    assert [(r.path, r.macs, r.in_channels, r.out_channels) for r in got.layers] == [
+        (r.path, r.macs, r.in_channels, r.out_channels) for r in want.layers
+    ]
+    assert got.params == want.params and got.macs > 0
