@@ -98,7 +98,8 @@ def cut(config, variables, input_shape: Sequence[int], keep=None):
     user, units = setup(config, input_shape)
     x = jnp.zeros((SAMPLE_BATCH,) + tuple(input_shape), jnp.float32)
     mask = mask_config(config)
-    round_to = int(config.round_to)
+    final = keep is not None  # prune's own cut again (fine-tuned weights, counts): no new rounding
+    round_to = 1 if final else int(config.round_to)
     if keep is None:
         method = get_method(config.method)
         trained = masked.UnitSet.analyze(user, variables, x)
@@ -115,7 +116,7 @@ def cut(config, variables, input_shape: Sequence[int], keep=None):
         dict(variables),
         [x],
         keep=keep,
-        round_to=round_to if keep is None else 1,
+        round_to=round_to,
         mask_config=mask,
         call_kwargs={"train": False},
     )
