@@ -67,6 +67,13 @@ def randomize_linen(variables, seed: int, fraction: float):
     return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(randomize(flat, seed, fraction)))
 
 
+def random_linen_variables(model, x, seed: int = 0, fraction: float = 0.5, **kwargs):
+    """Variables of ``model`` drawn from its abstract init (no eager init), BN as ``randomize``."""
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, **kwargs))
+    flat = randomize(_from_shapes(traverse_util.flatten_dict(abstract), seed), seed, fraction)
+    return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat))
+
+
 _LINEN = {}
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from graph_support import close, linen, nnx_module, param_count, randomize_linen
+from graph_support import close, linen, nnx_module, param_count, random_linen_variables, randomize_linen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -136,8 +136,49 @@ def test_unknown_primitive_leaves_its_group_whole():
 
     model = Sorted()
     x = jnp.ones((1, 4, 4, 2))
-    variables = randomize_linen(model.init(jax.random.PRNGKey(0), x), 0, 0.5)
+    variables = random_linen_variables(model, x, 0, 0.5)
     compact, compact_vars = prune_model(model, variables, x)
     grp = program_of(compact).analysis.group("BatchNorm_0")
     assert not grp.prunable and "cumsum" in grp.reason
+    close(compact.apply(compact_vars, x), model.apply(variables, x))
+
+
+def test_nested_calls_are_followed():
+    """Blocks under nn.remat, a jitted helper and a custom_vjp activation are inlined and pruned."""
+    import flax.linen as nn
+
+    @jax.custom_vjp
+    def my_relu(x):
+        return jnp.maximum(x, 0.0)
+
+    my_relu.defvjp(lambda x: (my_relu(x), x), lambda x, g: (g * (x > 0),))
+
+    @jax.jit
+    def normalize(x, mean, var, scale, bias):
+        return (x - mean) * (scale * jax.lax.rsqrt(var + 1e-5)) + bias
+
+    class Unit(nn.Module):
+        features: int
+
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(self.features, (3, 3), use_bias=False)(x)
+            c = self.features
+            stats = [self.variable("batch_stats", n, f, (c,)).value for n, f in (("mean", jnp.zeros), ("var", jnp.ones))]
+            scale, bias = self.param("scale", nn.initializers.ones, (c,)), self.param("bias", nn.initializers.zeros, (c,))
+            return my_relu(normalize(x, *stats, scale, bias))
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.remat(Unit)(5)(x)
+            x = Unit(6)(x)
+            return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
+
+    model = Net()
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 2))
+    variables = random_linen_variables(model, x, 5, 0.5)
+    compact, compact_vars = prune_model(model, variables, x)
+    assert {g.name for g in program_of(compact).analysis.groups if g.prunable} == {"CheckpointUnit_0", "Unit_0"}
+    assert param_count(compact_vars) < param_count(variables)
     close(compact.apply(compact_vars, x), model.apply(variables, x))

@@ -65,12 +65,12 @@ class Graph:
     consts: dict  # value id -> concrete array (closed-over constants, literal outputs)
     producer: dict = dataclasses.field(default_factory=dict)  # value id -> Eqn
     uses: dict = dataclasses.field(default_factory=dict)  # value id -> [(Eqn, operand position)]
+    out_tree: Any = None  # pytree structure of the outputs
 
     def path_of(self, vid: int) -> Optional[Path]:
-        try:
-            return self.variable_paths[self.variable_ids.index(vid)]
-        except ValueError:
-            return None
+        if not hasattr(self, "_paths"):
+            self._paths = dict(zip(self.variable_ids, self.variable_paths))
+        return self._paths.get(vid)
 
 
 def key_name(key) -> str:
@@ -128,10 +128,8 @@ class _Builder:
                 for v, o in zip(e.outvars, outs):
                     env[v] = self._materialize(o)
                 continue
-            if any(isinstance(p, (jcore.Jaxpr, jcore.ClosedJaxpr)) for p in e.params.values()):
-                # Control flow (scan, while, cond) and unknown higher-order primitives stay opaque:
-                # the channel rules treat them as unknown, so groups through them are left whole.
-                pass
+            # Control flow (scan, while, cond) and other higher-order primitives stay opaque: no
+            # channel rule knows them, so groups through them are left whole.
             outs = [self.new(v.aval) for v in e.outvars]
             self.eqns.append(Eqn(len(self.eqns), e.primitive, dict(e.params), ins, outs, where))
             for v, o in zip(e.outvars, outs):
@@ -150,7 +148,7 @@ class _Builder:
 
 def trace(fn: Callable, variables: Any, *inputs: Any) -> Graph:
     """The flat graph of ``fn(variables, *inputs)``; inputs are arrays or pytrees of arrays."""
-    leaves, var_tree = jax.tree_util.tree_flatten_with_path(variables)
+    leaves, _ = jax.tree_util.tree_flatten_with_path(variables)
     paths = [leaf_path(p) for p, _ in leaves]
     var_leaves = [leaf for _, leaf in leaves]
     in_leaves, in_tree = jax.tree_util.tree_flatten(inputs)
@@ -180,5 +178,4 @@ def trace(fn: Callable, variables: Any, *inputs: Any) -> Graph:
             if not isinstance(a, Lit):
                 g.uses.setdefault(a, []).append((e, j))
     g.out_tree = out_tree_box[-1] if out_tree_box else None
-    del var_tree
     return g

@@ -96,7 +96,7 @@ def _normalizer(g: Graph, vid, live) -> Optional[tuple[str, int]]:
 
 def _leaf(g: Graph, vid) -> Optional[int]:
     while not isinstance(vid, Lit):
-        if vid in g.variable_ids:
+        if g.path_of(vid) is not None:
             return vid
         e = g.producer.get(vid)
         if e is None or e.name not in _CARRY:
