@@ -329,14 +329,22 @@ def torch_comparison(runs: int, out_dir: str, log: str) -> dict:
         return json.load(f)
 
 
-def measure_goals(runs: int, out_dir: str, log: str) -> dict:
+def measure_goals(runs: int, out_dir: str, log: str, round_tos=GOAL_ROUND_TO, reuse: bool = False) -> dict:
+    """Train steps first, then inference per model and alignment, then PyTorch. ``reuse``: take a
+    benchmark's JSON from ``out_dir`` where an earlier run left it (same command, same file name)."""
+
+    def bench(arch, batch, **kwargs):
+        round_to, prune = kwargs.get("round_to", 8), kwargs.get("random_prune", 0.5)
+        train = "_train" if kwargs.get("train_step") else ""
+        path = os.path.join(out_dir, f"bench_{arch}_b{batch}_r{round_to}_p{prune}{train}.json")
+        if reuse and os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+        return benchmark(arch, batch, runs, out_dir, log, **kwargs)
+
     goals = {"inference": [], "train_steps": [], "torch": None}
-    for arch, prune in GOAL_MODELS:
-        for round_to in GOAL_ROUND_TO:
-            res = benchmark(arch, 64, runs, out_dir, log, round_to=round_to, random_prune=prune)
-            goals["inference"].append({"arch": arch, "random_prune": prune, "round_to": round_to, "result": res})
     for arch, batch in GOAL_TRAIN_STEPS:
-        res = benchmark(arch, batch, runs, out_dir, log, train_step=True, random_prune=0.0)
+        res = bench(arch, batch, train_step=True, random_prune=0.0)
         goals["train_steps"].append(
             {
                 "arch": arch,
@@ -346,6 +354,10 @@ def measure_goals(runs: int, out_dir: str, log: str) -> dict:
                 "load_average": res["load_average"],
             }
         )
+    for arch, prune in GOAL_MODELS:
+        for round_to in round_tos:
+            res = bench(arch, 64, round_to=round_to, random_prune=prune)
+            goals["inference"].append({"arch": arch, "random_prune": prune, "round_to": round_to, "result": res})
     try:
         goals["torch"] = torch_comparison(max(10, runs // 2), out_dir, log)
     except (subprocess.CalledProcessError, OSError) as e:  # torch is optional (not a dependency)
@@ -470,11 +482,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--archs", default=",".join(CIFAR_ARCHS + IMAGENET_ARCHS))
     parser.add_argument("--goals", action="store_true", help="only (re)measure the speed-goals section")
+    parser.add_argument("--goal_round_to", default="1,8,auto", help="with --goals: the alignments to compare")
+    parser.add_argument("--reuse", action="store_true", help="with --goals: reuse benchmark JSON already measured")
     args = parser.parse_args()
     os.makedirs(args.workdir_root, exist_ok=True)
     log = os.path.join(args.workdir_root, "make_results.log")
     if args.goals:
-        write_goals(args.out, measure_goals(args.runs, args.workdir_root, log))
+        round_tos = [v if v == "auto" else int(v) for v in args.goal_round_to.split(",")]
+        write_goals(args.out, measure_goals(args.runs, args.workdir_root, log, round_tos, args.reuse))
         print(f"wrote the goals section of {args.out}")
         return
     reports = train_fashion_mnist(args.workdir_root, args.skip_training, log)
