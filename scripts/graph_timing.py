@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from soft_prune_jax.compact import structure, surgery
-from soft_prune_jax.compact.prune_model import prune_model, program_of
+from soft_prune_jax.compact.prune_model import program_of, prune_model
 from soft_prune_jax.graph import analyze, trace
 from soft_prune_jax.measure import benchmark
 from soft_prune_jax.models import get_model
@@ -29,8 +29,9 @@ from soft_prune_jax.ops import fast_conv
 def trace_and_group_seconds(repeats: int = 3) -> dict:
     model = get_model("resnet50", 1000)
     x = jax.ShapeDtypeStruct((1, 224, 224, 3), np.float32)
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 224, 224, 3), np.float32),
-                                                  train=False))
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 224, 224, 3), np.float32), train=False)
+    )
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -38,8 +39,14 @@ def trace_and_group_seconds(repeats: int = 3) -> dict:
             g = trace(lambda v, x: model.apply(v, x, train=False), variables, x)
         a = analyze(g, strip=1)
         times.append(time.perf_counter() - start)
-    return {"resnet50_trace_and_group_s": min(times), "all_s": times, "equations": len(g.eqns),
-            "groups": len(a.groups), "prunable": sum(grp.prunable for grp in a.groups), "units": len(a.units)}
+    return {
+        "resnet50_trace_and_group_s": min(times),
+        "all_s": times,
+        "equations": len(g.eqns),
+        "groups": len(a.groups),
+        "prunable": sum(grp.prunable for grp in a.groups),
+        "units": len(a.units),
+    }
 
 
 def latency(runs: int) -> dict:
@@ -67,8 +74,11 @@ def latency(runs: int) -> dict:
     ratio = result["prune_model"]["median_ms"] / result["hand_built"]["median_ms"]
     y1 = jax.jit(calls["hand_built"][0])(hand_vars, batch)
     y2 = jax.jit(calls["prune_model"][0])(found_vars, batch)
-    return {"resnet56_batch64": result, "prune_model_over_hand_built": ratio,
-            "max_abs_diff": float(np.max(np.abs(np.asarray(y1) - np.asarray(y2))))}
+    return {
+        "resnet56_batch64": result,
+        "prune_model_over_hand_built": ratio,
+        "max_abs_diff": float(np.max(np.abs(np.asarray(y1) - np.asarray(y2)))),
+    }
 
 
 def main():

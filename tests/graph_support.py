@@ -5,10 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, traverse_util
-
 import zoo_linen
 import zoo_nnx
+from flax import nnx, traverse_util
 
 _BN_SCALE = ("scale", "gamma")
 _BN_BIAS = ("bias", "beta")
@@ -94,8 +93,10 @@ def nnx_module(name, seed: int = 0, fraction: float = 0.5):
     ctor, shape = zoo_nnx.ZOO[name]
     module = nnx.eval_shape(lambda: ctor(nnx.Rngs(0)))
     state = nnx.state(module)
-    flat = {tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+    flat = {
+        tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+    }
     # NNX leaf paths end in 'value'; randomize() reads the name before it
     renamed = _from_shapes({k[:-1] if k[-1] == "value" else k: v for k, v in flat.items()}, seed)
     values = randomize(renamed, seed, fraction)

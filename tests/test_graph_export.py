@@ -23,10 +23,12 @@ def test_linen_export_runs_without_the_model_code(tmp_path):
     np.save(tmp_path / "x.npy", np.asarray(x))
     np.save(tmp_path / "want.npy", np.asarray(model.apply(variables, x, train=False)))
     # A fresh interpreter whose path has the package but not the tests folder (the zoo classes).
-    code = ("import sys, numpy as np; from soft_prune_jax.compact.export_stablehlo import load_exported;"
-            "assert 'zoo_linen' not in sys.modules;"
-            f"y = load_exported({str(tmp_path / 'm')!r})(np.load({str(tmp_path / 'x.npy')!r}));"
-            f"np.save({str(tmp_path / 'got.npy')!r}, np.asarray(y))")
+    code = (
+        "import sys, numpy as np; from soft_prune_jax.compact.export_stablehlo import load_exported;"
+        "assert 'zoo_linen' not in sys.modules;"
+        f"y = load_exported({str(tmp_path / 'm')!r})(np.load({str(tmp_path / 'x.npy')!r}));"
+        f"np.save({str(tmp_path / 'got.npy')!r}, np.asarray(y))"
+    )
     env = {**os.environ, "PYTHONPATH": _REPO}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tmp_path), env=env, timeout=300)
     close(np.load(tmp_path / "got.npy"), np.load(tmp_path / "want.npy"))

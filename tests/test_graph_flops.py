@@ -1,10 +1,11 @@
 """flops.model_macs counts any model prune_model accepts (linen, NNX) or returns, from its jaxpr."""
 
-from conftest import tiny
 from graph_support import linen, nnx_module, randomize_linen
 
 from soft_prune_jax import prune_model
 from soft_prune_jax.measure import flops
+
+from conftest import tiny
 
 
 def test_traced_macs_equal_the_module_count_on_a_builtin_model():

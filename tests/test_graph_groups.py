@@ -4,7 +4,6 @@ out here) and for every built-in architecture (structure.py's hand-written group
 import jax
 import numpy as np
 import pytest
-from conftest import TINY, tiny
 from graph_support import linen
 
 from soft_prune_jax.compact import structure
@@ -12,6 +11,8 @@ from soft_prune_jax.graph import analyze, trace
 from soft_prune_jax.method.masks import MASKED_PREFIX
 from soft_prune_jax.models import get_model
 from soft_prune_jax.ops import fast_conv
+
+from conftest import TINY, tiny
 
 
 def _analysis(model, variables, x):
@@ -33,12 +34,15 @@ def test_post_activation_resnet_groups_as_written():
     a = _analysis(*linen("resnet_post"))
     groups = _prunable(a)
     assert groups == {
-        f"ResNetBlock_{b}/BatchNorm_0": _bn(f"ResNetBlock_{b}/BatchNorm_0") | {
-            f"ResNetBlock_{b}/Conv_0/kernel:3", f"ResNetBlock_{b}/Conv_1/kernel:2"} for b in (0, 1)}
+        f"ResNetBlock_{b}/BatchNorm_0": _bn(f"ResNetBlock_{b}/BatchNorm_0")
+        | {f"ResNetBlock_{b}/Conv_0/kernel:3", f"ResNetBlock_{b}/Conv_1/kernel:2"}
+        for b in (0, 1)
+    }
     stream = a.group("bn_init")
     assert not stream.prunable and "residual stream" in stream.reason
     assert {"ResNetBlock_1/conv_proj/kernel", "ResNetBlock_1/norm_proj/scale"} <= {
-        "/".join(m.path[1:]) for g in a.groups for m in g.members if not g.prunable}
+        "/".join(m.path[1:]) for g in a.groups for m in g.members if not g.prunable
+    }
 
 
 def test_flatten_into_dense_maps_rows_with_a_stride():
@@ -64,7 +68,10 @@ def test_concatenation_offsets_and_own_selections():
 def test_depthwise_ties_two_units_and_grouped_conv_stops():
     groups = _prunable(_analysis(*linen("depthwise_separable")))
     assert groups["BatchNorm_0"] == _bn("BatchNorm_0") | _bn("BatchNorm_1") | {
-        "Conv_0/kernel:3", "Conv_1/kernel:3", "Conv_2/kernel:2"}
+        "Conv_0/kernel:3",
+        "Conv_1/kernel:3",
+        "Conv_2/kernel:2",
+    }
     a = _analysis(*linen("grouped_conv"))
     assert set(_prunable(a)) == {"BatchNorm_2"}
     assert "conv_general_dilated" in a.group("BatchNorm_1").reason
@@ -73,16 +80,27 @@ def test_depthwise_ties_two_units_and_grouped_conv_stops():
 def test_squeeze_excite_gate_joins_the_gated_channels():
     groups = _prunable(_analysis(*linen("squeeze_excite")))
     assert groups["BatchNorm_0"] == _bn("BatchNorm_0") | {
-        "Conv_0/kernel:3", "Conv_1/kernel:2", "se_reduce/kernel:0", "se_expand/kernel:1", "se_expand/bias:0"}
+        "Conv_0/kernel:3",
+        "Conv_1/kernel:2",
+        "se_reduce/kernel:0",
+        "se_expand/kernel:1",
+        "se_expand/bias:0",
+    }
 
 
 def test_units_from_algebra_not_class():
     """A BN followed by tanh is no unit; a hand-written BN (divide by sqrt, own names) is one."""
     assert set(_prunable(_analysis(*linen("bn_without_relu")))) == {"BatchNorm_1"}
     groups = _prunable(_analysis(*linen("own_batchnorm")))
-    assert groups["MyBatchNorm_0"] == {"Conv_0/kernel:3", "Conv_0/bias:0", "Conv_1/kernel:2", "MyBatchNorm_0/gamma:0",
-                                       "MyBatchNorm_0/beta:0", "MyBatchNorm_0/moving_mean:0",
-                                       "MyBatchNorm_0/moving_var:0"}
+    assert groups["MyBatchNorm_0"] == {
+        "Conv_0/kernel:3",
+        "Conv_0/bias:0",
+        "Conv_1/kernel:2",
+        "MyBatchNorm_0/gamma:0",
+        "MyBatchNorm_0/beta:0",
+        "MyBatchNorm_0/moving_mean:0",
+        "MyBatchNorm_0/moving_var:0",
+    }
 
 
 def test_inverted_residual_relu6_units_and_linear_bottleneck():
@@ -91,9 +109,11 @@ def test_inverted_residual_relu6_units_and_linear_bottleneck():
 
 
 def test_gamma_beta_read_off_the_chain():
+    from graph_support import randomize_linen
+
     from soft_prune_jax.compact.interpret import constant_values
     from soft_prune_jax.graph.units import gamma_beta
-    from graph_support import randomize_linen
+
     model, variables, x = linen("own_batchnorm")
     variables = randomize_linen(variables, 4, 0.5)
     a = _analysis(model, variables, x)
@@ -106,12 +126,14 @@ def test_gamma_beta_read_off_the_chain():
 
 # Built-in models: tiny versions of all eleven (vgg19/resnet110/34/101 share a class with a TINY one).
 BUILTIN = dict(TINY)
-BUILTIN.update({
-    "vgg19": (dict(widths=(4, "M", 6, 5)), (2, 8, 8, 3), 10),
-    "resnet110": (dict(stage_sizes=(1, 2, 1), stage_widths=(4, 8, 8)), (2, 8, 8, 3), 10),
-    "resnet34": (dict(stage_sizes=(1, 1, 2, 1), stage_widths=(4, 4, 8, 8)), (2, 32, 32, 3), 7),
-    "resnet101": (dict(stage_sizes=(1, 1, 1, 2), stage_widths=(4, 4, 8, 8)), (2, 32, 32, 3), 7),
-})
+BUILTIN.update(
+    {
+        "vgg19": (dict(widths=(4, "M", 6, 5)), (2, 8, 8, 3), 10),
+        "resnet110": (dict(stage_sizes=(1, 2, 1), stage_widths=(4, 8, 8)), (2, 8, 8, 3), 10),
+        "resnet34": (dict(stage_sizes=(1, 1, 2, 1), stage_widths=(4, 4, 8, 8)), (2, 32, 32, 3), 7),
+        "resnet101": (dict(stage_sizes=(1, 1, 1, 2), stage_widths=(4, 4, 8, 8)), (2, 32, 32, 3), 7),
+    }
+)
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))

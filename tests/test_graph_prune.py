@@ -5,13 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import zoo_linen
+import zoo_nnx
 from flax import nnx
 from graph_support import close, linen, nnx_module, param_count, random_linen_variables, randomize_linen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import zoo_linen
-import zoo_nnx
 from soft_prune_jax import prune_model
 from soft_prune_jax.compact.prune_model import PruneError, masked_reference, program_of
 
@@ -164,8 +164,13 @@ def test_nested_calls_are_followed():
         def __call__(self, x):
             x = nn.Conv(self.features, (3, 3), use_bias=False)(x)
             c = self.features
-            stats = [self.variable("batch_stats", n, f, (c,)).value for n, f in (("mean", jnp.zeros), ("var", jnp.ones))]
-            scale, bias = self.param("scale", nn.initializers.ones, (c,)), self.param("bias", nn.initializers.zeros, (c,))
+            stats = [
+                self.variable("batch_stats", n, f, (c,)).value for n, f in (("mean", jnp.zeros), ("var", jnp.ones))
+            ]
+            scale, bias = (
+                self.param("scale", nn.initializers.ones, (c,)),
+                self.param("bias", nn.initializers.zeros, (c,)),
+            )
             return my_relu(normalize(x, *stats, scale, bias))
 
     class Net(nn.Module):

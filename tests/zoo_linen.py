@@ -87,7 +87,7 @@ class ResNet(nn.Module):
         for i, size in enumerate(self.stage_sizes):
             for j in range(size):
                 strides = (2, 2) if i > 0 and j == 0 else (1, 1)
-                x = self.block_cls(self.num_filters * 2 ** i, strides=strides)(x, train)
+                x = self.block_cls(self.num_filters * 2**i, strides=strides)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes)(x)
 

@@ -66,8 +66,16 @@ def export_compact(compact, compact_variables: Any, sample_input, directory: str
     checkpointer.save(os.path.join(directory, ARRAYS), arrays, force=True)
     checkpointer.wait_until_finished()
     with open(os.path.join(directory, SPEC), "w") as f:
-        json.dump({"format": FORMAT, "input_shape": list(np.shape(sample_input)),
-                   "input_dtype": str(sample_input.dtype), "num_arrays": len(leaves)}, f, indent=1)
+        json.dump(
+            {
+                "format": FORMAT,
+                "input_shape": list(np.shape(sample_input)),
+                "input_dtype": str(sample_input.dtype),
+                "num_arrays": len(leaves),
+            },
+            f,
+            indent=1,
+        )
     return directory
 
 
@@ -91,13 +99,16 @@ def load_exported(directory: str) -> Callable:
         arrays = ocp.StandardCheckpointer().restore(os.path.join(directory, ARRAYS))
         leaves = [arrays[f"{i:05d}"] for i in range(spec["num_arrays"])]
     except Exception as err:  # noqa: BLE001
-        raise ExportError(f"{os.path.join(directory, ARRAYS)}: arrays of the exported model unreadable "
-                          f"({type(err).__name__})") from None
+        raise ExportError(
+            f"{os.path.join(directory, ARRAYS)}: arrays of the exported model unreadable ({type(err).__name__})"
+        ) from None
 
     def run(x):
         if tuple(np.shape(x)) != tuple(spec["input_shape"]):
-            raise ExportError(f"input shape {tuple(np.shape(x))} does not match the exported shape "
-                              f"{tuple(spec['input_shape'])}; export once per batch size")
+            raise ExportError(
+                f"input shape {tuple(np.shape(x))} does not match the exported shape "
+                f"{tuple(spec['input_shape'])}; export once per batch size"
+            )
         return exported.call(leaves, x)
 
     return run

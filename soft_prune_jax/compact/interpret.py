@@ -17,7 +17,7 @@ XLA:CPU's slow conv shapes exactly like the hand-built compact classes do.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ def kept_indices(analysis: Analysis, alive: np.ndarray) -> dict:
     """(slot, axis) -> sorted kept indices, for every axis that loses a channel."""
     out = {}
     for key, (off, n) in analysis.slot_axes.items():
-        a = alive[analysis.labels[off:off + n]]
+        a = alive[analysis.labels[off : off + n]]
         if not a.all():
             out[key] = np.flatnonzero(a)
     return out
@@ -48,8 +48,11 @@ def take(value, kept: Mapping, slot, ndim: int):
     for ax in range(ndim):
         idx = kept.get((slot, ax))
         if idx is not None:
-            value = (np.take(value, idx, axis=ax) if isinstance(value, np.ndarray)
-                     else jnp.take(value, jnp.asarray(idx, jnp.int32), axis=ax))
+            value = (
+                np.take(value, idx, axis=ax)
+                if isinstance(value, np.ndarray)
+                else jnp.take(value, jnp.asarray(idx, jnp.int32), axis=ax)
+            )
     return value
 
 
@@ -104,21 +107,36 @@ def _params(e, ins, expected, full_in_shape):
     elif name == "slice":
         p["limit_indices"] = tuple(
             np.shape(ins[0])[ax] if (a, b) == (0, full) else b
-            for ax, (a, b, full) in enumerate(zip(p["start_indices"], p["limit_indices"], full_in_shape)))
+            for ax, (a, b, full) in enumerate(zip(p["start_indices"], p["limit_indices"], full_in_shape))
+        )
     return p
 
 
 def _plain_conv(e, lhs, rhs) -> bool:
     p = e.params
     dn = p["dimension_numbers"]
-    return ((tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec)) == _NHWC and p["feature_group_count"] == 1
-            and p.get("batch_group_count", 1) == 1 and tuple(p["lhs_dilation"]) == (1, 1)
-            and tuple(p["rhs_dilation"]) == (1, 1) and p.get("preferred_element_type") is None
-            and lhs.dtype == rhs.dtype and np.ndim(lhs) == 4)
+    return (
+        (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec)) == _NHWC
+        and p["feature_group_count"] == 1
+        and p.get("batch_group_count", 1) == 1
+        and tuple(p["lhs_dilation"]) == (1, 1)
+        and tuple(p["rhs_dilation"]) == (1, 1)
+        and p.get("preferred_element_type") is None
+        and lhs.dtype == rhs.dtype
+        and np.ndim(lhs) == 4
+    )
 
 
-def run(analysis: Analysis, leaves, inputs, *, kept: Optional[Mapping] = None, folded: Optional[Mapping] = None,
-        masks: Optional[Mapping] = None, formulation: Optional[str] = "auto") -> list:
+def run(
+    analysis: Analysis,
+    leaves,
+    inputs,
+    *,
+    kept: Optional[Mapping] = None,
+    folded: Optional[Mapping] = None,
+    masks: Optional[Mapping] = None,
+    formulation: Optional[str] = "auto",
+) -> list:
     """The graph's outputs from (already sliced) variable ``leaves`` and model ``inputs``.
 
     kept: (slot, axis) -> kept indices (``kept_indices``); folded: value id -> sliced value of every
@@ -153,15 +171,20 @@ def run(analysis: Analysis, leaves, inputs, *, kept: Optional[Mapping] = None, f
         full_in = g.shapes[e.ins[0]] if e.ins and not isinstance(e.ins[0], Lit) else ()
         if e.name == "conv_general_dilated" and formulation is not None and _plain_conv(e, ins[0], ins[1]):
             p = e.params
-            outs = [fast_conv.conv2d(ins[0], ins[1], tuple(p["window_strides"]), tuple(map(tuple, p["padding"])),
-                                     formulation)]
+            outs = [
+                fast_conv.conv2d(
+                    ins[0], ins[1], tuple(p["window_strides"]), tuple(map(tuple, p["padding"])), formulation
+                )
+            ]
         else:
             res = e.prim.bind(*ins, **_params(e, ins, expected, full_in))
             outs = list(res) if e.prim.multiple_results else [res]
         for o, v, shape in zip(e.outs, outs, expected):
             if tuple(np.shape(v)) != tuple(shape):
-                raise CompactError(f"{e.describe()}: the compact replay gave shape {tuple(np.shape(v))}, the plan "
-                                   f"expects {tuple(shape)}; this primitive's parameters cannot follow pruned channels")
+                raise CompactError(
+                    f"{e.describe()}: the compact replay gave shape {tuple(np.shape(v))}, the plan "
+                    f"expects {tuple(shape)}; this primitive's parameters cannot follow pruned channels"
+                )
             if o in masks:
                 v = v * masks[o].astype(v.dtype)
             env[o] = v

@@ -33,7 +33,8 @@ from flax import nnx
 
 from soft_prune_jax.compact import interpret as I
 from soft_prune_jax.graph import groups as G
-from soft_prune_jax.graph import ir, units as U
+from soft_prune_jax.graph import ir
+from soft_prune_jax.graph import units as U
 from soft_prune_jax.method import masks as M
 from soft_prune_jax.ops import fast_conv
 
@@ -76,8 +77,14 @@ def _mask_config(model, mask_config) -> M.MaskConfig:
     return own if isinstance(own, M.MaskConfig) else M.MaskConfig()
 
 
-def decide(analysis: G.Analysis, consts: Mapping, *, keep: Optional[Mapping] = None, round_to: int = 1,
-           mask_config: M.MaskConfig = M.MaskConfig()) -> dict:
+def decide(
+    analysis: G.Analysis,
+    consts: Mapping,
+    *,
+    keep: Optional[Mapping] = None,
+    round_to: int = 1,
+    mask_config: M.MaskConfig = M.MaskConfig(),
+) -> dict:
     """{group name: GroupPlan} for every group; unprunable groups keep everything."""
     if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
         raise PruneError(f"round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment)")
@@ -86,8 +93,10 @@ def decide(analysis: G.Analysis, consts: Mapping, *, keep: Optional[Mapping] = N
     unknown = sorted(set(keep) - set(by_name))
     if unknown:
         prunable = [n for n, grp in by_name.items() if grp.prunable]
-        raise PruneError(f"keep names unknown groups {unknown[:3]}; prunable groups: {', '.join(prunable[:8])}"
-                         f"{' ...' if len(prunable) > 8 else ''}")
+        raise PruneError(
+            f"keep names unknown groups {unknown[:3]}; prunable groups: {', '.join(prunable[:8])}"
+            f"{' ...' if len(prunable) > 8 else ''}"
+        )
     plans = {}
     for grp in analysis.groups:
         n = grp.size
@@ -102,8 +111,11 @@ def decide(analysis: G.Analysis, consts: Mapping, *, keep: Optional[Mapping] = N
         for u in grp.units:
             gamma, beta = U.gamma_beta(u, consts.__getitem__)
             idx = np.array([pos[int(x)] for x in analysis.slot_labels(u.out, u.axis)])
-            pi = np.asarray(M.prune_probability(M.deactivation_probability(gamma, beta, mask_config.eps),
-                                                mask_config.k, mask_config.c))
+            pi = np.asarray(
+                M.prune_probability(
+                    M.deactivation_probability(gamma, beta, mask_config.eps), mask_config.k, mask_config.c
+                )
+            )
             mask[idx] |= np.asarray(M.hard_mask(pi)) > 0
             z[idx] = np.minimum(z[idx], np.asarray(M.deactivation_z(gamma, beta, mask_config.eps)))
         if grp.name in keep:
@@ -167,8 +179,10 @@ class Program:
             names = {grp.name: grp for grp in analysis.groups}
             for name, p in self.plans.items():
                 if len(p.kept) < p.total and (name not in names or names[name].size != p.total):
-                    raise I.CompactError(f"retracing for inputs {key[0]} changed channel group {name!r}; "
-                                         f"the model's structure depends on the input shape")
+                    raise I.CompactError(
+                        f"retracing for inputs {key[0]} changed channel group {name!r}; "
+                        f"the model's structure depends on the input shape"
+                    )
             alive = alive_of(analysis, self.plans)
             kept = I.kept_indices(analysis, alive)
             outs = [o for e in g.eqns if e.index in analysis.fold for o in e.outs]
@@ -220,13 +234,23 @@ def _build(trace_fn, variables, inputs, kwargs, strip, keep, round_to, mask_conf
     plans = decide(analysis, consts, keep=keep, round_to=round_to, mask_config=mask_config)
     alive = alive_of(analysis, plans)
     kept = I.kept_indices(analysis, alive)
-    sliced = [I.take(np.asarray(leaf) if not I._is_key(leaf) else leaf, kept, vid, np.ndim(leaf))
-              for vid, leaf in zip(g.variable_ids, leaves)]
+    sliced = [
+        I.take(np.asarray(leaf) if not I._is_key(leaf) else leaf, kept, vid, np.ndim(leaf))
+        for vid, leaf in zip(g.variable_ids, leaves)
+    ]
     outs = [o for e in g.eqns if e.index in analysis.fold for o in e.outs]
     folded = [I.take(consts[o], kept, o, np.ndim(consts[o])) if not I._is_key(consts[o]) else consts[o] for o in outs]
     key = (tuple((tuple(np.shape(x)), str(x.dtype)) for x in inputs), _hashable(kwargs))
-    program = Program(trace_fn, [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in leaves], treedef, strip, plans,
-                      folded, key[1], (analysis, kept, dict(zip(outs, folded))))
+    program = Program(
+        trace_fn,
+        [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in leaves],
+        treedef,
+        strip,
+        plans,
+        folded,
+        key[1],
+        (analysis, kept, dict(zip(outs, folded))),
+    )
     program.cache[key] = program.cache.pop(key[1])
     program.alive, program.analysis = alive, analysis
     return program, treedef, sliced
@@ -236,6 +260,7 @@ def _linen_trace(model):
     def trace_fn(variables, inputs, kwargs):
         with fast_conv.flax_conv_formulation("xla"):
             return ir.trace(lambda v, *xs: model.apply(v, *xs, **kwargs), variables, *inputs)
+
     return trace_fn
 
 
@@ -243,11 +268,18 @@ def _nnx_trace(graphdef):
     def trace_fn(state, inputs, kwargs):
         with fast_conv.flax_conv_formulation("xla"):
             return ir.trace(lambda s, *xs: nnx.merge(graphdef, s)(*xs, **kwargs), state, *inputs)
+
     return trace_fn
 
 
-def prune_model(model, *args, keep: Optional[Mapping[str, Any]] = None, round_to: int = 1,
-                mask_config: Optional[M.MaskConfig] = None, **kwargs):
+def prune_model(
+    model,
+    *args,
+    keep: Optional[Mapping[str, Any]] = None,
+    round_to: int = 1,
+    mask_config: Optional[M.MaskConfig] = None,
+    **kwargs,
+):
     """Physically prunes a linen model (returns ``(compact_model, compact_variables)``) or an NNX
     module (returns the compact module). See the module docstring.
 
@@ -264,22 +296,26 @@ def prune_model(model, *args, keep: Optional[Mapping[str, Any]] = None, round_to
         copy.eval()
         graphdef, state = nnx.split(copy)
         inputs = [a for a in args]
-        program, _, sliced = _build(_nnx_trace(graphdef), state, inputs, kwargs, 0, keep, round_to,
-                                    _mask_config(model, mask_config))
+        program, _, sliced = _build(
+            _nnx_trace(graphdef), state, inputs, kwargs, 0, keep, round_to, _mask_config(model, mask_config)
+        )
         flat = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
         variables = []
-        for (path, var), arr in zip(flat, sliced):
+        for (_, var), arr in zip(flat, sliced):
             cls = type(var) if isinstance(var, nnx.Variable) else nnx.Variable
             variables.append(cls(jnp.asarray(arr) if not I._is_key(arr) else arr))
         paths = ["/".join(ir.leaf_path(p)) for p, _ in flat]
         return CompactModule(program, variables, paths, kwargs)
     if isinstance(model, nn.Module):
         if len(args) != 2:
-            raise PruneError("prune_model(model, variables, sample_input, **apply_kwargs) takes the variables and "
-                             f"one sample input for a linen model; got {len(args)} positional arguments")
+            raise PruneError(
+                "prune_model(model, variables, sample_input, **apply_kwargs) takes the variables and "
+                f"one sample input for a linen model; got {len(args)} positional arguments"
+            )
         variables, x = args
-        program, treedef, sliced = _build(_linen_trace(model), variables, [x], kwargs, 1, keep, round_to,
-                                          _mask_config(model, mask_config))
+        program, treedef, sliced = _build(
+            _linen_trace(model), variables, [x], kwargs, 1, keep, round_to, _mask_config(model, mask_config)
+        )
         compact_vars = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in sliced])
         return CompactLinen(program, treedef, kwargs), compact_vars
     raise TypeError(f"prune_model takes a flax.linen Module or a flax.nnx Module, got {type(model).__name__}")
@@ -302,15 +338,25 @@ def masked_reference(compact, dense_variables, *inputs, **kwargs):
     return jax.tree_util.tree_unflatten(tree, outs) if tree is not None else outs
 
 
-def prune_traced(trace_fn, variables, inputs, *, keep: Optional[Mapping[str, Any]] = None, round_to: int = 1,
-                 mask_config: Optional[M.MaskConfig] = None, strip: int = 1, call_kwargs: Optional[Mapping] = None):
+def prune_traced(
+    trace_fn,
+    variables,
+    inputs,
+    *,
+    keep: Optional[Mapping[str, Any]] = None,
+    round_to: int = 1,
+    mask_config: Optional[M.MaskConfig] = None,
+    strip: int = 1,
+    call_kwargs: Optional[Mapping] = None,
+):
     """``prune_model`` for a model given as ``trace_fn(variables, inputs, kwargs) -> ir.Graph`` over a plain
     variables pytree (a user model behind ``models.user.UserModel``, linen or NNX alike).
 
     Returns ``(compact, compact_variables)``; ``compact.apply(compact_variables, *inputs, **call_kwargs)``
     and ``compact.program.plans`` (GroupPlan per group) as for a linen model.
     """
-    program, treedef, sliced = _build(trace_fn, variables, list(inputs), dict(call_kwargs or {}), strip, keep,
-                                      round_to, mask_config or M.MaskConfig())
+    program, treedef, sliced = _build(
+        trace_fn, variables, list(inputs), dict(call_kwargs or {}), strip, keep, round_to, mask_config or M.MaskConfig()
+    )
     compact_vars = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in sliced])
     return CompactLinen(program, treedef, dict(call_kwargs or {})), compact_vars

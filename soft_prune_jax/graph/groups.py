@@ -27,14 +27,24 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from soft_prune_jax.graph import rules, units as U
+from soft_prune_jax.graph import rules
+from soft_prune_jax.graph import units as U
 from soft_prune_jax.graph.ir import Eqn, Graph, Lit
 
 # Variable-only equations that the compact interpreter recomputes from the sliced variables (per
 # channel, so slicing commutes with them); every other variable-only equation is evaluated once on
 # the full variables and its result sliced (reductions over channels such as a keep-one argmin).
-RECOMPUTE = rules.ELEMENTWISE | {"broadcast_in_dim", "reshape", "transpose", "squeeze", "expand_dims",
-                                 "concatenate", "split", "slice", "pad"}
+RECOMPUTE = rules.ELEMENTWISE | {
+    "broadcast_in_dim",
+    "reshape",
+    "transpose",
+    "squeeze",
+    "expand_dims",
+    "concatenate",
+    "split",
+    "slice",
+    "pad",
+}
 
 
 @dataclasses.dataclass
@@ -86,7 +96,7 @@ class Analysis:
         if item is None:
             return None
         off, n = item
-        return self.labels[off:off + n]
+        return self.labels[off : off + n]
 
 
 class _Linker(rules.Linker):
@@ -172,8 +182,11 @@ def _junction(g: Graph, live: set, vid) -> bool:
     """A sum or concatenation of several live branches: the hand-written structures (and the SCP
     paper) never prune such a stream, each reader selects its own channels of it."""
     e = g.producer.get(vid)
-    return (e is not None and e.name in ("add", "add_any", "sub", "concatenate")
-            and sum(1 for a in e.ins if not isinstance(a, Lit) and a in live) >= 2)
+    return (
+        e is not None
+        and e.name in ("add", "add_any", "sub", "concatenate")
+        and sum(1 for a in e.ins if not isinstance(a, Lit) and a in live) >= 2
+    )
 
 
 def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip) -> list:
@@ -222,7 +235,7 @@ def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip) -> lis
                 break
         if anchor is None:
             anchor = min(members_sa, key=lambda i: (g.path_of(keys[i][0]), keys[i][1]))
-        alab = labels[offsets[anchor]:offsets[anchor] + sizes[anchor]]
+        alab = labels[offsets[anchor] : offsets[anchor] + sizes[anchor]]
         mine = sig[alab] == np.uint64(s)
         order, seen = [], set()
         for x in alab[mine]:
@@ -234,12 +247,13 @@ def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip) -> lis
         members = []
         for i in members_sa:
             slot, ax = keys[i]
-            lab_i = labels[offsets[i]:offsets[i] + sizes[i]]
+            lab_i = labels[offsets[i] : offsets[i] + sizes[i]]
             channel = np.array([pos.get(int(x), -1) for x in lab_i], np.int64)
             members.append(Member(g.path_of(slot), ax, channel))
         members.sort(key=lambda m: (m.path, m.axis))
-        reason = _why_whole(g, slot_axes, sas, grp_units, L, consumes_by_sa, zero, split_uses, input_slots,
-                            output_slots, alab, mine)
+        reason = _why_whole(
+            g, slot_axes, sas, grp_units, L, consumes_by_sa, zero, split_uses, input_slots, output_slots, alab, mine
+        )
         if grp_units:
             name = grp_units[0].name
         else:
@@ -261,8 +275,9 @@ def _value(slot):
     return slot if not isinstance(slot, tuple) else None
 
 
-def _why_whole(g, slot_axes, sas, grp_units, L, consumes_by_sa, zero, split_uses, input_slots, output_slots,
-               alab, mine) -> str:
+def _why_whole(
+    g, slot_axes, sas, grp_units, L, consumes_by_sa, zero, split_uses, input_slots, output_slots, alab, mine
+) -> str:
     if not np.all(mine):
         return "an index of its anchor array belongs to another group"
     for slot, ax in slot_axes:

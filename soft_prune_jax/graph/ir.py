@@ -21,8 +21,19 @@ from jax.extend import core as jcore
 Path = tuple[str, ...]
 # Call-like primitives whose body is inlined, and the param that holds it.
 _BODY_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
-_CALLS = {"pjit", "jit", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "checkpoint", "remat",
-          "closed_call", "core_call", "remat2", "custom_lin"}
+_CALLS = {
+    "pjit",
+    "jit",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+    "checkpoint",
+    "remat",
+    "closed_call",
+    "core_call",
+    "remat2",
+    "custom_lin",
+}
 
 
 class GraphError(ValueError):
@@ -99,8 +110,11 @@ class _Builder:
         env = {}
         for v, c in zip(jaxpr.constvars, consts):
             vid = self.new(v.aval)
-            self.consts[vid] = np.asarray(c) if not hasattr(c, "dtype") or not jax.dtypes.issubdtype(
-                c.dtype, jax.dtypes.prng_key) else c
+            self.consts[vid] = (
+                np.asarray(c)
+                if not hasattr(c, "dtype") or not jax.dtypes.issubdtype(c.dtype, jax.dtypes.prng_key)
+                else c
+            )
             env[v] = vid
         for v, i in zip(jaxpr.invars, in_ids):
             env[v] = i

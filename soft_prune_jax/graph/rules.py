@@ -24,18 +24,21 @@ import numpy as np
 from soft_prune_jax.graph.ir import Eqn, Lit
 
 # Same-shape elementwise primitives (scalars broadcast; size-1 axes broadcast too).
-ELEMENTWISE = frozenset("""
-add sub mul div rem pow max min neg abs sign floor ceil round exp exp2 log log1p expm1 tanh logistic sin cos tan
-asin acos atan atan2 sinh cosh asinh acosh atanh sqrt rsqrt cbrt integer_pow square reciprocal erf erfc erf_inv
-lgamma digamma is_finite not and or xor eq ne lt le gt ge convert_element_type copy copy_p select_n clamp nextafter
-reduce_precision real imag conj add_any stop_gradient square_p shift_left shift_right_logical
+ELEMENTWISE = frozenset(
+    """
+add sub mul div rem pow max min neg abs sign floor ceil round exp exp2 log log1p expm1 tanh logistic sin cos
+tan asin acos atan atan2 sinh cosh asinh acosh atanh sqrt rsqrt cbrt integer_pow square reciprocal erf erfc
+erf_inv lgamma digamma is_finite not and or xor eq ne lt le gt ge convert_element_type copy copy_p select_n
+clamp nextafter reduce_precision real imag conj add_any stop_gradient square_p shift_left shift_right_logical
 shift_right_arithmetic population_count clz imag_p
-""".split())
+""".split()  # noqa: SIM905 - a word list reads best as words
+)
 # Primitives whose output keeps its input's values per channel and whose params never carry a
 # channel-dependent shape (the interpreter re-binds them as they are).
 REDUCE_SUM = frozenset({"reduce_sum"})
-REDUCE_OTHER = frozenset({"reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or", "reduce_xor",
-                          "argmax", "argmin"})
+REDUCE_OTHER = frozenset(
+    {"reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or", "reduce_xor", "argmax", "argmin"}
+)
 CUMULATIVE = frozenset({"cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"})
 
 
@@ -131,11 +134,15 @@ def _factor_blocks(shape, oshape):
             if pi < po:
                 if i >= len(ins):
                     return None
-                bi.append(ins[i]); pi *= shape[ins[i]]; i += 1
+                bi.append(ins[i])
+                pi *= shape[ins[i]]
+                i += 1
             else:
                 if o >= len(outs):
                     return None
-                bo.append(outs[o]); po *= oshape[outs[o]]; o += 1
+                bo.append(outs[o])
+                po *= oshape[outs[o]]
+                o += 1
         blocks.append((bi, bo))
     if i != len(ins) or o != len(outs):
         return None
@@ -207,8 +214,13 @@ def reduce_window(e: Eqn, L: Linker):
     s, out = L.slot(e, 0), e.outs[0]
     p = e.params
     for ax in range(len(L.shape(s))):
-        plain = (p["window_dimensions"][ax] == 1 and p["window_strides"][ax] == 1 and tuple(p["padding"][ax]) == (0, 0)
-                 and p.get("base_dilation", (1,) * 8)[ax] == 1 and p.get("window_dilation", (1,) * 8)[ax] == 1)
+        plain = (
+            p["window_dimensions"][ax] == 1
+            and p["window_strides"][ax] == 1
+            and tuple(p["padding"][ax]) == (0, 0)
+            and p.get("base_dilation", (1,) * 8)[ax] == 1
+            and p.get("window_dilation", (1,) * 8)[ax] == 1
+        )
         if plain:
             L.link(s, ax, out, ax)
         else:
@@ -340,12 +352,26 @@ RULES: dict[str, Callable[[Eqn, Linker], None]] = {name: elementwise for name in
 RULES.update({name: reduce_sum for name in REDUCE_SUM})
 RULES.update({name: reduce_other for name in REDUCE_OTHER})
 RULES.update({name: cumulative for name in CUMULATIVE})
-RULES.update({
-    "broadcast_in_dim": broadcast_in_dim, "transpose": transpose, "squeeze": squeeze, "expand_dims": expand_dims,
-    "reshape": reshape, "reduce_window_sum": reduce_window, "reduce_window_max": reduce_window,
-    "reduce_window_min": reduce_window, "conv_general_dilated": conv, "dot_general": dot_general,
-    "concatenate": concatenate, "split": split, "pad": pad, "slice": slice_, "sort": sort, "iota": no_links,
-})
+RULES.update(
+    {
+        "broadcast_in_dim": broadcast_in_dim,
+        "transpose": transpose,
+        "squeeze": squeeze,
+        "expand_dims": expand_dims,
+        "reshape": reshape,
+        "reduce_window_sum": reduce_window,
+        "reduce_window_max": reduce_window,
+        "reduce_window_min": reduce_window,
+        "conv_general_dilated": conv,
+        "dot_general": dot_general,
+        "concatenate": concatenate,
+        "split": split,
+        "pad": pad,
+        "slice": slice_,
+        "sort": sort,
+        "iota": no_links,
+    }
+)
 
 
 def apply_rule(e: Eqn, L: Linker) -> bool:
@@ -360,12 +386,14 @@ def apply_rule(e: Eqn, L: Linker) -> bool:
 
 # Zero propagation (used by ``units``): when is an output exactly 0 on a channel where its
 # activation operands are 0? Unary ops with f(0) = 0 and per-channel pooling/reshaping keep zeros.
-ZERO_UNARY = frozenset("""
+ZERO_UNARY = frozenset(
+    """
 neg abs sign sqrt cbrt tanh sin tan asin atan sinh asinh atanh erf expm1 log1p integer_pow square real
 convert_element_type copy copy_p reduce_precision reshape transpose broadcast_in_dim squeeze expand_dims
 reduce_sum reduce_max reduce_min reduce_window_sum reduce_window_max reduce_window_min cumsum cummax cummin
 slice rev pad split
-""".split())
+""".split()  # noqa: SIM905 - a word list reads best as words
+)
 ZERO_IF_ANY = frozenset({"mul"})  # a product is 0 where either factor is
 ZERO_IF_FIRST = frozenset({"div"})
 ZERO_IF_ALL = frozenset({"add", "sub", "max", "min", "add_any", "concatenate", "select_n", "clamp"})

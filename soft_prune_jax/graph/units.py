@@ -141,7 +141,7 @@ def find_units(g: Graph, live: set, strip: int = 0) -> list[Unit]:
         for i, (op, vec, lhs, _) in enumerate(ops):
             if op != "sub" or not lhs or isinstance(vec, Lit) or _vector_axis(g, vec, shape) in (None, -1):
                 continue
-            for op2, vec2, lhs2, _ in ops[i + 1:]:
+            for op2, vec2, _lhs, _ in ops[i + 1 :]:
                 if isinstance(vec2, Lit) or op2 not in ("mul", "div"):
                     continue
                 norm = _normalizer(g, vec2, live)
