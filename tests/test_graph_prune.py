@@ -187,3 +187,24 @@ def test_nested_calls_are_followed():
     assert {g.name for g in program_of(compact).analysis.groups if g.prunable} == {"CheckpointUnit_0", "Unit_0"}
     assert param_count(compact_vars) < param_count(variables)
     close(compact.apply(compact_vars, x), model.apply(variables, x))
+
+
+def test_broadcast_sum_of_two_unit_outputs_is_left_whole():
+    """a_i + b_j is zero only where both are: zero along neither axis alone, so neither group goes."""
+    import flax.linen as nn
+
+    class Bilinear(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            a = jnp.mean(nn.relu(nn.BatchNorm(use_running_average=True)(nn.Conv(3, (3, 3))(x))), axis=(1, 2))
+            b = jnp.mean(nn.relu(nn.BatchNorm(use_running_average=True)(nn.Conv(4, (3, 3))(x))), axis=(1, 2))
+            outer = a[:, :, None] + b[:, None, :]
+            return nn.Dense(2)(outer.reshape((x.shape[0], -1)))
+
+    model = Bilinear()
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 2))
+    variables = random_linen_variables(model, x, 1, 0.5)
+    compact, compact_vars = prune_model(model, variables, x)
+    for grp in program_of(compact).analysis.groups:
+        assert not grp.prunable
+    close(compact.apply(compact_vars, x), model.apply(variables, x))

@@ -260,6 +260,7 @@ def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip) -> lis
             m = members[0]
             name = "/".join(m.path[strip:]) + f":{m.axis}"
         groups.append(Group(name, glabels, members, slot_axes, grp_units, not reason, reason))
+    _two_zero_axes(g, groups, zero)
     groups.sort(key=lambda grp: grp.name)
     names = set()
     for grp in groups:  # names must be unique keys for keep=
@@ -269,6 +270,22 @@ def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip) -> lis
             grp.name = f"{base}#{k}"
         names.add(grp.name)
     return groups
+
+
+def _two_zero_axes(g: Graph, groups: list, zero: set):
+    """Zero propagation tracks values, not axes: a zero value with channel axes in two groups that
+    have units (an outer product of two pruned layers) could be zero along one only. Such groups
+    are left whole rather than trusting the zero on the wrong axis."""
+    with_units = {}
+    for grp in groups:
+        if grp.units:
+            for slot, _ in grp.slots:
+                with_units.setdefault(slot, set()).add(id(grp))
+    shared = {slot for slot, owners in with_units.items() if len(owners) > 1 and slot in zero}
+    for grp in groups:
+        if grp.prunable and any(slot in shared for slot, _ in grp.slots):
+            grp.prunable = False
+            grp.reason = "a zero value carries channel axes of two unit groups (not modelled)"
 
 
 def _value(slot):
