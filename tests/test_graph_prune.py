@@ -208,3 +208,15 @@ def test_broadcast_sum_of_two_unit_outputs_is_left_whole():
     for grp in program_of(compact).analysis.groups:
         assert not grp.prunable
     close(compact.apply(compact_vars, x), model.apply(variables, x))
+
+
+def test_channel_groups_names_what_keep_accepts():
+    from soft_prune_jax.compact.prune_model import channel_groups
+
+    model, variables, x = linen("chain")
+    groups = {g.name: g for g in channel_groups(model, variables, x, train=False)}
+    assert groups["BatchNorm_0"].prunable and groups["BatchNorm_0"].size == 6
+    compact, compact_vars = prune_model(model, variables, x, keep={"BatchNorm_0": [1, 4]}, train=False)
+    assert compact_vars["params"]["Conv_0"]["kernel"].shape[-1] == 2
+    module, x = nnx_module("cnn")
+    assert {g.name for g in channel_groups(module, x) if g.prunable} == {"bn1", "bn2"}

@@ -285,8 +285,9 @@ def prune_model(
 
     linen: ``prune_model(model, variables, sample_input, **apply_kwargs)``.
     NNX: ``prune_model(module, sample_input, *more_inputs, **call_kwargs)`` (traced in eval mode).
-    keep: {group name: kept channel indices or a 0/1 mask over the group's channels}; other
-      prunable groups follow their units' SCP hard masks. round_to: pad kept widths to multiples.
+    keep: {group name: kept channel indices (ints) or a mask over the group's channels (bools or
+      0./1. floats)}; other prunable groups follow their units' SCP hard masks. Group names and
+      sizes: ``channel_groups``. round_to: pad kept widths to multiples (most alive channels first).
     mask_config: the SCP mask hyper-parameters (default: the model's own ``mask`` or the paper's).
     """
     if isinstance(model, nnx.Module):
@@ -319,6 +320,22 @@ def prune_model(
         compact_vars = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in sliced])
         return CompactLinen(program, treedef, kwargs), compact_vars
     raise TypeError(f"prune_model takes a flax.linen Module or a flax.nnx Module, got {type(model).__name__}")
+
+
+def channel_groups(model, *args, **kwargs) -> list:
+    """The channel groups of a model, called like ``prune_model`` (``graph.groups.Group``: name,
+    size, members (variable path, axis, index map), units, prunable, and the reason if not)."""
+    if isinstance(model, nnx.Module):
+        copy = nnx.merge(*nnx.split(model))
+        copy.eval()
+        graphdef, state = nnx.split(copy)
+        return G.analyze(_nnx_trace(graphdef)(state, list(args), kwargs), 0).groups
+    if isinstance(model, nn.Module) and len(args) == 2:
+        return G.analyze(_linen_trace(model)(args[0], [args[1]], kwargs), 1).groups
+    raise TypeError(
+        f"channel_groups takes (linen model, variables, x, **kwargs) or (nnx module, x, ...), "
+        f"got {type(model).__name__} with {len(args)} positional arguments"
+    )
 
 
 def program_of(compact) -> Program:
