@@ -51,6 +51,11 @@ def test_flatten_into_dense_maps_rows_with_a_stride():
     (head,) = [m for m in grp.members if m.path[-2:] == ("Dense_0", "kernel")]
     channels = 8
     assert head.axis == 0 and np.array_equal(head.channel, np.arange(head.channel.size) % channels)
+    # NCHW flatten (transpose first): the feature factor is followed, rows {c * H * W + p}
+    grp = _analysis(*linen("chain_nchw")).group("BatchNorm_0")
+    assert grp.prunable
+    (head,) = [m for m in grp.members if m.path[-2:] == ("Dense_0", "kernel")]
+    assert np.array_equal(head.channel, np.arange(6 * 9) // 9)
 
 
 def test_concatenation_offsets_and_own_selections():

@@ -252,3 +252,17 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple]] = {
     "dropout": (WithDropout, (2, 6, 6, 3)),
     "inception": (Inception, (2, 6, 6, 3)),
 }
+
+
+class ChainNCHW(nn.Module):
+    """PyTorch habits: transpose to NCHW before flattening into the head (rows {c * H * W + p})."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(bn(train)()(nn.Conv(6, (3, 3), use_bias=False)(x)))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = jnp.transpose(x, (0, 3, 1, 2)).reshape((x.shape[0], -1))
+        return nn.Dense(5)(x)
+
+
+ZOO["chain_nchw"] = (ChainNCHW, (2, 6, 6, 3))

@@ -105,6 +105,7 @@ class _Linker(rules.Linker):
         self.slot_axes, self.total = {}, 0
         self.src, self.dst = [], []
         self.stops, self.consumes = {}, []
+        self.features = set()
 
     def slot(self, e: Eqn, j: int):
         return self.split_uses.get((e.index, j), e.ins[j])
@@ -122,7 +123,16 @@ class _Linker(rules.Linker):
             self.total += n
         return self.slot_axes[key][0]
 
+    def mark_feature(self, slot, ax):
+        self.features.add((slot, ax))
+
+    def is_feature(self, slot, ax) -> bool:
+        return (slot, ax) in self.features
+
     def link(self, a, ax, b, bx, ia=None, ib=None):
+        # Feature axes are followed forward in program order, so a later flatten knows its channels.
+        if (a, ax) in self.features:
+            self.features.add((b, bx))
         oa, ob = self.node(a, ax), self.node(b, bx)
         if ia is None:
             n = self.shape(a)[ax]

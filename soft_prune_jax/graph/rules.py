@@ -60,6 +60,12 @@ class Linker:
     def consume(self, eqn: Eqn, axes, operands):
         raise NotImplementedError
 
+    def mark_feature(self, slot, ax):  # a conv's or dense layer's output features (see ``reshape``)
+        raise NotImplementedError
+
+    def is_feature(self, slot, ax) -> bool:
+        raise NotImplementedError
+
 
 def _operands(e: Eqn, L: Linker):
     return [(j, L.slot(e, j)) for j, a in enumerate(e.ins) if not isinstance(a, Lit)]
@@ -150,8 +156,9 @@ def _factor_blocks(shape, oshape):
 
 
 def reshape(e: Eqn, L: Linker):
-    """Merges and splits of contiguous axes: the minor-most factor of a merge is the one followed
-    (NHWC flatten: channel c of (H, W, C) is rows {p * C + c}); the other merged factors stop."""
+    """Merges and splits of contiguous axes. A merge follows one factor with a strided map: the
+    factor that carries layer features (NHWC flatten: channel c of (H, W, C) is rows {p * C + c};
+    NCHW flatten: rows {c * H * W + p}), else the minor-most one; the other merged factors stop."""
     if e.params.get("dimensions") is not None:
         return stop_all(e, L)
     s, out = L.slot(e, 0), e.outs[0]
@@ -162,13 +169,16 @@ def reshape(e: Eqn, L: Linker):
     for bi, bo in blocks:
         if len(bi) == 1 and len(bo) == 1:
             L.link(s, bi[0], out, bo[0])
-        elif len(bo) == 1:  # merge: out index k holds in-factor (k % size) of the minor-most axis
-            minor, n = bi[-1], shape[bi[-1]]
-            total = oshape[bo[0]]
-            k = np.arange(total)
-            L.link(s, minor, out, bo[0], k % n, k)
-            for ax in bi[:-1]:
-                L.stop(s, ax, e)
+        elif len(bo) == 1:  # merge: out index k holds in-factor (k // inner) % size of the followed axis
+            features = [ax for ax in bi if L.is_feature(s, ax)]
+            followed = features[-1] if features else bi[-1]
+            n = shape[followed]
+            inner = int(np.prod([shape[ax] for ax in bi if ax > followed]))
+            k = np.arange(oshape[bo[0]])
+            L.link(s, followed, out, bo[0], (k // inner) % n, k)
+            for ax in bi:
+                if ax != followed:
+                    L.stop(s, ax, e)
         elif len(bi) == 1:  # split: the minor-most out factor is the in index modulo its size
             minor, n = bo[-1], oshape[bo[-1]]
             total = shape[bi[0]]
@@ -249,6 +259,7 @@ def conv(e: Eqn, L: Linker):
     cin, cout = L.shape(lhs)[lspec[1]], L.shape(rhs)[rspec[0]]
     k = L.shape(rhs)[rspec[1]]
     L.link(rhs, rspec[0], out, ospec[1])
+    L.mark_feature(out, ospec[1])
     if groups == 1:
         L.link(lhs, lspec[1], rhs, rspec[1])
         L.consume(e, [(lhs, lspec[1]), (rhs, rspec[1])], [lhs])
@@ -282,6 +293,7 @@ def dot_general(e: Eqn, L: Linker):
     for ax in range(len(L.shape(rhs))):
         if ax not in rc and ax not in rb:
             L.link(rhs, ax, out, oax)
+            L.mark_feature(out, oax)
             oax += 1
 
 
