@@ -90,7 +90,7 @@ def get_config() -> config_dict.ConfigDict:
     # hard mask's 1 - delta): channels die in bursts a while after lambda rises, so it must see them coming;
     # those still kept at the end are the first that landing removes.
     config.budget_controller = config_dict.ConfigDict(
-        dict(kp=2.0, ki=0.05, undershoot_boost=4.0, ramp_fraction=0.5, lambda_min=1e-6, lambda_max=1.0, early_q=0.8)
+        dict(kp=2.0, ki=0.05, undershoot_boost=4.0, ramp_fraction=0.5, lambda_min=1e-6, lambda_max=1.0, early_q=0.9)
     )
     # Network Slimming (method='slimming'; per-architecture values: slimming_recipe below).
     config.slimming = config_dict.ConfigDict()
