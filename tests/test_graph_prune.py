@@ -1,6 +1,7 @@
 """prune_model is exact on every zoo network (linen and NNX): compact == hard-masked dense network,
 == the dense network where the dropped channels are dead; and it is really smaller."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from soft_prune_jax import prune_model
-from soft_prune_jax.compact.prune_model import PruneError, masked_reference, program_of
+from soft_prune_jax.compact import surgery
+from soft_prune_jax.compact.prune_model import PruneError, channel_groups, masked_reference, program_of
+from soft_prune_jax.measure import flops
+
+from conftest import evaluate, tiny
 
 PROPERTY = settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # One of each kind of coupling for the (slower) property test; every network runs the exactness test.
@@ -125,8 +130,6 @@ def test_bad_arguments_are_one_line_errors():
 
 
 def test_unknown_primitive_leaves_its_group_whole():
-    import flax.linen as nn
-
     class Sorted(nn.Module):
         @nn.compact
         def __call__(self, x, train=False):
@@ -145,7 +148,6 @@ def test_unknown_primitive_leaves_its_group_whole():
 
 def test_nested_calls_are_followed():
     """Blocks under nn.remat, a jitted helper and a custom_vjp activation are inlined and pruned."""
-    import flax.linen as nn
 
     @jax.custom_vjp
     def my_relu(x):
@@ -191,7 +193,6 @@ def test_nested_calls_are_followed():
 
 def test_broadcast_sum_of_two_unit_outputs_is_left_whole():
     """a_i + b_j is zero only where both are: zero along neither axis alone, so neither group goes."""
-    import flax.linen as nn
 
     class Bilinear(nn.Module):
         @nn.compact
@@ -211,8 +212,6 @@ def test_broadcast_sum_of_two_unit_outputs_is_left_whole():
 
 
 def test_channel_groups_names_what_keep_accepts():
-    from soft_prune_jax.compact.prune_model import channel_groups
-
     model, variables, x = linen("chain")
     groups = {g.name: g for g in channel_groups(model, variables, x, train=False)}
     assert groups["BatchNorm_0"].prunable and groups["BatchNorm_0"].size == 6
@@ -220,3 +219,19 @@ def test_channel_groups_names_what_keep_accepts():
     assert compact_vars["params"]["Conv_0"]["kernel"].shape[-1] == 2
     module, x = nnx_module("cnn")
     assert {g.name for g in channel_groups(module, x) if g.prunable} == {"bn1", "bn2"}
+
+
+@pytest.mark.parametrize("name", ["vgg16", "densenet40", "resnet18"])
+def test_builtin_model_compact_equals_its_own_masked_evaluation(name):
+    """On a built-in SCP model, prune_model's default decisions are the model's own hard masks."""
+    model, variables, x = tiny(name)
+    variables = surgery.randomize_bn(variables, 11, 0.6)
+    compact, compact_vars = prune_model(model, variables, x, train=False)
+    close(_jit_apply(compact)(compact_vars, x), evaluate(model, variables, x))
+    hand, hand_vars = surgery.prune(model, variables)
+    assert param_count(compact_vars["params"]) <= param_count(variables["params"])
+    assert flops_of(compact, compact_vars, x) == flops_of(hand, hand_vars, x)
+
+
+def flops_of(model, variables, x):
+    return flops.model_macs(model, variables, x, train=False)
