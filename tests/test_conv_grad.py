@@ -86,6 +86,12 @@ def test_chunk_size_is_the_largest_divisor_within_the_limit():
     assert G.chunk_size(8, 1, 4000) == 8
 
 
+def test_input_grad_rule():
+    assert G.choose_input_grad((3, 3, 8, 8), (2, 2), "xla") == "im2col"
+    assert G.choose_input_grad((3, 3, 8, 8), (1, 1), "xla") == "xla"
+    assert G.choose_input_grad((1, 1, 8, 8), (2, 2), "matmul") == "matmul"
+
+
 def test_rule_matches_the_forward_and_kernel():
     assert G.choose_weight_grad((1, 1, 8, 8), "matmul") == "matmul"
     assert G.choose_weight_grad((3, 3, 8, 8), "xla") == "chunked_im2col"

@@ -17,6 +17,9 @@ Weight-gradient formulations, all equal to XLA's own weight gradient up to float
   is what makes one whole-batch im2col slow here.
 * ``'matmul'``: 1x1 kernels: the (strided) input view^T @ dy, one GEMM.
 
+The input gradient of a strided kxk conv is XLA's transposed conv with a dilated input, slow on
+this CPU; ``choose_input_grad`` sends it to the autodiff of the im2col formulation instead.
+
 ``choose_weight_grad`` is the shape rule 'auto' follows (fixed, no timing at call time).
 """
 
@@ -47,6 +50,15 @@ def choose_weight_grad(kernel_shape: Sequence[int], forward: str) -> str:
     if tuple(kernel_shape[:2]) == (1, 1):
         return "matmul"
     return "chunked_im2col"
+
+
+def choose_input_grad(kernel_shape: Sequence[int], strides: Sequence[int], forward: str) -> str:
+    """The forward formulation whose autodiff gives the input gradient: a strided kxk conv's XLA
+    gradient (a transposed conv with a dilated input) -> 'im2col' (dy @ kernel^T, then the patches
+    added back in place); everything else differentiates its own forward formulation."""
+    if forward == "xla" and tuple(strides) != (1, 1) and tuple(kernel_shape[:2]) != (1, 1):
+        return "im2col"
+    return forward
 
 
 def chunk_size(batch: int, bytes_per_example: int, limit: int = CHUNK_BYTES) -> int:
@@ -95,22 +107,23 @@ def matmul_weight_grad(x, dy, window, strides, pads):
 _WEIGHT_GRADS = {"chunked_im2col": chunked_im2col_weight_grad, "matmul": matmul_weight_grad}
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def conv(x, kernel, forward: Callable, strides: tuple[int, int], pads: Pads, weight_grad: str):
-    """``forward(x, kernel)`` (a conv formulation with these strides and pads) whose weight gradient
-    uses ``weight_grad`` (not 'auto': resolve it with ``choose_weight_grad`` first)."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def conv(x, kernel, forward: Callable, input_forward: Callable, strides: tuple[int, int], pads: Pads, weight_grad: str):
+    """``forward(x, kernel)`` (a conv formulation with these strides and pads) whose input gradient is
+    the autodiff of ``input_forward`` (an equal formulation, see ``choose_input_grad``) and whose weight
+    gradient uses ``weight_grad`` (not 'auto': resolve it with ``choose_weight_grad`` first)."""
     return forward(x, kernel)
 
 
-def _conv_fwd(x, kernel, forward, strides, pads, weight_grad):
+def _conv_fwd(x, kernel, forward, input_forward, strides, pads, weight_grad):
     return forward(x, kernel), (x, kernel)
 
 
-def _conv_bwd(forward, strides, pads, weight_grad, residuals, dy):
+def _conv_bwd(forward, input_forward, strides, pads, weight_grad, residuals, dy):
     x, kernel = residuals
     if weight_grad == "autodiff":
         return jax.vjp(forward, x, kernel)[1](dy)
-    _, input_vjp = jax.vjp(lambda x_: forward(x_, kernel), x)
+    _, input_vjp = jax.vjp(lambda x_: input_forward(x_, kernel), x)
     (dx,) = input_vjp(dy)
     dw = _WEIGHT_GRADS[weight_grad](x, dy, kernel.shape[:2], strides, pads)
     return dx, dw.astype(kernel.dtype)

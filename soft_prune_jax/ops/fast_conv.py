@@ -150,7 +150,9 @@ def conv2d(x, kernel, strides=1, padding: Padding = "SAME", formulation: str = "
     forward = functools.partial(_FORWARDS[formulation], strides=strides, pads=pads, out_hw=out_hw)
     if weight_grad == "autodiff":
         return forward(x, kernel)
-    return conv_grad.conv(x, kernel, forward, strides, pads, weight_grad)
+    input_formulation = conv_grad.choose_input_grad(kernel.shape, strides, formulation)
+    input_forward = functools.partial(_FORWARDS[input_formulation], strides=strides, pads=pads, out_hw=out_hw)
+    return conv_grad.conv(x, kernel, forward, input_forward, strides, pads, weight_grad)
 
 
 class Conv(nn.Module):
