@@ -125,3 +125,21 @@ def test_model_gradients_equal_xla_gradients(monkeypatch):
     assert len(leaves) > 10
     for a, b in zip(leaves, jax.tree_util.tree_leaves(reference)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 6, 3), (1, 7, 5, 2), (3, 2, 2, 1)])
+def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(shape):
+    import flax.linen as nn
+
+    from soft_prune_jax.ops.pooling import max_pool_2x2
+
+    x = jax.random.normal(jax.random.key(0), shape, jnp.float32)  # no ties: the gradients agree exactly
+
+    def reference(x):
+        return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+    np.testing.assert_array_equal(max_pool_2x2(x), reference(x))
+    loss = lambda pool: jax.grad(lambda x_: jnp.sum(jnp.sin(pool(x_))))(x)  # noqa: E731
+    np.testing.assert_allclose(loss(max_pool_2x2), loss(reference), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="needs a 4-D NHWC input"):
+        max_pool_2x2(x[0])

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.method.units import MaskedBNReLU
 from soft_prune_jax.models.layers import classifier, conv
+from soft_prune_jax.ops.pooling import max_pool_2x2
 
 POOL = "M"
 VGG16_WIDTHS = (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512)
@@ -41,7 +42,7 @@ class VGG(nn.Module):
         i = 0
         for width in self.widths:
             if width == POOL:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)  # = nn.max_pool(x, (2, 2), strides=(2, 2)), with a fast gradient on CPU
                 continue
             x = conv(x, width, 3, name=f"conv{i}", use_bias=self.bn_folded)
             if self.bn_folded:
