@@ -1,11 +1,13 @@
 """soft_prune_jax: Operation-Aware Soft Channel Pruning (Kang & Han, ICML 2020) in JAX/Flax.
 
 Subpackages, lowest layer first (each imports only the ones before it; its ``__init__`` says which):
-``ops`` (convolution kernels), ``method`` (SCP mask math and the masked BN-ReLU unit), ``models``
-(the registry architectures), ``graph`` (see its own docstring), ``compact`` (structure, surgery,
-folding, export, input checks), ``measure`` (MACs, latency, reports), ``methods`` (pruning methods
-as plug-ins), ``training`` (steps, parallel drivers, loop, data, checkpoints) and ``pipeline`` (the
-phases of an experiment). The names below are the public API; everything else is reachable
+``ops`` (convolution kernels and their gradients), ``method`` (SCP mask math, the masked BN-ReLU
+unit, the MAC budget), ``models`` (the registry architectures and user models by name), ``graph``
+(channel groups and BN-ReLU units of any Flax model, from its jaxpr), ``compact`` (structure,
+surgery, ``prune_model``, folding, export, input checks), ``measure`` (MACs, latency, reports),
+``user`` (SCP masks inserted into a user's own model, its MACs and exported artifact), ``methods``
+(pruning methods as plug-ins), ``training`` (steps, parallel drivers, loop, data, checkpoints) and
+``pipeline`` (the phases of an experiment). The names below are the public API; everything else is reachable
 through its subpackage.
 """
 
@@ -41,6 +43,7 @@ __all__ = [
     "method_names",
     "model_names",
     "parse_phases",
+    "prune_model",
     "register_method",
     "run",
     "save_compact",

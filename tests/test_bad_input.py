@@ -152,9 +152,20 @@ def test_type_locked_config_refuses_a_bad_type_on_assignment():
 def test_bad_config_through_the_launcher_is_one_line_and_creates_nothing(tmp_path):
     workdir = tmp_path / "never_created"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "train.py"),
-                           f"--config={os.path.join(REPO, 'configs', 'fashion_mnist.py')}", "--config.batch_size=-3",
-                           f"--workdir={workdir}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "launch", "train.py"),
+            f"--config={os.path.join(REPO, 'configs', 'fashion_mnist.py')}",
+            "--config.batch_size=-3",
+            f"--workdir={workdir}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last == "error: config.batch_size=-3 is invalid: expected an int >= 1", proc.stderr[-2000:]
@@ -164,6 +175,7 @@ def test_bad_config_through_the_launcher_is_one_line_and_creates_nothing(tmp_pat
 # ---------------------------------------------------------------------------------------------
 # Training checkpoints: truncated, damaged, of another model.
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
@@ -206,8 +218,9 @@ def test_damaged_latest_checkpoint_is_one_line_and_left_untouched(trained_workdi
     assert message.startswith(f"checkpoint 16 in {ckpt_lib.checkpoint_dir(workdir, 'train')} cannot be read (")
     assert "left untouched" in message
     assert data.served == 0
-    assert {p: v for p, v in _snapshot(workdir).items() if "tensorboard" not in p} == \
-        {p: v for p, v in before.items() if "tensorboard" not in p}
+    assert {p: v for p, v in _snapshot(workdir).items() if "tensorboard" not in p} == {
+        p: v for p, v in before.items() if "tensorboard" not in p
+    }
 
 
 def test_checkpoint_of_another_model_is_refused_naming_the_first_difference(trained_workdir, tmp_path):
@@ -225,13 +238,15 @@ def test_checkpoint_of_another_model_is_refused_naming_the_first_difference(trai
     message = _one_line(info.value)
     assert "checkpoint 16 in" in message and "does not fit this model" in message
     assert "(4,) in the checkpoint, (6,) in the model" in message
-    assert {p: v for p, v in _snapshot(workdir).items() if "tensorboard" not in p} == \
-        {p: v for p, v in before.items() if "tensorboard" not in p}
+    assert {p: v for p, v in _snapshot(workdir).items() if "tensorboard" not in p} == {
+        p: v for p, v in before.items() if "tensorboard" not in p
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Compact exports: damaged or edited directories; never overwritten.
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def compact_export(tmp_path_factory):
@@ -255,7 +270,7 @@ def _flip_bytes(path):
     with open(path, "r+b") as f:
         data = bytearray(f.read())
         middle = len(data) // 2
-        data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+        data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
         f.seek(0)
         f.write(data)
 
@@ -264,10 +279,14 @@ EXPORT_DAMAGES = {
     "spec-missing": (lambda d: os.remove(os.path.join(d, export.SPEC_FILE)), "is missing"),
     "spec-not-json": (lambda d: open(os.path.join(d, export.SPEC_FILE), "w").write("{not json"), "is corrupt"),
     "spec-other-format": (lambda d: _edit_spec(d, lambda s: s.update(format="other/9")), "has format 'other/9'"),
-    "spec-unknown-class": (lambda d: _edit_spec(d, lambda s: s["model"].update({"class": "Foo"})),
-                           "unknown model class 'Foo'"),
-    "spec-widths-edited": (lambda d: _edit_spec(d, lambda s: s["model"]["kwargs"].update(widths=[5, "M", 8])),
-                           "do not match the widths"),
+    "spec-unknown-class": (
+        lambda d: _edit_spec(d, lambda s: s["model"].update({"class": "Foo"})),
+        "unknown model class 'Foo'",
+    ),
+    "spec-widths-edited": (
+        lambda d: _edit_spec(d, lambda s: s["model"]["kwargs"].update(widths=[5, "M", 8])),
+        "do not match the widths",
+    ),
     "arrays-truncated": (lambda d: _truncate(_largest_file(os.path.join(d, export.ARRAYS_DIR))), ""),
     "arrays-flipped": (lambda d: _flip_bytes(_largest_file(os.path.join(d, export.ARRAYS_DIR))), ""),
     "arrays-deleted": (lambda d: shutil.rmtree(os.path.join(d, export.ARRAYS_DIR)), "cannot be read"),
@@ -316,8 +335,11 @@ BAD_INPUTS = [
     ("uint8", np.zeros((2, 8, 8, 1), np.uint8), r"input dtype uint8 is invalid: expected a floating dtype"),
     ("int32", np.zeros((2, 8, 8, 1), np.int32), r"input dtype int32 is invalid"),
     ("empty-batch", np.zeros((0, 8, 8, 1), np.float32), r"expected every axis >= 1"),
-    ("too-small", np.zeros((2, 1, 1, 1), np.float32),
-     r"input shape \(2, 1, 1, 1\) is too small for VGG: the output of"),
+    (
+        "too-small",
+        np.zeros((2, 1, 1, 1), np.float32),
+        r"input shape \(2, 1, 1, 1\) is too small for VGG: the output of",
+    ),
     ("a-list", [[1.0]], r"input of type list is invalid: expected an array"),
 ]
 
@@ -348,15 +370,18 @@ def test_checked_apply_runs_good_inputs_and_refuses_bad_ones(compact_export):
 # Data directories.
 # ---------------------------------------------------------------------------------------------
 
+
 def _fashion_mnist_prepared() -> str:
     """The version directory of Fashion-MNIST in the default data_dir (prepared offline once if needed)."""
     from soft_prune_jax.training import data
+
     return data.prepare_dataset(tiny_config(num_train_examples=16)).data_dir
 
 
 @pytest.mark.parametrize("damage", ["data_dir-is-a-file", "metadata-damaged", "records-truncated"])
 def test_unusable_data_dir_is_one_line_naming_it(tmp_path, damage):
     from soft_prune_jax.training import data
+
     data_dir = str(tmp_path / "tfds")
     if damage == "data_dir-is-a-file":
         with open(data_dir, "w") as f:
@@ -383,8 +408,13 @@ def test_unusable_data_dir_is_one_line_naming_it(tmp_path, damage):
 
 def test_empty_or_incomplete_imagenet_manual_dir_is_one_line(tmp_path):
     (tmp_path / "manual").mkdir()
-    config = tiny_config(model="resnet18", dataset="imagenet2012", num_classes=1000, data_dir=str(tmp_path / "tfds"),
-                         manual_dir=str(tmp_path / "manual"))
+    config = tiny_config(
+        model="resnet18",
+        dataset="imagenet2012",
+        num_classes=1000,
+        data_dir=str(tmp_path / "tfds"),
+        manual_dir=str(tmp_path / "manual"),
+    )
     config.model_kwargs = {}  # resnet18 as published
     with pytest.raises(ValueError, match=r"config.manual_dir='.*manual' is missing or empty") as info:
         config_validation.validate(config, num_devices=1)

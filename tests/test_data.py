@@ -24,8 +24,15 @@ USE_CODE = tfds.testing.MockPolicy.USE_CODE  # the wheel has no dataset metadata
 def make_config(tmp_path, **overrides):
     """The shared schema (configs/default.py) with small counts for mocked data."""
     config = default.get_config()
-    config.update(dict(data_dir=str(tmp_path / "tfds"), batch_size=8, eval_batch_size=6,
-                       num_train_examples=24, num_eval_examples=13))
+    config.update(
+        dict(
+            data_dir=str(tmp_path / "tfds"),
+            batch_size=8,
+            eval_batch_size=6,
+            num_train_examples=24,
+            num_eval_examples=13,
+        )
+    )
     config.update(overrides)
     return config
 
@@ -46,6 +53,7 @@ def assert_normalised(images, spec):
 # ------------------------------------------------------------------------- index-coded fake data
 # tfds's mock ignores split slices, so the slicing tests read a fake dataset that honours them:
 # example i has label i % 10 and encodes i in pixel (0, 0) as base-256 digits over the 3 channels.
+
 
 def sliced_fake_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kwargs):
     match = re.fullmatch(r"(\w+)\[(\d+):(\d+)\]", str(split))
@@ -77,6 +85,7 @@ def eval_indices(config, **kwargs):
 
 
 # ------------------------------------------------------------------------- CIFAR-10 (mocked)
+
 
 def test_cifar10_train_batches_have_device_layout_and_normalised_values(tmp_path):
     config = make_config(tmp_path)
@@ -126,13 +135,20 @@ def test_last_eval_batch_is_padded_and_masked(tmp_path):
 
 def test_augmentation_crops_and_flips_only_train_images(tmp_path):
     with tfds.testing.mock_data(num_examples=8, policy=USE_CODE):
+
         def first_batch(augment):
             config = make_config(tmp_path, augment=augment, num_train_examples=8)
             return next(data.train_iterator(config, local_devices=1, seed=0))
 
         plain, augmented = first_batch(False), first_batch(True)
-        evaluated = np.concatenate([b["image"][0] for b in data.eval_iterator(
-            make_config(tmp_path, num_eval_examples=8, eval_batch_size=8), local_devices=1)])
+        evaluated = np.concatenate(
+            [
+                b["image"][0]
+                for b in data.eval_iterator(
+                    make_config(tmp_path, num_eval_examples=8, eval_batch_size=8), local_devices=1
+                )
+            ]
+        )
     # Without augmentation the train images are the evaluation images, only shuffled.
     key = lambda images: sorted(image.tobytes() for image in images)  # noqa: E731
     assert key(plain["image"][0]) == key(evaluated)
@@ -141,12 +157,14 @@ def test_augmentation_crops_and_flips_only_train_images(tmp_path):
 
 # ------------------------------------------------------------------------- slicing and sharding
 
+
 def test_processes_read_disjoint_slices_and_yield_the_same_number_of_batches(tmp_path):
     config = make_config(tmp_path, num_eval_examples=11, eval_batch_size=4)
     with tfds.testing.mock_data(policy=USE_CODE, as_dataset_fn=sliced_fake_dataset):
         shares = [eval_indices(config, process_index=i, process_count=2) for i in range(2)]
-        counts = [len(list(data.eval_iterator(config, local_devices=1, process_index=i, process_count=2)))
-                  for i in range(2)]
+        counts = [
+            len(list(data.eval_iterator(config, local_devices=1, process_index=i, process_count=2))) for i in range(2)
+        ]
     assert set(shares[0]).isdisjoint(shares[1])
     assert sorted(np.concatenate(shares)) == list(range(11))
     assert counts[0] == counts[1] == 3  # 6 and 5 examples, 2 per process batch
@@ -193,13 +211,23 @@ def test_batch_is_split_over_processes_then_devices():
 
 # ------------------------------------------------------------------------- ImageNet (mocked)
 
+
 def imagenet_config(tmp_path, **overrides):
     manual_dir = tmp_path / "manual"
     manual_dir.mkdir(exist_ok=True)
     for name in data.IMAGENET_MANUAL_FILES:
         (manual_dir / name).touch()
-    return make_config(tmp_path, dataset="imagenet2012", num_classes=1000, manual_dir=str(manual_dir),
-                       batch_size=4, eval_batch_size=4, num_train_examples=4, num_eval_examples=3, **overrides)
+    return make_config(
+        tmp_path,
+        dataset="imagenet2012",
+        num_classes=1000,
+        manual_dir=str(manual_dir),
+        batch_size=4,
+        eval_batch_size=4,
+        num_train_examples=4,
+        num_eval_examples=3,
+        **overrides,
+    )
 
 
 def test_imagenet_train_and_eval_crops(tmp_path):
@@ -216,12 +244,15 @@ def test_imagenet_train_and_eval_crops(tmp_path):
     assert_normalised(evaluation[0]["image"][:1], spec)
 
 
-@pytest.mark.parametrize("manual_dir, message", [
-    (None, "config.manual_dir is not set"),
-    ("missing", "is missing or empty"),
-    ("empty", "is missing or empty"),
-    ("no_tars", "lacks ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar"),
-])
+@pytest.mark.parametrize(
+    "manual_dir, message",
+    [
+        (None, "config.manual_dir is not set"),
+        ("missing", "is missing or empty"),
+        ("empty", "is missing or empty"),
+        ("no_tars", "lacks ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar"),
+    ],
+)
 def test_imagenet_without_manual_files_fails_before_reading(tmp_path, manual_dir, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "no_tars").mkdir()
@@ -236,22 +267,32 @@ def test_imagenet_without_manual_files_fails_before_reading(tmp_path, manual_dir
 
 # ------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(dataset="mnist"), "config.dataset='mnist' is unknown: known datasets are cifar10, cifar100"),
-    (dict(num_classes=100), "config.num_classes=100 does not match dataset 'cifar10': expected 10"),
-    (dict(batch_size=0), "config.batch_size=0 is invalid"),
-    (dict(validation_examples=50_000), "config.validation_examples=50000 is invalid"),
-    (dict(num_train_examples=49_999, validation_examples=10), "config.num_train_examples=49999 is invalid"),
-    (dict(num_eval_examples=10_001), "config.num_eval_examples=10001 is invalid"),
-])
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(dataset="mnist"), "config.dataset='mnist' is unknown: known datasets are cifar10, cifar100"),
+        (dict(num_classes=100), "config.num_classes=100 does not match dataset 'cifar10': expected 10"),
+        (dict(batch_size=0), "config.batch_size=0 is invalid"),
+        (dict(validation_examples=50_000), "config.validation_examples=50000 is invalid"),
+        (dict(num_train_examples=49_999, validation_examples=10), "config.num_train_examples=49999 is invalid"),
+        (dict(num_eval_examples=10_001), "config.num_eval_examples=10001 is invalid"),
+    ],
+)
 def test_bad_config_values_are_named(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         config_validation.validate(make_config(tmp_path, **overrides), num_devices=1)
 
 
 def test_prepared_data_of_another_size_is_refused():
-    on_disk = types.SimpleNamespace(info=types.SimpleNamespace(splits={
-        "train": types.SimpleNamespace(num_examples=49_000), "test": types.SimpleNamespace(num_examples=10_000)}))
+    on_disk = types.SimpleNamespace(
+        info=types.SimpleNamespace(
+            splits={
+                "train": types.SimpleNamespace(num_examples=49_000),
+                "test": types.SimpleNamespace(num_examples=10_000),
+            }
+        )
+    )
     with pytest.raises(ValueError, match="split 'train' has 49000 examples on disk: expected 50000"):
         data._check_split_sizes(on_disk, data.DATASETS["cifar10"])
 
@@ -288,11 +329,13 @@ def test_prefetch_to_device_keeps_order_and_values():
 
 def test_dataset_info_needs_no_tensorflow_and_honours_overrides(tmp_path):
     # Without TensorFlow (as on the GPU image) the module imports and answers get_dataset_info.
-    script = ("import sys; sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n"
-              "import ml_collections\nfrom soft_prune_jax.training import data\n"
-              "config = ml_collections.ConfigDict(dict(dataset='fashion_mnist', num_classes=10, batch_size=8,"
-              " eval_batch_size=8, validation_examples=0))\n"
-              "print(data.get_dataset_info(config).num_train)")
+    script = (
+        "import sys; sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n"
+        "import ml_collections\nfrom soft_prune_jax.training import data\n"
+        "config = ml_collections.ConfigDict(dict(dataset='fashion_mnist', num_classes=10, batch_size=8,"
+        " eval_batch_size=8, validation_examples=0))\n"
+        "print(data.get_dataset_info(config).num_train)"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["60000"]
     info = data.get_dataset_info(make_config(tmp_path, num_train_examples=None, num_eval_examples=None))
@@ -302,13 +345,20 @@ def test_dataset_info_needs_no_tensorflow_and_honours_overrides(tmp_path):
 
 # ------------------------------------------------------------------------- real Fashion-MNIST
 
+
 @pytest.fixture(scope="module")
 def fashion_mnist_config(tmp_path_factory):
     """Real Fashion-MNIST prepared into a fresh data_dir (15-40 s, once for the module): offline from
     the Debian package dataset-fashion-mnist when installed, else tfds downloads it."""
     tmp_path = tmp_path_factory.mktemp("fashion_mnist")
-    config = make_config(tmp_path, dataset="fashion_mnist", num_train_examples=None, num_eval_examples=None,
-                         batch_size=128, eval_batch_size=2000)
+    config = make_config(
+        tmp_path,
+        dataset="fashion_mnist",
+        num_train_examples=None,
+        num_eval_examples=None,
+        batch_size=128,
+        eval_batch_size=2000,
+    )
     builder = data.prepare_dataset(config)
     return config, builder
 

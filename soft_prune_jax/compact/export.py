@@ -42,6 +42,7 @@ class ExportError(ValueError):
 
 # ---- module <-> JSON ------------------------------------------------------------------------
 
+
 def _to_json(value: Any) -> Any:
     if isinstance(value, MaskConfig):
         return {"__mask_config__": dataclasses.asdict(value)}
@@ -65,8 +66,11 @@ def module_spec(model: nn.Module) -> dict[str, Any]:
     cls = type(model).__name__
     if MODEL_CLASSES.get(cls) is not type(model):
         raise ExportError(f"cannot export {cls}: known model classes are {', '.join(sorted(MODEL_CLASSES))}")
-    kwargs = {f.name: _to_json(getattr(model, f.name)) for f in dataclasses.fields(model)
-              if f.init and f.name not in ("parent", "name")}
+    kwargs = {
+        f.name: _to_json(getattr(model, f.name))
+        for f in dataclasses.fields(model)
+        if f.init and f.name not in ("parent", "name")
+    }
     return {"class": cls, "kwargs": kwargs}
 
 
@@ -81,6 +85,7 @@ def module_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 
 # ---- variables ------------------------------------------------------------------------------
+
 
 def _flat(variables) -> dict[str, np.ndarray]:
     flat = traverse_util.flatten_dict(unfreeze(dict(variables)))
@@ -98,8 +103,9 @@ def _input_channels(model: nn.Module, flat: dict[str, np.ndarray]) -> int:
 
 def expected_shapes(model: nn.Module, input_channels: int) -> dict[str, tuple[int, ...]]:
     """Variable shapes the module creates (parameter shapes do not depend on the spatial size)."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, input_channels)),
-                                               train=False))
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, input_channels)), train=False)
+    )
     return {k: tuple(v.shape) for k, v in _flat_shapes(shapes).items()}
 
 
@@ -107,8 +113,15 @@ def _flat_shapes(tree) -> dict[str, Any]:
     return {"/".join(k): v for k, v in traverse_util.flatten_dict(unfreeze(dict(tree))).items()}
 
 
-def save_compact(directory: str, model: nn.Module, variables, *, overwrite: bool = False, fold_bn: bool = False,
-                 extra: dict[str, Any] | None = None) -> str:
+def save_compact(
+    directory: str,
+    model: nn.Module,
+    variables,
+    *,
+    overwrite: bool = False,
+    fold_bn: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> str:
     """Writes ``model`` and ``variables`` to ``directory``; returns its absolute path.
 
     fold_bn: export for inference with BatchNorm folded into the convs where that is exact
@@ -166,12 +179,16 @@ def _this_process_only() -> dict[str, Any]:
     if jax.process_count() == 1:
         return {}
     index = jax.process_index()
-    return {"multiprocessing_options": ocp.options.MultiprocessingOptions(
-        primary_host=index, active_processes={index}, barrier_sync_key_prefix=f"export_process_{index}")}
+    return {
+        "multiprocessing_options": ocp.options.MultiprocessingOptions(
+            primary_host=index, active_processes={index}, barrier_sync_key_prefix=f"export_process_{index}"
+        )
+    }
 
 
 def _sync_processes(name: str) -> None:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 
@@ -187,8 +204,9 @@ def read_spec(directory: str) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(f"{path} is corrupt ({e})") from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-        raise ExportError(f"{path} has format {spec.get('format') if isinstance(spec, dict) else None!r}; "
-                          f"expected {FORMAT!r}")
+        raise ExportError(
+            f"{path} has format {spec.get('format') if isinstance(spec, dict) else None!r}; expected {FORMAT!r}"
+        )
     return spec
 
 
@@ -205,9 +223,12 @@ def load_compact(directory: str, expect_class: str | None = None):
     stored = {k: tuple(v["shape"]) for k, v in spec["arrays"].items()}
     if stored != expected:
         diff = sorted(set(stored.items()) ^ set(expected.items()))[:3]
-        raise ExportError(f"{directory}: stored arrays do not match the widths in {SPEC_FILE}: first differences {diff}")
+        raise ExportError(
+            f"{directory}: stored arrays do not match the widths in {SPEC_FILE}: first differences {diff}"
+        )
     target = traverse_util.unflatten_dict(
-        {tuple(k.split("/")): jax.ShapeDtypeStruct(v, jnp.dtype(spec["arrays"][k]["dtype"])) for k, v in stored.items()})
+        {tuple(k.split("/")): jax.ShapeDtypeStruct(v, jnp.dtype(spec["arrays"][k]["dtype"])) for k, v in stored.items()}
+    )
     arrays = os.path.join(os.fspath(directory), ARRAYS_DIR)
     try:
         with ocp.StandardCheckpointer(**_this_process_only()) as ckptr:

@@ -36,38 +36,51 @@ def check_input(model: nn.Module, variables: Mapping[str, Any], x) -> None:
     """Raises a one-line ValueError naming the problem when ``x`` is not a valid input batch."""
     shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
     if shape is None or dtype is None:
-        raise ValueError(f"input of type {type(x).__name__} is invalid: expected an array of shape "
-                         "(batch, height, width, channels)")
+        raise ValueError(
+            f"input of type {type(x).__name__} is invalid: expected an array of shape (batch, height, width, channels)"
+        )
     shape = tuple(int(d) for d in shape)
     channels = input_channels(model, variables)
     if len(shape) != 4:
-        raise ValueError(f"input shape {shape} is invalid: expected 4 axes (batch, height, width, channels={channels})"
-                         + (", add a batch axis: x[None]" if len(shape) == 3 else ""))
+        raise ValueError(
+            f"input shape {shape} is invalid: expected 4 axes (batch, height, width, channels={channels})"
+            + (", add a batch axis: x[None]" if len(shape) == 3 else "")
+        )
     if shape[-1] != channels:
-        raise ValueError(f"input shape {shape} is invalid: {type(model).__name__} reads {channels} channel(s) "
-                         f"on the last axis (NHWC layout), got {shape[-1]}")
+        raise ValueError(
+            f"input shape {shape} is invalid: {type(model).__name__} reads {channels} channel(s) "
+            f"on the last axis (NHWC layout), got {shape[-1]}"
+        )
     if min(shape) < 1:
         raise ValueError(f"input shape {shape} is invalid: expected every axis >= 1")
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"input dtype {np.dtype(dtype).name} is invalid: expected a floating dtype "
-                         "(float32, bfloat16, float16) holding normalised images")
+        raise ValueError(
+            f"input dtype {np.dtype(dtype).name} is invalid: expected a floating dtype "
+            "(float32, bfloat16, float16) holding normalised images"
+        )
     _check_spatial_size(model, variables, jax.ShapeDtypeStruct(shape, dtype))
 
 
 def _check_spatial_size(model, variables, spec) -> None:
     """Every intermediate output must be non-empty: too small an image is pooled to nothing."""
     try:
-        _, state = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True,
-                                                           mutable=["intermediates"]), variables, spec)
+        _, state = jax.eval_shape(
+            lambda v, x: model.apply(v, x, train=False, capture_intermediates=True, mutable=["intermediates"]),
+            variables,
+            spec,
+        )
     except Exception as e:  # shape errors of any layer: report the first line only
         first = (str(e).splitlines() or [""])[0][:200]
-        raise ValueError(f"input shape {spec.shape} does not fit {type(model).__name__} ({type(e).__name__}: "
-                         f"{first})") from None
+        raise ValueError(
+            f"input shape {spec.shape} does not fit {type(model).__name__} ({type(e).__name__}: {first})"
+        ) from None
     for path, leaf in jax.tree_util.tree_leaves_with_path(state["intermediates"]):
         if 0 in leaf.shape:
             where = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path[:-1])
-            raise ValueError(f"input shape {spec.shape} is too small for {type(model).__name__}: the output of "
-                             f"{where} would be {tuple(leaf.shape)}; expected larger height and width")
+            raise ValueError(
+                f"input shape {spec.shape} is too small for {type(model).__name__}: the output of "
+                f"{where} would be {tuple(leaf.shape)}; expected larger height and width"
+            )
 
 
 def checked_apply(model: nn.Module, variables: Mapping[str, Any]) -> Callable[[Any], jax.Array]:

@@ -96,14 +96,19 @@ class FlopCount:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FlopCount":
+    def from_dict(cls, data: Mapping[str, Any]) -> FlopCount:
         layers = tuple(
-            LayerCount(**{**row, "kernel_size": tuple(row["kernel_size"]),
-                          "output_spatial": tuple(row["output_spatial"])})
-            for row in data["layers"])
-        return cls(layers=layers, params=int(data["params"]),
-                   masked_channels={k: int(v) for k, v in data["masked_channels"].items()},
-                   input_shape=tuple(data["input_shape"]))
+            LayerCount(
+                **{**row, "kernel_size": tuple(row["kernel_size"]), "output_spatial": tuple(row["output_spatial"])}
+            )
+            for row in data["layers"]
+        )
+        return cls(
+            layers=layers,
+            params=int(data["params"]),
+            masked_channels={k: int(v) for k, v in data["masked_channels"].items()},
+            input_shape=tuple(data["input_shape"]),
+        )
 
 
 def _example_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -111,8 +116,9 @@ def _example_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     if len(shape) == 4:  # (N, H, W, C): the batch axis is ignored, counts are per example
         shape = shape[1:]
     if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise ValueError(f"input_shape={tuple(input_shape)!r} is invalid: expected positive ints (H, W, C) "
-                         f"or (N, H, W, C)")
+        raise ValueError(
+            f"input_shape={tuple(input_shape)!r} is invalid: expected positive ints (H, W, C) or (N, H, W, C)"
+        )
     return shape
 
 
@@ -143,8 +149,10 @@ def _layer_row(module: nn.Module, x, y) -> Optional[LayerCount]:
     elif kernel.ndim == x.ndim == y.ndim:
         kind, kernel_size = CONV, tuple(int(k) for k in kernel.shape[:-2])
     else:
-        raise ValueError(f"{'/'.join(module.path)}: a kernel of shape {kernel.shape} on inputs of shape {x.shape} "
-                         f"is neither a dense (2-d) nor a conv kernel; expected nn.Dense or nn.Conv layouts")
+        raise ValueError(
+            f"{'/'.join(module.path)}: a kernel of shape {kernel.shape} on inputs of shape {x.shape} "
+            f"is neither a dense (2-d) nor a conv kernel; expected nn.Dense or nn.Conv layouts"
+        )
     # One output position costs one MAC per kernel weight feeding it; kernel.size / C_out is
     # kh*kw*C_in/groups for a conv and C_in for a dense layer, so this is the formula above.
     positions = math.prod(y.shape[1:-1])
@@ -215,8 +223,10 @@ def reduction(dense: FlopCount, compact: FlopCount) -> dict[str, float]:
         raise ValueError(f"counts are for different inputs: {dense.input_shape} vs {compact.input_shape}")
     unknown = sorted(set(compact.masked_channels) - set(dense.masked_channels))
     if unknown:
-        raise ValueError(f"compact model has masked layers the dense one lacks: {unknown[:5]}; "
-                         f"expected the same model class with smaller widths")
+        raise ValueError(
+            f"compact model has masked layers the dense one lacks: {unknown[:5]}; "
+            f"expected the same model class with smaller widths"
+        )
     total = sum(dense.masked_channels.values())
     kept = sum(compact.masked_channels.get(name, 0) for name in dense.masked_channels)
     return {
@@ -262,6 +272,7 @@ def model_macs(model, *args, **kwargs) -> float:
         variables, x = args[0], args[1]
         total = traced_macs(lambda v, x_: model.apply(v, x_, **kwargs), variables, x)
     else:
-        raise TypeError(f"model_macs takes a linen model, an NNX module or a prune_model result, "
-                        f"got {type(model).__name__}")
+        raise TypeError(
+            f"model_macs takes a linen model, an NNX module or a prune_model result, got {type(model).__name__}"
+        )
     return total / x.shape[0]

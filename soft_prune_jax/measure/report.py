@@ -61,18 +61,28 @@ def compare(dense: FlopCount, compact: FlopCount) -> PruningReport:
     after = compact.by_path()
     extra = sorted(set(after) - {layer.path for layer in dense.layers})
     if extra:
-        raise ValueError(f"compact model has layers the dense one lacks: {extra[:5]}; "
-                         f"expected the same model class with smaller widths")
+        raise ValueError(
+            f"compact model has layers the dense one lacks: {extra[:5]}; "
+            f"expected the same model class with smaller widths"
+        )
     layers = []
     for layer in dense.layers:
         new = after.get(layer.path)
-        layers.append(LayerChange(
-            path=layer.path, kind=layer.kind,
-            in_before=layer.in_channels, in_after=new.in_channels if new else 0,
-            out_before=layer.out_channels, out_after=new.out_channels if new else 0,
-            macs_before=layer.macs, macs_after=new.macs if new else 0))
-    widths = tuple(WidthChange(name, width, compact.masked_channels.get(name, 0))
-                   for name, width in dense.masked_channels.items())
+        layers.append(
+            LayerChange(
+                path=layer.path,
+                kind=layer.kind,
+                in_before=layer.in_channels,
+                in_after=new.in_channels if new else 0,
+                out_before=layer.out_channels,
+                out_after=new.out_channels if new else 0,
+                macs_before=layer.macs,
+                macs_after=new.macs if new else 0,
+            )
+        )
+    widths = tuple(
+        WidthChange(name, width, compact.masked_channels.get(name, 0)) for name, width in dense.masked_channels.items()
+    )
     return PruningReport(layers=tuple(layers), widths=widths, summary=dict(summary))
 
 
@@ -86,8 +96,16 @@ def format_table(rep: PruningReport) -> str:
     rows = [header]
     for c in rep.layers:
         kept = f"{100.0 * c.macs_after / c.macs_before:.1f}%" if c.macs_before else "-"
-        rows.append((c.path + (" (removed)" if c.removed else ""), c.kind, f"{c.in_before}->{c.in_after}",
-                     f"{c.out_before}->{c.out_after}", f"{_mega(c.macs_before)}->{_mega(c.macs_after)}", kept))
+        rows.append(
+            (
+                c.path + (" (removed)" if c.removed else ""),
+                c.kind,
+                f"{c.in_before}->{c.in_after}",
+                f"{c.out_before}->{c.out_after}",
+                f"{_mega(c.macs_before)}->{_mega(c.macs_after)}",
+                kept,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -104,9 +122,11 @@ def format_table(rep: PruningReport) -> str:
 
 
 def to_dict(rep: PruningReport) -> dict[str, Any]:
-    return {"summary": dict(rep.summary),
-            "layers": [dataclasses.asdict(c) for c in rep.layers],
-            "widths": [dataclasses.asdict(w) for w in rep.widths]}
+    return {
+        "summary": dict(rep.summary),
+        "layers": [dataclasses.asdict(c) for c in rep.layers],
+        "widths": [dataclasses.asdict(w) for w in rep.widths],
+    }
 
 
 def to_json(rep: PruningReport, indent: Optional[int] = 2) -> str:
@@ -115,9 +135,11 @@ def to_json(rep: PruningReport, indent: Optional[int] = 2) -> str:
 
 def from_json(text: str) -> PruningReport:
     data = json.loads(text)
-    return PruningReport(layers=tuple(LayerChange(**c) for c in data["layers"]),
-                         widths=tuple(WidthChange(**w) for w in data["widths"]),
-                         summary=data["summary"])
+    return PruningReport(
+        layers=tuple(LayerChange(**c) for c in data["layers"]),
+        widths=tuple(WidthChange(**w) for w in data["widths"]),
+        summary=data["summary"],
+    )
 
 
 def plot_widths(path: str, rep: PruningReport, title: Optional[str] = None) -> str:
@@ -137,8 +159,9 @@ def plot_widths(path: str, rep: PruningReport, title: Optional[str] = None) -> s
         ax.set_xlabel("masked layer (execution order)")
         ax.set_ylabel("channels")
         s = rep.summary
-        ax.set_title(title or f"kept channels: {s['kept_channels']}/{s['total_channels']}, "
-                              f"MACs -{s['macs_reduction_pct']:.1f}%")
+        ax.set_title(
+            title or f"kept channels: {s['kept_channels']}/{s['total_channels']}, MACs -{s['macs_reduction_pct']:.1f}%"
+        )
         ax.legend(loc="upper left")
         fig.tight_layout()
         fig.savefig(path, format="png", dpi=120)

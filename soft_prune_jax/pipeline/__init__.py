@@ -15,8 +15,8 @@ run alone on an existing workdir (``--phases=evaluate,report``):
 One module per phase; ``records`` (JSON files), ``workdir`` (the trained checkpoint and compact
 exports), ``cut`` (which channels surgery cuts, by the method plug-in), ``budget`` (a MAC budget's
 cost model for the trainer), ``user_model`` (each phase's seam for a user's own model) and
-``runner`` (phases in order). The top layer: may import every other subpackage; no subpackage imports it (only the package's
-``__init__`` re-exports ``run``).
+``runner`` (phases in order). The top layer: may import every other subpackage; no subpackage
+imports it (only the package's ``__init__`` re-exports ``run``).
 """
 
 from soft_prune_jax.pipeline.runner import PHASES, parse_phases, run

@@ -47,8 +47,10 @@ def format_progress(name, step, total, rate, metrics, channels, macs) -> str:
             f" hard-masked {100 * metrics['macs_hard_ratio']:.1f}%"
         )
         if "macs_target_ratio" in metrics:
-            line += (f" early {100 * metrics['macs_signal_ratio']:.1f}% (target now "
-                     f"{100 * metrics['macs_target_ratio']:.1f}%)")
+            line += (
+                f" early {100 * metrics['macs_signal_ratio']:.1f}% (target now "
+                f"{100 * metrics['macs_target_ratio']:.1f}%)"
+            )
     return line
 
 
