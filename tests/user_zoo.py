@@ -1,67 +1,27 @@
 """Models written as a user of Flax would write them, named by configs as ``user_zoo:NAME``.
 
-``ResNet`` follows Flax's examples/imagenet/models.py (BatchNorm with axis_name='batch' and
-scale_init zeros on a block's last BN, projection shortcuts where the shape changes), at toy size.
+``resnet_tiny`` is examples/flax_resnet.py's ResNet (written as Flax's examples/imagenet/models.py:
+BatchNorm with axis_name='batch', scale_init zeros on a block's last BN, projection shortcuts where
+the shape changes) at toy size.
 ``CNN`` is an NNX network. ``NoUnits`` has no BN -> ReLU unit; ``Deterministic`` is applied with a
 ``deterministic`` flag instead of ``train``. Not a test module: the pipeline imports it by name.
 """
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 from flax import nnx
+
+from examples.flax_resnet import ResNet
 
 ModuleDef = Any
 
 
-class ResNetBlock(nn.Module):
-    filters: int
-    conv: ModuleDef
-    norm: ModuleDef
-    act: Callable
-    strides: tuple = (1, 1)
-
-    @nn.compact
-    def __call__(self, x):
-        residual = x
-        y = self.conv(self.filters, (3, 3), self.strides)(x)
-        y = self.norm()(y)
-        y = self.act(y)
-        y = self.conv(self.filters, (3, 3))(y)
-        y = self.norm(scale_init=nn.initializers.zeros_init())(y)
-        if residual.shape != y.shape:
-            residual = self.conv(self.filters, (1, 1), self.strides, name="conv_proj")(residual)
-            residual = self.norm(name="norm_proj")(residual)
-        return self.act(residual + y)
-
-
-class ResNet(nn.Module):
-    stage_sizes: Sequence[int]
-    num_classes: int
-    num_filters: int = 8
-    act: Callable = nn.relu
-
-    @nn.compact
-    def __call__(self, x, train: bool = True):
-        conv = partial(nn.Conv, use_bias=False, dtype=jnp.float32)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name="batch")
-        x = conv(self.num_filters, (3, 3), name="conv_init")(x)
-        x = norm(name="bn_init")(x)
-        x = nn.relu(x)
-        for i, block_size in enumerate(self.stage_sizes):
-            for j in range(block_size):
-                strides = (2, 2) if i > 0 and j == 0 else (1, 1)
-                x = ResNetBlock(self.num_filters * 2**i, strides=strides, conv=conv, norm=norm, act=self.act)(x)
-        x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes)(x)
-
-
 def resnet_tiny(num_classes: int, **kwargs) -> ResNet:
-    """A factory, as a model zoo would offer it."""
+    """A factory, as a model zoo would offer it: the example's ResNet at 8 filters."""
+    kwargs.setdefault("num_filters", 8)
     return ResNet(stage_sizes=kwargs.pop("stage_sizes", (1, 1)), num_classes=num_classes, **kwargs)
 
 
