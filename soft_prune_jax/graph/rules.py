@@ -17,7 +17,7 @@ where a shared value is read by one consumer with its own channel selection (see
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -42,29 +42,25 @@ REDUCE_OTHER = frozenset(
 CUMULATIVE = frozenset({"cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"})
 
 
-class Linker:
-    """What a rule talks to (implemented by ``groups``)."""
+class Linker(Protocol):
+    """What a rule talks to: the interface ``groups._Linker`` implements (a Protocol, so rules stay
+    independent of how groups are stored)."""
 
     def slot(self, eqn: Eqn, j: int):  # operand j's slot
-        raise NotImplementedError
+        ...
 
-    def shape(self, slot) -> tuple:
-        raise NotImplementedError
+    def shape(self, slot) -> tuple: ...
 
-    def link(self, a, ax, b, bx, ia=None, ib=None):
-        raise NotImplementedError
+    def link(self, a, ax, b, bx, ia=None, ib=None): ...
 
-    def stop(self, slot, ax, eqn: Eqn):
-        raise NotImplementedError
+    def stop(self, slot, ax, eqn: Eqn): ...
 
-    def consume(self, eqn: Eqn, axes, operands):
-        raise NotImplementedError
+    def consume(self, eqn: Eqn, axes, operands): ...
 
     def mark_feature(self, slot, ax):  # a conv's or dense layer's output features (see ``reshape``)
-        raise NotImplementedError
+        ...
 
-    def is_feature(self, slot, ax) -> bool:
-        raise NotImplementedError
+    def is_feature(self, slot, ax) -> bool: ...
 
 
 def _operands(e: Eqn, L: Linker):
