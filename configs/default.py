@@ -88,9 +88,20 @@ def get_config() -> config_dict.ConfigDict:
     # gains are multiplied by undershoot_boost while the MACs are below the target (dead channels rarely revive).
     # The MACs it steers count a channel as gone once its deactivation probability q reaches early_q (< the
     # hard mask's 1 - delta): channels die in bursts a while after lambda rises, so it must see them coming;
-    # those still kept at the end are the first that landing removes.
+    # those still kept at the end are the first that landing removes. It aims at target + aim_above * (1 -
+    # target), a little above the budget, because channels on their way out keep dying after lambda falls;
+    # landing removes what is left above the budget.
     config.budget_controller = config_dict.ConfigDict(
-        dict(kp=2.0, ki=0.05, undershoot_boost=4.0, ramp_fraction=0.5, lambda_min=1e-6, lambda_max=1.0, early_q=0.9)
+        dict(
+            kp=2.0,
+            ki=0.05,
+            undershoot_boost=4.0,
+            ramp_fraction=0.5,
+            lambda_min=1e-6,
+            lambda_max=1.0,
+            early_q=0.9,
+            aim_above=0.05,
+        )
     )
     # Network Slimming (method='slimming'; per-architecture values: slimming_recipe below).
     config.slimming = config_dict.ConfigDict()

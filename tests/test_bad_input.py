@@ -81,7 +81,7 @@ BAD_FIELDS = [
     ("cost_aware_penalty", "yes"),
     ("budget_controller.kp", -1.0), ("budget_controller.ki", "0.05"), ("budget_controller.ramp_fraction", 1.5),
     ("budget_controller.undershoot_boost", 0.5), ("budget_controller.lambda_min", 0.0),
-    ("budget_controller.lambda_max", 1e-9), ("budget_controller.early_q", 1.0),
+    ("budget_controller.lambda_max", 1e-9), ("budget_controller.early_q", 1.0), ("budget_controller.aim_above", 1.0),
     ("slimming.target_macs_ratio", 0.0), ("slimming.target_macs_ratio", "half"),  # optional field
     ("finetune_epochs", 1.5), ("finetune_epochs", -1),
     ("finetune_learning_rate", "0.01"), ("finetune_learning_rate", 0.0),

@@ -1,6 +1,7 @@
 """MAC budgets: the cost model's MAC accounting, the lambda controller, landing on a budget, the
 cost-aware penalty and the config checks (training under a budget: test_budget_training.py)."""
 
+import collections
 import dataclasses
 import os
 import subprocess
@@ -137,6 +138,30 @@ def test_controller_converges_on_a_toy_plant():
         state = C.update(config, state, ratio, step)
     assert ratio == pytest.approx(0.4, abs=0.01)
     assert float(state.lam) == pytest.approx(1e-3, rel=0.1)
+
+
+def _one_way_lagging_plant(config, steps=600, lag=60):
+    """Channels die a while after lambda rises (a delay line) and never come back (the ratio only falls)."""
+    state = C.init_state(config, 1e-4)
+    ratio, pending = 1.0, collections.deque([1.0] * lag)
+    for step in range(steps):
+        pending.append(float(1.0 / (1.0 + jnp.exp(jnp.log(state.lam) - jnp.log(1e-3)) * 1.5)))
+        ratio = min(ratio, ratio + 0.1 * (pending.popleft() - ratio))
+        state = C.update(config, state, ratio, step)
+    return ratio
+
+
+def test_aiming_above_the_budget_keeps_a_lagging_one_way_plant_above_it():
+    """Aimed at the budget itself, channels still dying after lambda falls carry the ratio below it (cut
+    for nothing); aimed above it, the ratio ends between the budget and the aim, where landing can trim."""
+    config = C.ControllerConfig(target=0.4, kp=2.0, ki=0.05, undershoot_boost=4.0, ramp_steps=50)
+    assert _one_way_lagging_plant(config) < 0.39
+    aimed = dataclasses.replace(config, aim_above=0.1)
+    assert aimed.aim == pytest.approx(0.46)
+    assert float(C.scheduled_target(aimed, 10**6)) == pytest.approx(0.46)
+    assert 0.4 <= _one_way_lagging_plant(aimed) <= 0.46
+    with pytest.raises(ValueError, match=r"aim_above=1\.0 is invalid"):
+        dataclasses.replace(config, aim_above=1.0)
 
 
 def test_controller_clips_lambda_and_winds_up_no_further():

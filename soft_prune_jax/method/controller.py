@@ -4,7 +4,8 @@ With SCP as published lambda is fixed and the MACs it cuts are known only after 
 penalty weight is lambda_t = exp(log_lambda_t), updated once per training step from the relative
 MACs r_t of the current hard-masked network:
 
-    target_t   = 1 - (1 - target) * min(1, step / ramp_steps)   the budget, reached gradually
+    aim        = target + aim_above * (1 - target)                a little above the budget
+    target_t   = 1 - (1 - aim) * min(1, step / ramp_steps)       the aim, reached gradually
     e_t        = r_t - target_t                                   > 0: too many MACs, push harder
     g_t        = 1 if e_t >= 0 else undershoot_boost              below the budget: back off faster
     integral  += g_t * ki * e_t                                   clipped to [log lambda_min, log lambda_max]
@@ -15,6 +16,10 @@ penalty rises), so the integral does not wind up and overshoot the budget; clipp
 the same range as log lambda is the anti-windup. The gains are larger below the budget because the
 plant is one-way: a channel the penalty killed rarely comes back when lambda falls, so too much
 push costs accuracy for good, while too little is corrected by landing on the budget after training.
+For the same reason the controller aims a little above the budget: channels already on their way out
+keep dying for a while after lambda falls, so a controller aimed at the budget itself ends below it,
+with channels gone for nothing; aimed above it, the network ends between the aim and the budget and
+landing removes the least alive of the rest, so the cut lands on the budget.
 The caller chooses r_t. ``training.budget`` gives the MACs with every channel of q >= early_q gone
 (a little ahead of the hard masks' q >= c, since channels die in bursts after lambda rises), not the
 expected MACs: pi saturates at sigmoid(k delta) < 1 for dead channels, so the expected MACs of a
@@ -39,7 +44,8 @@ class ControllerConfig:
     """target: the MAC budget as a fraction of the dense MACs, in (0, 1).
     kp, ki: proportional and integral gains on the error in MAC ratio (ki per step), >= 0.
     undershoot_boost: both gains are multiplied by this while the MACs are below the target, >= 1.
-    ramp_steps: steps over which the target falls from 1 to ``target`` (0 = at once).
+    ramp_steps: steps over which the target falls from 1 to the aim (0 = at once).
+    aim_above: the controller steers to ``target + aim_above * (1 - target)``, in [0, 1).
     lambda_min, lambda_max: the range of lambda, 0 < min <= max.
     """
 
@@ -50,6 +56,7 @@ class ControllerConfig:
     ramp_steps: int = 0
     lambda_min: float = 1e-6
     lambda_max: float = 1.0
+    aim_above: float = 0.0
 
     def __post_init__(self):
         if not (isinstance(self.target, (int, float)) and 0.0 < self.target < 1.0):
@@ -59,6 +66,13 @@ class ControllerConfig:
                 f"lambda range [{self.lambda_min!r}, {self.lambda_max!r}] is invalid: "
                 "expected 0 < lambda_min <= lambda_max < inf"
             )
+        if not 0.0 <= self.aim_above < 1.0:
+            raise ValueError(f"aim_above={self.aim_above!r} is invalid: expected a number in [0, 1)")
+
+    @property
+    def aim(self) -> float:
+        """The MAC ratio the controller steers to: the budget plus a share of what it prunes."""
+        return self.target + self.aim_above * (1.0 - self.target)
 
 
 @flax.struct.dataclass
@@ -83,11 +97,12 @@ def init_state(config: ControllerConfig, initial_lambda: float) -> ControllerSta
 
 
 def scheduled_target(config: ControllerConfig, step) -> jax.Array:
-    """The budget at ``step``: 1 at step 0, falling linearly to ``config.target`` at ``ramp_steps``."""
+    """What the controller steers to at ``step``: 1 at step 0, falling linearly to ``config.aim`` at
+    ``ramp_steps``."""
     if config.ramp_steps <= 0:
-        return jnp.asarray(config.target, jnp.float32)
+        return jnp.asarray(config.aim, jnp.float32)
     progress = jnp.minimum(jnp.asarray(step, jnp.float32) / config.ramp_steps, 1.0)
-    return 1.0 - (1.0 - config.target) * progress
+    return 1.0 - (1.0 - config.aim) * progress
 
 
 def update(config: ControllerConfig, state: ControllerState, macs_ratio, step) -> ControllerState:

@@ -41,6 +41,7 @@ def controller_config(config) -> Optional[ControllerConfig]:
         undershoot_boost=float(c.undershoot_boost),
         lambda_min=float(c.lambda_min),
         lambda_max=float(c.lambda_max),
+        aim_above=float(c.aim_above),
     )
 
 

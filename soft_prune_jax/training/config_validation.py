@@ -262,6 +262,7 @@ def _validate_budget(config) -> None:
     # Under a budget, a channel must count as "on its way out" before its hard mask drops it.
     early_q_max = 1.0 - float(config.mask.delta) if _get(config, "target_macs_ratio") is not None else 1.0
     _number_in(config, "budget_controller.early_q", 0.0, early_q_max, low_open=True, high_open=early_q_max == 1.0)
+    _number_in(config, "budget_controller.aim_above", 0.0, 1.0, high_open=True)
     _number_in(config, "budget_controller.lambda_min", 0.0, math.inf, low_open=True, high_open=True)
     _number_in(config, "budget_controller.lambda_max", config.budget_controller.lambda_min, math.inf, high_open=True)
 
