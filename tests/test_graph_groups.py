@@ -1,18 +1,12 @@
-"""Channel groups found from the jaxpr are the ones a human writes down: for zoo networks (written
-out here) and for every built-in architecture (structure.py's hand-written groups)."""
+"""Channel groups found from the jaxpr are the ones a human writes down, for zoo networks (written
+out here; the built-in architectures' written groups are in test_structure_spec.py)."""
 
 import jax
 import numpy as np
-import pytest
 from graph_support import linen
 
-from soft_prune_jax.compact import structure
 from soft_prune_jax.graph import analyze, trace
-from soft_prune_jax.method.masks import MASKED_PREFIX
-from soft_prune_jax.models import get_model
 from soft_prune_jax.ops import fast_conv
-
-from conftest import TINY, tiny
 
 
 def _analysis(model, variables, x):
@@ -127,35 +121,3 @@ def test_gamma_beta_read_off_the_chain():
     gamma, beta = gamma_beta(unit, consts.__getitem__)
     np.testing.assert_allclose(gamma, variables["params"]["MyBatchNorm_0"]["gamma"], rtol=1e-5)
     np.testing.assert_allclose(beta, variables["params"]["MyBatchNorm_0"]["beta"], rtol=1e-5, atol=1e-6)
-
-
-# Built-in models: tiny versions of all eleven (vgg19/resnet110/34/101 share a class with a TINY one).
-BUILTIN = dict(TINY)
-BUILTIN.update(
-    {
-        "vgg19": (dict(widths=(4, "M", 6, 5)), (2, 8, 8, 3), 10),
-        "resnet110": (dict(stage_sizes=(1, 2, 1), stage_widths=(4, 8, 8)), (2, 8, 8, 3), 10),
-        "resnet34": (dict(stage_sizes=(1, 1, 2, 1), stage_widths=(4, 4, 8, 8)), (2, 32, 32, 3), 7),
-        "resnet101": (dict(stage_sizes=(1, 1, 1, 2), stage_widths=(4, 4, 8, 8)), (2, 32, 32, 3), 7),
-    }
-)
-
-
-@pytest.mark.parametrize("name", sorted(BUILTIN))
-def test_builtin_groups_equal_structure(name):
-    if name in TINY:
-        model, variables, x = tiny(name)
-    else:
-        kwargs, shape, classes = BUILTIN[name]
-        model = get_model(name, classes, **kwargs)
-        x = np.zeros(shape, np.float32)
-        variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
-    a = _analysis(model, variables, x)
-    found = {g.name: {(m.path[0], m.path[1:], m.axis) for m in g.members} for g in a.groups if g.prunable}
-    written = {g.name: {(s.collection, s.path, s.axis) for s in g.slices} for g in structure.describe(model).groups}
-    for unit, slices in written.items():
-        assert found.get(unit) == slices, unit
-    # The only extra prunable groups are unmasked BN-ReLUs that the method trains no mask for (the
-    # shared BN-ReLU of a pre-activation stage's first block, read by its branch and projection).
-    extra = set(found) - set(written)
-    assert all(not n.split("/")[-1].startswith(MASKED_PREFIX) for n in extra), extra
