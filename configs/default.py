@@ -100,7 +100,7 @@ def get_config() -> config_dict.ConfigDict:
             lambda_min=1e-6,
             lambda_max=1.0,
             early_q=0.9,
-            aim_above=0.05,
+            aim_above=0.1,
         )
     )
     # Network Slimming (method='slimming'; per-architecture values: slimming_recipe below).
