@@ -1,16 +1,18 @@
 """soft_prune_jax: Operation-Aware Soft Channel Pruning (Kang & Han, ICML 2020) in JAX/Flax.
 
 Subpackages, lowest layer first (each imports only the ones before it; its ``__init__`` says which):
-``ops`` (convolution kernels and their gradients), ``method`` (SCP mask math, the masked BN-ReLU
-unit, the MAC budget), ``models`` (the registry architectures and user models by name), ``graph``
-(channel groups and BN-ReLU units of any Flax model, from its jaxpr), ``compact`` (structure,
-surgery, ``prune_model``, folding, export, input checks), ``measure`` (MACs, latency, reports),
-``user`` (SCP masks inserted into a user's own model, its MACs and exported artifact), ``methods``
-(pruning methods as plug-ins), ``training`` (steps, parallel drivers, loop, data, checkpoints) and
-``pipeline`` (the phases of an experiment). The names below are the public API; everything else is reachable
-through its subpackage.
+``ops`` (convolution kernels and their gradients), ``method`` (SCP mask math, the masked BN-ReLU unit,
+the MAC budget), ``models`` (the registry architectures and user models by name), ``graph`` (channel
+groups and BN-ReLU units of any Flax model, from its jaxpr), ``compact`` (structure, surgery,
+``prune_model``, folding, export, jax.export artifacts, input checks), ``measure`` (MACs, latency,
+reports), ``user`` (SCP masks inserted into a user's own model, its MACs), ``methods`` (pruning methods
+as plug-ins), ``training`` (steps, parallel drivers, loop, data, checkpoints) and ``pipeline`` (the
+phases of an experiment). The names below are the public API; everything else is reachable through its
+subpackage.
 """
 
+from soft_prune_jax.compact.artifact import load as load_artifact
+from soft_prune_jax.compact.artifact import save as save_artifact
 from soft_prune_jax.compact.export import load_compact, save_compact
 from soft_prune_jax.compact.prune_model import prune_model
 from soft_prune_jax.method.masks import MaskConfig
@@ -39,6 +41,7 @@ __all__ = [
     "fit",
     "get_method",
     "get_model",
+    "load_artifact",
     "load_compact",
     "method_names",
     "model_names",
@@ -46,6 +49,7 @@ __all__ = [
     "prune_model",
     "register_method",
     "run",
+    "save_artifact",
     "save_compact",
     "train_step",
     "training_phase",

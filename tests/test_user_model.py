@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 
 from soft_prune_jax import pipeline
+from soft_prune_jax.compact import artifact
 from soft_prune_jax.compact.export import ExportError
 from soft_prune_jax.measure import flops
 from soft_prune_jax.method import masks as M
 from soft_prune_jax.models import user
 from soft_prune_jax.pipeline import user_model
 from soft_prune_jax.training import config_validation
-from soft_prune_jax.user import artifact, macs, masked
+from soft_prune_jax.user import macs, masked
 
 from conftest import SyntheticData, tiny_config
 

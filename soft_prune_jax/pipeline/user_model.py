@@ -9,7 +9,7 @@ registry model:
              regulariser over the units (``UnitSet.unit_view``)
   prune      ``prune``: ``prune_traced`` with the method's masks (SCP: the units' hard masks; slimming:
              its global threshold over the units' |gamma|; dense: nothing cut); the compact model is
-             saved as a ``jax.export`` artifact (``user.artifact``) and the kept channels in prune.json
+             saved as a ``jax.export`` artifact (``compact.artifact``) and the kept channels in prune.json
   finetune   ``finetune``: the trained network under the fixed cut (masks 0/1 at the units, running
              statistics of dropped channels frozen), then cut again by the same channels. Dropped
              channels are 0 at every unit output, so they get no gradient and feed nothing: this
@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from soft_prune_jax.compact import artifact
 from soft_prune_jax.compact import interpret as I
 from soft_prune_jax.compact.prune_model import prune_traced
 from soft_prune_jax.graph import ir
@@ -37,7 +38,7 @@ from soft_prune_jax.models import user as U
 from soft_prune_jax.pipeline.records import read_json
 from soft_prune_jax.training import data
 from soft_prune_jax.training.loop import Phase
-from soft_prune_jax.user import artifact, macs, masked
+from soft_prune_jax.user import macs, masked
 
 SAMPLE_BATCH = 2  # the batch the evaluation graph is traced with (BN in evaluation mode: any size)
 
@@ -122,6 +123,11 @@ def cut(config, variables, input_shape: Sequence[int], keep=None):
     )
 
 
+def _sample(input_shape: Sequence[int]) -> jax.ShapeDtypeStruct:
+    """The artifact's input: float32 images of ``input_shape``, any batch size."""
+    return jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
+
+
 def kept_of(workdir: str, needed_by: str) -> dict:
     return {
         k: np.asarray(v, np.int64)
@@ -138,7 +144,7 @@ def prune(config, variables, input_shape: Sequence[int], directory: str) -> dict
         directory,
         compact,
         compact_vars,
-        input_shape,
+        _sample(input_shape),
         overwrite=True,
         extra={"source": "prune", "model": config.model, "method": config.method},
     )
@@ -177,7 +183,7 @@ def save_finetuned(config, workdir: str, input_shape: Sequence[int], variables, 
         directory,
         compact,
         compact_vars,
-        input_shape,
+        _sample(input_shape),
         overwrite=True,
         extra={"source": "finetune", "epochs": epochs, "model": config.model},
     )

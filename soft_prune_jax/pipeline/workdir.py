@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 
-from soft_prune_jax.compact import export
+from soft_prune_jax.compact import artifact, export
 from soft_prune_jax.pipeline.records import read_json
 from soft_prune_jax.training import checkpoint as ckpt_lib
-from soft_prune_jax.user import artifact
 
 COMPACT_DIR, FINETUNED_DIR = "compact", "finetuned"
 
