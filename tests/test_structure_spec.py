@@ -155,3 +155,12 @@ def test_describe_traces_once_per_full_width_model():
     structure.describe(compact)
     structure.describe(model.clone(mask=None))
     assert structure._derived.cache_info().misses == before
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet56", "densenet40"])
+def test_groups_do_not_depend_on_the_traced_input_size(name, monkeypatch):
+    model = tiny(name)[0].clone(mask=None)
+    derived = structure._derived.__wrapped__  # the uncached derivation
+    at_default = derived(model)
+    monkeypatch.setattr(structure, "_TRACE_INPUT", (3, 8, 8, 5))
+    assert derived(model) == at_default

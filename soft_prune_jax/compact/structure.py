@@ -20,7 +20,9 @@ mask, and a compact model shares its full-width model's groups (parts it removed
 surgery). It is cached per full-width model, so a model and all its compact versions trace once.
 A masked unit must have exactly one prunable group of its own, every member must map channel i to
 channel i, and every (array, axis) may belong to one group only; anything else is an error rather
-than a silently different cut.
+than a silently different cut. ``keep_at_least_one`` is read from the ``MaskedBNReLU`` modules that
+ran during the trace (their own attribute: the evaluation rule surgery must reproduce), and folds
+are the conv -> BN pairs of the trace that the class's ``bn_folded=True`` form actually drops.
 """
 
 from __future__ import annotations

@@ -189,8 +189,9 @@ def analyze(g: Graph, strip: int = 0) -> Analysis:
 
 
 def _junction(g: Graph, live: set, vid) -> bool:
-    """A sum or concatenation of several live branches: the hand-written structures (and the SCP
-    paper) never prune such a stream, each reader selects its own channels of it."""
+    """A sum or concatenation of several live branches: the built-in architectures' written
+    specification (tests/test_structure_spec.py) and the SCP paper never prune such a stream, each
+    reader selects its own channels of it."""
     e = g.producer.get(vid)
     return (
         e is not None

@@ -1,6 +1,7 @@
 """The pipeline's phases for a user's own model (``config.model = "package.module:attribute"``).
 
-The built-in architectures are cut by ``structure.py``; a user model is cut by what the graph
+The built-in architectures are cut by surgery into their own narrower classes (``compact.structure``:
+groups from the graph analysis, the rebuild per class); a user model is cut by what the graph
 analysis finds. Each phase module calls one function here where it would otherwise build a
 registry model:
 
