@@ -119,7 +119,10 @@ def get_config() -> config_dict.ConfigDict:
     # keeps the schedule's shape: lr_boundaries scaled by finetune_epochs / num_epochs.
     config.finetune_epochs = 0  # 0 = none (the reference CIFAR pipeline does not fine-tune)
     config.finetune_learning_rate = 0.01  # the paper's optional fine-tuning LR
-    config.round_to = 1  # keep channel counts multiples of this (1 = no alignment)
+    # Keep channel counts multiples of this (1 = no alignment), or 'auto': per layer the width >= the
+    # kept count whose convs run fastest on this device (compact/align.py). Typed `object` so that
+    # --config.round_to takes an int or the string 'auto' alike.
+    config.round_to = config_dict.FieldReference(1, field_type=object)
 
     # Running.
     config.parallel = "pmap"  # data parallelism over the local devices: 'pmap' | 'shard_map' (jit + shard_map)

@@ -85,3 +85,48 @@ def test_bad_round_to_is_one_line_error():
     model, variables = model_and_variables()
     with pytest.raises(ValueError, match="round_to='fast' is invalid: expected an int >= 1 .* or 'auto'"):
         surgery.plan(model, variables, round_to="fast")
+
+
+def test_config_round_to_takes_an_int_or_auto_and_rejects_the_rest():
+    from soft_prune_jax.training import config_validation
+
+    from conftest import tiny_config
+
+    for good in (1, 8, "auto"):  # the default config's field is typed object: --config.round_to=auto parses
+        config = tiny_config()
+        config.round_to = good
+        config_validation._validate_method(config)
+    for bad in ("fast", 0, 2.0):
+        config = tiny_config()
+        config.round_to = bad
+        with pytest.raises(ValueError, match=rf"config.round_to={bad!r} is invalid: expected an int >= 1 .* or 'auto'"):
+            config_validation._validate_method(config)
+
+
+def _trained(config, workdir):
+    from soft_prune_jax.pipeline.workdir import trained_variables
+    from soft_prune_jax.training import data
+    from soft_prune_jax.training.experiment import create_model
+
+    return create_model(config), trained_variables(config, workdir), data.DATASETS[config.dataset].input_shape
+
+
+def test_pipeline_prunes_with_round_to_auto(tmp_path, monkeypatch):
+    """train -> prune -> evaluate with config.round_to='auto' and a fake device on which wider convs are
+    faster: every unit keeps its whole width (the counts of round_to=1 are below it) and the compact
+    model reproduces the network hard-masked by the rounded masks."""
+    from soft_prune_jax import pipeline
+    from soft_prune_jax.pipeline import cut
+
+    from conftest import SyntheticData, tiny_config
+
+    monkeypatch.setattr(cut.align, "LatencyTable", lambda: lambda shape: 1.0 / np.prod(shape.kernel_shape[2:]))
+    config = tiny_config(num_epochs=1, lr_boundaries=(), finetune_epochs=0, validation_examples=0, sparsity_lambda=1e-2)
+    config.mask.delta = 0.49  # prunes some channels after one epoch (tests/test_pipeline.py's e2e_config)
+    config.round_to = "auto"
+    results = pipeline.run(config, str(tmp_path), "train,prune,evaluate", dataset=SyntheticData())
+    assert results["prune"]["kept_channels"] == results["prune"]["total_channels"]
+    config.round_to = 1
+    masks = cut.effective_masks(config, *_trained(config, str(tmp_path)))
+    assert any(not m.all() for m in masks.values())  # round_to=1 would have cut channels
+    assert results["evaluate"]["max_abs_logit_diff_before_finetune"] < 1e-4

@@ -15,6 +15,7 @@ from soft_prune_jax.measure import flops
 from soft_prune_jax.method import budget as B
 from soft_prune_jax.method.controller import ControllerConfig
 from soft_prune_jax.methods import get_method
+from soft_prune_jax.pipeline.cut import surgery_round_to
 from soft_prune_jax.training.budget import Budget
 
 
@@ -75,7 +76,7 @@ def landing_record(config, model: nn.Module, variables, input_shape: Sequence[in
     target = config.get("target_macs_ratio")
     if target is None:
         return None
-    hard = surgery.plan(model, variables, round_to=int(config.round_to))
+    hard = surgery.plan(model, variables, round_to=surgery_round_to(config, input_shape))
     kept = {name: p.kept for name, p in plans.items()}
     return {
         "target_macs_ratio": float(target),

@@ -12,17 +12,25 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from soft_prune_jax.compact import surgery
+from soft_prune_jax.compact import align, surgery
 from soft_prune_jax.compact.structure import describe
 from soft_prune_jax.measure import flops
 from soft_prune_jax.methods import get_method
+
+
+def surgery_round_to(config, input_shape: Sequence[int]):
+    """``config.round_to`` as ``surgery.plan`` takes it: an int, or for 'auto' an ``align.Auto`` that
+    chooses widths for the dataset's input shape (one latency table shared by every plan of the run)."""
+    if config.round_to == align.AUTO:
+        return align.Auto(latency=align.LatencyTable(), input_shape=tuple(input_shape))
+    return int(config.round_to)
 
 
 def surgery_choice(config, model, variables, input_shape: Sequence[int]) -> dict[str, Any]:
     """{'masks', 'scores'}: keyword arguments of ``surgery.plan``/``surgery.prune`` for ``config.method``."""
     method = get_method(config.method)
     scores = method.keep_scores(variables["params"]) if method.keep_scores is not None else None
-    round_to = int(config.round_to)
+    round_to = surgery_round_to(config, input_shape)
     rebuild = describe(model).rebuild
     dense_macs = functools.cache(lambda: flops.count(model, None, input_shape).macs)
 
@@ -37,7 +45,8 @@ def surgery_choice(config, model, variables, input_shape: Sequence[int]) -> dict
 def effective_masks(config, model, variables, input_shape: Sequence[int]) -> dict[str, np.ndarray]:
     """The 0/1 masks whose hard-masked network the compact model reproduces exactly."""
     choice = surgery_choice(config, model, variables, input_shape)
-    return surgery.masks_of(surgery.plan(model, variables, round_to=int(config.round_to), **choice))
+    round_to = surgery_round_to(config, input_shape)
+    return surgery.masks_of(surgery.plan(model, variables, round_to=round_to, **choice))
 
 
 def progress_macs_fn(model, input_shape: Sequence[int]) -> Callable[[Mapping[str, Any]], dict]:

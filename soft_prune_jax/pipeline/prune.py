@@ -7,7 +7,7 @@ import os
 from soft_prune_jax.compact import export, surgery
 from soft_prune_jax.pipeline import user_model
 from soft_prune_jax.pipeline.budget import landing_record
-from soft_prune_jax.pipeline.cut import surgery_choice
+from soft_prune_jax.pipeline.cut import surgery_choice, surgery_round_to
 from soft_prune_jax.pipeline.records import write_json
 from soft_prune_jax.pipeline.workdir import COMPACT_DIR, trained_variables
 from soft_prune_jax.training.experiment import create_model
@@ -23,7 +23,7 @@ def prune_phase(config, workdir, *, dataset, devices=None) -> dict:
     model = create_model(config)
     variables = trained_variables(config, workdir)
     choice = surgery_choice(config, model, variables, input_shape)
-    round_to = int(config.round_to)
+    round_to = surgery_round_to(config, input_shape)
     plans = surgery.plan(model, variables, round_to=round_to, **choice)
     compact, compact_vars = surgery.prune(model, variables, round_to=round_to, **choice)
     # overwrite: rerunning the phase on its own recomputes the same compact model from the same checkpoint.
@@ -32,7 +32,7 @@ def prune_phase(config, workdir, *, dataset, devices=None) -> dict:
         compact,
         compact_vars,
         overwrite=True,
-        extra={"source": "prune", "method": config.method, "round_to": round_to},
+        extra={"source": "prune", "method": config.method, "round_to": config.round_to},
     )
     summary = {
         "kept_channels": {name: len(p.kept) for name, p in plans.items()},

@@ -128,6 +128,11 @@ def _validate_user_model(config) -> None:
     kwargs = _get(config, "model_kwargs")
     if not hasattr(kwargs, "keys"):
         raise ValueError(f"config.model_kwargs={kwargs!r} is invalid: expected a dict of constructor arguments")
+    if config.get("round_to") == "auto":  # the graph cut (compact/prune_model.py) aligns to multiples only
+        raise ValueError(
+            f"config.round_to='auto' is not supported with a user model (config.model={config.model!r}): "
+            "expected an int >= 1"
+        )
     for field in ("target_macs_ratio", "cost_aware_penalty"):
         if config.get(field):
             raise ValueError(
@@ -236,7 +241,9 @@ def _validate_method(config) -> None:
     _number_in(config, "slimming.target_macs_ratio", 0.0, 1.0, low_open=True, optional=True)
     _int_at_least(config, "finetune_epochs", 0)
     _number_in(config, "finetune_learning_rate", 0.0, math.inf, low_open=True, high_open=True)
-    _int_at_least(config, "round_to", 1)
+    round_to = _get(config, "round_to")
+    if round_to != "auto" and (not _is_int(round_to) or round_to < 1):
+        raise ValueError(f"config.round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment) or 'auto'")
 
 
 def _validate_budget(config) -> None:
