@@ -1,6 +1,8 @@
 """A MAC budget for SCP (config.target_macs_ratio) and the cost-aware penalty (config.cost_aware_penalty):
 the glue between the cost model (``method.budget``), built from ``structure`` and ``flops``, and the
-trainer (``training.budget``), which may import neither.
+trainer (``training.budget``), which may import neither. A user's model brings its own cost model
+(``user.cost``) and unit view to ``budget_for``, and its cut its own ratios to ``budget_record``
+(``pipeline.user_model``).
 """
 
 from __future__ import annotations
@@ -50,11 +52,22 @@ def training_budget(config, model: nn.Module, input_shape: Sequence[int]) -> Opt
     """The ``Budget`` the train phase runs with, or None when the config asks for neither option."""
     if not uses_budget(config):
         return None
+    return budget_for(config, model_cost(model, input_shape))
+
+
+def budget_for(config, cost: B.CostModel, view=None) -> Budget:
+    """The ``Budget`` of a network with the cost model ``cost``; ``view``: params -> its masked units
+    where the params do not hold them (a user's model: ``UnitSet.unit_view``)."""
+    if not cost.group_sizes and config.get("target_macs_ratio") is not None:
+        raise ValueError(
+            f"config.target_macs_ratio={config.target_macs_ratio!r} cannot be reached: config.model="
+            f"{config.model!r} has no prunable channel group; expected None"
+        )
     mask = get_method(config.method).mask_config(config)
     controller = controller_config(config)
     ramp = float(config.budget_controller.ramp_fraction) if controller is not None else 0.0
     return Budget(
-        cost=model_cost(model, input_shape),
+        cost=cost,
         mask=mask,
         s=float(config.sparsity_s),
         initial_lambda=float(config.sparsity_lambda),
@@ -62,6 +75,7 @@ def training_budget(config, model: nn.Module, input_shape: Sequence[int]) -> Opt
         controller=controller,
         ramp_fraction=ramp,
         early_q=float(config.budget_controller.early_q) if controller is not None else None,
+        view=view,
     )
 
 
@@ -78,9 +92,20 @@ def landing_record(config, model: nn.Module, variables, input_shape: Sequence[in
         return None
     hard = surgery.plan(model, variables, round_to=surgery_round_to(config, input_shape))
     kept = {name: p.kept for name, p in plans.items()}
+    return budget_record(
+        config,
+        _ratio(model, {name: p.kept for name, p in hard.items()}, input_shape),
+        _ratio(model, kept, input_shape),
+        int(sum(len(p.kept) for p in hard.values()) - sum(len(k) for k in kept.values())),
+    )
+
+
+def budget_record(config, hard_masked: float, reached: float, removed: int) -> dict:
+    """prune.json's "budget" record: the target, the MACs ratio of the trained hard-masked network
+    (cut without landing), the ratio the cut reached and how many channels landing removed."""
     return {
-        "target_macs_ratio": float(target),
-        "hard_masked_macs_ratio": _ratio(model, {name: p.kept for name, p in hard.items()}, input_shape),
-        "reached_macs_ratio": _ratio(model, kept, input_shape),
-        "removed_by_landing": int(sum(len(p.kept) for p in hard.values()) - sum(len(k) for k in kept.values())),
+        "target_macs_ratio": float(config.target_macs_ratio),
+        "hard_masked_macs_ratio": float(hard_masked),
+        "reached_macs_ratio": float(reached),
+        "removed_by_landing": int(removed),
     }

@@ -7,10 +7,13 @@ registry model:
 
   train      ``training_phase``: the user model behind ``user.masked.MaskedModel`` (SCP: soft masks on
              every unit of a prunable group; dense/slimming: the model as written) and the method's
-             regulariser over the units (``UnitSet.unit_view``)
+             regulariser over the units (``UnitSet.unit_view``); under a MAC budget or the cost-aware
+             penalty, a ``Budget`` with the cost model of the graph (``user.cost``) over the same view
   prune      ``prune``: ``prune_traced`` with the method's masks (SCP: the units' hard masks; slimming:
              its global threshold over the units' |gamma|; dense: nothing cut); the compact model is
-             saved as a ``jax.export`` artifact (``compact.artifact``) and the kept channels in prune.json
+             saved as a ``jax.export`` artifact (``compact.artifact``) and the kept channels in prune.json;
+             under a MAC budget, SCP lands the cut on it (highest z first, the compact model's own
+             MACs) and prune.json gets the same "budget" record as a built-in model's
   finetune   ``finetune``: the trained network under the fixed cut (masks 0/1 at the units, running
              statistics of dropped channels frozen), then cut again by the same channels. Dropped
              channels are 0 at every unit output, so they get no gradient and feed nothing: this
@@ -31,15 +34,16 @@ import numpy as np
 
 from soft_prune_jax.compact import artifact
 from soft_prune_jax.compact import interpret as I
-from soft_prune_jax.compact.prune_model import prune_traced
+from soft_prune_jax.compact.prune_model import decide, prune_traced
 from soft_prune_jax.graph import ir
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.methods import get_method
 from soft_prune_jax.models import user as U
+from soft_prune_jax.pipeline import budget
 from soft_prune_jax.pipeline.records import read_json
 from soft_prune_jax.training import data
 from soft_prune_jax.training.loop import Phase
-from soft_prune_jax.user import macs, masked
+from soft_prune_jax.user import cost, macs, masked
 
 SAMPLE_BATCH = 2  # the batch the evaluation graph is traced with (BN in evaluation mode: any size)
 
@@ -78,6 +82,10 @@ def training_phase(config, input_shape: Sequence[int]) -> Phase:
     mask = method.mask_config(config)
     model = masked.MaskedModel(user, units, "soft" if mask is not None else "none", mask=mask)
     reg = method.regulariser(config)
+    # a MAC budget or the cost-aware penalty: lambda * penalty over the same units, MACs from the graph
+    unit_budget = (
+        budget.budget_for(config, cost.cost_model(units), units.unit_view) if budget.uses_budget(config) else None
+    )
     return Phase(
         "train",
         model,
@@ -85,6 +93,7 @@ def training_phase(config, input_shape: Sequence[int]) -> Phase:
         int(config.num_epochs),
         regulariser=lambda params: reg(units.unit_view(params)),
         init_transform=lambda variables: method.init_variables(config, variables),
+        budget=unit_budget,
     )
 
 
@@ -149,7 +158,7 @@ def prune(config, variables, input_shape: Sequence[int], directory: str) -> dict
         overwrite=True,
         extra={"source": "prune", "model": config.model, "method": config.method},
     )
-    return {
+    summary = {
         "kept_channels": {name: len(p.kept) for name, p in plans.items()},
         "total_channels": {name: p.total for name, p in plans.items()},
         "kept_by_fallback": sorted(name for name, p in plans.items() if p.from_mask == 0 and p.total),
@@ -157,6 +166,27 @@ def prune(config, variables, input_shape: Sequence[int], directory: str) -> dict
         "units": masked.describe(units, config.model),
         "groups_kept_whole": {name: p.reason for name, p in compact.program.plans.items() if not p.prunable},
     }
+    if config.get("target_macs_ratio") is not None:  # a MAC budget: target vs reached
+        summary["budget"] = _landing_record(config, variables, input_shape, compact)
+    return summary
+
+
+def _landing_record(config, variables, input_shape: Sequence[int], compact) -> dict:
+    """prune.json's "budget" record: the cut of the trained hard masks (no landing) against ``compact``."""
+    user, _ = setup(config, input_shape)
+    x = jnp.zeros((SAMPLE_BATCH,) + tuple(input_shape), jnp.float32)
+    analysis = masked.UnitSet.analyze(user, variables, x).analysis
+    consts = I.constant_values(analysis, jax.tree_util.tree_leaves(dict(variables)))
+    mask, round_to = mask_config(config), int(config.round_to)
+    hard = decide(analysis, consts, round_to=round_to, mask_config=mask)
+    dense = macs.count(analysis).macs
+    return budget.budget_record(
+        config,
+        macs.macs_ratio_fn(analysis, consts, mask, round_to)({}),
+        macs.of_compact(compact).macs / dense,
+        sum(len(p.kept) for p in hard.values() if p.prunable)
+        - sum(len(p.kept) for p in compact.program.plans.values() if p.prunable),
+    )
 
 
 def fixed_model(config, workdir: str, input_shape: Sequence[int], needed_by: str) -> masked.MaskedModel:

@@ -7,12 +7,17 @@ TrainState (``method.controller``), or is fixed without a target. After each ste
 updated from the hard-masked MACs of the new params; the params are replicated, so every replica
 computes the same update. The step's metrics gain lambda and the expected, hard-masked and target
 MAC ratios (progress lines and TensorBoard show them).
+
+The built-in models hold their masked units in their params; a user's model (``user.masked``) does
+not, and its ``Budget`` carries a ``view``: params -> the units as masked layers (``UnitSet.unit_view``),
+which the penalty and the MAC count read instead. The cost model says which group each unit's
+channels belong to (``method.budget.CostModel.units``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +36,9 @@ class Budget:
     early_q: the controller counts a channel as gone once its q reaches this (``budget.early_keep``):
     channels die in bursts a while after lambda rises, so the controller must see them coming; the
     channels between early_q and c that are still kept at the end are the first that landing removes
-    (highest z). None (or c = 1 - delta) = the hard masks themselves."""
+    (highest z). None (or c = 1 - delta) = the hard masks themselves;
+    view: params -> {masked layer: {'scale', 'bias'}} where the params do not hold the masked
+    layers themselves (a user's model); None = the params do."""
 
     cost: B.CostModel
     mask: M.MaskConfig
@@ -41,6 +48,11 @@ class Budget:
     controller: Optional[C.ControllerConfig] = None
     ramp_fraction: float = 0.0
     early_q: Optional[float] = None
+    view: Optional[Callable[[Any], Any]] = None
+
+    def units(self, params):
+        """The masked units of ``params``, as the cost model and the penalty read them."""
+        return params if self.view is None else self.view(params)
 
     def bind(self, total_steps: int) -> Budget:
         """This budget with the controller's ramp in steps of a phase of ``total_steps``."""
@@ -59,8 +71,8 @@ class Budget:
 
     def penalty(self, params) -> jax.Array:
         if self.cost_aware:
-            return B.cost_aware_penalty(params, self.cost, self.mask, self.s)
-        return M.sparsity_penalty(params, self.s)
+            return B.cost_aware_penalty(self.units(params), self.cost, self.mask, self.s)
+        return M.sparsity_penalty(self.units(params), self.s)
 
     def regulariser(self, params, state: Optional[C.ControllerState]) -> jax.Array:
         return self.lam(state) * self.penalty(params)
@@ -68,7 +80,7 @@ class Budget:
     def update(self, state: Optional[C.ControllerState], params, step) -> tuple[Optional[C.ControllerState], dict]:
         """(next controller state, metrics) after a step that produced ``params``."""
         early_q = self.early_q if self.controller is not None else None
-        ratios = B.macs_ratios(self.cost, params, self.mask, early_q)
+        ratios = B.macs_ratios(self.cost, self.units(params), self.mask, early_q)
         metrics = {
             "lambda": self.lam(state),
             "macs_expected_ratio": ratios["expected"],

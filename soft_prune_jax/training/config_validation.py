@@ -133,12 +133,6 @@ def _validate_user_model(config) -> None:
             f"config.round_to='auto' is not supported with a user model (config.model={config.model!r}): "
             "expected an int >= 1"
         )
-    for field in ("target_macs_ratio", "cost_aware_penalty"):
-        if config.get(field):
-            raise ValueError(
-                f"config.{field}={config.get(field)!r} is not supported with a user model "
-                f"(config.model={config.model!r}): expected None / False"
-            )
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(kwargs).items()}
     model = user.build(
         config.model, data.num_classes(config), kwargs, call=config.model_call, seed=int(_get(config, "seed"))

@@ -34,6 +34,18 @@ def _kernel_path(g, vid) -> Optional[tuple]:
     return None
 
 
+def layer_equations(g) -> list:
+    """[(equation, kernel path)] of every conv / dense layer ``count`` counts, in program order."""
+    out = []
+    for e in g.eqns:
+        if e.name not in ("conv_general_dilated", "dot_general") or isinstance(e.ins[1], Lit):
+            continue
+        path = _kernel_path(g, e.ins[1])
+        if path is not None and path[0] == "params":
+            out.append((e, path))
+    return out
+
+
 def count(analysis: G.Analysis, kept: Optional[Mapping] = None, plans: Optional[Mapping] = None) -> FlopCount:
     """The ``FlopCount`` of ``analysis``'s graph; ``kept`` ((slot, axis) -> indices) cuts channels,
     ``plans`` (group name -> GroupPlan) gives the masked widths (default: full)."""
@@ -47,12 +59,7 @@ def count(analysis: G.Analysis, kept: Optional[Mapping] = None, plans: Optional[
 
     batch = g.shapes[g.input_ids[0]][0] if g.input_ids and g.shapes[g.input_ids[0]] else 1
     rows = []
-    for e in g.eqns:
-        if e.name not in ("conv_general_dilated", "dot_general") or isinstance(e.ins[1], Lit):
-            continue
-        path = _kernel_path(g, e.ins[1])
-        if path is None or path[0] != "params":
-            continue
+    for e, path in layer_equations(g):
         x, w, y = shape(operand(e, 0)), shape(operand(e, 1)), shape(e.outs[0])
         if e.name == "conv_general_dilated":
             dn = e.params["dimension_numbers"]

@@ -239,12 +239,15 @@ class UnitSet:
             mask = unit_masks.get(u.name, unit_masks.get(VIEW_PREFIX + u.name))
             if mask is None:
                 continue
-            grp = self.analysis.group(u.group)
-            pos = {int(lab): k for k, lab in enumerate(grp.labels)}
-            idx = np.array([pos[int(x)] for x in self.analysis.slot_labels(self._unit(u).out, u.axis)])
-            keep = out.setdefault(u.group, np.zeros(grp.size, bool))
-            keep[idx] |= np.asarray(mask).reshape(-1) > 0.5
+            keep = out.setdefault(u.group, np.zeros(self.analysis.group(u.group).size, bool))
+            keep[self.channel_index(u)] |= np.asarray(mask).reshape(-1) > 0.5
         return out
+
+    def channel_index(self, unit: MaskedUnit) -> np.ndarray:
+        """The position in its group of each of ``unit``'s channels."""
+        grp = self.analysis.group(unit.group)
+        pos = {int(lab): k for k, lab in enumerate(grp.labels)}
+        return np.array([pos[int(x)] for x in self.analysis.slot_labels(self._unit(unit).out, unit.axis)], np.int64)
 
     def unit_masks_of(self, kept: Mapping[str, Sequence[int]]) -> dict:
         """{unit name: 0/1 float mask} of each unit from its group's kept channel positions."""
@@ -255,9 +258,7 @@ class UnitSet:
             grp = self.analysis.group(u.group)
             alive = np.zeros(grp.size, bool)
             alive[np.asarray(kept[u.group], np.int64)] = True
-            pos = {int(lab): k for k, lab in enumerate(grp.labels)}
-            idx = np.array([pos[int(x)] for x in self.analysis.slot_labels(self._unit(u).out, u.axis)])
-            out[u.name] = alive[idx].astype(np.float32)
+            out[u.name] = alive[self.channel_index(u)].astype(np.float32)
         return out
 
     def _unit(self, unit: MaskedUnit):
