@@ -228,7 +228,7 @@ def test_controller_and_weights_agree_on_two_devices_and_one():
 @pytest.mark.parametrize("target", [0.0, 1.0, -0.5, float("nan")])
 def test_bad_target_on_a_user_model_is_one_line(target):
     """(A target that is not a number is refused by the typed config field itself, for every model.)"""
-    config = user_config("user_zoo:CNN", target_macs_ratio=target)
+    config = user_config("test_user_budget:SyncBNNet", target_macs_ratio=target)
     with pytest.raises(ValueError) as info:
         config_validation.validate(config, num_devices=1)
     message = str(info.value)
