@@ -32,7 +32,7 @@ import subprocess
 import sys
 from typing import Iterable, Optional, Sequence
 
-from soft_prune_jax.measure import flops
+from soft_prune_jax.measure import benchmark, flops
 from soft_prune_jax.models import get_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,7 +163,7 @@ def record_of(report: dict, method: str, budget: float, seed: int, full_macs: fl
 
 
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}"
+    return f"{benchmark.device_description()}, {platform.system()}"  # e.g. 'cpu: AMD EPYC ... (2 cores), Linux'
 
 
 def run_all(runs: Iterable[tuple], workroot: str, log: str) -> None:
