@@ -10,6 +10,10 @@ fault tests need them outside pytest, and ``tiny_config(**overrides)`` reads bes
 from __future__ import annotations
 
 import collections
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -166,3 +170,18 @@ def assert_close(a, b):
     assert a.shape == b.shape
     scale = max(1.0, float(np.max(np.abs(b))))
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale)
+
+
+def run_child(code: str, *, cwd: str, devices: int | None = None, args=(), timeout: float = 600) -> dict:
+    """Runs ``code`` in a fresh CPU-only interpreter (with ``devices`` forced host devices if given) and
+    returns the JSON its last ``RESULT `` line prints; fails with the child's stderr otherwise. A child
+    that hangs fails through ``timeout``."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"child failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    return json.loads(lines[-1][len("RESULT ") :])

@@ -2,10 +2,7 @@
 checkpointed with the training state, and is the same under pmap, shard_map and one device."""
 
 import dataclasses
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -17,7 +14,7 @@ from soft_prune_jax.pipeline.budget import training_budget
 from soft_prune_jax.training.experiment import training_phase
 from soft_prune_jax.training.loop import fit
 
-from conftest import SyntheticData, tiny_config
+from conftest import SyntheticData, run_child, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -129,18 +126,8 @@ print("RESULT " + json.dumps({"devices": len(devices), "initial_log_lambda": flo
 
 @pytest.mark.slow
 def test_controller_is_the_same_under_pmap_shard_map_and_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-c", PARALLEL_CHILD.replace("TESTS_DIR", repr(os.path.join(ROOT, "tests")))],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"child failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
-    result = json.loads(lines[-1][len("RESULT ") :])
+    child = PARALLEL_CHILD.replace("TESTS_DIR", repr(os.path.join(ROOT, "tests")))
+    result = run_child(child, cwd=ROOT, devices=2, timeout=300)
     assert result["devices"] == 2
     single = result["single"]
     assert single["log_lambda"] != pytest.approx(result["initial_log_lambda"])  # the controller moved

@@ -23,7 +23,7 @@ import pytest
 from soft_prune_jax import pipeline
 from soft_prune_jax.training import checkpoint as ckpt_lib
 
-from conftest import SyntheticData, tiny_config
+from conftest import SyntheticData, run_child, tiny_config
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
@@ -219,18 +219,8 @@ except Exception as e:
 
 def test_full_disk_is_a_clear_error_not_a_hang_and_keeps_the_last_checkpoint(tmp_path):
     workdir = str(tmp_path / "run")
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-c", FULL_DISK_CHILD.replace("TESTS_DIR", repr(TESTS_DIR)), workdir],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )  # a hang fails here
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT ") :])
+    child = FULL_DISK_CHILD.replace("TESTS_DIR", repr(TESTS_DIR))
+    result = run_child(child, cwd=REPO, args=(workdir,), timeout=180)  # a hang fails here
     assert result["error"] == "OSError", result
     assert "\n" not in result["message"] and workdir in result["message"]
     assert "disk full or" in result["message"]

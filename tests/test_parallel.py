@@ -6,12 +6,11 @@ this pytest process keeps its single device. The child prints a JSON summary; th
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
+
+from conftest import run_child
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
@@ -85,18 +84,7 @@ print("RESULT " + json.dumps({
 
 @pytest.fixture(scope="module")
 def child_result():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD.replace("TESTS_DIR", repr(TESTS_DIR))],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"child failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
-    return json.loads(lines[-1][len("RESULT ") :])
+    return run_child(CHILD.replace("TESTS_DIR", repr(TESTS_DIR)), cwd=REPO, devices=8, timeout=300)
 
 
 def test_child_sees_eight_devices_and_trains(child_result):

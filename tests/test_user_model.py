@@ -30,7 +30,7 @@ from soft_prune_jax.pipeline import user_model
 from soft_prune_jax.training import config_validation
 from soft_prune_jax.user import macs, masked
 
-from conftest import SyntheticData, tiny_config
+from conftest import SyntheticData, run_child, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -286,12 +286,8 @@ print("RESULT " + json.dumps({"devices": len(jax.devices()), "errors": errors}))
 def test_axis_name_batchnorm_and_masks_agree_on_two_devices_and_one():
     """The user's BN synchronises over the trainer's axis and every replica samples the same masks: two
     devices (pmap and shard_map) end where one device with the same global batch ends."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     child = DEVICES_CHILD.replace("TESTS_DIR", repr(TESTS)).replace("REPO", repr(REPO))
-    proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"child failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
-    result = json.loads(lines[-1][len("RESULT ") :])
+    result = run_child(child, cwd=REPO, devices=2)
     assert result["devices"] == 2
     for name, error in result["errors"].items():
         assert error < 1e-4, (name, error)
