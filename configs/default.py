@@ -126,6 +126,9 @@ def get_config() -> config_dict.ConfigDict:
 
     # Running.
     config.parallel = "pmap"  # data parallelism over the local devices: 'pmap' | 'shard_map' (jit + shard_map)
+    # On a CPU-only host: split it into this many XLA devices for the data parallelism above, an int or
+    # 'auto' (2 on >= 2 cores when the batches split evenly; soft_prune_jax/training/cpu_devices.py).
+    config.cpu_devices = config_dict.FieldReference("auto", field_type=object)
     config.checkpoint_every_epochs = 1  # a killed run resumes from the last one
     config.keep_checkpoints = 3  # newest checkpoints kept per phase
     config.log_every_steps = 100  # progress line and TensorBoard scalars

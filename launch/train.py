@@ -22,7 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from soft_prune_jax import pipeline
-from soft_prune_jax.training import checkpoint, config_validation, distributed
+from soft_prune_jax.training import checkpoint, config_validation, cpu_devices, distributed
 
 # The config files import each other as the package ``configs`` (e.g. ``from configs import default``),
 # which lives in this checkout's root, not in the installed package.
@@ -53,7 +53,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
     config = FLAGS.config
-    try:  # joins the multi-host runtime only when the config or environment asks
+    try:
+        # Before anything starts JAX's backend: on a CPU-only host, one XLA device per core (or as set).
+        cpu_devices.apply(config)
+        # Joins the multi-host runtime only when the config or environment asks.
         distributed.initialize(config)
     except ValueError as e:
         sys.exit(f"error: {e}")

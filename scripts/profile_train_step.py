@@ -34,6 +34,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the ``configs`` package
 
 from configs import default  # noqa: E402
+from soft_prune_jax import host_memory  # noqa: E402
 from soft_prune_jax.measure import benchmark as B  # noqa: E402
 from soft_prune_jax.methods import get_method  # noqa: E402
 from soft_prune_jax.models import get_model  # noqa: E402
@@ -179,6 +180,7 @@ def main() -> None:
     out = {
         "device": B.device_description(),
         "jax": jax.__version__,
+        "host_malloc": host_memory.state(),
         "args": vars(args),
         "forward": profile(*forward, args.steps),
         "train_step": profile(*step, args.steps),

@@ -9,7 +9,15 @@ reports), ``user`` (SCP masks inserted into a user's own model, its MACs), ``met
 as plug-ins), ``training`` (steps, parallel drivers, loop, data, checkpoints) and ``pipeline`` (the
 phases of an experiment). The names below are the public API; everything else is reachable through its
 subpackage.
+
+Importing the package first applies ``host_memory.retain_freed_memory`` (before anything imported here
+can start XLA's threads): on the CPU it keeps freed buffers mapped so training steps stop page-faulting.
 """
+
+# ruff: noqa: E402 -- the malloc policy must be set before the imports below can start XLA's threads.
+from soft_prune_jax import host_memory
+
+host_memory.retain_freed_memory()
 
 from soft_prune_jax.compact.artifact import load as load_artifact
 from soft_prune_jax.compact.artifact import save as save_artifact

@@ -172,11 +172,13 @@ def assert_close(a, b):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale)
 
 
-def run_child(code: str, *, cwd: str, devices: int | None = None, args=(), timeout: float = 600) -> dict:
-    """Runs ``code`` in a fresh CPU-only interpreter (with ``devices`` forced host devices if given) and
-    returns the JSON its last ``RESULT `` line prints; fails with the child's stderr otherwise. A child
-    that hangs fails through ``timeout``."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def run_child(
+    code: str, *, cwd: str, devices: int | None = None, args=(), timeout: float = 600, env: dict | None = None
+) -> dict:
+    """Runs ``code`` in a fresh CPU-only interpreter (with ``devices`` forced host devices if given, and
+    ``env`` added to the environment) and returns the JSON its last ``RESULT `` line prints; fails with
+    the child's stderr otherwise. A child that hangs fails through ``timeout``."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
     if devices is not None:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     proc = subprocess.run(

@@ -87,6 +87,7 @@ BAD_FIELDS = [
     ("finetune_learning_rate", "0.01"), ("finetune_learning_rate", 0.0),
     ("round_to", 2.0), ("round_to", -8),
     ("parallel", None), ("parallel", "pjit"),
+    ("cpu_devices", "two"), ("cpu_devices", 0), ("cpu_devices", True), ("cpu_devices", 2.0),
     ("checkpoint_every_epochs", 1.0), ("checkpoint_every_epochs", 0),
     ("keep_checkpoints", "3"), ("keep_checkpoints", 0),
     ("log_every_steps", None), ("log_every_steps", 0),

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from soft_prune_jax import host_memory
 from soft_prune_jax.measure import flops
 from soft_prune_jax.ops import fast_conv
 from soft_prune_jax.ops.conv_geometry import explicit_padding, output_spatial, pair
@@ -402,6 +403,7 @@ def compare(
     result: dict[str, Any] = {
         "device": device_description(),
         "jax_version": jax.__version__,
+        "host_malloc": host_memory.state(),  # timings on the CPU depend on it (soft_prune_jax/host_memory.py)
         "load_average": list(os.getloadavg()),
         "input_shape": list(input_shape),
         "conv_formulation": conv_formulation or "model",

@@ -32,6 +32,7 @@ RESULT_NEUTRAL_FIELDS = frozenset(
         "manual_dir",
         "distributed",
         "parallel",
+        "cpu_devices",
         "eval_batch_size",
         "benchmark_runs",
     }

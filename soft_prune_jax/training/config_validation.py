@@ -18,7 +18,7 @@ import jax
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.methods import method_names
 from soft_prune_jax.models import get_model, model_names, user
-from soft_prune_jax.training import data, distributed
+from soft_prune_jax.training import cpu_devices, data, distributed
 from soft_prune_jax.training.parallel import PARALLEL_KINDS, check_global_batch
 
 
@@ -270,6 +270,8 @@ def _validate_budget(config) -> None:
 
 def _validate_running(config) -> None:
     _one_of(config, "parallel", PARALLEL_KINDS)
+    if config.get("cpu_devices") is not None:  # configs written before the field existed: 'auto'
+        cpu_devices.check_setting(config.cpu_devices)
     for name in ("checkpoint_every_epochs", "keep_checkpoints", "log_every_steps", "benchmark_runs"):
         _int_at_least(config, name, 1)
     _int_at_least(config, "seed", 0)
