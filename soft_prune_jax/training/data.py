@@ -319,7 +319,11 @@ def _read(config, spec: DatasetSpec, split: str, process_index: int, process_cou
     count = stop - offset
     split_slice = f"{tfds_split}[{start + offset}:{start + stop}]"
     if spec.in_memory:
-        return tf.data.Dataset.from_tensor_slices(_read_in_memory(config, spec, builder, split_slice, count)), count
+        examples = _read_in_memory(config, spec, builder, split_slice, count)
+        if train:  # a permutation in numpy: see train_iterator
+            order = np.random.default_rng(seed).permutation(count)
+            examples = {k: v[order] for k, v in examples.items()}
+        return tf.data.Dataset.from_tensor_slices(examples), count
     read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
     ds = builder.as_dataset(split=split_slice, shuffle_files=train, decoders=decoders, read_config=read_config)
     # The slice already has this length; take() also bounds mocked datasets that ignore slices.
@@ -461,8 +465,13 @@ def train_iterator(
             f"this process holds {count} train examples, fewer than its batch of "
             f"{per_device * devices}: lower config.batch_size or raise num_train_examples"
         )
-    # Shuffle before repeat: every epoch is a permutation (a new one each epoch, fixed by the seed).
-    ds = ds.shuffle(min(spec.shuffle_buffer, count), seed=process_seed, reshuffle_each_iteration=True).repeat()
+    # Every epoch is a permutation, fixed by the seed (the loop opens a fresh iterator per epoch). Small
+    # data sets held in memory are permuted in numpy by _read: a tf.data shuffle buffer of the whole split
+    # is filled element by element, at the start and again wherever the pipeline's prefetching runs into
+    # the next repetition -- and dropping the iterator at the end of an epoch waits for that fill.
+    if not spec.in_memory:
+        ds = ds.shuffle(min(spec.shuffle_buffer, count), seed=process_seed, reshuffle_each_iteration=True)
+    ds = ds.repeat()
     augment = bool(config.get("augment", True))
 
     def preprocess(index, example):
