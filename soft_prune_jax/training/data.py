@@ -432,11 +432,22 @@ def _to_devices(batch, local_devices: int):
     return {k: tf.reshape(v, tf.concat([[local_devices, -1], tf.shape(v)[1:]], 0)) for k, v in batch.items()}
 
 
+# Fixed parallelism instead of tf.data's autotuning. Autotuning runs a model thread that re-optimises on
+# a period growing to a minute, and destroying an iterator (the loop opens one per epoch) waits for that
+# thread's current wait to end: up to a minute of a stalled training loop at an epoch boundary.
+PREFETCH_BATCHES = 4
+
+
+def _parallel_calls() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def _options(ds):
     import tensorflow as tf
 
     options = tf.data.Options()
     options.deterministic = True  # parallel maps keep their order: same seed, same batches
+    options.autotune.enabled = False  # see PREFETCH_BATCHES
     return ds.with_options(options)
 
 
@@ -479,9 +490,9 @@ def train_iterator(
         image = _train_image(example["image"], example_seed, spec, augment)
         return {"image": _normalize(image, spec), "label": example["label"]}
 
-    ds = ds.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.enumerate().map(preprocess, num_parallel_calls=_parallel_calls())
     ds = ds.batch(per_device * devices, drop_remainder=True).map(lambda b: _to_devices(b, devices))
-    return iter(tfds.as_numpy(_options(ds).prefetch(tf.data.AUTOTUNE)))
+    return iter(tfds.as_numpy(_options(ds).prefetch(PREFETCH_BATCHES)))
 
 
 def eval_iterator(
@@ -520,7 +531,7 @@ def eval_iterator(
             for k, v in examples.items()
         }
 
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).map(pad_batch)
+    ds = ds.map(preprocess, num_parallel_calls=_parallel_calls()).batch(batch).map(pad_batch)
     padding_batches = num_batches - math.ceil(count / batch)
     if padding_batches:
         empty = {
@@ -530,7 +541,7 @@ def eval_iterator(
         }
         ds = ds.concatenate(tf.data.Dataset.from_tensors(empty).repeat(padding_batches))
     ds = ds.map(lambda b: _to_devices(b, devices))
-    return iter(tfds.as_numpy(_options(ds).prefetch(tf.data.AUTOTUNE)))
+    return iter(tfds.as_numpy(_options(ds).prefetch(PREFETCH_BATCHES)))
 
 
 def prefetch_to_device(iterator: Iterable[Any], size: int, devices: Optional[Sequence[Any]] = None):
