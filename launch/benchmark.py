@@ -251,7 +251,11 @@ def _train_steps(dense, variables, batch_size: int, input_shape):
                     regulariser=scp.regulariser(config),
                 )
             ),
-            (parallel.replicate(state), parallel.shard_batch(split)),
+            # The loop's own state: a raw uint32 key, which replicates across devices (a typed key does not).
+            (
+                parallel.replicate(S.create_train_state(jax.random.PRNGKey(FLAGS.seed + 2), variables, tx)),
+                parallel.shard_batch(split),
+            ),
         )
     forward = (
         lambda v, x: dense.apply(v, x, train=False),

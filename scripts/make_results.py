@@ -370,6 +370,14 @@ def _met(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
+def _goals_device(goals: dict) -> str:
+    for item in goals["inference"] + goals["train_steps"]:
+        device = item.get("device") or (item.get("result") or {}).get("device")
+        if device:
+            return device
+    return "an unrecorded device"
+
+
 def goals_section(goals: dict) -> list[str]:
     lines = [
         GOALS_BEGIN,
@@ -377,9 +385,11 @@ def goals_section(goals: dict) -> list[str]:
         "",
         "`python scripts/make_results.py --goals`: random BN parameters pruning ~half the channels "
         "(ResNet-56: 0.5 of every masked layer; VGG-16: 0.3, ~50% of its MACs), batch 64, medians of "
-        "interleaved runs, sgemm measured in each benchmark. The machine was shared with other jobs "
-        "during the run (load averages in the raw JSON, `docs/results/goals.json`): absolute times are "
-        "inflated and noisy; ratios taken within one process are the fairer numbers.",
+        "interleaved runs, sgemm measured in each benchmark, on {} (load average at the start of each "
+        "benchmark in the last column: about 1 or less is a quiet 2-core machine; raw JSON "
+        "`docs/results/goals.json`). Ratios taken within one process are the fairer numbers.".format(
+            _goals_device(goals)
+        ),
         "",
         "| model | round_to | MACs dense -> compact | MAC ratio | dense ms | compact ms | speed-up "
         "| speed-up / MAC ratio (goal >= 0.8) | %sgemm compact (goal >= 60%) | load |",
@@ -494,9 +504,17 @@ def main() -> None:
     parser.add_argument("--goals", action="store_true", help="only (re)measure the speed-goals section")
     parser.add_argument("--goal_round_to", default="1,8,auto", help="with --goals: the alignments to compare")
     parser.add_argument("--reuse", action="store_true", help="with --goals: reuse benchmark JSON already measured")
+    parser.add_argument(
+        "--render_goals", action="store_true", help="only re-render the goals section from docs/results/goals.json"
+    )
     args = parser.parse_args()
     os.makedirs(args.workdir_root, exist_ok=True)
     log = os.path.join(args.workdir_root, "make_results.log")
+    if args.render_goals:
+        with open(os.path.join(os.path.dirname(args.out), "results", "goals.json")) as f:
+            write_goals(args.out, json.load(f))
+        print(f"re-rendered the goals section of {args.out}")
+        return
     if args.goals:
         round_tos = [v if v == "auto" else int(v) for v in args.goal_round_to.split(",")]
         write_goals(args.out, measure_goals(args.runs, args.workdir_root, log, round_tos, args.reuse))
