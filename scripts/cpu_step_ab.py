@@ -31,7 +31,8 @@ CHILD = r"""
 import functools, json, resource, sys, time
 import soft_prune_jax
 import jax
-model_name, batch, shape, devices, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+model_name, shape = sys.argv[1], sys.argv[3]
+batch, devices, steps = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5])
 jax.config.update("jax_num_cpu_devices", devices)
 import numpy as np
 from configs import default
@@ -67,7 +68,9 @@ for _ in range(3):
 before = resource.getrusage(resource.RUSAGE_SELF)
 times, fwd = [], []
 for _ in range(steps):
-    t = time.perf_counter(); jax.block_until_ready(step(replicated, parallel.shard_batch(split))); times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    jax.block_until_ready(step(replicated, parallel.shard_batch(split)))
+    times.append(time.perf_counter() - t)
 after = resource.getrusage(resource.RUSAGE_SELF)
 for _ in range(steps):
     t = time.perf_counter(); jax.block_until_ready(forward(fv, x)); fwd.append(time.perf_counter() - t)
@@ -110,7 +113,9 @@ def main() -> None:
         for name, (malloc, devices) in SETTINGS.items():
             res = run_child(args.model, args.batch_size, args.input_shape, malloc, devices, args.steps)
             runs[name].append(res)
-            print(f"round {r + 1}: {name}: step {res['step_ms']:.1f} ms, forward {res['forward_ms']:.1f} ms", flush=True)
+            print(
+                f"round {r + 1}: {name}: step {res['step_ms']:.1f} ms, forward {res['forward_ms']:.1f} ms", flush=True
+            )
     summary = {}
     for name, rows in runs.items():
         step = statistics.median(row["step_ms"] for row in rows)
@@ -126,9 +131,9 @@ def main() -> None:
     print(f"\n{args.model}, batch {args.batch_size}, SCP train step, medians over {args.rounds} rounds:")
     for name, s in summary.items():
         print(
-            f"  {name:28s} step {s['step_ms']:7.1f} ms ({base / s['step_ms']:.2f}x faster; {s['step_over_forward']:.2f}x "
-            f"the forward {s['forward_ms']:.1f} ms)  page faults/step {s['minor_faults_per_step']:8.0f}  "
-            f"kernel ms/step {s['system_ms_per_step']:6.1f}"
+            f"  {name:28s} step {s['step_ms']:7.1f} ms ({base / s['step_ms']:.2f}x faster; "
+            f"{s['step_over_forward']:.2f}x the forward {s['forward_ms']:.1f} ms)  "
+            f"page faults/step {s['minor_faults_per_step']:8.0f}  kernel ms/step {s['system_ms_per_step']:6.1f}"
         )
     if args.json:
         out = {

@@ -385,11 +385,9 @@ def goals_section(goals: dict) -> list[str]:
         "",
         "`python scripts/make_results.py --goals`: random BN parameters pruning ~half the channels "
         "(ResNet-56: 0.5 of every masked layer; VGG-16: 0.3, ~50% of its MACs), batch 64, medians of "
-        "interleaved runs, sgemm measured in each benchmark, on {} (load average at the start of each "
-        "benchmark in the last column: about 1 or less is a quiet 2-core machine; raw JSON "
-        "`docs/results/goals.json`). Ratios taken within one process are the fairer numbers.".format(
-            _goals_device(goals)
-        ),
+        f"interleaved runs, sgemm measured in each benchmark, on {_goals_device(goals)} (load average at "
+        "the start of each benchmark in the last column: about 1 or less is a quiet 2-core machine; raw "
+        "JSON `docs/results/goals.json`). Ratios taken within one process are the fairer numbers.",
         "",
         "| model | round_to | MACs dense -> compact | MAC ratio | dense ms | compact ms | speed-up "
         "| speed-up / MAC ratio (goal >= 0.8) | %sgemm compact (goal >= 60%) | load |",
