@@ -143,6 +143,13 @@ def command(method: str, budget: float, seed: int, workdir: str) -> list[str]:
     return cmd
 
 
+# How the training data of an epoch is ordered (soft_prune_jax/training/data.py). Records without the
+# field were made before 2026-11-26, when a whole-split tf.data shuffle buffer ordered it: the same seed
+# then gave another (equally random) order, so such a record is like one of another seed.
+DATA_ORDER = "numpy permutation"
+OLD_DATA_ORDER = "tf.data shuffle buffer"
+
+
 def record_of(report: dict, method: str, budget: float, seed: int, full_macs: float) -> dict:
     """The raw record of one finished run, from its report.json."""
     summary = report["pruning"]["summary"]
@@ -159,6 +166,7 @@ def record_of(report: dict, method: str, budget: float, seed: int, full_macs: fl
         "budget_record": (report.get("prune") or {}).get("budget"),
         "wall_seconds": sum((report.get("timings") or {}).values()),
         "machine": machine(),
+        "data_order": DATA_ORDER,
     }
 
 
@@ -278,6 +286,16 @@ def render_section(records: Sequence[dict], plot: Optional[str]) -> str:
     ]
     if not records:
         return "\n".join(lines + ["No finished run yet.", END]) + "\n"
+    orders = sorted({r.get("data_order", OLD_DATA_ORDER) for r in records})
+    if len(orders) > 1:
+        old_runs = sorted(run_name(r["method"], r["budget"], r["seed"]) for r in records if "data_order" not in r)
+        lines += [
+            f"Data order: the runs {', '.join(old_runs)} were made when a tf.data shuffle buffer ordered "
+            "each epoch, the others with a numpy permutation of the same seed (soft_prune_jax/training/data.py): "
+            "the same seed gave a different but equally random order, so across that change a seed is in "
+            "effect a new draw.",
+            "",
+        ]
     lines += ["| budget | method | seeds | test accuracy | MACs / dense |", "|---|---|---|---|---|"]
     order = {m: i for i, m in enumerate(METHODS)}
     for (method, budget), s in sorted(stats.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99))):
