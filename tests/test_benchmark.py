@@ -243,6 +243,11 @@ def test_launch_emits_json_with_the_documented_keys(tmp_path):
     step = result["train_step"]  # the training package's own step, plain and SCP, against the forward
     assert step["batch_size"] == 2 and {"forward", "plain", "scp", "over_forward", "ratio"} <= set(step)
     assert step["over_forward"]["scp"] == pytest.approx(step["scp"]["median_ms"] / step["forward"]["median_ms"])
+    if len(os.sched_getaffinity(0)) >= 2 and "--xla_force_host_platform_device_count" not in os.environ.get(
+        "XLA_FLAGS", ""
+    ):  # config.cpu_devices='auto' splits the CPU in two: also the step as the training loop runs it there
+        split = step["scp_2_devices"]
+        assert step["over_forward"]["scp_2_devices"] == pytest.approx(split["median_ms"] / step["forward"]["median_ms"])
 
     bad = subprocess.run(cmd[:2] + ["--batch_sizes=0"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode != 0 and "--batch_sizes='0' is invalid" in bad.stderr
