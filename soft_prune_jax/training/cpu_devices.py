@@ -12,7 +12,7 @@ statistics and gradients are averaged over devices, and every device draws the s
 
 ``config.cpu_devices``: an int >= 1, or 'auto' (the default): 2 when JAX computes on a CPU with at
 least 2 cores, the batch sizes split evenly, the run is on one host and ``XLA_FLAGS`` does not already
-force a device count; else 1. (Measured on 2 cores only: two devices made the demo's step 1.33x faster,
+force a device count; else 1. (Measured on 2 cores only: two devices made the demo's step faster,
 docs/RESULTS.md; four on two cores were slower than two.) It must be applied before JAX starts its backend,
 which is why ``launch/train.py`` calls ``apply`` first thing.
 """
