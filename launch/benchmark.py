@@ -205,57 +205,33 @@ def _train_steps(dense, variables, batch_size: int, input_shape):
     labels = jax.random.randint(jax.random.key(FLAGS.seed + 1), (batch_size,), 0, int(dense.num_classes))
     lr_fn = S.create_learning_rate_fn(float(config.learning_rate), (), 1.0, 1)
     tx = S.create_optimizer(config, lr_fn, variables["params"])
-    state = S.create_train_state(jax.random.key(FLAGS.seed + 2), variables, tx)
+    # The loop's own kind of key: a raw uint32 key, which also replicates across devices (a typed key does not).
+    state = S.create_train_state(jax.random.PRNGKey(FLAGS.seed + 2), variables, tx)
     batch = {"image": x, "label": labels}
     scp = get_method("scp")
+
+    def step(model, method, **kwargs):
+        return functools.partial(
+            train_step, model=model, tx=tx, learning_rate_fn=lr_fn, regulariser=method.regulariser(config), **kwargs
+        )
+
+    scp_model = dense.clone(mask=scp.mask_config(config))
     steps = {
-        "plain": (
-            functools.partial(
-                train_step,
-                model=dense,
-                tx=tx,
-                learning_rate_fn=lr_fn,
-                regulariser=get_method("dense").regulariser(config),
-                axis_name=None,
-            ),
-            (state, batch),
-        ),
-        "scp": (
-            functools.partial(
-                train_step,
-                model=dense.clone(mask=scp.mask_config(config)),
-                tx=tx,
-                learning_rate_fn=lr_fn,
-                regulariser=scp.regulariser(config),
-                axis_name=None,
-            ),
-            (state, batch),
-        ),
+        "plain": (step(dense, get_method("dense"), axis_name=None), (state, batch)),
+        "scp": (step(scp_model, scp, axis_name=None), (state, batch)),
     }
-    if jax.local_device_count() > 1 and batch_size % jax.local_device_count() == 0:
+    n = jax.local_device_count()
+    if n > 1 and batch_size % n == 0:
         # The step as the training loop runs it on a CPU split into several devices (config.cpu_devices):
         # the same global batch, data-parallel over every local device.
         from soft_prune_jax.training.parallel import Parallel
         from soft_prune_jax.training.steps import AXIS
 
         parallel = Parallel("pmap")
-        n = parallel.num_local_devices
         split = {k: np.asarray(v).reshape((n, -1) + tuple(v.shape[1:])) for k, v in batch.items()}
         steps[f"scp_{n}_devices"] = (
-            parallel.map(
-                functools.partial(
-                    train_step,
-                    model=dense.clone(mask=scp.mask_config(config), axis_name=AXIS),
-                    tx=tx,
-                    learning_rate_fn=lr_fn,
-                    regulariser=scp.regulariser(config),
-                )
-            ),
-            # The loop's own state: a raw uint32 key, which replicates across devices (a typed key does not).
-            (
-                parallel.replicate(S.create_train_state(jax.random.PRNGKey(FLAGS.seed + 2), variables, tx)),
-                parallel.shard_batch(split),
-            ),
+            parallel.map(step(scp_model.clone(axis_name=AXIS), scp)),
+            (parallel.replicate(state), parallel.shard_batch(split)),
         )
     forward = (
         lambda v, x: dense.apply(v, x, train=False),

@@ -477,9 +477,8 @@ def train_iterator(
             f"{per_device * devices}: lower config.batch_size or raise num_train_examples"
         )
     # Every epoch is a permutation, fixed by the seed (the loop opens a fresh iterator per epoch). Small
-    # data sets held in memory are permuted in numpy by _read: a tf.data shuffle buffer of the whole split
-    # is filled element by element, at the start and again wherever the pipeline's prefetching runs into
-    # the next repetition -- and dropping the iterator at the end of an epoch waits for that fill.
+    # data sets held in memory are permuted in numpy by _read, which is instant, where a tf.data shuffle
+    # buffer of the whole split would be filled element by element at every epoch's start.
     if not spec.in_memory:
         ds = ds.shuffle(min(spec.shuffle_buffer, count), seed=process_seed, reshuffle_each_iteration=True)
     ds = ds.repeat()
