@@ -65,7 +65,10 @@ def evaluate_phase(config, workdir, *, dataset, devices=None) -> dict:
     pair = parallel.replicate({"reference": variables, "compact": compact_vars})
     totals, max_diff = None, 0.0
     for batch in dataset.eval_iterator(config, local_devices=parallel.num_local_devices, split="test"):
-        sums, diff = parallel.unreplicate(step(pair, parallel.shard_batch(batch)))
+        # Full f32 precision: on a GPU the default (TF32) would add its own rounding to the logit
+        # difference that proves the cut exact. A no-op on the CPU.
+        with jax.default_matmul_precision("highest"):
+            sums, diff = parallel.unreplicate(step(pair, parallel.shard_batch(batch)))
         totals = sums if totals is None else jax.tree_util.tree_map(np.add, totals, sums)
         max_diff = max(max_diff, float(diff))
     reference_rates, compact_rates = rates(totals["reference"]), rates(totals["compact"])
