@@ -91,10 +91,12 @@ def test_render_writes_the_section_and_plot_from_raw_records(tmp_path):
     assert "| 0.3 | uniform, from scratch | 1 | 89.00% | 31.00% |" in section
     verdicts = [line for line in section.splitlines() if line.startswith("- At ")]
     assert len(verdicts) == 4
-    assert "SCP (targeted) (90.50%, MACs 30.00%) beats the better baseline, uniform" in verdicts[0]
-    assert "SCP (targeted) (91.20%, MACs 49.50%) ties with the better baseline, Network Slimming" in verdicts[1]
-    assert "SCP (targeted) (90.00%, MACs 70.00%) loses to the better baseline, uniform" in verdicts[2]
-    assert "SCP, cost-aware penalty (91.50%, MACs 69.00%) beats the better baseline, uniform" in verdicts[3]
+    # Each variant against each baseline present at that budget; ties within the larger seed spread.
+    assert "SCP (targeted) (90.50%, MACs 30.00%) beats uniform, from scratch (89.00%, MACs 31.00%; +1.50" in verdicts[0]
+    assert "Network Slimming" not in verdicts[0]  # no Slimming run at 0.3
+    assert "SCP (targeted) (91.20%, MACs 49.50%) ties with Network Slimming (91.20%" in verdicts[1]
+    assert "SCP (targeted) (90.00%, MACs 70.00%) loses to uniform, from scratch (90.50%" in verdicts[2]
+    assert "SCP, cost-aware penalty (91.50%, MACs 69.00%) beats uniform, from scratch (90.50%" in verdicts[3]
 
     # Rendering again replaces the block instead of adding a second one, and keeps what follows it.
     page.write_text(page.read_text() + "\nlater section\n")
@@ -107,3 +109,14 @@ def test_render_without_records_says_so(tmp_path):
     page = tmp_path / "RESULTS.md"
     section = pareto.render(str(tmp_path / "none"), str(page), str(tmp_path / "p.png"))
     assert "No finished run yet." in section and not (tmp_path / "p.png").exists()
+
+
+def test_verdict_names_each_baseline_with_its_own_judgement():
+    records = [
+        _fake("scp", 0.5, 0, 0.915, 0.50),
+        _fake("slimming", 0.5, 0, 0.905, 0.50),  # 1.0 point under SCP: beyond the 0.3-point noise
+        _fake("uniform", 0.5, 0, 0.917, 0.50),  # 0.2 point over SCP: within it
+    ]
+    (line,) = pareto.verdicts(pareto.aggregate(records))
+    assert "beats Network Slimming (90.50%, MACs 50.00%; +1.00 points, noise 0.30)" in line
+    assert " and ties with uniform, from scratch (91.70%, MACs 50.00%; -0.20 points, noise 0.30)." in line
