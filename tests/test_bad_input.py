@@ -424,3 +424,31 @@ def test_empty_or_incomplete_imagenet_manual_dir_is_one_line(tmp_path):
     with pytest.raises(ValueError, match="lacks ILSVRC2012_img_val.tar") as info:
         config_validation.validate(config, num_devices=1)
     _one_line(info.value)
+
+
+def test_missing_module_while_preparing_data_names_the_package(tmp_path, monkeypatch):
+    # tfds imports some modules only when it prepares a data set (importlib_resources through etils):
+    # a broken install is reported as such, never as a damaged data folder to delete.
+    from soft_prune_jax.training import data
+
+    _, tfds = data._tf()
+
+    class Builder:
+        def is_prepared(self):
+            return False
+
+        def download_and_prepare(self, download_config=None):
+            try:
+                import importlib_resources_gone_for_this_test  # noqa: F401
+            except ModuleNotFoundError as e:
+                raise RuntimeError("tfds wrapped it") from e
+
+    monkeypatch.setattr(tfds, "builder", lambda *a, **k: Builder())
+    data_dir = str(tmp_path / "tfds")
+    config = tiny_config(num_train_examples=16, data_dir=data_dir)
+    with pytest.raises(ModuleNotFoundError) as info:
+        data.prepare_dataset(config)
+    message = _one_line(info.value)
+    assert "'importlib_resources_gone_for_this_test'" in message, message
+    assert "pip install importlib-resources-gone-for-this-test" in message, message
+    assert "delete" not in message and not os.path.exists(os.path.join(data_dir, "fashion_mnist"))
