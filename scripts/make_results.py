@@ -541,7 +541,7 @@ def main() -> None:
             (8, dict(results)["resnet56"]),
         ]  # the same seed: the same random BN parameters
     device = results[0][1]["device"] if results else platform.processor()
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Results",
         "",
