@@ -364,6 +364,7 @@ def fashion_mnist_config(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.drift
 def test_fashion_mnist_is_prepared_offline_with_the_real_counts(fashion_mnist_config):
     config, builder = fashion_mnist_config
     assert builder.info.splits["train"].num_examples == 60_000

@@ -222,6 +222,7 @@ def test_phases_rerun_alone_and_workdir_guard(e2e):
 
 
 @pytest.mark.slow
+@pytest.mark.drift
 def test_launch_on_real_fashion_mnist(tmp_path):
     """The absl entry point on real Fashion-MNIST (few examples) through shard_map: a report with real accuracy."""
     workdir = tmp_path / "fmnist"
