@@ -90,12 +90,20 @@ def compact_shape(analysis: Analysis, kept: Mapping, slot) -> tuple:
     return tuple(len(kept[(slot, ax)]) if (slot, ax) in kept else d for ax, d in enumerate(g.shapes[vid]))
 
 
+def _is_cut(g, e, ins, expected) -> bool:
+    """Whether any operand or output of ``e`` lost channels (else it is re-bound exactly as traced)."""
+    if any(tuple(shape) != g.shapes[o] for o, shape in zip(e.outs, expected)):
+        return True
+    return any(not isinstance(a, Lit) and tuple(np.shape(v)) != g.shapes[a] for a, v in zip(e.ins, ins))
+
+
 def _params(e, ins, expected, full_in_shape):
+    """The traced parameters with the shape-bearing ones updated for the cut; every other parameter
+    is kept as traced (a transposing reshape's ``dimensions`` included: the rules stop its axes)."""
     p = dict(e.params)
     name = e.name
     if name == "reshape":
         p["new_sizes"] = expected[0]
-        p["dimensions"] = None
     elif name == "broadcast_in_dim":
         p["shape"] = expected[0]
     elif name == "conv_general_dilated" and p["feature_group_count"] > 1:
@@ -177,7 +185,8 @@ def run(
                 )
             ]
         else:
-            res = e.prim.bind(*ins, **_params(e, ins, expected, full_in))
+            params = _params(e, ins, expected, full_in) if _is_cut(g, e, ins, expected) else e.params
+            res = e.prim.bind(*ins, **params)
             outs = list(res) if e.prim.multiple_results else [res]
         for o, v, shape in zip(e.outs, outs, expected):
             if tuple(np.shape(v)) != tuple(shape):

@@ -58,16 +58,31 @@ def _is_array(x) -> bool:
 
 
 def _abstract(tree):
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
+    """Array leaves as ShapeDtypeStructs; other call arguments (an nnx.Rngs, flags) as they are."""
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype) if ir._is_array(a) else a, tree, is_leaf=ir._opaque
+    )
+
+
+class _Arg:
+    """A keyword argument in a cache key: equal when the traced graph would be the same."""
+
+    def __init__(self, value):
+        self.value, self.key = value, ir.static_key([value])
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Arg) and self.key == other.key
 
 
 def _hashable(kwargs: Mapping) -> tuple:
-    try:
-        key = tuple(sorted(kwargs.items()))
-        hash(key)
-    except TypeError as err:
-        raise PruneError(f"call keyword arguments must be hashable (static), got {sorted(kwargs)}") from err
-    return key
+    return tuple(sorted((k, v if isinstance(v, _Arg) else _Arg(v)) for k, v in kwargs.items()))
+
+
+def _kwargs(key: tuple) -> dict:
+    return {k: a.value for k, a in key}
 
 
 def _mask_config(model, mask_config) -> M.MaskConfig:
@@ -116,8 +131,10 @@ def decide(
                     M.deactivation_probability(gamma, beta, mask_config.eps), mask_config.k, mask_config.c
                 )
             )
-            mask[idx] |= np.asarray(M.hard_mask(pi)) > 0
-            z[idx] = np.minimum(z[idx], np.asarray(M.deactivation_z(gamma, beta, mask_config.eps)))
+            # Several unit channels can reach one group channel (a depthwise multiplier, a shuffle, split
+            # halves added): unbuffered reductions, so the channel stays if any of them is alive.
+            np.logical_or.at(mask, idx, np.asarray(M.hard_mask(pi)) > 0)
+            np.minimum.at(z, idx, np.asarray(M.deactivation_z(gamma, beta, mask_config.eps)))
         if grp.name in keep:
             mask = _as_mask(keep[grp.name], n, grp.name)
         from_mask = int(mask.sum())
@@ -171,10 +188,10 @@ class Program:
         self.formulation = "auto"
 
     def prepared(self, inputs, kwargs_key):
-        key = (tuple((tuple(np.shape(x)), str(x.dtype)) for x in inputs), kwargs_key)
+        key = (ir.static_key(inputs), kwargs_key)
         if key not in self.cache:
             dense = jax.tree_util.tree_unflatten(self.treedef, self.dense_leaves)
-            g = self.trace_fn(dense, _abstract(list(inputs)), dict(kwargs_key))
+            g = self.trace_fn(dense, _abstract(list(inputs)), _kwargs(kwargs_key))
             analysis = G.analyze(g, self.strip)
             names = {grp.name: grp for grp in analysis.groups}
             for name, p in self.plans.items():
@@ -193,7 +210,7 @@ class Program:
 
     def __call__(self, leaves, inputs, kwargs_key):
         analysis, kept, folded = self.prepared(inputs, kwargs_key)
-        outs = I.run(analysis, leaves, inputs, kept=kept, folded=folded, formulation=self.formulation)
+        outs = I.run(analysis, leaves, ir.array_inputs(inputs), kept=kept, folded=folded, formulation=self.formulation)
         tree = analysis.graph.out_tree
         return jax.tree_util.tree_unflatten(tree, outs) if tree is not None else outs
 
@@ -223,7 +240,7 @@ class CompactModule(nnx.Module):
 
     def __call__(self, *inputs, **kwargs):
         leaves = [v.get_value() for v in self.variables]
-        return self.program(leaves, inputs, _hashable({**dict(self.defaults), **kwargs}))
+        return self.program(leaves, inputs, _hashable({**_kwargs(self.defaults), **kwargs}))
 
 
 def _build(trace_fn, variables, inputs, kwargs, strip, keep, round_to, mask_config):
@@ -240,7 +257,7 @@ def _build(trace_fn, variables, inputs, kwargs, strip, keep, round_to, mask_conf
     ]
     outs = [o for e in g.eqns if e.index in analysis.fold for o in e.outs]
     folded = [I.take(consts[o], kept, o, np.ndim(consts[o])) if not I._is_key(consts[o]) else consts[o] for o in outs]
-    key = (tuple((tuple(np.shape(x)), str(x.dtype)) for x in inputs), _hashable(kwargs))
+    key = (ir.static_key(inputs), _hashable(kwargs))
     program = Program(
         trace_fn,
         [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in leaves],
@@ -296,7 +313,7 @@ def prune_model(
         copy = nnx.merge(*nnx.split(model))
         copy.eval()
         graphdef, state = nnx.split(copy)
-        inputs = [a for a in args]
+        inputs = list(args)
         program, _, sliced = _build(
             _nnx_trace(graphdef), state, inputs, kwargs, 0, keep, round_to, _mask_config(model, mask_config)
         )
@@ -308,14 +325,14 @@ def prune_model(
         paths = ["/".join(ir.leaf_path(p)) for p, _ in flat]
         return CompactModule(program, variables, paths, kwargs)
     if isinstance(model, nn.Module):
-        if len(args) != 2:
+        if len(args) < 2:
             raise PruneError(
-                "prune_model(model, variables, sample_input, **apply_kwargs) takes the variables and "
-                f"one sample input for a linen model; got {len(args)} positional arguments"
+                "prune_model(model, variables, sample_input, *more_args, **apply_kwargs) takes the variables "
+                f"and a sample input for a linen model; got {len(args)} positional arguments"
             )
-        variables, x = args
+        variables, inputs = args[0], list(args[1:])
         program, treedef, sliced = _build(
-            _linen_trace(model), variables, [x], kwargs, 1, keep, round_to, _mask_config(model, mask_config)
+            _linen_trace(model), variables, inputs, kwargs, 1, keep, round_to, _mask_config(model, mask_config)
         )
         compact_vars = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in sliced])
         return CompactLinen(program, treedef, kwargs), compact_vars
@@ -330,8 +347,8 @@ def channel_groups(model, *args, **kwargs) -> list:
         copy.eval()
         graphdef, state = nnx.split(copy)
         return G.analyze(_nnx_trace(graphdef)(state, list(args), kwargs), 0).groups
-    if isinstance(model, nn.Module) and len(args) == 2:
-        return G.analyze(_linen_trace(model)(args[0], [args[1]], kwargs), 1).groups
+    if isinstance(model, nn.Module) and len(args) >= 2:
+        return G.analyze(_linen_trace(model)(args[0], list(args[1:]), kwargs), 1).groups
     raise TypeError(
         f"channel_groups takes (linen model, variables, x, **kwargs) or (nnx module, x, ...), "
         f"got {type(model).__name__} with {len(args)} positional arguments"
@@ -350,7 +367,8 @@ def masked_reference(compact, dense_variables, *inputs, **kwargs):
     program = compact.program
     analysis = program.analysis
     leaves = jax.tree_util.tree_leaves(dense_variables)
-    outs = I.run(analysis, leaves, inputs, masks=I.unit_masks(analysis, program.alive), formulation=None)
+    masks = I.unit_masks(analysis, program.alive)
+    outs = I.run(analysis, leaves, ir.array_inputs(inputs), masks=masks, formulation=None)
     tree = analysis.graph.out_tree
     return jax.tree_util.tree_unflatten(tree, outs) if tree is not None else outs
 

@@ -111,6 +111,8 @@ class _Linker(rules.Linker):
         return self.split_uses.get((e.index, j), e.ins[j])
 
     def shape(self, slot):
+        if isinstance(slot, Lit):
+            return np.shape(slot.value)
         if isinstance(slot, tuple):
             return self.g.shapes[self.g.eqns[slot[1]].ins[slot[2]]]
         return self.g.shapes[slot]
@@ -124,12 +126,15 @@ class _Linker(rules.Linker):
         return self.slot_axes[key][0]
 
     def mark_feature(self, slot, ax):
-        self.features.add((slot, ax))
+        if not isinstance(slot, Lit):
+            self.features.add((slot, ax))
 
     def is_feature(self, slot, ax) -> bool:
-        return (slot, ax) in self.features
+        return not isinstance(slot, Lit) and (slot, ax) in self.features
 
     def link(self, a, ax, b, bx, ia=None, ib=None):
+        if isinstance(a, Lit) or isinstance(b, Lit):  # a literal is a constant: it has no channels
+            return
         # Feature axes are followed forward in program order, so a later flatten knows its channels.
         if (a, ax) in self.features:
             self.features.add((b, bx))
@@ -143,10 +148,13 @@ class _Linker(rules.Linker):
         self.dst.append(ob + np.asarray(ib))
 
     def stop(self, slot, ax, e: Eqn):
+        if isinstance(slot, Lit):
+            return
         self.node(slot, ax)
         self.stops.setdefault((slot, ax), e.describe())
 
     def consume(self, e: Eqn, axes, operands):
+        axes = [(slot, ax) for slot, ax in axes if not isinstance(slot, Lit)]
         for slot, ax in axes:
             self.node(slot, ax)
         self.consumes.append((e, list(axes), list(operands)))
@@ -284,23 +292,26 @@ def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip) -> lis
 
 
 def _two_zero_axes(g: Graph, groups: list, zero: set):
-    """Zero propagation tracks values, not axes: a zero value with channel axes in two groups that
-    have units (an outer product of two pruned layers) could be zero along one only. Such groups
-    are left whole rather than trusting the zero on the wrong axis."""
-    with_units = {}
+    """Zero propagation tracks values, not axes: a zero value whose unit groups sit on two different
+    axes (an outer product of two pruned layers, a_i + b_j) is zero only where both are, along
+    neither axis alone. Such groups are left whole rather than trusting the zero on the wrong axis.
+    Several groups on one axis (a concatenation of BN-ReLU branches) are exact: each index of that
+    axis is one group's channel, zero when that group drops it."""
+    axes_of = {}  # zero slot -> {axis carrying a unit group}
     for grp in groups:
         if grp.units:
-            for slot, _ in grp.slots:
-                with_units.setdefault(slot, set()).add(id(grp))
-    shared = {slot for slot, owners in with_units.items() if len(owners) > 1 and slot in zero}
+            for slot, ax in grp.slots:
+                if slot in zero:
+                    axes_of.setdefault(slot, set()).add(ax)
+    shared = {slot for slot, axes in axes_of.items() if len(axes) > 1}
     for grp in groups:
         if grp.prunable and any(slot in shared for slot, _ in grp.slots):
             grp.prunable = False
-            grp.reason = "a zero value carries channel axes of two unit groups (not modelled)"
+            grp.reason = "a zero value carries channel axes of unit groups on two different axes (not modelled)"
 
 
 def _value(slot):
-    return slot if not isinstance(slot, tuple) else None
+    return slot if not isinstance(slot, (tuple, Lit)) else None
 
 
 def _why_whole(

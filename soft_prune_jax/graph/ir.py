@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.extend import core as jcore
 
 Path = tuple[str, ...]
@@ -40,9 +41,10 @@ class GraphError(ValueError):
     """The model could not be traced into a graph these passes understand."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Lit:
-    """A literal operand (a Python/NumPy scalar baked into an equation)."""
+    """A literal operand (a Python/NumPy scalar baked into an equation): a constant, never a value
+    with channels. Compared by identity, so it is never mistaken for a value id in a set."""
 
     value: Any
 
@@ -160,18 +162,52 @@ class _Builder:
         return value
 
 
+def _opaque(x) -> bool:
+    # An nnx.Rngs (or any NNX object) passed to a call is the model's business, not an input with channels.
+    return isinstance(x, nnx.Pytree)
+
+
+def _is_array(x) -> bool:
+    # nnx.Rngs answers any attribute (rngs.shape is a stream), so NNX objects are ruled out first
+    return not _opaque(x) and not isinstance(x, type) and hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def array_inputs(inputs: Sequence[Any]) -> list:
+    """The array leaves of call arguments: what the graph's ``input_ids`` stand for."""
+    return [leaf for leaf in jax.tree_util.tree_leaves(list(inputs), is_leaf=_opaque) if _is_array(leaf)]
+
+
+def _static_key(x):
+    if isinstance(x, (bool, int, float, complex, str, bytes, type(None))):
+        return (type(x).__name__, x)
+    return type(x).__name__  # an Rngs, a callable...: traced once per kind, its values never enter the graph
+
+
+def static_key(inputs: Sequence[Any]) -> tuple:
+    """What of the call arguments, besides the arrays' shapes, the traced graph depends on."""
+    leaves, tree = jax.tree_util.tree_flatten(list(inputs), is_leaf=_opaque)
+    arrays = tuple((tuple(np.shape(x)), str(x.dtype)) for x in leaves if _is_array(x))
+    return (tree, arrays, tuple(_static_key(x) for x in leaves if not _is_array(x)))
+
+
 def trace(fn: Callable, variables: Any, *inputs: Any) -> Graph:
-    """The flat graph of ``fn(variables, *inputs)``; inputs are arrays or pytrees of arrays."""
+    """The flat graph of ``fn(variables, *inputs)``. Array leaves of the inputs are the graph's
+    inputs; other arguments (an nnx.Rngs, flags, strings, None) pass through to ``fn`` as they are."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(variables)
     paths = [leaf_path(p) for p, _ in leaves]
     var_leaves = [leaf for _, leaf in leaves]
-    in_leaves, in_tree = jax.tree_util.tree_flatten(inputs)
+    call_leaves, in_tree = jax.tree_util.tree_flatten(list(inputs), is_leaf=_opaque)
+    array_pos = [i for i, leaf in enumerate(call_leaves) if _is_array(leaf)]
+    in_leaves = [call_leaves[i] for i in array_pos]
     n = len(var_leaves)
     out_tree_box = []
 
     def flat(*args):
         v = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(variables), args[:n])
-        ins = jax.tree_util.tree_unflatten(in_tree, args[n:])
+        full = list(call_leaves)
+        for i, a in zip(array_pos, args[n:]):
+            full[i] = a
+        ins = jax.tree_util.tree_unflatten(in_tree, full)
         out = fn(v, *ins)
         leaves_out, tree = jax.tree_util.tree_flatten(out)
         out_tree_box.append(tree)

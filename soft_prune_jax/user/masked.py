@@ -240,7 +240,8 @@ class UnitSet:
             if mask is None:
                 continue
             keep = out.setdefault(u.group, np.zeros(self.analysis.group(u.group).size, bool))
-            keep[self.channel_index(u)] |= np.asarray(mask).reshape(-1) > 0.5
+            # unbuffered: several of a unit's channels may reach one group channel
+            np.logical_or.at(keep, self.channel_index(u), np.asarray(mask).reshape(-1) > 0.5)
         return out
 
     def channel_index(self, unit: MaskedUnit) -> np.ndarray:
