@@ -303,3 +303,23 @@ def test_macs_from_the_graph_equal_flops_count_of_the_linen_model():
         (r.path, r.macs, r.in_channels, r.out_channels) for r in want.layers
     ]
     assert got.params == want.params and got.macs > 0
+
+
+def test_nnx_model_called_with_rngs_gets_its_dropout_streams():
+    """Flax's NNX MNIST CNN (``__call__(self, x, rngs)``): the pipeline supplies ``rngs``; dropout
+    draws from the trainer's key in training and nothing in evaluation."""
+    model = user.build("user_zoo:MnistCNN", 10, {})
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 28, 28, 1))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    train = [model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(k)})[0] for k in (2, 3)]
+    assert not np.allclose(train[0], train[1])
+    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+    user.check_callable(model, (28, 28, 1))
+
+
+def test_nnx_model_called_with_rngs_trains_and_cuts_exactly(tmp_path):
+    config = user_config("user_zoo:MnistCNN", num_epochs=1, lr_boundaries=())
+    data = SyntheticData(shape=(28, 28, 1))  # the example flattens 7 x 7 maps
+    out = pipeline.run(config, str(tmp_path), "train,prune,evaluate", dataset=data)
+    assert set(out["prune"]["total_channels"]) == {"batch_norm1", "batch_norm2"}
+    assert out["evaluate"]["max_abs_logit_diff_before_finetune"] < 1e-4

@@ -3,12 +3,14 @@
 ``resnet_tiny`` is examples/flax_resnet.py's ResNet (written as Flax's examples/imagenet/models.py:
 BatchNorm with axis_name='batch', scale_init zeros on a block's last BN, projection shortcuts where
 the shape changes) at toy size.
-``CNN`` is an NNX network. ``NoUnits`` has no BN -> ReLU unit; ``Deterministic`` is applied with a
-``deterministic`` flag instead of ``train``. Not a test module: the pipeline imports it by name.
+``CNN`` is an NNX network; ``MnistCNN`` is Flax's NNX MNIST example, called with ``rngs``. ``NoUnits``
+has no BN -> ReLU unit; ``Deterministic`` is applied with a ``deterministic`` flag instead of ``train``.
+Not a test module: the pipeline imports it by name.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -86,3 +88,25 @@ class WrongInput(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         return nn.Dense(self.num_classes)(x.reshape((x.shape[0], 32 * 32 * 3)))
+
+
+class MnistCNN(nnx.Module):
+    """Flax's NNX MNIST example CNN at toy width: its ``__call__`` takes ``rngs`` and draws dropout from it."""
+
+    def __init__(self, num_classes: int = 10, *, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(1, 4, kernel_size=(3, 3), rngs=rngs)
+        self.batch_norm1 = nnx.BatchNorm(4, rngs=rngs)
+        self.dropout1 = nnx.Dropout(rate=0.25)
+        self.conv2 = nnx.Conv(4, 8, kernel_size=(3, 3), rngs=rngs)
+        self.batch_norm2 = nnx.BatchNorm(8, rngs=rngs)
+        self.linear1 = nnx.Linear(7 * 7 * 8, 16, rngs=rngs)
+        self.dropout2 = nnx.Dropout(rate=0.25)
+        self.linear2 = nnx.Linear(16, num_classes, rngs=rngs)
+
+    def __call__(self, x, rngs: nnx.Rngs):
+        pool = functools.partial(nnx.avg_pool, window_shape=(2, 2), strides=(2, 2))
+        x = pool(nnx.relu(self.batch_norm1(self.dropout1(self.conv1(x), rngs=rngs))))
+        x = pool(nnx.relu(self.batch_norm2(self.conv2(x))))
+        x = x.reshape(x.shape[0], -1)
+        x = nnx.relu(self.dropout2(self.linear1(x), rngs=rngs))
+        return self.linear2(x)

@@ -13,7 +13,9 @@ checkpoints and the graph passes see the same pytrees for linen and NNX:
 linen models are applied as ``apply(variables, x, train=...)``; ``call`` (config.model_call) names
 another flag: ``"deterministic"``-style flags that mean "not training" are written ``"not NAME"``
 (``"not deterministic"``, ``"not use_running_average"``). NNX models switch with ``.train()`` /
-``.eval()``. A BatchNorm naming an axis (``axis_name='batch'``, the trainer's axis) synchronises its
+``.eval()``; one whose ``__call__`` takes ``rngs`` (Flax's NNX examples) is called with
+``rngs=nnx.Rngs(dropout=key)`` in training and a fixed ``nnx.Rngs(0)`` in evaluation. A BatchNorm
+naming an axis (``axis_name='batch'``, the trainer's axis) synchronises its
 statistics under pmap and shard_map alike; outside a mapped step only evaluation mode is used.
 """
 
@@ -81,6 +83,19 @@ def _wants_rngs(target) -> bool:
         return False
 
 
+def _call_rngs(module, rngs) -> dict:
+    """``rngs=nnx.Rngs(...)`` for an NNX module whose ``__call__`` takes ``rngs`` (Flax's MNIST example:
+    ``model(x, rngs=rngs)``, its dropout drawing from ``rngs``): the trainer's streams (``{'dropout':
+    key}``) in training; in evaluation dropout draws nothing, so a fixed seed."""
+    try:
+        params = inspect.signature(type(module).__call__).parameters
+    except (TypeError, ValueError):
+        return {}
+    if "rngs" not in params or params["rngs"].kind is inspect.Parameter.POSITIONAL_ONLY:
+        return {}
+    return {"rngs": nnx.Rngs(**rngs) if rngs else nnx.Rngs(0)}
+
+
 def _name(word: str) -> bool:
     return word.isidentifier() and not keyword.iskeyword(word)
 
@@ -130,7 +145,7 @@ class UserModel:
             module.train()
         else:
             module.eval()
-        logits = module(x)
+        logits = module(x, **_call_rngs(module, rngs))
         if not train:
             return logits
         return logits, {STATS: _pure(nnx.state(module)).get(STATS, {})}
