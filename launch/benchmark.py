@@ -251,10 +251,12 @@ def _default_config():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from soft_prune_jax import host_memory
     from soft_prune_jax.measure import benchmark as B
     from soft_prune_jax.training import cpu_devices
 
-    # Before JAX starts: a CPU-only host split as training splits it (the inference timings use device 0).
+    # Before JAX starts: the malloc policy and a CPU-only host split as training does (timings use device 0).
+    host_memory.retain_freed_memory()
     cpu_devices.apply(FLAGS.config if FLAGS.config is not None else _default_config())
     batch_sizes = _batch_sizes()
     dense, dense_vars, compact, compact_vars, input_shape, description = _models()

@@ -65,7 +65,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="soft_prune_jax-drift-") as tmp:
         venv = os.path.join(tmp, "venv")
         python = os.path.join(venv, "bin", "python")
-        if _run(sys.executable, "-m", "venv", venv) or _run(python, "-m", "pip", "install", "-q", "-e", ".[test]"):
+        newest = ("install", "-q", "--upgrade", "--upgrade-strategy", "eager", "-e", ".[test]")
+        if _run(sys.executable, "-m", "venv", venv) or _run(python, "-m", "pip", *newest):
             print("drift check: the newest versions allowed by pyproject.toml do not even install")
             return 1
         freeze = subprocess.run(

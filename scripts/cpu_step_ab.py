@@ -29,14 +29,14 @@ SETTINGS = {  # name -> (SOFT_PRUNE_JAX_HOST_MALLOC, CPU devices)
 
 CHILD = r"""
 import functools, json, resource, sys, time
-import soft_prune_jax
+from soft_prune_jax import host_memory
+host_memory.retain_freed_memory()  # as launch/train.py: before JAX's backend starts
 import jax
 model_name, shape = sys.argv[1], sys.argv[3]
 batch, devices, steps = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5])
 jax.config.update("jax_num_cpu_devices", devices)
 import numpy as np
 from configs import default
-from soft_prune_jax import host_memory
 from soft_prune_jax.methods import get_method
 from soft_prune_jax.models import get_model
 from soft_prune_jax.training import state as S

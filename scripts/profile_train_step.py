@@ -35,6 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from configs import default  # noqa: E402
 from soft_prune_jax import host_memory  # noqa: E402
+
+host_memory.retain_freed_memory()  # as launch/train.py does, before JAX's backend starts
 from soft_prune_jax.measure import benchmark as B  # noqa: E402
 from soft_prune_jax.methods import get_method  # noqa: E402
 from soft_prune_jax.models import get_model  # noqa: E402

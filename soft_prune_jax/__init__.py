@@ -10,14 +10,11 @@ as plug-ins), ``training`` (steps, parallel drivers, loop, data, checkpoints) an
 phases of an experiment). The names below are the public API; everything else is reachable through its
 subpackage.
 
-Importing the package first applies ``host_memory.retain_freed_memory`` (before anything imported here
-can start XLA's threads): on the CPU it keeps freed buffers mapped so training steps stop page-faulting.
+Importing the package changes nothing in the process. Process-wide settings are the launchers' to apply
+(launch/train.py, launch/benchmark.py): ``host_memory.retain_freed_memory`` (keeps freed host memory
+mapped, so XLA:CPU's training steps stop page-faulting) and ``training.cpu_devices.apply``; a script of
+your own calls them before its first JAX computation.
 """
-
-# ruff: noqa: E402 -- the malloc policy must be set before the imports below can start XLA's threads.
-from soft_prune_jax import host_memory
-
-host_memory.retain_freed_memory()
 
 from soft_prune_jax.compact.artifact import load as load_artifact
 from soft_prune_jax.compact.artifact import save as save_artifact

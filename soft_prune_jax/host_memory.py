@@ -14,7 +14,8 @@ process keeps its peak heap (plus some fragmentation) until it exits, which a tr
 process can afford: it reuses the same buffers step after step.
 
 It only helps if it runs before the XLA:CPU client starts its threads (they pick an arena on their
-first allocation), so ``soft_prune_jax`` calls it when it is imported. The environment variable
+first allocation), so the launchers call it first thing (launch/train.py, launch/benchmark.py; a script
+of your own calls it before its first JAX computation); importing ``soft_prune_jax`` does not. The environment variable
 ``SOFT_PRUNE_JAX_HOST_MALLOC`` chooses: ``auto`` (default: on when JAX computes on the CPU, i.e. no
 accelerator plugin is installed or ``JAX_PLATFORMS`` starts with ``cpu``), ``retain`` (always) or
 ``system`` (leave malloc alone). ``state()`` says what was done, for reports that give timings.
@@ -113,5 +114,5 @@ def retain_freed_memory(environ=None) -> dict:
 
 
 def state() -> dict:
-    """What ``retain_freed_memory`` did in this process (it has run if ``soft_prune_jax`` was imported)."""
+    """What ``retain_freed_memory`` did in this process ('not called' until a launcher or script calls it)."""
     return dict(_state) if _state is not None else {"policy": policy(), "applied": False, "reason": "not called"}

@@ -21,10 +21,14 @@ import numpy as np
 import pytest
 
 from configs import default
+from soft_prune_jax import host_memory
 from soft_prune_jax.compact import surgery
 from soft_prune_jax.models import get_model
 from soft_prune_jax.training.experiment import create_model
 from soft_prune_jax.training.state import init_variables
+
+# As the launchers do, before JAX starts its backend: the tests train on the CPU too.
+host_memory.retain_freed_memory()
 
 # The surgery tests check algebra: the compact network must reproduce the masked one to float32
 # rounding. On a GPU, XLA's default precision runs f32 convs and matmuls in TF32 (10-bit mantissa),

@@ -143,3 +143,30 @@ def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(shape):
     np.testing.assert_allclose(loss(max_pool_2x2), loss(reference), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="needs a 4-D NHWC input"):
         max_pool_2x2(x[0])
+
+
+def _primitives(fn, *args):
+    """Every primitive of ``fn``'s jaxpr, nested jaxprs (jit, custom_vjp) included."""
+    names, todo = set(), [jax.make_jaxpr(lambda *a: fn(*a))(*args).jaxpr]  # a new function: no cached trace
+    while todo:
+        for eqn in todo.pop().eqns:
+            names.add(eqn.primitive.name)
+            todo += [getattr(p, "jaxpr", p) for p in jax.core.jaxprs_in_params(eqn.params)]
+    return names
+
+
+def _conv_and_grad(x, k):
+    return jax.value_and_grad(lambda k: jnp.sum(F.conv2d(x, k, 1, "SAME") ** 2))(k)
+
+
+def test_auto_is_xla_own_conv_off_the_cpu(monkeypatch):
+    # The formulations were chosen by XLA:CPU measurements: a GPU run keeps XLA's conv and its gradient.
+    x, k1, k3 = jnp.ones((2, 4, 4, 8)), jnp.ones((1, 1, 8, 16)), jnp.ones((3, 3, 8, 16))
+    on_cpu = _primitives(_conv_and_grad, x, k1)
+    assert "dot_general" in on_cpu and "conv_general_dilated" not in on_cpu  # 1x1 -> matmul on the CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    for kernel in (k1, k3):
+        off_cpu = _primitives(_conv_and_grad, x, kernel)
+        assert "conv_general_dilated" in off_cpu and "custom_vjp_call" not in off_cpu, off_cpu
+        assert "dot_general" not in off_cpu, off_cpu
+    assert "dot_general" in _primitives(lambda x, k: F.conv2d(x, k, 1, "SAME", formulation="matmul"), x, k1)

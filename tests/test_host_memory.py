@@ -15,9 +15,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # them in, page by page, as XLA:CPU does with a training step's activations.
 FAULTS_PER_CALL = """
 import json, resource
-import soft_prune_jax  # applies the policy before JAX starts its backend
-import jax, jax.numpy as jnp
 from soft_prune_jax import host_memory
+host_memory.retain_freed_memory()  # as the launchers do, before JAX starts its backend
+import jax, jax.numpy as jnp
 f = jax.jit(lambda x: jnp.sum(jnp.cumsum(jnp.exp(x))[::3]))
 x = jnp.linspace(0.0, 1.0, 1 << 24)
 for _ in range(10):  # the retained heap reaches its working size (it may grow a few times first)
@@ -42,6 +42,13 @@ def test_computes_on_cpu_from_platforms_or_installed_plugins():
     assert not host_memory.computes_on_cpu({"JAX_PLATFORMS": "cuda,cpu"}, accelerator_modules=[])
     assert not host_memory.computes_on_cpu({}, accelerator_modules=["jax_plugins.xla_cuda12"])
     assert host_memory.computes_on_cpu({}, accelerator_modules=[])
+
+
+def test_importing_the_package_leaves_malloc_alone():
+    # A library import has no process-wide side effects: the launchers apply the policy.
+    code = "import json, soft_prune_jax\nfrom soft_prune_jax import host_memory\n"
+    state = run_child(code + 'print("RESULT " + json.dumps(host_memory.state()))', cwd=REPO)
+    assert state == {"policy": "auto", "applied": False, "reason": "not called"}, state
 
 
 def test_retained_memory_stops_the_per_call_page_faults():

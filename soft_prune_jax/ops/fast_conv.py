@@ -28,7 +28,9 @@ So ``conv2d`` offers several formulations of the same convolution, all numerical
   Costs kh*kw times the input's memory, so it only pays where the spatial size is tiny.
 * ``'matmul'``: for 1x1 kernels: a strided slice and one GEMM (no patch copy).
 
-``'auto'`` picks by a fixed shape rule (no timing at call time), see ``choose_formulation``.
+``'auto'`` picks by a fixed shape rule (no timing at call time), see ``choose_formulation``, and only
+where JAX computes on the CPU: every rule here was measured on XLA:CPU, so on a GPU or TPU 'auto' is
+XLA's own conv with its own gradients (name a formulation to force one anywhere).
 Gradients: the kernel's gradient uses the formulation ``ops.conv_grad`` picks for the shape (XLA:CPU's
 own weight-gradient conv is several times slower than the forward conv on most shapes), the
 input's gradient is the autodiff of the forward formulation; ``weight_grad='autodiff'`` differentiates
@@ -44,6 +46,7 @@ import functools
 from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -138,6 +141,8 @@ def conv2d(x, kernel, strides=1, padding: Padding = "SAME", formulation: str = "
     dtype = jnp.result_type(x, kernel)
     if x.shape[-1] == 0 or kernel.shape[-1] == 0 or 0 in out_hw or x.shape[0] == 0:
         return jnp.zeros((x.shape[0],) + out_hw + (kernel.shape[-1],), dtype)
+    if formulation == "auto" and jax.default_backend() != "cpu":  # the shape rules are XLA:CPU's (docstring)
+        formulation, weight_grad = "xla", ("autodiff" if weight_grad == "auto" else weight_grad)
     if formulation == "auto":
         formulation = choose_formulation(x.shape, kernel.shape, strides, pads)
     if formulation == "matmul" and window != (1, 1):
