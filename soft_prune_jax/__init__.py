@@ -19,31 +19,23 @@ your own calls them before its first JAX computation.
 from soft_prune_jax.compact.artifact import load as load_artifact
 from soft_prune_jax.compact.artifact import save as save_artifact
 from soft_prune_jax.compact.export import load_compact, save_compact
-from soft_prune_jax.compact.prune_model import prune_model
+from soft_prune_jax.compact.prune_model import channel_groups, prune_model
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.methods import Method, get_method, method_names
 from soft_prune_jax.methods import register as register_method
 from soft_prune_jax.models import get_model, model_names
 from soft_prune_jax.pipeline import PHASES, parse_phases, run
-from soft_prune_jax.training.experiment import create_model, training_phase
-from soft_prune_jax.training.loop import FitResult, Phase, fit
-from soft_prune_jax.training.parallel import Parallel
-from soft_prune_jax.training.state import TrainState
-from soft_prune_jax.training.steps import eval_step, train_step
 
 __version__ = "0.1.0"
 
+# What the README teaches: pruning a model, its artifacts, the built-in models, the pruning methods as
+# plug-ins and the pipeline's phases. The trainer's insides (state, steps, loop, parallel drivers) are
+# reachable through ``soft_prune_jax.training``.
 __all__ = [
     "PHASES",
-    "FitResult",
     "MaskConfig",
     "Method",
-    "Parallel",
-    "Phase",
-    "TrainState",
-    "create_model",
-    "eval_step",
-    "fit",
+    "channel_groups",
     "get_method",
     "get_model",
     "load_artifact",
@@ -56,6 +48,4 @@ __all__ = [
     "run",
     "save_artifact",
     "save_compact",
-    "train_step",
-    "training_phase",
 ]
