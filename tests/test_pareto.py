@@ -1,122 +1,427 @@
-"""scripts/pareto.py: the run plan, the commands, the uniform baseline's widths, and the page and plot
-rendered from raw records alone (fake records here: no training)."""
+"""scripts/pareto.py: the plans, the commands, the widths of the from-scratch arms, the stated test
+(against hand-computed cases), the records' provenance, the runner end to end with a fake trainer,
+and the page rendered from records alone (no training here)."""
 
 import importlib.util
 import json
+import math
 import os
+import sys
+import textwrap
 
 import pytest
-
-from soft_prune_jax.measure import flops
-from soft_prune_jax.models import get_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("pareto", os.path.join(ROOT, "scripts", "pareto.py"))
 pareto = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pareto)
 
-
-def test_plan_has_every_method_at_every_budget_and_two_seeds_at_half():
-    runs = pareto.plan_runs(pareto.METHODS, pareto.BUDGETS, seeds=1, seeds_at_half=2)
-    for method in ("scp", "scp_cost", "slimming", "uniform"):
-        assert sorted((b, s) for m, b, s in runs if m == method) == [(0.3, 0), (0.5, 0), (0.5, 1), (0.7, 0)]
-    assert [(b, s) for m, b, s in runs if m == "dense"] == [(1.0, 0), (1.0, 1)]
-    assert len(set(runs)) == len(runs) == 18
+MAIN, LONG = pareto.PLANS["main"], pareto.PLANS["long"]
 
 
-def test_commands_give_every_method_the_same_total_epochs():
-    def value(cmd, flag):
-        found = [c.split("=", 1)[1] for c in cmd if c.startswith(f"--config.{flag}=")]
-        return int(found[0]) if found else None
-
-    for method in ("scp", "scp_cost", "slimming", "dense"):
-        cmd = pareto.command(method, 0.5, 1, "/tmp/w")
-        assert value(cmd, "num_epochs") + value(cmd, "finetune_epochs") == 4, method
-        assert "--config.seed=1" in cmd
-    assert "--config.target_macs_ratio=0.5" in pareto.command("scp", 0.5, 0, "/tmp/w")
-    assert "--config.cost_aware_penalty=True" in pareto.command("scp_cost", 0.5, 0, "/tmp/w")
-    assert "--config.slimming.target_macs_ratio=0.3" in pareto.command("slimming", 0.3, 0, "/tmp/w")
+# ----------------------------------------------------------------------------- plans and commands
 
 
-@pytest.mark.parametrize("budget", [0.3, 0.7])
-def test_uniform_widths_match_the_budget(budget):
-    widths = pareto.uniform_widths(budget)
-    assert widths.count("M") == 2 and len(widths) == len(pareto.DEMO_WIDTHS)
+def test_main_plan_has_every_arm_at_both_budgets_with_three_seeds_and_scp_first():
+    runs = pareto.plan_runs(MAIN)
+    assert len(set(runs)) == len(runs) == 33
+    for arm in ("scp", "scp_widths_scratch", "uniform", "random", "slimming"):
+        assert sorted((r.budget, r.seed) for r in runs if r.arm == arm) == [
+            (b, s) for b in (0.3, 0.5) for s in range(3)
+        ]
+    assert sorted((r.budget, r.seed) for r in runs if r.arm == "dense") == [(1.0, 0), (1.0, 1), (1.0, 2)]
+    assert "scp_cost" not in {r.arm for r in runs}  # available (plan cost), not in the default
+    for r in runs:  # SCP's widths from scratch need the SCP record of the same budget and seed
+        if r.arm == "scp_widths_scratch":
+            assert runs.index(pareto.Run("main", "scp", r.budget, r.seed)) < runs.index(r)
+    # Seed by seed: after the first 11 runs, seed 0 is complete.
+    assert {r.seed for r in runs[:11]} == {0} and len({(r.arm, r.budget) for r in runs[:11]}) == 11
 
-    def macs(w):
-        return flops.count(get_model("fmnist_cnn", 10, widths=w, mask=None), None, pareto.DEMO_INPUT).macs
 
-    assert macs(widths) / macs(pareto.DEMO_WIDTHS) == pytest.approx(budget, abs=0.03)
+def test_long_plan_is_three_arms_at_0_3_with_three_seeds_over_15_epochs():
+    runs = pareto.plan_runs(LONG)
+    assert sorted((r.arm, r.seed) for r in runs) == sorted(
+        (a, s) for a in ("scp", "scp_widths_scratch", "uniform") for s in range(3)
+    )
+    assert {r.budget for r in runs} == {0.3} and LONG.total_epochs == 15 and LONG.table != MAIN.table
 
 
-def _fake(method, budget, seed, acc, macs):
-    return {
-        "method": method,
+def _flag(cmd, name):
+    found = [c.split("=", 1)[1] for c in cmd if c.startswith(f"--config.{name}=")]
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("plan", [MAIN, LONG], ids=["main", "long"])
+def test_every_arm_gets_the_same_total_epochs_and_its_seed(plan):
+    widths = (8, 8, "M", 16, 16, "M", 32)
+    for arm in pareto.ARMS:
+        budget = 1.0 if arm == "dense" else 0.3
+        cmd = pareto.command(pareto.Run(plan.name, arm, budget, 2), plan, "/tmp/w", widths)
+        assert int(_flag(cmd, "num_epochs")) + int(_flag(cmd, "finetune_epochs")) == plan.total_epochs, arm
+        assert _flag(cmd, "seed") == "2" and "--workdir=/tmp/w" in cmd
+        if arm in pareto.FROM_SCRATCH:
+            assert _flag(cmd, "method") == "dense" and _flag(cmd, "finetune_epochs") == "0"
+            assert _flag(cmd, "lr_boundaries") == f"({plan.train_epochs},)"
+            assert (_flag(cmd, "model_kwargs") is None) == (arm == "dense")
+        else:
+            assert _flag(cmd, "lr_boundaries") == repr(tuple(plan.train_boundaries))
+    scp = pareto.command(pareto.Run("main", "scp", 0.5, 0), MAIN, "/tmp/w")
+    assert _flag(scp, "target_macs_ratio") == "0.5" and _flag(scp, "method") is None
+    slim = pareto.command(pareto.Run("main", "slimming", 0.3, 0), MAIN, "/tmp/w")
+    assert _flag(slim, "slimming.target_macs_ratio") == "0.3" and _flag(slim, "nesterov") == "False"
+    assert "--config.cost_aware_penalty=True" in pareto.command(pareto.Run("cost", "scp_cost", 0.3, 0), MAIN, "/w")
+    assert _flag(pareto.command(pareto.Run("main", "random", 0.3, 0), MAIN, "/w", widths), "model_kwargs") == (
+        "{'widths': (8, 8, 'M', 16, 16, 'M', 32)}"
+    )
+    with pytest.raises(ValueError, match="needs its widths"):
+        pareto.command(pareto.Run("main", "uniform", 0.3, 0), MAIN, "/tmp/w")
+
+
+def test_labels_name_slimming_by_its_schedule():
+    assert pareto.label("slimming", 4) == "Network Slimming, 4-epoch budget"
+    assert pareto.label("scp_widths_scratch", 4) == "SCP's widths, from scratch"
+
+
+# ----------------------------------------------------------------------------- widths
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5])
+def test_uniform_and_random_widths_match_the_budget(budget):
+    full = pareto.macs_of(pareto.DEMO_WIDTHS)
+    uniform = pareto.uniform_widths(budget)
+    assert uniform.count("M") == 2 and pareto.macs_of(uniform) / full == pytest.approx(budget, abs=0.01)
+    drawn = {pareto.random_widths(budget, seed) for seed in range(3)}
+    assert len(drawn) == 3  # each seed its own widths
+    for widths in drawn:
+        assert widths.count("M") == 2 and pareto.macs_of(widths) / full == pytest.approx(budget, abs=0.01)
+        assert all(1 <= w <= d for w, d in zip(widths, pareto.DEMO_WIDTHS) if w != "M")
+    assert pareto.random_widths(budget, 1) == pareto.random_widths(budget, 1)  # seeded
+    assert pareto.random_factors(0.3, 0) != pareto.random_factors(0.5, 0)
+
+
+def test_scp_widths_come_from_the_report_in_layer_order():
+    kept = {"masked_bn2": 51, "masked_bn0": 19, "masked_bn4": 78, "masked_bn1": 30, "masked_bn3": 49}
+    report = {"prune": {"kept_channels": kept}}
+    kept = pareto.kept_widths(report)
+    assert kept == [19, 30, 51, 49, 78]
+    assert pareto.widths_from_record({"widths": kept}) == (19, 30, "M", 51, 49, "M", 78)
+    with pytest.raises(ValueError):
+        pareto.full_widths([1, 2, 3])
+
+
+# ----------------------------------------------------------------------------- the test
+
+
+def test_pooled_sd_by_hand():
+    # Deviations of +-0.01 in each three-value group: 2 x 1e-4 per group over 2 df each.
+    sd, df = pareto.pooled_sd([[0.91, 0.92, 0.93], [0.90, 0.91, 0.92], [0.86, 0.87, 0.88], [0.5]])
+    assert df == 6 and sd == pytest.approx(0.01)
+    sd, df = pareto.pooled_sd([[1.0, 3.0], [2.0, 2.0, 5.0]])  # SS 2 + 6 over 1 + 2 df
+    assert df == 3 and sd == pytest.approx(math.sqrt(8 / 3))
+    assert math.isnan(pareto.pooled_sd([[1.0], [2.0]])[0])
+
+
+def test_holm_steps_and_interval_levels_by_hand():
+    # m = 3: 0.01 <= 0.05/3 rejects; 0.03 > 0.05/2 stops; 0.04 keeps the failing step's level.
+    rejected, levels = pareto.holm_levels([0.01, 0.04, 0.03], 0.05)
+    assert rejected == [True, False, False]
+    assert levels == pytest.approx([0.05 / 3, 0.05 / 2, 0.05 / 2])
+    rejected, levels = pareto.holm_levels([0.02, 0.001], 0.05)  # 0.001 <= 0.025, then 0.02 <= 0.05
+    assert rejected == [True, True] and levels == pytest.approx([0.05, 0.025])
+    rejected, levels = pareto.holm_levels([0.5, 0.03], 0.05)  # the first step fails: nothing rejected
+    assert rejected == [False, False] and levels == pytest.approx([0.025, 0.025])
+
+
+def test_compare_by_hand():
+    groups = {
+        ("scp", 0.3): [0.91, 0.92, 0.93],
+        ("uniform", 0.3): [0.90, 0.91, 0.92],
+        ("slimming", 0.3): [0.86, 0.87, 0.88],
+    }
+    pairs = [(("scp", 0.3), ("uniform", 0.3)), (("scp", 0.3), ("slimming", 0.3))]
+    uniform, slimming = pareto.compare(groups, pairs)
+    se = 0.01 * math.sqrt(2 / 3)  # s_p = 0.01 over 6 df, n = 3 and 3
+    for row in (uniform, slimming):
+        assert row["df"] == 6 and row["pooled_sd"] == pytest.approx(0.01) and row["se"] == pytest.approx(se)
+    assert uniform["diff"] == pytest.approx(0.01) and uniform["t"] == pytest.approx(1.2247449, rel=1e-6)
+    assert slimming["diff"] == pytest.approx(0.05) and slimming["t"] == pytest.approx(6.1237244, rel=1e-6)
+    # Two-sided p of t with 6 df (tables: t_0.975,6 = 2.447, so p(1.22) is well above 0.05).
+    assert uniform["p"] == pytest.approx(0.26657, abs=2e-5) and slimming["p"] == pytest.approx(0.000866, abs=2e-6)
+    # Holm over 2: Slimming first at 0.025 (rejected, 97.5% interval), uniform then at 0.05 (not).
+    assert slimming["rejected"] and slimming["level"] == pytest.approx(0.025)
+    assert not uniform["rejected"] and uniform["level"] == pytest.approx(0.05)
+    assert slimming["low"] == pytest.approx(0.05 - 2.968687 * se, abs=1e-6)
+    assert uniform["low"] == pytest.approx(0.01 - 2.446912 * se, abs=1e-6)
+    assert uniform["high"] == pytest.approx(0.01 + 2.446912 * se, abs=1e-6) and uniform["low"] < 0
+    # Smallest difference detectable with 80% power at 5%: (t_0.975,6 + t_0.8,6) se.
+    assert uniform["mde"] == pytest.approx((2.446912 + 0.905703) * se, abs=1e-6)
+
+
+def test_a_missing_comparison_still_counts_in_the_family():
+    groups = {("scp", 0.3): [0.91, 0.92, 0.93], ("uniform", 0.3): [0.86, 0.87, 0.88]}
+    pairs = [(("scp", 0.3), ("uniform", 0.3)), (("scp", 0.3), ("random", 0.3))]
+    present, missing = pareto.compare(groups, pairs)
+    assert present["level"] == pytest.approx(0.025) and present["rejected"]
+    assert missing["diff"] is None and not missing["rejected"] and missing["p"] == 1.0
+
+
+# ----------------------------------------------------------------------------- records and the runner
+
+FAKE_TRAINER = textwrap.dedent(
+    """
+    import json, os, sys
+    args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert os.getcwd() == here and os.environ["PYTHONPATH"].split(os.pathsep)[0] == here
+    with open(os.path.join(here, "calls.txt"), "a") as f:
+        f.write(args["workdir"] + "\\n")
+    if os.environ.get("FAKE_FAIL") == os.path.basename(args["workdir"]):
+        sys.exit(3)
+    config = {
+        "seed": int(args["config.seed"]), "method": args.get("config.method", "scp"),
+        "num_epochs": int(args["config.num_epochs"]), "finetune_epochs": int(args["config.finetune_epochs"]),
+        "lr_boundaries": list(eval(args["config.lr_boundaries"])), "learning_rate": 0.1, "lr_decay": 0.1,
+        "finetune_learning_rate": float(args.get("config.finetune_learning_rate", 0.01)), "momentum": 0.9,
+        "nesterov": args.get("config.nesterov", "True") == "True", "weight_decay": 1e-4, "batch_size": 128,
+        "augment": False, "num_train_examples": None,
+        "model_kwargs": eval(args.get("config.model_kwargs", "{}")),
+    }
+    widths = config["model_kwargs"].get("widths") or (
+        (32, 32, "M", 64, 64, "M", 128) if config["method"] == "dense" else (19, 30, "M", 51, 49, "M", 78))
+    widths = [w for w in widths if w != "M"]
+    report = {
+        "prune": {"kept_channels": {f"masked_bn{i}": w for i, w in enumerate(widths)}},
+        "pruning": {"summary": {"compact_macs": 1000 * sum(widths), "dense_macs": 320000, "compact_params": 7}},
+        "evaluate": {"final_accuracy": 0.9 + config["seed"] / 1000, "test_examples": 10000},
+        "timings": {"train": 1.5},
+    }
+    for name, data in (("config.json", config), ("report.json", report)):
+        with open(os.path.join(args["workdir"], name), "w") as f:
+            json.dump(data, f)
+    """
+)
+
+
+def test_runner_end_to_end_with_a_fake_trainer(tmp_path, monkeypatch):
+    code, raw, work = tmp_path / "code", tmp_path / "raw", tmp_path / "work"
+    (code / "launch").mkdir(parents=True)
+    (code / "launch" / "train.py").write_text(FAKE_TRAINER)
+    version = "a" * 40
+
+    def run(only, **kwargs):
+        return pareto.run_plan(
+            MAIN,
+            code=str(code),
+            code_version=version,
+            device="cpu: fake (2 cores)",
+            workroot=str(work),
+            raw_dir=str(raw),
+            log=str(tmp_path / "log"),
+            only=set(only),
+            **kwargs,
+        )
+
+    # SCP's widths from scratch waits for the SCP record; a failed run is counted and the rest go on.
+    monkeypatch.setenv("FAKE_FAIL", "dense_1_s0")
+    assert run({"scp_widths_scratch_0.3_s0", "dense_1_s0"}) == 1
+    assert not (raw / "main").exists()
+    monkeypatch.delenv("FAKE_FAIL")
+    assert run({"scp_0.3_s0", "scp_widths_scratch_0.3_s0", "dense_1_s0"}) == 0
+    calls = (code / "calls.txt").read_text().split()
+    assert [os.path.basename(c) for c in calls] == [
+        "dense_1_s0",
+        "scp_0.3_s0",
+        "scp_widths_scratch_0.3_s0",
+        "dense_1_s0",
+    ]
+    assert all(c.startswith(str(work / version[:12] / "main")) for c in calls)
+
+    scp = json.loads((raw / "main" / "scp_0.3_s0.json").read_text())
+    scratch = json.loads((raw / "main" / "scp_widths_scratch_0.3_s0.json").read_text())
+    dense = json.loads((raw / "main" / "dense_1_s0.json").read_text())
+    assert not list((raw / "main").glob("*.tmp*"))
+    # Provenance.
+    for record in (scp, scratch, dense):
+        assert record["code_version"] == version and record["code_dirty"] is False
+        assert set(record["runner"]) >= {"commit", "dirty"}
+        assert record["config"]["seed"] == 0 and record["seed"] == 0 and record["data_order"]["seed"] == 0
+        assert record["machine"]["device"] == "cpu: fake (2 cores)" and record["machine"]["cpu_count"]
+        assert set(record["libraries"]) >= {
+            "jax",
+            "jaxlib",
+            "flax",
+            "optax",
+            "numpy",
+            "tensorflow",
+            "tensorflow-datasets",
+        }
+        assert record["libraries"]["jax"] and record["libraries"]["tensorflow-datasets"]
+        assert record["started_at"].endswith("+00:00") and record["ended_at"] >= record["started_at"]
+        assert record["wall_seconds"] >= 0 and record["schedule"]["total_epochs"] == 4
+        assert record["command"][1] == "launch/train.py" and record["overrides"] == []
+    assert scp["schedule"]["train"] == {
+        "epochs": 3, "method": "scp", "learning_rate": 0.1, "lr_boundaries": [2], "momentum": 0.9,
+        "nesterov": True, "weight_decay": 1e-4, "batch_size": 128, "lr_decay": 0.1,
+    }  # fmt: skip
+    assert scp["schedule"]["finetune"]["epochs"] == 1 and scp["schedule"]["finetune"]["lr_boundaries"] == [2 / 3]
+    assert dense["schedule"]["finetune"] == {"epochs": 0} and dense["schedule"]["train"]["lr_boundaries"] == [3]
+    # SCP's widths, read from its record, trained from scratch.
+    assert scp["widths"] == scratch["widths"] == [19, 30, 51, 49, 78]
+    assert scratch["config"]["model_kwargs"] == {"widths": [19, 30, "M", 51, 49, "M", 78]}
+    assert "main/scp_0.3_s0.json" in scratch["widths_source"]
+    assert [a["returncode"] for a in dense["attempts"]] == [3, 0]  # the failed attempt is kept
+    assert scp["test_accuracy"] == 0.9 and scp["macs_ratio"] == pytest.approx(227 / 320)
+
+    # Records that exist are skipped; a record of another code version is left alone, not rerun.
+    scp["code_version"] = "b" * 40
+    (raw / "main" / "scp_0.3_s0.json").write_text(json.dumps(scp))
+    assert run({"scp_0.3_s0", "scp_widths_scratch_0.3_s0", "dense_1_s0"}) == 0
+    assert len((code / "calls.txt").read_text().split()) == 4
+
+    # The page counts the planned runs of this version only.
+    (raw / pareto.PIN_FILE).write_text(json.dumps({"commit": version}))
+    page = tmp_path / "RESULTS.md"
+    section = pareto.render(str(raw), str(page), None)
+    assert "**Status:** 2 of 42 planned runs exist under code version `aaaaaaaaaaaa`" in section
+    assert "plan main: 2 of 33 planned runs" in section
+    assert "Not in any verdict: 1 records of another code version" in section and "main/scp_0.3_s0.json" in section
+
+
+def test_plan_lock_refuses_a_second_runner(tmp_path):
+    with pareto.plan_lock(str(tmp_path), "main"):
+        with pytest.raises(pareto.Locked), pareto.plan_lock(str(tmp_path), "main"):
+            pass
+        with pareto.plan_lock(str(tmp_path), "long"):
+            pass
+
+
+# ----------------------------------------------------------------------------- rendering
+
+VERSION = "c" * 40
+
+
+def _record(arm, budget, seed, acc, macs, plan="main", version=VERSION, **extra):
+    p = pareto.PLANS[plan]
+    record = {
+        "plan": plan,
+        "table": p.table,
+        "arm": arm,
         "budget": budget,
         "seed": seed,
         "test_accuracy": acc,
         "macs_ratio": macs,
-        "macs": int(macs * 1e6),
-        "machine": "fake CPU, 2 CPU cores, Linux",
+        "code_version": version,
+        "overrides": [],
+        "runner": {"commit": "d" * 40, "dirty": False},
+        "machine": {"device": "cpu: fake CPU (2 cores)"},
+        "started_at": f"2027-01-0{seed + 1}T00:00:00+00:00",
+        "wall_seconds": 300.0,
+        "schedule": {
+            "total_epochs": p.total_epochs,
+            "train": {
+                "epochs": 4,
+                "method": "dense",
+                "learning_rate": 0.1,
+                "lr_boundaries": [3],
+                "lr_decay": 0.1,
+                "momentum": 0.9,
+                "nesterov": True,
+                "weight_decay": 1e-4,
+                "batch_size": 128,
+            },  # fmt: skip
+            "finetune": {"epochs": 0},
+        },
     }
+    record.update(extra)
+    return record
 
 
-FAKE = [
-    _fake("dense", 1.0, 0, 0.920, 1.0),
-    _fake("scp", 0.3, 0, 0.905, 0.30),
-    _fake("uniform", 0.3, 0, 0.890, 0.31),
-    _fake("scp", 0.5, 0, 0.910, 0.50),
-    _fake("scp", 0.5, 1, 0.914, 0.49),
-    _fake("slimming", 0.5, 0, 0.911, 0.50),
-    _fake("slimming", 0.5, 1, 0.913, 0.50),
-    _fake("scp", 0.7, 0, 0.900, 0.70),
-    _fake("scp_cost", 0.7, 0, 0.915, 0.69),
-    _fake("uniform", 0.7, 0, 0.905, 0.71),
-]
+def _write(raw, folder, records):
+    (raw / folder).mkdir(parents=True, exist_ok=True)
+    for r in records:
+        (raw / folder / f"{pareto.run_name(r.get('arm', r.get('method')), r['budget'], r['seed'])}.json").write_text(
+            json.dumps(r)
+        )
 
 
-def test_render_writes_the_section_and_plot_from_raw_records(tmp_path):
+ARCHIVED = [
+    {"method": "scp", "budget": 0.3, "seed": 0, "test_accuracy": 0.9134, "macs_ratio": 0.2958},
+    {"method": "uniform", "budget": 0.3, "seed": 0, "test_accuracy": 0.9202, "macs_ratio": 0.2945,
+     "data_order": "numpy permutation", "wall_seconds": 257.0},
+]  # fmt: skip
+
+
+def test_render_without_new_records_shows_the_archive_and_no_verdict(tmp_path):
     raw = tmp_path / "raw"
-    raw.mkdir()
-    for r in FAKE:
-        (raw / f"{pareto.run_name(r['method'], r['budget'], r['seed'])}.json").write_text(json.dumps(r))
-    page, plot = tmp_path / "RESULTS.md", tmp_path / "pareto.png"
-    page.write_text("# Results\n\nearlier sections\n")
-    section = pareto.render(str(raw), str(page), str(plot))
-    assert plot.stat().st_size > 1000
-    text = page.read_text()
-    assert text.startswith("# Results\n\nearlier sections\n") and text.count(pareto.BEGIN) == 1
-    assert "fake CPU, 2 CPU cores" in section
-    assert "| 0.5 | SCP (targeted) | 2 | 91.20% (91.00% to 91.40%) | 49.50% (49.00% to 50.00%) |" in section
-    assert "| 0.3 | uniform, from scratch | 1 | 89.00% | 31.00% |" in section
-    verdicts = [line for line in section.splitlines() if line.startswith("- At ")]
-    assert len(verdicts) == 4
-    # Each variant against each baseline present at that budget; ties within the larger seed spread.
-    assert "SCP (targeted) (90.50%, MACs 30.00%) beats uniform, from scratch (89.00%, MACs 31.00%; +1.50" in verdicts[0]
-    assert "Network Slimming" not in verdicts[0]  # no Slimming run at 0.3
-    assert "SCP (targeted) (91.20%, MACs 49.50%) ties with Network Slimming (91.20%" in verdicts[1]
-    assert "SCP (targeted) (90.00%, MACs 70.00%) loses to uniform, from scratch (90.50%" in verdicts[2]
-    assert "SCP, cost-aware penalty (91.50%, MACs 69.00%) beats uniform, from scratch (90.50%" in verdicts[3]
-
-    # Rendering again replaces the block instead of adding a second one, and keeps what follows it.
-    page.write_text(page.read_text() + "\nlater section\n")
-    pareto.render(str(raw), str(page), str(plot))
-    text = page.read_text()
-    assert text.count(pareto.BEGIN) == text.count(pareto.END) == 1 and text.rstrip().endswith("later section")
-
-
-def test_render_without_records_says_so(tmp_path):
+    _write(raw, "archive", ARCHIVED)
     page = tmp_path / "RESULTS.md"
-    section = pareto.render(str(tmp_path / "none"), str(page), str(tmp_path / "p.png"))
-    assert "No finished run yet." in section and not (tmp_path / "p.png").exists()
+    page.write_text("# Results\n\nearlier\n\n" + pareto.BEGIN + "\nold\n" + pareto.END + "\n\nlater\n")
+    section = pareto.render(str(raw), str(page), str(tmp_path / "p.png"))
+    text = page.read_text()
+    assert text.startswith("# Results\n\nearlier\n\n") and text.rstrip().endswith("later") and "\nold\n" not in text
+    assert "0 of 42 planned runs exist under code version `not pinned y`" in section
+    assert "The evidence is being re-run under one code version" in section
+    assert "Archived records: old code, mixed versions, no verdicts" in section
+    assert "| 0.3 | uniform widths, from scratch | 1 | 92.02% | 29.45% | numpy permutation |" in section
+    assert "| 0.3 | SCP (targeted) | 1 | 91.34% | 29.58% | tf.data shuffle buffer |" in section
+    for word in ("SCP better", "SCP worse", "no difference shown", "beats", "loses to"):
+        assert word not in section
+    assert not (tmp_path / "p.png").exists()
 
 
-def test_verdict_names_each_baseline_with_its_own_judgement():
-    records = [
-        _fake("scp", 0.5, 0, 0.915, 0.50),
-        _fake("slimming", 0.5, 0, 0.905, 0.50),  # 1.0 point under SCP: beyond the 0.3-point noise
-        _fake("uniform", 0.5, 0, 0.917, 0.50),  # 0.2 point over SCP: within it
-    ]
-    (line,) = pareto.verdicts(pareto.aggregate(records))
-    assert "beats Network Slimming (90.50%, MACs 50.00%; +1.00 points, noise 0.30)" in line
-    assert " and ties with uniform, from scratch (91.70%, MACs 50.00%; -0.20 points, noise 0.30)." in line
+def test_render_draws_verdicts_from_one_version_only(tmp_path):
+    raw = tmp_path / "raw"
+    records = []
+    for seed in range(3):
+        d = 0.001 * (seed - 1)  # +-0.1 points around each mean: pooled SD 0.1 points
+        for budget in (0.3, 0.5):
+            records += [
+                _record("scp", budget, seed, 0.915 + d, budget),
+                _record("scp_widths_scratch", budget, seed, 0.915 + d, budget),
+                _record("uniform", budget, seed, 0.920 + d, budget),  # 0.5 points over SCP: resolved
+                _record("random", budget, seed, 0.913 + d, budget),  # 0.2 points under: within the noise
+                _record("slimming", budget, seed, 0.905 + d, budget),  # 1 point under: resolved
+            ]
+        records.append(_record("dense", 1.0, seed, 0.922 + d, 1.0))
+    other = _record("uniform", 0.3, 5, 0.777, 0.3, version="e" * 40)  # another version: never tested
+    _write(raw, "main", records + [other])
+    _write(raw, "archive", ARCHIVED)
+    (raw / pareto.PIN_FILE).write_text(json.dumps({"commit": VERSION}))
+    page = tmp_path / "RESULTS.md"
+    section = pareto.render(str(raw), str(page), str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    assert "**Status:** 33 of 42 planned runs exist under code version `cccccccccccc`" in section
+    assert "plan main: 33 of 33 planned runs" in section and "plan long: 0 of 9 planned runs" in section
+    assert "| 0.3 | uniform widths, from scratch | 3 (0, 1, 2) | 92.00% | 0.10 | 30.00% | 300 s |" in section
+    assert "pooled within-group SD 0.100 points over the 11 groups above (df = 22)" in section
+    assert "95% family-wise over the 8 planned comparisons (Holm-Bonferroni)" in section
+    rows = {line.split(" | ")[1]: line for line in section.splitlines() if line.startswith("| 0.3 | SCP vs ")}
+    assert "| SCP worse |" in rows["SCP vs uniform widths, from scratch"]
+    assert "| SCP better |" in rows["SCP vs Network Slimming, 4-epoch budget"]
+    assert "| no difference shown |" in rows["SCP vs random widths, from scratch"]
+    assert "| +0.00 (n = 3, 3) |" in rows["SCP vs SCP's widths, from scratch"]
+    assert "77.70%" not in section and "Not in any verdict: 1 records" in section
+    assert "Archived records: old code" in section
+    assert "| uniform widths, from scratch | 4 epochs, dense, LR 0.1 x0.1 after epochs [3]" in section
+
+
+def test_list_counts_the_plans(tmp_path):
+    raw = tmp_path / "raw"
+    _write(raw, "archive", ARCHIVED)
+    _write(raw, "long", [_record("uniform", 0.3, 0, 0.9, 0.3, plan="long")])
+    (raw / pareto.PIN_FILE).write_text(json.dumps({"commit": VERSION}))
+    text = pareto.list_plans(str(raw), ["main", "long"])
+    assert "plan main (4-epoch): 0 of 33 planned runs done" in text
+    assert "plan long (15-epoch): 1 of 9 planned runs done" in text and "missing (8): scp_0.3_s0," in text
+
+
+def test_script_help_runs():
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "pareto.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--render_only" in out and "--plan" in out and "--list" in out
