@@ -582,8 +582,10 @@ def make_record(
     widths_source: str,
     device: str,
     attempts: Sequence[dict],
+    full_macs: int,
 ) -> dict:
-    """The record of one finished run, from its workdir's report.json and config.json."""
+    """The record of one finished run, from its workdir's report.json and config.json. ``full_macs``:
+    the demo network's MACs at full widths (a from-scratch arm's report counts its own widths as dense)."""
     summary = report["pruning"]["summary"]
     evaluate = report.get("evaluate") or {}
     accuracy = evaluate.get("final_accuracy")
@@ -613,14 +615,15 @@ def make_record(
         "trained_hard_masked_accuracy": evaluate.get("trained_hard_masked_accuracy"),
         "accuracy_before_finetune": evaluate.get("compact_accuracy_before_finetune"),
         "macs": summary["compact_macs"],
-        "dense_macs": summary["dense_macs"],
-        "macs_ratio": summary["compact_macs"] / summary["dense_macs"],
+        "dense_macs": full_macs,
+        "model_dense_macs": summary["dense_macs"],
+        "macs_ratio": summary["compact_macs"] / full_macs,
         "params": summary.get("compact_params"),
         "budget_record": (report.get("prune") or {}).get("budget"),
         "pipeline_timings": report.get("timings") or {},
-        "started_at": last["started_at"],
+        "started_at": attempts[0]["started_at"],  # the first attempt's start (a resumed run has several)
         "ended_at": last["ended_at"],
-        "wall_seconds": last["seconds"],
+        "wall_seconds": round(sum(a["seconds"] or 0.0 for a in attempts), 2),  # attempts killed hard: unknown
         "attempts": list(attempts),
         "machine": machine_of(device),
         "libraries": library_versions(),
@@ -687,6 +690,7 @@ def run_plan(
     """Runs (or resumes) every run of ``plan`` without a record; returns the number that failed."""
     failed = 0
     runner = checkout_state()
+    full_macs = macs_of(DEMO_WIDTHS)
     for run in plan_runs(plan, seeds):
         if only and run.name not in only:
             continue
@@ -742,10 +746,11 @@ def run_plan(
             widths_source=source,
             device=device,
             attempts=attempts,
+            full_macs=full_macs,
         )
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _write_json(path, record)
-        print(f"{record['ended_at']} wrote {os.path.relpath(path, ROOT)}: {100 * record['test_accuracy']:.2f}%, "
+        print(f"{record['ended_at']} wrote {path}: {100 * record['test_accuracy']:.2f}%, "
               f"MACs {record['macs_ratio']:.3f}, {record['wall_seconds']:.0f} s", flush=True)  # fmt: skip
     return failed
 
@@ -864,7 +869,8 @@ def table_section(table: str, records: Sequence[dict], counts: dict, version: st
     total = plans[0].total_epochs
     names = {a: label(a, total) for a in ARMS}
     status = "; ".join(f"plan {p.name}: {counts[p.name][0]} of {counts[p.name][1]} planned runs" for p in plans)
-    lines = [f"### {table} schedule", "", f"{status} (code version `{version[:12]}`)."]
+    pinned = f"code version `{version[:12]}`" if version else "code version not pinned yet"
+    lines = [f"### {table} schedule", "", f"{status} ({pinned})."]
     if not records:
         return lines + ["", "No record of this code version yet.", ""]
     machines = sorted({(r.get("machine") or {}).get("device", "?") for r in records})
@@ -945,15 +951,16 @@ def archive_section(archived: Sequence[dict]) -> list[str]:
     lines = [
         "### Archived records: old code, mixed versions, no verdicts",
         "",
-        f"{len(archived)} records in `docs/results/pareto/{ARCHIVE}/`, made 2026-11-25 to 2026-11-26 by the "
+        f"{len(archived)} records in `docs/results/pareto/{ARCHIVE}/`, committed 2026-11-26 from runs of the "
         "first version of this script on a shared 2-core AMD EPYC. They mix code versions (the runs "
         f"{', '.join(old)} predate the data-order, host-memory, CPU-split and tf.data changes; the others "
         "postdate them), hold no config, commit, schedule or time, and most groups have one seed. They are "
-        "shown as they were and enter no verdict. Their schedules: SCP 3 + 1 epochs; Network Slimming 3 "
+        "shown as they were and enter no verdict. Their schedules, as that version set them: SCP 3 epochs (LR "
+        "x0.1 after 2) + 1 fine-tune epoch from LR 0.01; Network Slimming 3 "
         "epochs + 1 fine-tune epoch from LR 0.1 without Nesterov (its 4-epoch budget, not Liu et al.'s "
         "recipe); dense and uniform 4 epochs from scratch, LR x0.1 after 3.",
         "",
-        "| budget | method | seeds | test accuracy per seed | MACs / dense | data order |",
+        "| budget | method | seeds | test accuracy per seed | MACs / dense | data order per seed |",
         "|---|---|---|---|---|---|",
     ]
     groups: dict = {}
@@ -962,10 +969,10 @@ def archive_section(archived: Sequence[dict]) -> list[str]:
     order = {a: i for i, a in enumerate(ARMS)}
     for (budget, method), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
         rows = sorted(rows, key=lambda r: r["seed"])
-        orders = sorted({r.get("data_order", "tf.data shuffle buffer") for r in rows})
+        orders = [r.get("data_order", "tf.data shuffle buffer") for r in rows]
         lines.append(
             f"| {budget:g} | {label(method, 4)} | {len(rows)} | {', '.join(_pct(r['test_accuracy']) for r in rows)} "
-            f"| {', '.join(_pct(r['macs_ratio']) for r in rows)} | {' / '.join(orders)} |"
+            f"| {', '.join(_pct(r['macs_ratio']) for r in rows)} | {', '.join(orders)} |"
         )
     return lines + [""]
 
@@ -998,7 +1005,7 @@ def render_section(current: Sequence[dict], archived: Sequence[dict], pin: Optio
         "and the test.",
         "",
         f"**Status:** {done} of {planned} planned runs exist under code version "
-        f"`{(version or 'not pinned yet')[:12]}` ("
+        f"{f'`{version[:12]}`' if version else '(not pinned yet)'} ("
         + ", ".join(f"plan {p}: {counts[p][0]} of {counts[p][1]}" for p in DEFAULT_PLANS)
         + ").",
         "",
@@ -1015,7 +1022,7 @@ def render_section(current: Sequence[dict], archived: Sequence[dict], pin: Optio
     for table in sorted({p.table for p in PLANS.values()}, key=lambda t: int(t.split("-")[0])):
         rows = [r for r in usable_records if r.get("table") == table]
         if rows or any(counts[p.name][1] for p in PLANS.values() if p.table == table and p.name in DEFAULT_PLANS):
-            lines += table_section(table, rows, counts, version or "not pinned")
+            lines += table_section(table, rows, counts, version or "")
     if others:
         versions = sorted({str(r.get("code_version"))[:12] for r in others})
         lines += [
@@ -1092,6 +1099,7 @@ def render(raw_dir: str = RAW_DIR, page: str = PAGE, plot: Optional[str] = PLOT)
 # ---------------------------------------------------------------------------------------------
 
 # Arms without an archived record of their own are timed like one that trains the same way.
+DEFAULT_SECONDS = 400.0  # without any record to go by
 TIMED_LIKE = {"scp": "scp_cost", "scp_widths_scratch": "uniform", "random": "uniform"}
 
 
@@ -1105,7 +1113,7 @@ def seconds_per_run(archived: Sequence[dict], current: Sequence[dict] = ()) -> d
         mine = [r["wall_seconds"] * 4 / r["schedule"]["total_epochs"] for r in current if r.get("arm") == arm]
         old = [r["wall_seconds"] for r in archived if r.get("method") == TIMED_LIKE.get(arm, arm) and "data_order" in r]
         pick = mine or old
-        out[arm] = statistics.median(pick) if pick else float("nan")
+        out[arm] = statistics.median(pick) if pick else DEFAULT_SECONDS
     return out
 
 

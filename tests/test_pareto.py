@@ -270,7 +270,10 @@ def test_runner_end_to_end_with_a_fake_trainer(tmp_path, monkeypatch):
     assert scratch["config"]["model_kwargs"] == {"widths": [19, 30, "M", 51, 49, "M", 78]}
     assert "main/scp_0.3_s0.json" in scratch["widths_source"]
     assert [a["returncode"] for a in dense["attempts"]] == [3, 0]  # the failed attempt is kept
-    assert scp["test_accuracy"] == 0.9 and scp["macs_ratio"] == pytest.approx(227 / 320)
+    # MACs over the demo network's at full widths, also for a network trained at its own widths.
+    full = pareto.macs_of(pareto.DEMO_WIDTHS)
+    assert scp["test_accuracy"] == 0.9 and scp["macs_ratio"] == pytest.approx(227000 / full)
+    assert scratch["dense_macs"] == dense["dense_macs"] == full and dense["macs_ratio"] == pytest.approx(320000 / full)
 
     # Records that exist are skipped; a record of another code version is left alone, not rerun.
     scp["code_version"] = "b" * 40
@@ -359,7 +362,7 @@ def test_render_without_new_records_shows_the_archive_and_no_verdict(tmp_path):
     section = pareto.render(str(raw), str(page), str(tmp_path / "p.png"))
     text = page.read_text()
     assert text.startswith("# Results\n\nearlier\n\n") and text.rstrip().endswith("later") and "\nold\n" not in text
-    assert "0 of 42 planned runs exist under code version `not pinned y`" in section
+    assert "0 of 42 planned runs exist under code version (not pinned yet)" in section
     assert "The evidence is being re-run under one code version" in section
     assert "Archived records: old code, mixed versions, no verdicts" in section
     assert "| 0.3 | uniform widths, from scratch | 1 | 92.02% | 29.45% | numpy permutation |" in section
