@@ -48,7 +48,19 @@ def get_config() -> config_dict.ConfigDict:
     # How a user's linen model is told train vs eval: "train" calls apply(v, x, train=...); "not NAME" passes
     # NAME=not training (e.g. "not deterministic"). Built-in and NNX models ignore it (NNX: .train()/.eval()).
     config.model_call = "train"
-    config.dataset = "cifar10"  # 'cifar10' | 'cifar100' | 'imagenet2012' | 'fashion_mnist'
+    # 'cifar10' | 'cifar100' | 'imagenet2012' | 'fashion_mnist' (published constants and recipes), or any tfds
+    # image-classification name ('oxford_flowers102'), a folder of images 'folder:PATH' (one sub-folder per class),
+    # or a user's pipeline 'package.module:attribute' returning (train, eval, num_classes)
+    # (soft_prune_jax/training/sources.py documents all three).
+    config.dataset = "cifar10"
+    # Only for tfds datasets by name and folders (the known four keep theirs; a user pipeline preprocesses its own):
+    config.train_split = placeholder(str)  # tfds slicing syntax, e.g. 'train[:90%]'; None = 'train'
+    config.test_split = placeholder(str)  # e.g. 'train[90%:]'; None = 'test', else the dataset's 'validation'
+    config.image_size = placeholder(int)  # square input side; None = the images' own size (224 where sizes vary)
+    # 'pad_crop_flip' (pad an eighth of the side, crop back, flip) | 'random_resized_crop' (area 8-100%, flip;
+    # evaluation resizes and centre-crops 87.5%); None = pad_crop_flip up to 64 pixels a side, else random_resized_crop.
+    config.augmentation = placeholder(str)
+    config.folder_test_fraction = placeholder(float)  # folder without train/ and test/: share of each class; None = 0.2
     # None = the dataset's class count (derived, never typed per config); an int only for a custom dataset
     # module passed to the pipeline (tests' synthetic data); with a known dataset it must agree.
     config.num_classes = placeholder(int)

@@ -60,7 +60,11 @@ BAD_FIELDS = [
     ("model", 3), ("model", "resnet57"),
     ("model_kwargs", 3), ("model_kwargs", {"depth": 3}),
     ("model_call", "not"), ("model_call", 3),
-    ("dataset", None), ("dataset", "cifar11"),
+    ("dataset", None), ("dataset", "cifar11"), ("dataset", "coco"), ("dataset", "folder:/nonexistent"),
+    ("dataset", "tests.no_such_module:pipeline"),
+    ("train_split", 3), ("train_split", "train[:50%]"), ("test_split", ""), ("test_split", "test[:10]"),
+    ("image_size", 0), ("image_size", 64), ("augmentation", "mixup"), ("augmentation", "pad_crop_flip"),
+    ("folder_test_fraction", 1.5), ("folder_test_fraction", "x"),
     ("num_classes", "10"), ("num_classes", 100),
     ("data_dir", 5), ("manual_dir", 7), ("augment", "yes"), ("augment", 1),
     ("batch_size", "16"), ("batch_size", 16.0), ("batch_size", True), ("batch_size", -16),
@@ -452,3 +456,53 @@ def test_missing_module_while_preparing_data_names_the_package(tmp_path, monkeyp
     assert "'importlib_resources_gone_for_this_test'" in message, message
     assert "pip install importlib-resources-gone-for-this-test" in message, message
     assert "delete" not in message and not os.path.exists(os.path.join(data_dir, "fashion_mnist"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sources: folders and user pipelines that cannot be trained on, refused before training.
+# ---------------------------------------------------------------------------------------------
+
+# case -> ({class folder: PIL mode of its two PNGs, None = no images}, the message's core)
+BAD_FOLDERS = {
+    "no-images": ({"a": None, "b": None}, "holds no images: expected CLASS/*.png"),
+    "one-class": ({"a": "L"}, "has 1 class with images (a): expected at least 2"),
+    "mixed-channels": ({"a": "L", "b": "RGB"}, "has images of mixed channel counts (1 channel: "),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FOLDERS))
+def test_unusable_image_folder_is_one_line_before_training(tmp_path, case):
+    from PIL import Image
+
+    classes, message = BAD_FOLDERS[case]
+    for name, mode in classes.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "notes.txt").write_text("not an image")
+        for i in range(2 if mode else 0):
+            Image.new(mode, (6, 6)).save(tmp_path / name / f"{i}.png")
+    config = tiny_config(dataset=f"folder:{tmp_path}", data_dir=str(tmp_path / "tfds"), num_train_examples=None)
+    with pytest.raises(ValueError) as info:
+        config_validation.validate(config, num_devices=1)
+    assert f"config.dataset='folder:{tmp_path}'" in _one_line(info.value) and message in str(info.value), info.value
+
+
+# factory in tests/data_pipelines.py -> the message's core
+BAD_FACTORIES = {
+    "returns_two": "the factory returned a tuple of 2: expected (train, eval, num_classes)",
+    "one_shot_generator": "the factory's train is a generator: expected a re-iterable",
+    "wrong_keys": "train batch 0 is ['x', 'y']: expected a dict {'image': (N, H, W, C), 'label': (N,) ints}",
+    "float_labels": "train batch 0 has image (4, 8, 8, 1) and label (4,) float64: expected a dict",
+    "one_class": "the factory's num_classes=1: expected an int >= 2",
+    "raises": "the factory raised RuntimeError: no such bucket; expected (train, eval, num_classes)",
+    "NOT_CALLABLE": "'NOT_CALLABLE' is a int, expected a factory",
+    "missing": "module 'data_pipelines' has no attribute 'missing': expected a factory",
+}
+
+
+@pytest.mark.parametrize("factory", sorted(BAD_FACTORIES))
+def test_factory_returning_the_wrong_thing_is_one_line_before_training(tmp_path, factory):
+    config = tiny_config(dataset=f"data_pipelines:{factory}", num_train_examples=None)
+    with pytest.raises(ValueError) as info:
+        config_validation.validate(config, num_devices=1)
+    message = _one_line(info.value)
+    assert message.startswith(f"config.dataset='data_pipelines:{factory}': ") and BAD_FACTORIES[factory] in message

@@ -271,7 +271,7 @@ def test_imagenet_without_manual_files_fails_before_reading(tmp_path, manual_dir
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(dataset="mnist"), "config.dataset='mnist' is unknown: known datasets are cifar10, cifar100"),
+        (dict(dataset="cifar11"), "config.dataset='cifar11' is unknown: did you mean cifar10"),
         (dict(num_classes=100), "config.num_classes=100 does not match dataset 'cifar10': expected 10"),
         (dict(batch_size=0), "config.batch_size=0 is invalid"),
         (dict(validation_examples=50_000), "config.validation_examples=50000 is invalid"),

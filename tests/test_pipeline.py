@@ -35,7 +35,7 @@ def _set(config, dotted: str, value):
 
 INVALID = [
     ("model", "vgg99", r"config.model='vgg99' is unknown: known models are densenet40, fmnist_cnn, "),
-    ("dataset", "mnist", r"config.dataset='mnist' is unknown: known datasets are cifar10, cifar100, "),
+    ("dataset", "cifar11", r"config.dataset='cifar11' is unknown: did you mean cifar10"),
     ("method", "l0", r"config.method='l0' is invalid: expected one of dense, scp, slimming"),
     ("parallel", "xmap", r"config.parallel='xmap' is invalid: expected one of pmap, shard_map"),
     ("mask.tau", 0.0, r"tau=0.0 is invalid: expected a finite number > 0"),

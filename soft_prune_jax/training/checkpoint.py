@@ -177,6 +177,8 @@ def ensure_workdir_config(workdir: str, config, *, ignore: Iterable[str] = RESUL
         with open(path) as f:
             recorded = json.load(f)
         old, new = _comparable(recorded, ignore), _comparable(current, ignore)
+        # A field added to the schema after this run was recorded (they default to None) is absent from it.
+        new = {k: v for k, v in new.items() if k in old or v is not None}
         if old != new:
             diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
             details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)

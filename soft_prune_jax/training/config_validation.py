@@ -2,7 +2,8 @@
 
 Each field of the schema (configs/default.py declares and documents them) is checked in exactly one
 place: here, or where this module delegates -- the mask hyper-parameters in ``masks.MaskConfig``,
-the dataset name in ``data.dataset_spec``, the multi-host fields in ``distributed.validate_fields``.
+the dataset in ``data.dataset_spec`` (tfds names, folders, pipelines: sources.py), the multi-host
+fields in ``distributed.validate_fields``.
 The data pipeline and the trainer trust a validated config and do not check its fields again.
 """
 
@@ -18,7 +19,7 @@ import jax
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.methods import method_names
 from soft_prune_jax.models import get_model, model_names, user
-from soft_prune_jax.training import cpu_devices, data, distributed
+from soft_prune_jax.training import cpu_devices, data, distributed, sources
 from soft_prune_jax.training.parallel import PARALLEL_KINDS, check_global_batch
 
 
@@ -96,8 +97,8 @@ def _bool(config, name: str) -> None:
 
 def validate(config, *, num_devices: Optional[int] = None) -> None:
     """Raises ValueError on the first invalid field. ``num_devices`` defaults to ``jax.device_count()``."""
+    _validate_data(config)  # first: a user model is checked on the data's input shape
     _validate_model(config)
-    _validate_data(config)
     _validate_optimisation(config, jax.device_count() if num_devices is None else num_devices)
     _validate_method(config)
     _validate_budget(config)
@@ -137,11 +138,36 @@ def _validate_user_model(config) -> None:
     model = user.build(
         config.model, data.num_classes(config), kwargs, call=config.model_call, seed=int(_get(config, "seed"))
     )
-    user.check_callable(model, data.dataset_spec(_get(config, "dataset")).input_shape)
+    user.check_callable(model, data.dataset_spec(config).input_shape)
+
+
+def _validate_source_fields(config) -> None:
+    """The fields of tfds-by-name and folder datasets: types and ranges, and unset where they do not apply."""
+    name = _get(config, "dataset")
+    if not isinstance(name, str) or not name:
+        data.dataset_spec(name)  # the one-line error listing what is accepted
+    for field in ("train_split", "test_split"):
+        value = _get(config, field)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"config.{field}={value!r} is invalid: expected tfds slicing syntax such as 'train[:90%]'")
+    _int_at_least(config, "image_size", 1, optional=True)
+    if _get(config, "augmentation") is not None:
+        _one_of(config, "augmentation", sources.AUGMENTATIONS)
+    _number_in(config, "folder_test_fraction", 0.0, 1.0, low_open=True, high_open=True, optional=True)
+    kind = sources.kind_of(name)
+    unused = {"known": sources.SOURCE_FIELDS, "factory": sources.SOURCE_FIELDS, "folder": ("train_split", "test_split")}
+    for field in unused.get(kind, ()):
+        if config[field] is not None:
+            what = {"known": "the known dataset", "factory": "a user pipeline", "folder": "a folder dataset"}[kind]
+            raise ValueError(
+                f"config.{field}={config[field]!r} does not apply to {what} {name!r}: expected None"
+                + (" (it keeps its published recipe)" if kind == "known" else "")
+            )
 
 
 def _validate_data(config) -> None:
-    spec = data.dataset_spec(_get(config, "dataset"))
+    _validate_source_fields(config)
+    spec = data.dataset_spec(config)
     name = config.dataset
     classes = _get(config, "num_classes")
     if classes is not None and (not _is_int(classes) or classes != spec.num_classes):
@@ -155,6 +181,11 @@ def _validate_data(config) -> None:
             raise ValueError(f"config.{field}={value!r} is invalid: expected a path string or None")
     _bool(config, "augment")
     validation = _int_at_least(config, "validation_examples", 0)
+    if validation and spec.kind == "factory":
+        raise ValueError(
+            f"config.validation_examples={validation} is invalid with a user pipeline ({name!r}): expected 0 "
+            "(the pipeline has no validation split)"
+        )
     if validation >= spec.train_size:
         raise ValueError(
             f"config.validation_examples={validation} is invalid: expected 0 <= n < "

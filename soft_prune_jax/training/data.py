@@ -1,6 +1,9 @@
 """Input pipelines: tensorflow-datasets -> tf.data -> numpy batches laid out for pmap / shard_map.
 
-Datasets: cifar10, cifar100, imagenet2012, fashion_mnist (docs/method.md, "Training recipe", for augmentation).
+Datasets (``config.dataset``): the four known ones, cifar10, cifar100, imagenet2012, fashion_mnist, with
+their published constants (docs/method.md, "Training recipe", for augmentation); any other tfds
+image-classification name, a folder of images (``folder:PATH``) or a user's own pipeline
+(``package.module:attribute``), whose facts ``sources.py`` resolves into the same ``DatasetSpec``.
 Every batch is a dict ``{'image': float32 (local_devices, per_device_batch, H, W, C),
 'label': int32 (local_devices, per_device_batch)}``; evaluation batches add ``'mask'`` (float32,
 0 for the padding examples that fill up the last batch).
@@ -52,6 +55,29 @@ class DatasetSpec:
     std: tuple[float, ...]
     shuffle_buffer: int  # small datasets shuffle their whole range
     in_memory: bool  # small enough to keep decoded in memory (see _read_in_memory)
+    # Augmentation of the train images: 'imagenet' (random-resized-crop of the JPEG), 'pad_crop_flip'
+    # (pad by ``pad``, crop back, flip), 'random_resized_crop' (area 8-100%, then flip) or 'none'
+    # (a user pipeline augments its own images).
+    augmentation: str = "pad_crop_flip"
+    pad: int = 4
+    kind: str = "tfds"  # 'tfds' | 'folder' | 'factory' (sources.py resolves the last two and unknown tfds names)
+    source: str = ""  # the folder path or the factory's 'package.module:attribute'
+    test_fraction: float = 0.0  # a folder without train/ and test/: the share of each class held out as test
+    # The tfds splits as absolute (split, start, end) pieces (empty: the whole tfds train / test split).
+    train_pieces: tuple[tuple[str, int, int], ...] = ()
+    test_pieces: tuple[tuple[str, int, int], ...] = ()
+    image_key: str = "image"
+    label_key: str = "label"
+    raw_shape: tuple = ()  # (H, W, C) of the stored images, None where they vary; () = input_shape
+
+    def pieces(self, which: str) -> tuple[tuple[str, int, int], ...]:
+        """The absolute pieces of our 'train' or 'test' range, in reading order."""
+        if which == "train":
+            return self.train_pieces or (("train", 0, self.train_size),)
+        return self.test_pieces or ((self.tfds_test_split, 0, self.test_size),)
+
+    def stored_shape(self) -> tuple:
+        return tuple(self.raw_shape) or tuple(self.input_shape)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -91,9 +117,10 @@ DATASETS: dict[str, DatasetSpec] = {
         (0.229, 0.224, 0.225),
         10_000,
         False,
+        augmentation="imagenet",
     ),
     "fashion_mnist": DatasetSpec(
-        "fashion_mnist", 10, (28, 28, 1), 60_000, 10_000, "test", (0.2860,), (0.3530,), 60_000, True
+        "fashion_mnist", 10, (28, 28, 1), 60_000, 10_000, "test", (0.2860,), (0.3530,), 60_000, True, pad=2
     ),
 }
 IMAGENET_TRAIN_SIZE, IMAGENET_EVAL_RESIZE = 224, 256
@@ -116,16 +143,29 @@ def known_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
-def dataset_spec(name) -> DatasetSpec:
-    """The facts of dataset ``name``; an unknown name is a one-line error listing the known ones."""
-    if name not in DATASETS:
-        raise ValueError(f"config.dataset={name!r} is unknown: known datasets are {', '.join(known_datasets())}")
-    return DATASETS[name]
+def dataset_spec(config_or_name) -> DatasetSpec:
+    """The facts of the configured dataset (a config) or of a known dataset (a name).
+
+    A known name reads the table and needs no TensorFlow; anything else (a tfds name, ``folder:PATH``,
+    ``package.module:attribute``) is resolved once per process by ``sources.resolve``, which may prepare
+    the tfds data, scan the folder or call the factory. Every failure is a one-line ValueError.
+    """
+    if isinstance(config_or_name, str) and config_or_name in DATASETS:
+        return DATASETS[config_or_name]
+    if not hasattr(config_or_name, "get"):
+        raise ValueError(
+            f"config.dataset={config_or_name!r} is unknown: known datasets are {', '.join(known_datasets())}"
+        )
+    if config_or_name.get("dataset") in DATASETS:
+        return DATASETS[config_or_name.dataset]
+    from soft_prune_jax.training import sources  # imports TensorFlow only for tfds and folder datasets
+
+    return sources.resolve(config_or_name)
 
 
 def num_classes(config) -> int:
     """config.num_classes where set (a custom dataset module), else the configured dataset's class count."""
-    return config.get("num_classes") or dataset_spec(config.dataset).num_classes
+    return config.get("num_classes") or dataset_spec(config).num_classes
 
 
 def default_data_dir() -> str:
@@ -144,7 +184,7 @@ def is_prepared_on_disk(name: str, data_dir: str) -> bool:
 
 def get_dataset_info(config) -> DatasetInfo:
     """Classes, input shape and example counts of the configured dataset (honours the overrides)."""
-    spec = dataset_spec(config.dataset)
+    spec = dataset_spec(config)
     validation = config.validation_examples
     num_train = config.get("num_train_examples") or spec.train_size - validation
     num_test = config.get("num_eval_examples") or spec.test_size
@@ -166,7 +206,7 @@ def process_slice(num_examples: int, process_index: int, process_count: int) -> 
 
 
 def _split_range(config, spec: DatasetSpec, split: str) -> tuple[str, int, int]:
-    """Our logical split -> (tfds split, absolute [start, end) within it), overrides applied."""
+    """Our logical split -> ('train' or 'test', [start, end) within that range), overrides applied."""
     validation = config.validation_examples
     if split == "train":
         end = config.get("num_train_examples") or spec.train_size - validation
@@ -180,8 +220,23 @@ def _split_range(config, spec: DatasetSpec, split: str) -> tuple[str, int, int]:
         start = spec.train_size - validation
         return "train", start, start + min(validation, config.get("num_eval_examples") or validation)
     if split == "test":
-        return spec.tfds_test_split, 0, config.get("num_eval_examples") or spec.test_size
+        return "test", 0, config.get("num_eval_examples") or spec.test_size
     raise ValueError(f"split={split!r} is unknown: expected one of {', '.join(SPLITS)}")
+
+
+def slice_string(pieces: Sequence[tuple[str, int, int]], start: int, end: int) -> str:
+    """Positions [start, end) of the concatenated ``pieces`` as an absolute tfds split, e.g.
+    'train[0:25000]', or 'train[900:1000]+validation[0:50]' where the range spans two pieces."""
+    if start >= end:  # a process without examples reads an empty slice
+        name, first, _ = pieces[0]
+        return f"{name}[{first}:{first}]"
+    parts, position = [], 0
+    for name, first, last in pieces:
+        lo, hi = max(start, position), min(end, position + last - first)
+        if lo < hi:
+            parts.append(f"{name}[{first + lo - position}:{first + hi - position}]")
+        position += last - first
+    return "+".join(parts)
 
 
 def per_device_batch_size(batch_size: int, local_devices: int, process_count: int) -> int:
@@ -252,36 +307,44 @@ _PREPARED: set[tuple[str, str]] = set()
 
 
 def prepare_dataset(config):
-    """Returns the tfds builder of the configured dataset, prepared once per data_dir.
+    """Returns the tfds builder of the configured tfds dataset, prepared once per data_dir.
 
-    Fashion-MNIST is built from the Debian files when they exist (no internet needed); CIFAR
-    downloads as usual; ImageNet is built from config.manual_dir.
+    Fashion-MNIST is built from the Debian files when they exist (no internet needed); CIFAR and
+    other tfds datasets download as usual; ImageNet is built from config.manual_dir.
     """
+    if config.get("dataset") not in DATASETS:
+        return prepare_builder(config, config.dataset)
     spec = dataset_spec(config.dataset)
+    builder = prepare_builder(config, spec.tfds_name)
+    _check_split_sizes(builder, spec)
+    return builder
+
+
+def prepare_builder(config, name: str):
+    """The tfds builder of ``name`` in config's data_dir, prepared there first unless it already is."""
     tf, tfds = _tf()
     data_dir = tfds_data_dir(config)
-    key = (spec.tfds_name, data_dir)
+    key = (name, data_dir)
     if key not in _PREPARED:
         try:
-            with _file_lock(os.path.join(data_dir, f".soft_prune_jax.{spec.tfds_name}.lock")):
-                builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+            with _file_lock(os.path.join(data_dir, f".soft_prune_jax.{name.replace('/', '_')}.lock")):
+                builder = tfds.builder(name, data_dir=data_dir)
                 if not builder.is_prepared():
                     download_config = None
-                    if spec.tfds_name == "fashion_mnist" and os.path.isdir(FASHION_MNIST_OFFLINE_DIR):
+                    if name == "fashion_mnist" and os.path.isdir(FASHION_MNIST_OFFLINE_DIR):
                         # tfds's MNIST-family builders join their class attribute URL with the file names.
                         builder.URL = "file://" + FASHION_MNIST_OFFLINE_DIR
-                    if spec.tfds_name == "imagenet2012":
+                    if name == "imagenet2012":
                         download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
-                    logging.info("preparing %s in %s", spec.tfds_name, data_dir)
+                    logging.info("preparing %s in %s", name, data_dir)
                     builder.download_and_prepare(download_config=download_config)
         except Exception as e:  # data_dir a file or read-only, damaged metadata, a failed download, ...
-            raise _unusable_data(spec, data_dir, e) from e
+            raise _unusable_data(name, data_dir, e) from e
     # A fresh builder reads the metadata as it is on disk now (another process may have prepared it).
     try:
-        builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+        builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:
-        raise _unusable_data(spec, data_dir, e) from e
-    _check_split_sizes(builder, spec)
+        raise _unusable_data(name, data_dir, e) from e
     _PREPARED.add(key)
     return builder
 
@@ -301,7 +364,7 @@ def _missing_module(error: BaseException) -> str | None:
     return None
 
 
-def _unusable_data(spec: DatasetSpec, data_dir: str, error: BaseException) -> Exception:
+def _unusable_data(name: str, data_dir: str, error: BaseException) -> Exception:
     """One line for any failure to prepare or read a dataset (tfds/TF errors span many lines).
 
     A module that cannot be imported is a broken install, not a damaged data folder: the message says
@@ -312,15 +375,15 @@ def _unusable_data(spec: DatasetSpec, data_dir: str, error: BaseException) -> Ex
         top = module.split(".")[0]
         package = _DISTRIBUTIONS.get(module, _DISTRIBUTIONS.get(top, top.replace("_", "-")))
         return ModuleNotFoundError(
-            f"preparing {spec.tfds_name} needs the Python module {module!r}, which is not installed "
+            f"preparing {name} needs the Python module {module!r}, which is not installed "
             f"(a dependency of tensorflow-datasets; pip install {package}, or install the locked "
             f"environment: pip install -r requirements/demo.txt)"
         )
     first = re.sub(r"\{\{.*?\}\}\s*", "", (str(error).splitlines() or [""])[0])[:200]  # drop TF's op context
     return ValueError(
-        f"{spec.tfds_name} in data_dir={data_dir!r} cannot be prepared or read ({type(error).__name__}: "
-        f"{first}); expected a writable directory with a complete tfds {spec.tfds_name} (delete "
-        f"{os.path.join(data_dir, spec.tfds_name)} to prepare it again)"
+        f"{name} in data_dir={data_dir!r} cannot be prepared or read ({type(error).__name__}: "
+        f"{first}); expected a writable directory with a complete tfds {name} (delete "
+        f"{os.path.join(data_dir, name)} to prepare it again)"
     )
 
 
@@ -337,44 +400,58 @@ def _check_split_sizes(builder, spec: DatasetSpec) -> None:
 def _read(config, spec: DatasetSpec, split: str, process_index: int, process_count: int, *, train: bool, seed: int):
     """Raw examples of this process's range of ``split`` (images still uint8, or JPEG for ImageNet train)."""
     tf, tfds = _tf()
-    builder = prepare_dataset(config)
-    tfds_split, start, end = _split_range(config, spec, split)
+    which, start, end = _split_range(config, spec, split)
     offset, stop = process_slice(end - start, process_index, process_count)
-    decoders = None
-    if train and spec.tfds_name == "imagenet2012":
-        # Decode only the random crop (decode_and_crop_jpeg), not the whole JPEG.
-        decoders = {"image": tfds.decode.SkipDecoding()}
-    count = stop - offset
-    split_slice = f"{tfds_split}[{start + offset}:{start + stop}]"
+    first, last, count = start + offset, start + stop, stop - offset
+    if spec.kind == "folder":
+        from soft_prune_jax.training import sources
+
+        key = (spec, which, first, last)
+        make = lambda: sources.folder_examples(spec, which, first, last)  # noqa: E731
+    else:
+        builder = prepare_dataset(config)
+        split_slice = slice_string(spec.pieces(which), first, last)
+        key = (spec, tfds_data_dir(config), split_slice)
+        make = lambda **kwargs: _tfds_examples(builder, spec, split_slice, count, **kwargs)  # noqa: E731
     if spec.in_memory:
-        examples = _read_in_memory(config, spec, builder, split_slice, count)
+        examples = _read_in_memory(config, spec, key, make, count)
         if train:  # a permutation in numpy: see train_iterator
             order = np.random.default_rng(seed).permutation(count)
             examples = {k: v[order] for k, v in examples.items()}
         return tf.data.Dataset.from_tensor_slices(examples), count
+    if spec.kind == "folder":
+        return make(), count
+    decoders = None
+    if train and spec.tfds_name == "imagenet2012":
+        # Decode only the random crop (decode_and_crop_jpeg), not the whole JPEG.
+        decoders = {"image": tfds.decode.SkipDecoding()}
     read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
-    ds = builder.as_dataset(split=split_slice, shuffle_files=train, decoders=decoders, read_config=read_config)
+    return make(shuffle_files=train, decoders=decoders, read_config=read_config), count
+
+
+def _tfds_examples(builder, spec: DatasetSpec, split_slice: str, count: int, **as_dataset_kwargs):
+    """{'image', 'label' (int32)} of a tfds split slice, whatever the dataset calls its two features."""
+    import tensorflow as tf
+
+    ds = builder.as_dataset(split=split_slice, **as_dataset_kwargs)
     # The slice already has this length; take() also bounds mocked datasets that ignore slices.
-    ds = ds.take(count).map(lambda ex: {"image": ex["image"], "label": tf.cast(ex["label"], tf.int32)})
-    return ds, count
+    return ds.take(count).map(lambda ex: {"image": ex[spec.image_key], "label": tf.cast(ex[spec.label_key], tf.int32)})
 
 
 # Decoded small splits, kept for the life of the process: the trainer opens a fresh iterator every
 # epoch, and decoding 60,000 PNGs again each time costs ~8 s on 2 cores (CIFAR-10 train: 150 MB).
-_IN_MEMORY: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+_IN_MEMORY: dict[tuple, dict[str, np.ndarray]] = {}
 
 
-def _read_in_memory(config, spec: DatasetSpec, builder, split_slice: str, count: int) -> dict[str, np.ndarray]:
-    key = (spec.tfds_name, tfds_data_dir(config), split_slice)
+def _read_in_memory(config, spec: DatasetSpec, key: tuple, make, count: int) -> dict[str, np.ndarray]:
     if key not in _IN_MEMORY:
         _, tfds = _tf()
-        examples = {"image": np.zeros((0, *spec.input_shape), np.uint8), "label": np.zeros((0,), np.int32)}
+        examples = {"image": np.zeros((0, *spec.stored_shape()), np.uint8), "label": np.zeros((0,), np.int32)}
         if count:
-            ds = builder.as_dataset(split=split_slice, shuffle_files=False).take(count)  # take(): see _read
             try:
-                whole = next(iter(tfds.as_numpy(ds.batch(count))))
+                whole = next(iter(tfds.as_numpy(make().batch(count))))
             except Exception as e:  # truncated or damaged record files
-                raise _unusable_data(spec, tfds_data_dir(config), e) from e
+                raise _unusable_data(spec.source or spec.tfds_name, tfds_data_dir(config), e) from e
             examples = {"image": whole["image"], "label": whole["label"].astype(np.int32)}
         _IN_MEMORY[key] = examples
     return _IN_MEMORY[key]
@@ -423,34 +500,70 @@ def _imagenet_train_image(jpeg, seed):
     return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
 
-def _imagenet_eval_image(image):
-    """Resize the shorter side to 256, centre crop 224."""
+def _random_resized_crop(image, seed, size):
+    """Random-resized-crop (area 8-100%, aspect 3/4-4/3) of a decoded image to ``size`` + horizontal flip."""
+    import tensorflow as tf
+
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
+    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        whole_image,
+        seed=crop_seed,
+        min_object_covered=0.08,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.image.resize(tf.slice(image, begin, crop), size, method="bilinear", antialias=True)
+    return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+
+
+EVAL_CROP_FRACTION = IMAGENET_TRAIN_SIZE / IMAGENET_EVAL_RESIZE  # 0.875: the centre crop's share of the resize
+
+
+def _centre_crop(image, size, channels: int):
+    """Resize so that ``size`` is 87.5% of the image (ImageNet: shorter side 256), centre crop ``size``."""
     import tensorflow as tf
 
     shape = tf.shape(image)
     height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-    scale = IMAGENET_EVAL_RESIZE / tf.minimum(height, width)
+    scale = tf.maximum((size[0] / EVAL_CROP_FRACTION) / height, (size[1] / EVAL_CROP_FRACTION) / width)
     new_size = tf.cast(tf.round(tf.stack([height * scale, width * scale])), tf.int32)
-    new_size = tf.maximum(new_size, IMAGENET_TRAIN_SIZE)  # rounding must never undercut the crop
+    new_size = tf.maximum(new_size, size)  # rounding must never undercut the crop
     image = tf.image.resize(image, new_size, method="bilinear", antialias=True)
-    top = (new_size[0] - IMAGENET_TRAIN_SIZE) // 2
-    left = (new_size[1] - IMAGENET_TRAIN_SIZE) // 2
-    image = image[top : top + IMAGENET_TRAIN_SIZE, left : left + IMAGENET_TRAIN_SIZE]
-    return tf.ensure_shape(image, (IMAGENET_TRAIN_SIZE, IMAGENET_TRAIN_SIZE, 3))
+    top = (new_size[0] - size[0]) // 2
+    left = (new_size[1] - size[1]) // 2
+    image = image[top : top + size[0], left : left + size[1]]
+    return tf.ensure_shape(image, (*size, channels))
+
+
+def _fit(image, spec: DatasetSpec):
+    """The image at the model's input size: resized where the stored images have another (or no fixed) size."""
+    import tensorflow as tf
+
+    height, width, channels = spec.input_shape
+    if tuple(spec.stored_shape()[:2]) == (height, width):
+        return image
+    image = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
+    return tf.ensure_shape(image, (height, width, channels))
 
 
 def _train_image(image, seed, spec: DatasetSpec, augment: bool):
-    if spec.tfds_name == "imagenet2012":
+    if spec.augmentation == "imagenet":
         return _imagenet_train_image(image, seed)  # the crop is the resize; always on
-    if not augment:
-        return image
-    if spec.tfds_name == "fashion_mnist":
-        return _pad_crop_flip(image, seed, pad=2, flip=True)
-    return _pad_crop_flip(image, seed, pad=4, flip=True)
+    if spec.augmentation == "random_resized_crop":
+        size = tuple(spec.input_shape[:2])
+        return _random_resized_crop(image, seed, size) if augment else _centre_crop(image, size, spec.input_shape[2])
+    image = _fit(image, spec)
+    return _pad_crop_flip(image, seed, pad=spec.pad, flip=True) if augment else image
 
 
 def _eval_image(image, spec: DatasetSpec):
-    return _imagenet_eval_image(image) if spec.tfds_name == "imagenet2012" else image
+    if spec.augmentation in ("imagenet", "random_resized_crop"):
+        return _centre_crop(image, tuple(spec.input_shape[:2]), spec.input_shape[2])
+    return _fit(image, spec)
 
 
 def _to_devices(batch, local_devices: int):
@@ -490,12 +603,17 @@ def train_iterator(
     """Infinite, shuffled, augmented numpy batches of this process's share of the train split.
 
     Deterministic given ``seed`` (and the process index). ``config.augment`` (default True) turns
-    the CIFAR / Fashion-MNIST augmentation off; ImageNet always uses random-resized-crop.
+    the augmentation off (ImageNet always uses random-resized-crop). A user pipeline's batches are
+    re-cut to this process's share of the global batch (sources.factory_batches).
     """
-    spec = dataset_spec(config.dataset)
+    spec = dataset_spec(config)
     devices = _device_count(local_devices)
     process_index, process_count = _process_layout(process_index, process_count)
     per_device = per_device_batch_size(config.batch_size, devices, process_count)
+    if spec.kind == "factory":
+        from soft_prune_jax.training import sources
+
+        return sources.factory_batches(spec, config, "train", devices, per_device, process_index, process_count)
     tf, tfds = _tf()
     process_seed = int(seed) * 7919 + process_index  # distinct, reproducible stream per process
     ds, count = _read(config, spec, "train", process_index, process_count, train=True, seed=process_seed)
@@ -536,13 +654,17 @@ def eval_iterator(
     same number of batches (a process with fewer examples adds all-padding batches), so a
     cross-process pmap never waits on a process that has run out.
     """
-    spec = dataset_spec(config.dataset)
+    spec = dataset_spec(config)
     devices = _device_count(local_devices)
     process_index, process_count = _process_layout(process_index, process_count)
     per_device = per_device_batch_size(config.eval_batch_size, devices, process_count)
     batch = per_device * devices
-    tf, tfds = _tf()
     _, start, end = _split_range(config, spec, split)
+    if spec.kind == "factory":
+        from soft_prune_jax.training import sources
+
+        return sources.factory_batches(spec, config, split, devices, per_device, process_index, process_count)
+    tf, tfds = _tf()
     largest_share = math.ceil((end - start) / process_count)
     num_batches = math.ceil(largest_share / batch)
     ds, count = _read(config, spec, split, process_index, process_count, train=False, seed=0)
