@@ -6,6 +6,7 @@ under one code version, several seeds, and a stated test.
     python scripts/pareto.py --list                  # planned / done / missing per plan, time estimate
     python scripts/pareto.py --render_only           # re-render the page from the records alone
     python scripts/pareto.py --pin=COMMIT            # the code version the runs train with (see below)
+    kill PID                                         # stops the runner and its training run (resumable)
 
 Running. Each run is one demo pipeline (configs/fashion_mnist.py, phases train, prune, finetune,
 evaluate, report) in its own workdir, WORKROOT/<commit[:12]>/<plan>/<arm>_<budget>_s<seed>. A run
@@ -72,6 +73,8 @@ import json
 import math
 import os
 import platform
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -526,7 +529,12 @@ def snapshot(commit: str, workroot: str) -> str:
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(tmp, filter="data")
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another runner (another plan) made it meanwhile: the same commit, the same files
+        if not os.path.isfile(os.path.join(target, "launch", "train.py")):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -722,14 +730,23 @@ def run_plan(
                          "load_average_start": load_average()})  # fmt: skip
         _write_json(state_path, attempts)
         print(f"{start} {run.plan}/{run.name}: $ {' '.join(cmd)}", flush=True)
-        with open(log, "a") as f:
-            f.write(f"{start} {run.plan}/{run.name}\n$ {' '.join(cmd)}\n")
-            f.flush()
-            rc = subprocess.run(cmd, cwd=code, env=snapshot_env(code), stdout=f, stderr=subprocess.STDOUT).returncode
-        attempts[-1].update(
-            ended_at=utc_now(), seconds=round(time.monotonic() - t0, 2), returncode=rc, load_average_end=load_average()
-        )
-        _write_json(state_path, attempts)
+        rc = None
+        try:
+            with open(log, "a") as f:
+                f.write(f"{start} {run.plan}/{run.name}\n$ {' '.join(cmd)}\n")
+                f.flush()
+                # Stopping the runner (SIGTERM, Ctrl-C) kills this child too; it resumes next time.
+                rc = subprocess.run(
+                    cmd, cwd=code, env=snapshot_env(code), stdout=f, stderr=subprocess.STDOUT
+                ).returncode
+        finally:
+            attempts[-1].update(
+                ended_at=utc_now(),
+                seconds=round(time.monotonic() - t0, 2),
+                returncode=rc if rc is not None else "stopped",
+                load_average_end=load_average(),
+            )
+            _write_json(state_path, attempts)
         if rc != 0:
             failed += 1
             print(f"FAILED {run.plan}/{run.name} (exit {rc}; see {log}); going on", flush=True)
@@ -876,9 +893,10 @@ def table_section(table: str, records: Sequence[dict], counts: dict, version: st
     machines = sorted({(r.get("machine") or {}).get("device", "?") for r in records})
     runners = sorted({_runner(r) for r in records})
     times = sorted(r["started_at"] for r in records)
+    folders = ", ".join(f"`docs/results/pareto/{p}/`" for p in sorted({r["plan"] for r in records}))
     lines += [
         "",
-        f"{len(records)} records in `docs/results/pareto/{{{','.join(sorted({r['plan'] for r in records}))}}}/`, "
+        f"{len(records)} records in {folders}, "
         f"all trained with commit `{version}`; device: {'; '.join(machines)}; runner at {', '.join(runners)}; "
         f"started {times[0]} to {times[-1]}. Test accuracy of the final network on the test images (mean "
         "over seeds, SD over seeds); MACs of the final network over the dense network's.",
@@ -986,10 +1004,13 @@ def render_section(current: Sequence[dict], archived: Sequence[dict], pin: Optio
         "## MAC budgets: accuracy at the same MACs on Fashion-MNIST",
         "",
         "Rendered by `python scripts/pareto.py` from the records in `docs/results/pareto/` alone. Every "
-        "arm at 0.3 and 0.5 of the dense MACs, 3 seeds, the same total epochs and data order per seed: "
+        "arm at 0.3 and 0.5 of the dense MACs, 3 seeds, the same total epochs and data order per seed (epoch e "
+        "of each phase reads the order fixed by the seed and e): "
         "SCP (targeted), SCP's final widths trained from scratch, the uniformly thinner network, random "
         "widths at the same MACs, Network Slimming on the same 4-epoch budget, and dense; plus 15 epochs at "
-        "0.3 for SCP, SCP's widths and uniform. Start or resume the runs in the background (they skip "
+        "0.3 for SCP, SCP's widths and uniform. Pin the code once the open issues that change training have "
+        "landed (`python scripts/pareto.py --pin=HEAD`, then commit `docs/results/pareto/code_version.json`; "
+        "without a pin the first run pins HEAD), then start or resume the runs in the background (they skip "
         "what exists and resume what was interrupted):",
         "",
         "```bash",
@@ -1184,6 +1205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
     lower_priority()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the running child is killed with it
     pin = read_pin(args.raw_dir)
     if pin is None:
         pin = write_pin("HEAD", args.raw_dir, note="pinned by the first run")
