@@ -93,16 +93,17 @@ def _batch_sizes() -> list[int]:
     return sizes
 
 
-def _input_shape(dataset: str | None) -> tuple[int, ...]:
+def _input_shape(config) -> tuple[int, ...]:
     if FLAGS.input_shape:
         return _parse_shape(FLAGS.input_shape)
-    if dataset is None:
+    if config is None:
         return (32, 32, 3)
     from soft_prune_jax.training import data  # the dataset's own facts: one source for its input shape
 
-    if dataset not in data.DATASETS:
-        raise app.UsageError(f"dataset {dataset!r} has no known input shape; pass --input_shape=H,W,C")
-    return data.DATASETS[dataset].input_shape
+    try:  # a known name reads the table; a tfds name, folder or pipeline is resolved (training/sources.py)
+        return tuple(data.dataset_spec(config).input_shape)
+    except ValueError as e:
+        raise app.UsageError(f"{e} (or pass --input_shape=H,W,C)") from None
 
 
 def _round_to(value):
@@ -153,14 +154,14 @@ def _models():
             variables,
             compact,
             compact_vars,
-            _input_shape(config.dataset),
+            _input_shape(config),
             f"workdir {FLAGS.workdir} ({config.model}, compact: {which})",
         )
 
     if FLAGS.config is not None:
         config = FLAGS.config
         model = create_model(config)
-        input_shape, name = _input_shape(config.dataset), config.model
+        input_shape, name = _input_shape(config), config.model
         round_to = _round_to(FLAGS.round_to or config.round_to)
     else:
         from soft_prune_jax.models import get_model

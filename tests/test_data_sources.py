@@ -159,6 +159,18 @@ def test_a_folder_with_train_and_test_folders_keeps_them(tmp_path):
     assert_normalised(np.concatenate([b["image"] for b in batches]), spec)
 
 
+def test_a_folder_of_many_image_sizes_is_streamed_and_resized(tmp_path):
+    root = tmp_path / "sizes"
+    write_pngs(root, {"a": 3}, size=(9, 14), mode="RGB")
+    write_pngs(root, {"b": 3}, size=(20, 7), mode="RGB", seed=1)
+    config = source_config(tmp_path, f"folder:{root}", image_size=6, augmentation="random_resized_crop", batch_size=4)
+    spec = data.dataset_spec(config)
+    assert spec.raw_shape == (None, None, 3) and not spec.in_memory and spec.input_shape == (6, 6, 3)
+    assert next(data.train_iterator(config, local_devices=1, seed=0))["image"].shape == (1, 4, 6, 6, 3)
+    (batch,) = data.eval_iterator(config, local_devices=1)
+    assert batch["image"].shape == (1, 8, 6, 6, 3) and batch["mask"].sum() == 2
+
+
 def test_a_folder_of_pngs_runs_end_to_end_under_shard_map_and_resumes(tmp_path, png_folder):
     # The whole pipeline once (the launcher on a folder of Fashion-MNIST PNGs is in the README); here
     # shard_map and a resume: the second run finds training done and goes on from its checkpoint.
@@ -206,8 +218,9 @@ def test_a_factory_pipeline_is_shared_between_processes(tmp_path):
     assert seen("test", 0) == [[0, 1], [4, 5], [8, 9]] and seen("test", 1) == [[2, 3], [6, 7], [10, 0]]
 
 
-def test_a_factory_pipeline_runs_end_to_end_with_pmap(tmp_path):
-    config = source_config(tmp_path, "data_pipelines:tiny", batch_size=16, model_kwargs={"widths": (4, "M", 8)})
+def test_a_factory_pipeline_trains_a_user_model_end_to_end_with_pmap(tmp_path):
+    config = source_config(tmp_path, "data_pipelines:tiny", batch_size=16, model="user_zoo:resnet_tiny")
+    config.model_kwargs = {}
     workdir = str(tmp_path / "run")
     results = pipeline.run(config, workdir)
     assert_ran_end_to_end(results, workdir)
