@@ -226,3 +226,15 @@ def test_a_factory_pipeline_trains_a_user_model_end_to_end_with_pmap(tmp_path):
     assert_ran_end_to_end(results, workdir)
     assert results["train"]["steps"] == 96 // 16
     assert results["benchmark"]["input_shape"] == [8, 8, 1]
+
+
+def test_a_workdir_recorded_before_the_data_fields_existed_still_resumes(tmp_path):
+    from soft_prune_jax.training import checkpoint
+
+    recorded = tiny_config().to_dict()
+    for field in (*sources.SOURCE_FIELDS, "folder_test_fraction"):
+        del recorded[field]
+    (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps(recorded))
+    checkpoint.ensure_workdir_config(str(tmp_path), tiny_config())  # the new fields at their None default
+    with pytest.raises(ValueError, match=r"holds a run of a different config \(image_size: None -> 16\)"):
+        checkpoint.ensure_workdir_config(str(tmp_path), tiny_config(image_size=16))
