@@ -2,11 +2,14 @@
 
 1. Tracing + grouping a full-size ResNet-50 (built-in resnet50, 224x224x3, batch 1; variables as
    abstract shapes, so nothing is computed): the wall time of ``graph.trace`` + ``graph.analyze``.
-2. Latency of the compact ResNet-56 built by ``prune_model`` against the hand-built compact class
+2. The cost of prune_model's self-check (``compact.verify``) on a full-size ResNet-50 (224x224x3,
+   batch 1, random variables with half of every BN's channels dead): prune_model with check=False
+   and check=True, each timed after a warm-up call (so both reuse the compiled pieces they share).
+3. Latency of the compact ResNet-56 built by ``prune_model`` against the hand-built compact class
    of ``surgery.prune`` with the same kept channels (batch 64, median of interleaved runs), and
    the largest difference between their outputs.
 
-    python3 scripts/graph_timing.py [--runs 30] [--skip_latency]
+    python3 scripts/graph_timing.py [--runs 30] [--skip_latency] [--skip_check]
 """
 
 from __future__ import annotations
@@ -49,6 +52,24 @@ def trace_and_group_seconds(repeats: int = 3) -> dict:
     }
 
 
+def self_check_seconds() -> dict:
+    model = get_model("resnet50", 1000).clone(mask=None)  # the user-model case: BN -> ReLU units, no masks
+    variables = surgery.random_variables(model, (1, 224, 224, 3), seed=0, prune_fraction=0.5)
+    x = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype(np.float32)
+    times = {False: [], True: []}
+    for check in (False, True, False, True):  # first calls compile; second calls reuse the op caches
+        start = time.perf_counter()
+        compact, _ = prune_model(model, variables, x, train=False, check=check)
+        times[check].append(time.perf_counter() - start)
+    plans = program_of(compact).plans.values()
+    return {
+        "resnet50_prune_model_s": {"check_off": times[False], "check_on": times[True]},
+        "resnet50_self_check_s": [on - off for on, off in zip(times[True], times[False])],
+        "resnet50_groups_cut": sum(len(p.kept) < p.total for p in plans),
+        "resnet50_groups_failing_check": sum(p.reason.startswith("self-check") for p in plans),
+    }
+
+
 def latency(runs: int) -> dict:
     model = get_model("resnet56", 10)
     variables = surgery.random_variables(model, (1, 32, 32, 3), seed=0, prune_fraction=0.5)
@@ -85,8 +106,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--skip_latency", action="store_true")
+    parser.add_argument("--skip_check", action="store_true")
     args = parser.parse_args()
     out = {"device": benchmark.device_description(), **trace_and_group_seconds()}
+    if not args.skip_check:
+        out.update(self_check_seconds())
     if not args.skip_latency:
         out.update(latency(args.runs))
     print(json.dumps(out, indent=1, default=float))

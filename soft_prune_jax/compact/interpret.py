@@ -34,6 +34,19 @@ class CompactError(RuntimeError):
     """The compact replay of an equation did not produce the planned shape."""
 
 
+def alive_of(analysis: Analysis, plans: Mapping) -> np.ndarray:
+    """Per channel label: False where a group's plan (anything with ``kept`` positions) drops it."""
+    alive = np.ones(int(analysis.labels.max()) + 1 if len(analysis.labels) else 0, bool)
+    for grp in analysis.groups:
+        p = plans.get(grp.name)
+        if p is None:
+            continue
+        dropped = np.ones(grp.size, bool)
+        dropped[p.kept] = False
+        alive[grp.labels[dropped]] = False
+    return alive
+
+
 def kept_indices(analysis: Analysis, alive: np.ndarray) -> dict:
     """(slot, axis) -> sorted kept indices, for every axis that loses a channel."""
     out = {}
@@ -54,6 +67,22 @@ def take(value, kept: Mapping, slot, ndim: int):
                 else jnp.take(value, jnp.asarray(idx, jnp.int32), axis=ax)
             )
     return value
+
+
+def folded_outputs(analysis: Analysis) -> list:
+    """Outputs of the folded (variable-only, evaluated once) equations, in program order."""
+    return [o for e in analysis.graph.eqns if e.index in analysis.fold for o in e.outs]
+
+
+def sliced(analysis: Analysis, leaves, consts: Mapping, kept: Mapping) -> tuple[list, dict]:
+    """(the variable leaves cut to ``kept``, {folded output: its cut value}) as ``run`` takes them."""
+    g = analysis.graph
+
+    def cut(value, vid):
+        return value if _is_key(value) else take(np.asarray(value), kept, vid, np.ndim(value))
+
+    leaves = [cut(leaf, vid) for vid, leaf in zip(g.variable_ids, leaves)]
+    return leaves, {o: cut(consts[o], o) for o in folded_outputs(analysis)}
 
 
 def constant_values(analysis: Analysis, leaves) -> dict:

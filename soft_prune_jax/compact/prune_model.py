@@ -32,6 +32,8 @@ import numpy as np
 from flax import nnx
 
 from soft_prune_jax.compact import interpret as I
+from soft_prune_jax.compact import verify
+from soft_prune_jax.compact.interpret import alive_of
 from soft_prune_jax.graph import groups as G
 from soft_prune_jax.graph import ir
 from soft_prune_jax.graph import units as U
@@ -120,12 +122,11 @@ def decide(
                 raise PruneError(f"group {grp.name!r} cannot lose channels: {grp.reason}")
             plans[grp.name] = GroupPlan(grp.name, np.arange(n), n, n, False, grp.reason)
             continue
-        pos = {int(lab): k for k, lab in enumerate(grp.labels)}
         z = np.full(n, np.inf)
         mask = np.zeros(n, bool)
         for u in grp.units:
             gamma, beta = U.gamma_beta(u, consts.__getitem__)
-            idx = np.array([pos[int(x)] for x in analysis.slot_labels(u.out, u.axis)])
+            mine, idx = grp.positions(analysis.slot_labels(u.out, u.axis))
             pi = np.asarray(
                 M.prune_probability(
                     M.deactivation_probability(gamma, beta, mask_config.eps), mask_config.k, mask_config.c
@@ -133,8 +134,8 @@ def decide(
             )
             # Several unit channels can reach one group channel (a depthwise multiplier, a shuffle, split
             # halves added): unbuffered reductions, so the channel stays if any of them is alive.
-            np.logical_or.at(mask, idx, np.asarray(M.hard_mask(pi)) > 0)
-            np.minimum.at(z, idx, np.asarray(M.deactivation_z(gamma, beta, mask_config.eps)))
+            np.logical_or.at(mask, idx, (np.asarray(M.hard_mask(pi)) > 0)[mine])
+            np.minimum.at(z, idx, np.asarray(M.deactivation_z(gamma, beta, mask_config.eps))[mine])
         if grp.name in keep:
             mask = _as_mask(keep[grp.name], n, grp.name)
         from_mask = int(mask.sum())
@@ -160,18 +161,6 @@ def _as_mask(value, n: int, name: str) -> np.ndarray:
     mask = np.zeros(n, bool)
     mask[idx] = True
     return mask
-
-
-def alive_of(analysis: G.Analysis, plans: Mapping) -> np.ndarray:
-    alive = np.ones(int(analysis.labels.max()) + 1 if len(analysis.labels) else 0, bool)
-    for grp in analysis.groups:
-        p = plans.get(grp.name)
-        if p is None:
-            continue
-        dropped = np.ones(grp.size, bool)
-        dropped[p.kept] = False
-        alive[grp.labels[dropped]] = False
-    return alive
 
 
 class Program:
@@ -202,7 +191,7 @@ class Program:
                     )
             alive = alive_of(analysis, self.plans)
             kept = I.kept_indices(analysis, alive)
-            outs = [o for e in g.eqns if e.index in analysis.fold for o in e.outs]
+            outs = I.folded_outputs(analysis)
             if len(outs) != len(self.folded_order):
                 raise I.CompactError(f"retracing for inputs {key[0]} changed the variable-only computation")
             self.cache[key] = (analysis, kept, dict(zip(outs, self.folded_order)))
@@ -243,20 +232,19 @@ class CompactModule(nnx.Module):
         return self.program(leaves, inputs, _hashable({**_kwargs(self.defaults), **kwargs}))
 
 
-def _build(trace_fn, variables, inputs, kwargs, strip, keep, round_to, mask_config):
+def _build(trace_fn, variables, inputs, kwargs, strip, keep, round_to, mask_config, check):
     g = trace_fn(variables, list(inputs), kwargs)
     analysis = G.analyze(g, strip)
     leaves, treedef = jax.tree_util.tree_flatten(variables)
     consts = I.constant_values(analysis, leaves)
     plans = decide(analysis, consts, keep=keep, round_to=round_to, mask_config=mask_config)
+    if check:
+        plans = verify.check_plans(analysis, leaves, consts, plans, ir.array_inputs(inputs), mask_config, keep or ())
     alive = alive_of(analysis, plans)
     kept = I.kept_indices(analysis, alive)
-    sliced = [
-        I.take(np.asarray(leaf) if not I._is_key(leaf) else leaf, kept, vid, np.ndim(leaf))
-        for vid, leaf in zip(g.variable_ids, leaves)
-    ]
-    outs = [o for e in g.eqns if e.index in analysis.fold for o in e.outs]
-    folded = [I.take(consts[o], kept, o, np.ndim(consts[o])) if not I._is_key(consts[o]) else consts[o] for o in outs]
+    sliced, folded_of = I.sliced(analysis, leaves, consts, kept)
+    outs = I.folded_outputs(analysis)
+    folded = [folded_of[o] for o in outs]
     key = (ir.static_key(inputs), _hashable(kwargs))
     program = Program(
         trace_fn,
@@ -295,6 +283,7 @@ def prune_model(
     keep: Optional[Mapping[str, Any]] = None,
     round_to: int = 1,
     mask_config: Optional[M.MaskConfig] = None,
+    check: bool = True,
     **kwargs,
 ):
     """Physically prunes a linen model (returns ``(compact_model, compact_variables)``) or an NNX
@@ -306,6 +295,8 @@ def prune_model(
       0./1. floats)}; other prunable groups follow their units' SCP hard masks. Group names and
       sizes: ``channel_groups``. round_to: pad kept widths to multiples (most alive channels first).
     mask_config: the SCP mask hyper-parameters (default: the model's own ``mask`` or the paper's).
+    check: verify every group's cut on this model before returning (``compact.verify``); a group that
+      fails is left whole with the reason in its plan. On by default.
     """
     if isinstance(model, nnx.Module):
         if not args:
@@ -315,7 +306,7 @@ def prune_model(
         graphdef, state = nnx.split(copy)
         inputs = list(args)
         program, _, sliced = _build(
-            _nnx_trace(graphdef), state, inputs, kwargs, 0, keep, round_to, _mask_config(model, mask_config)
+            _nnx_trace(graphdef), state, inputs, kwargs, 0, keep, round_to, _mask_config(model, mask_config), check
         )
         flat = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
         variables = []
@@ -332,7 +323,7 @@ def prune_model(
             )
         variables, inputs = args[0], list(args[1:])
         program, treedef, sliced = _build(
-            _linen_trace(model), variables, inputs, kwargs, 1, keep, round_to, _mask_config(model, mask_config)
+            _linen_trace(model), variables, inputs, kwargs, 1, keep, round_to, _mask_config(model, mask_config), check
         )
         compact_vars = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in sliced])
         return CompactLinen(program, treedef, kwargs), compact_vars
@@ -383,6 +374,7 @@ def prune_traced(
     mask_config: Optional[M.MaskConfig] = None,
     strip: int = 1,
     call_kwargs: Optional[Mapping] = None,
+    check: bool = True,
 ):
     """``prune_model`` for a model given as ``trace_fn(variables, inputs, kwargs) -> ir.Graph`` over a plain
     variables pytree (a user model behind ``models.user.UserModel``, linen or NNX alike).
@@ -390,8 +382,9 @@ def prune_traced(
     Returns ``(compact, compact_variables)``; ``compact.apply(compact_variables, *inputs, **call_kwargs)``
     and ``compact.program.plans`` (GroupPlan per group) as for a linen model.
     """
+    config = mask_config or M.MaskConfig()
     program, treedef, sliced = _build(
-        trace_fn, variables, list(inputs), dict(call_kwargs or {}), strip, keep, round_to, mask_config or M.MaskConfig()
+        trace_fn, variables, list(inputs), dict(call_kwargs or {}), strip, keep, round_to, config, check
     )
     compact_vars = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in sliced])
     return CompactLinen(program, treedef, dict(call_kwargs or {})), compact_vars

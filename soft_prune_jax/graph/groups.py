@@ -68,6 +68,14 @@ class Group:
     def size(self) -> int:
         return len(self.labels)
 
+    def positions(self, labels) -> tuple[np.ndarray, np.ndarray]:
+        """(indices into ``labels`` that are channels of this group, their positions in the group). A
+        unit's channels may lie in several groups (one half concatenated, the other not)."""
+        pos = {int(lab): k for k, lab in enumerate(self.labels)}
+        mine = [(i, pos[int(x)]) for i, x in enumerate(labels) if int(x) in pos]
+        idx = np.array([i for i, _ in mine], np.int64)
+        return idx, np.array([k for _, k in mine], np.int64)
+
     def member_set(self, strip: int = 0) -> set:
         return {(m.path[strip:], m.axis) for m in self.members}
 
