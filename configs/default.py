@@ -91,6 +91,12 @@ def get_config() -> config_dict.ConfigDict:
     # on the hard-masked MACs steers it while training; if the trained network still overshoots, surgery
     # removes the least alive channels (highest z = (eps - beta) / |gamma|) until it fits.
     config.target_macs_ratio = placeholder(float)
+    # SCP at a latency budget instead (docs/method.md, "Latency budget"): a fraction in (0, 1] of the dense
+    # model's latency measured on this device at benchmark_batch_sizes[0], or an absolute target in ms;
+    # the controller drives the latency the per-device tables estimate (soft_prune_jax/method/latency.py).
+    # At most one of target_macs_ratio, target_latency_ratio and target_latency_ms.
+    config.target_latency_ratio = placeholder(float)
+    config.target_latency_ms = placeholder(float)
     # SCP's penalty with each channel weighted by the MACs removing it would save (normalised to a mean of
     # 1), so early high-resolution channels are dearer to keep; False = the paper's penalty.
     config.cost_aware_penalty = False

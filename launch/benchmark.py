@@ -50,7 +50,8 @@ flags.DEFINE_float(
 flags.DEFINE_string(
     "round_to",
     None,
-    "Channel alignment for surgery: an int >= 1 or 'auto' (the fastest widths by a cached latency table); "
+    "Channel alignment for surgery: an int >= 1, 'auto' (the fastest convs by a cached table) or 'latency' "
+    "(the widths whose layers are fastest at the first batch size, method/latency.py); "
     "default: the config's round_to, else 1.",
 )
 flags.DEFINE_list("batch_sizes", ["1", "64", "256"], "Batch sizes to time.")
@@ -107,9 +108,9 @@ def _input_shape(config) -> tuple[int, ...]:
 
 
 def _round_to(value):
-    """'auto' or an int >= 1 (as surgery.plan takes it)."""
-    if str(value) == "auto":
-        return "auto"
+    """'auto', 'latency' or an int >= 1 ('latency' is turned into a chooser once the model is known)."""
+    if str(value) in ("auto", "latency"):
+        return str(value)
     try:
         return int(value)
     except ValueError:
@@ -175,6 +176,10 @@ def _models():
         input_shape, name = _input_shape(None), FLAGS.model
         round_to = _round_to(FLAGS.round_to or 1)
     variables = init_variables(model, jax.random.key(FLAGS.seed), input_shape)
+    if round_to == "latency":  # the widths fastest at the first batch size timed, from this device's table
+        from soft_prune_jax.pipeline import latency
+
+        round_to = latency.builtin_chooser(model, input_shape, int(FLAGS.batch_sizes[0]))
     variables, compact, compact_vars = _random_compact(model, variables, round_to)
     return (
         model.clone(mask=None),
@@ -182,7 +187,7 @@ def _models():
         compact,
         compact_vars,
         input_shape,
-        f"{name}, random BN pruning {FLAGS.random_prune:.2f}, round_to {round_to}",
+        f"{name}, random BN pruning {FLAGS.random_prune:.2f}, round_to {FLAGS.round_to or round_to}",
     )
 
 

@@ -136,6 +136,15 @@ class Auto:
     batch_size: int = DEFAULT_BATCH
 
 
+@dataclasses.dataclass(frozen=True)
+class Chosen:
+    """``round_to`` value whose widths the caller chooses: ``choose({unit: unaligned count})`` ->
+    {unit: width >= count} (``round_to='latency'``: ``method.latency.choose_widths`` over the
+    network's latency tables, built by the pipeline, which knows the cost model and the device)."""
+
+    choose: Callable[[Mapping[str, int]], Mapping[str, int]]
+
+
 def conv_calls(model: nn.Module, variables, input_shape: Sequence[int], batch_size: int) -> dict[tuple, ConvShape]:
     """{conv kernel path: ConvShape} of every 2-D conv in ``model.apply(variables, x, train=False)``."""
     x = jax.ShapeDtypeStruct((batch_size,) + tuple(input_shape), jnp.float32)

@@ -82,7 +82,7 @@ def plan(
     model: nn.Module,
     variables,
     *,
-    round_to: int | str | align.Auto = 1,
+    round_to: int | str | align.Auto | align.Chosen = 1,
     masks: Optional[Mapping[str, np.ndarray]] = None,
     scores: Optional[Mapping[str, np.ndarray]] = None,
 ) -> dict[str, LayerPlan]:
@@ -91,7 +91,7 @@ def plan(
     round_to: keep the next-best channels (highest score) until every non-empty kept width is a
       multiple of ``round_to`` (or the full width). Empty layers stay empty. 'auto' (or an
       ``align.Auto``): per unit, the width >= its kept count whose convs measured fastest on this
-      device (``compact/align.py``).
+      device (``compact/align.py``); an ``align.Chosen``: the widths it chooses from the counts.
     masks: {unit name: 0/1 array} to use instead of the model's own hard masks.
     scores: {unit name: array}, higher = more worth keeping: picks the keep-one fallback and the
       round_to padding (a method's own ranking, e.g. Network Slimming's |scale|). None = SCP's
@@ -101,7 +101,7 @@ def plan(
     if round_to == align.AUTO:
         round_to = align.Auto()
     bad_int = not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1
-    if not isinstance(round_to, align.Auto) and bad_int:
+    if not isinstance(round_to, (align.Auto, align.Chosen)) and bad_int:
         raise ValueError(f"round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment) or 'auto'")
     params = variables["params"]
     structure = describe(model)
@@ -131,6 +131,11 @@ def plan(
         base = plan(model, variables, round_to=1, masks=masks, scores=scores)
         counts, totals = {n: len(p.kept) for n, p in base.items()}, {n: p.total for n, p in base.items()}
         auto_widths = align.auto_widths(model, variables, structure, counts, totals, round_to)
+    elif isinstance(round_to, align.Chosen):  # widths chosen by the caller (e.g. by latency), never below a count
+        base = plan(model, variables, round_to=1, masks=masks, scores=scores)
+        counts = {n: len(p.kept) for n, p in base.items()}
+        chosen = round_to.choose(counts)
+        auto_widths = {n: min(base[n].total, max(int(chosen.get(n, c)), c)) for n, c in counts.items()}
     result = {}
     for group in structure.groups:
         total = int(np.shape(layers[group.name]["scale"])[0])

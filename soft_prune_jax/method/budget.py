@@ -162,8 +162,9 @@ def widths(keep: Keep) -> dict[str, jax.Array]:
     return {name: jnp.sum(jnp.asarray(value, jnp.float32)) for name, value in keep.items()}
 
 
-def macs_of_widths(cost: CostModel, group_widths: Mapping[str, Any]) -> jax.Array:
-    """Total MACs with each group at ``group_widths[name]`` (a group absent from it counts in full)."""
+def layer_widths(cost: CostModel, group_widths: Mapping[str, Any]) -> list[tuple[CostLayer, Any, Any]]:
+    """[(layer, input width, output width)] with each group at ``group_widths[name]`` (a group absent
+    from it counts in full): the widths every per-layer cost (MACs, latency) is a function of."""
     sizes = dict(cost.group_sizes)
 
     def width(full: int, terms: Terms):
@@ -173,11 +174,17 @@ def macs_of_widths(cost: CostModel, group_widths: Mapping[str, Any]) -> jax.Arra
                 n = n + copies * (group_widths[group] - sizes.get(group, 0))
         return n
 
+    return [
+        (layer, width(layer.in_channels, layer.in_terms), width(layer.out_channels, layer.out_terms))
+        for layer in cost.layers
+    ]
+
+
+def macs_of_widths(cost: CostModel, group_widths: Mapping[str, Any]) -> jax.Array:
+    """Total MACs with each group at ``group_widths[name]`` (a group absent from it counts in full)."""
     total = jnp.zeros((), jnp.float32)
-    for layer in cost.layers:
-        total = total + layer.per_pair * width(layer.in_channels, layer.in_terms) * width(
-            layer.out_channels, layer.out_terms
-        )
+    for layer, n_in, n_out in layer_widths(cost, group_widths):
+        total = total + layer.per_pair * n_in * n_out
     return total
 
 

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 @dataclasses.dataclass(frozen=True)
 class ControllerConfig:
-    """target: the MAC budget as a fraction of the dense MACs, in (0, 1).
+    """target: the budget as a fraction of the dense MACs (or latency), in (0, 1] (1: nothing to cut).
     kp, ki: proportional and integral gains on the error in MAC ratio (ki per step), >= 0.
     undershoot_boost: both gains are multiplied by this while the MACs are below the target, >= 1.
     ramp_steps: steps over which the target falls from 1 to the aim (0 = at once).
@@ -59,8 +59,8 @@ class ControllerConfig:
     aim_above: float = 0.0
 
     def __post_init__(self):
-        if not (isinstance(self.target, (int, float)) and 0.0 < self.target < 1.0):
-            raise ValueError(f"target={self.target!r} is invalid: expected a number in (0, 1)")
+        if not (isinstance(self.target, (int, float)) and 0.0 < self.target <= 1.0):
+            raise ValueError(f"target={self.target!r} is invalid: expected a number in (0, 1]")
         if not (0.0 < self.lambda_min <= self.lambda_max < math.inf):
             raise ValueError(
                 f"lambda range [{self.lambda_min!r}, {self.lambda_max!r}] is invalid: "

@@ -16,13 +16,19 @@ from soft_prune_jax.compact import align, surgery
 from soft_prune_jax.compact.structure import describe
 from soft_prune_jax.measure import flops
 from soft_prune_jax.methods import get_method
+from soft_prune_jax.pipeline import latency
+from soft_prune_jax.training.experiment import create_model
 
 
-def surgery_round_to(config, input_shape: Sequence[int]):
-    """``config.round_to`` as ``surgery.plan`` takes it: an int, or for 'auto' an ``align.Auto`` that
-    chooses widths for the dataset's input shape (one latency table shared by every plan of the run)."""
+def surgery_round_to(config, input_shape: Sequence[int], model=None):
+    """``config.round_to`` as ``surgery.plan`` takes it: an int, for 'auto' an ``align.Auto`` that
+    chooses widths for the dataset's input shape (one latency table shared by every plan of the run),
+    for 'latency' an ``align.Chosen`` by the latency of ``model``'s layers at the benchmark batch."""
     if config.round_to == align.AUTO:
         return align.Auto(latency=align.LatencyTable(), input_shape=tuple(input_shape))
+    if config.round_to == latency.LATENCY:
+        model = model if model is not None else create_model(config)
+        return latency.builtin_chooser(model, input_shape, latency.batch_size(config))
     return int(config.round_to)
 
 
@@ -30,7 +36,7 @@ def surgery_choice(config, model, variables, input_shape: Sequence[int]) -> dict
     """{'masks', 'scores'}: keyword arguments of ``surgery.plan``/``surgery.prune`` for ``config.method``."""
     method = get_method(config.method)
     scores = method.keep_scores(variables["params"]) if method.keep_scores is not None else None
-    round_to = surgery_round_to(config, input_shape)
+    round_to = surgery_round_to(config, input_shape, model)
     rebuild = describe(model).rebuild
     dense_macs = functools.cache(lambda: flops.count(model, None, input_shape).macs)
 
@@ -45,7 +51,7 @@ def surgery_choice(config, model, variables, input_shape: Sequence[int]) -> dict
 def effective_masks(config, model, variables, input_shape: Sequence[int]) -> dict[str, np.ndarray]:
     """The 0/1 masks whose hard-masked network the compact model reproduces exactly."""
     choice = surgery_choice(config, model, variables, input_shape)
-    round_to = surgery_round_to(config, input_shape)
+    round_to = surgery_round_to(config, input_shape, model)
     return surgery.masks_of(surgery.plan(model, variables, round_to=round_to, **choice))
 
 

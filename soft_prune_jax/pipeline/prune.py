@@ -23,7 +23,7 @@ def prune_phase(config, workdir, *, dataset, devices=None) -> dict:
     model = create_model(config)
     variables = trained_variables(config, workdir)
     choice = surgery_choice(config, model, variables, input_shape)
-    round_to = surgery_round_to(config, input_shape)
+    round_to = surgery_round_to(config, input_shape, model)
     plans = surgery.plan(model, variables, round_to=round_to, **choice)
     compact, compact_vars = surgery.prune(model, variables, round_to=round_to, **choice)
     # overwrite: rerunning the phase on its own recomputes the same compact model from the same checkpoint.

@@ -34,16 +34,20 @@ import numpy as np
 
 from soft_prune_jax.compact import artifact
 from soft_prune_jax.compact import interpret as I
+from soft_prune_jax.compact import latency as CL
 from soft_prune_jax.compact.prune_model import decide, prune_traced
 from soft_prune_jax.graph import ir
+from soft_prune_jax.method import budget as B
+from soft_prune_jax.method import masks as M
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.methods import get_method
 from soft_prune_jax.models import user as U
-from soft_prune_jax.pipeline import budget
+from soft_prune_jax.pipeline import budget, latency
 from soft_prune_jax.pipeline.records import read_json
 from soft_prune_jax.training import data
 from soft_prune_jax.training.loop import Phase
 from soft_prune_jax.user import cost, macs, masked
+from soft_prune_jax.user.latency import graph_ops
 
 SAMPLE_BATCH = 2  # the batch the evaluation graph is traced with (BN in evaluation mode: any size)
 
@@ -84,7 +88,11 @@ def training_phase(config, input_shape: Sequence[int]) -> Phase:
     reg = method.regulariser(config)
     # a MAC budget or the cost-aware penalty: lambda * penalty over the same units, MACs from the graph
     unit_budget = (
-        budget.budget_for(config, cost.cost_model(units), units.unit_view) if budget.uses_budget(config) else None
+        budget.budget_for(
+            config, cost.cost_model(units), units.unit_view, _latency_model(config, user, units, input_shape)
+        )
+        if budget.uses_budget(config)
+        else None
     )
     return Phase(
         "train",
@@ -95,6 +103,33 @@ def training_phase(config, input_shape: Sequence[int]) -> Phase:
         init_transform=lambda variables: method.init_variables(config, variables),
         budget=unit_budget,
     )
+
+
+def _latency_model(config, user: U.UserModel, units: masked.UnitSet, input_shape: Sequence[int]):
+    """The latency model of the user's model on this device under a latency budget (else None): the
+    graph's cost model and ops, timed as a built-in model's are (``compact.latency``)."""
+    if budget.latency_target(config) is None:
+        return None
+    x = jnp.zeros((SAMPLE_BATCH,) + tuple(input_shape), jnp.float32)
+    variables = user.init(jax.random.PRNGKey(int(config.seed)), x)
+    batch = latency.batch_size(config)
+    ms = latency.dense_ms(lambda v, x: user.apply(v, x, train=False), variables, input_shape, batch)
+    return CL.latency_model(cost.cost_model(units), graph_ops(units.analysis), ms, batch=batch)
+
+
+def _latency_keep(config, units: masked.UnitSet, analysis, consts, variables, keep):
+    """``keep`` (None: the hard masks) padded to the widths ``round_to='latency'`` chooses: the chooser
+    of the built-in models (``pipeline.latency``) over the graph's cost model and ops."""
+    mask = mask_config(config)
+    plans = {n: p for n, p in decide(analysis, consts, keep=keep, mask_config=mask).items() if p.prunable}
+    cost_model = cost.cost_model(units)
+    chosen = latency.graph_chooser(cost_model, graph_ops(units.analysis), latency.batch_size(config))(
+        {n: len(p.kept) for n, p in plans.items()}
+    )
+    view = M.masked_layers(jax.tree_util.tree_map(np.asarray, units.unit_view(variables["params"])))
+    z = B.group_z(cost_model.units, {n: M.deactivation_z(v["scale"], v["bias"], mask.eps) for n, v in view.items()})
+    kept = {n: np.isin(np.arange(p.total), p.kept) for n, p in plans.items()}
+    return latency.pad_keep(kept, chosen, z)
 
 
 def _trace_fn(user: U.UserModel):
@@ -110,7 +145,8 @@ def cut(config, variables, input_shape: Sequence[int], keep=None):
     x = jnp.zeros((SAMPLE_BATCH,) + tuple(input_shape), jnp.float32)
     mask = mask_config(config)
     final = keep is not None  # prune's own cut again (fine-tuned weights, counts): no new rounding
-    round_to = 1 if final else int(config.round_to)
+    by_latency = not final and config.round_to == latency.LATENCY
+    round_to = 1 if final or by_latency else int(config.round_to)
     if keep is None:
         method = get_method(config.method)
         trained = masked.UnitSet.analyze(user, variables, x)
@@ -122,6 +158,8 @@ def cut(config, variables, input_shape: Sequence[int], keep=None):
             keep = units.group_keep(masks)
         elif method.mask_config(config) is None:  # trained without masks and no masks chosen: nothing is cut
             keep = {grp.name: np.ones(grp.size, bool) for grp in units.analysis.groups if grp.prunable}
+        if by_latency:
+            keep = _latency_keep(config, units, trained.analysis, consts, variables, keep)
     return prune_traced(
         _trace_fn(user),
         dict(variables),

@@ -6,7 +6,9 @@ sum_c (beta_c + s |gamma_c|), each unit weighted by the MACs its channels cost w
 TrainState (``method.controller``), or is fixed without a target. After each step the controller is
 updated from the hard-masked MACs of the new params; the params are replicated, so every replica
 computes the same update. The step's metrics gain lambda and the expected, hard-masked and target
-MAC ratios (progress lines and TensorBoard show them).
+MAC ratios (progress lines and TensorBoard show them). Under a latency budget (``latency``: the
+network's ``method.latency.LatencyModel``) the controller steers the estimated latency ratio of the
+same keep masks instead, and the metrics gain it.
 
 The built-in models hold their masked units in their params; a user's model (``user.masked``) does
 not, and its ``Budget`` carries a ``view``: params -> the units as masked layers (``UnitSet.unit_view``),
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 
 from soft_prune_jax.method import budget as B
 from soft_prune_jax.method import controller as C
+from soft_prune_jax.method import latency as L
 from soft_prune_jax.method import masks as M
 
 
@@ -49,6 +52,7 @@ class Budget:
     ramp_fraction: float = 0.0
     early_q: Optional[float] = None
     view: Optional[Callable[[Any], Any]] = None
+    latency: Optional[L.LatencyModel] = None  # a latency budget: the controller steers its estimate, not MACs
 
     def units(self, params):
         """The masked units of ``params``, as the cost model and the penalty read them."""
@@ -86,9 +90,14 @@ class Budget:
             "macs_expected_ratio": ratios["expected"],
             "macs_hard_ratio": ratios["hard"],
         }
+        if self.latency is not None:  # the estimate of method.latency over the same keep masks
+            ratios = L.latency_ratios(self.cost, self.latency, self.units(params), self.mask, early_q)
+            metrics["latency_expected_ratio"] = ratios["expected"]
+            metrics["latency_hard_ratio"] = ratios["hard"]
         if state is None:
             return state, metrics
-        metrics["macs_target_ratio"] = C.scheduled_target(self.controller, step)
+        kind = "latency" if self.latency is not None else "macs"
+        metrics[f"{kind}_target_ratio"] = C.scheduled_target(self.controller, step)
         signal = ratios.get("early", ratios["hard"])
-        metrics["macs_signal_ratio"] = signal
+        metrics[f"{kind}_signal_ratio"] = signal
         return C.update(self.controller, state, signal, step), metrics

@@ -267,19 +267,32 @@ def _validate_method(config) -> None:
     _int_at_least(config, "finetune_epochs", 0)
     _number_in(config, "finetune_learning_rate", 0.0, math.inf, low_open=True, high_open=True)
     round_to = _get(config, "round_to")
-    if round_to != "auto" and (not _is_int(round_to) or round_to < 1):
-        raise ValueError(f"config.round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment) or 'auto'")
+    if round_to not in ("auto", "latency") and (not _is_int(round_to) or round_to < 1):
+        raise ValueError(
+            f"config.round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment), 'latency' or 'auto'"
+        )
 
 
 def _validate_budget(config) -> None:
     """SCP at a MAC budget and the cost-aware penalty (soft_prune_jax/method/budget.py): SCP's options only."""
     _number_in(config, "target_macs_ratio", 0.0, 1.0, low_open=True, high_open=True, optional=True)
+    if "target_latency_ratio" in config:  # a config recorded before latency budgets has neither field
+        _number_in(config, "target_latency_ratio", 0.0, 1.0, low_open=True, optional=True)
+    if "target_latency_ms" in config:
+        _number_in(config, "target_latency_ms", 0.0, math.inf, low_open=True, high_open=True, optional=True)
+    budgets = ("target_macs_ratio", "target_latency_ratio", "target_latency_ms")
+    targets = [f for f in budgets if config.get(f) is not None]
+    if len(targets) > 1:
+        raise ValueError(
+            f"config.{targets[0]}={config[targets[0]]!r} and config.{targets[1]}={config[targets[1]]!r} are both set: "
+            "expected one budget (MACs or latency)"
+        )
     _bool(config, "cost_aware_penalty")
-    for field in ("target_macs_ratio", "cost_aware_penalty"):
+    for field in (*targets, "cost_aware_penalty"):
         if _get(config, field) not in (None, False) and config.method != "scp":
             raise ValueError(
                 f"config.{field}={config[field]!r} needs config.method='scp', got {config.method!r}: "
-                f"expected the default ({'None' if field == 'target_macs_ratio' else 'False'}) "
+                f"expected the default ({'False' if field == 'cost_aware_penalty' else 'None'}) "
                 f"for other methods"
             )
     for name in ("kp", "ki", "ramp_fraction"):

@@ -1,0 +1,110 @@
+"""How well the latency model (method/latency.py) predicts whole compact models, and what widths
+chosen by latency gain over fixed rounding, on this machine.
+
+For each model: its latency model at --batch (tables from the per-device cache, measured on first
+use, plus the dense model's median), then --cuts random cuts (random BN parameters dropping a random
+fraction of each masked layer, as launch/benchmark.py --random_prune does), each made compact at
+round_to=1, 8 and 'latency'. The dense model and the three compact ones are timed taking turns
+(medians); each compact model's estimate is set beside its measurement. Raw records go to --out.
+
+    python scripts/latency_model_error.py --models=fmnist_cnn,resnet56 --cuts=12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from soft_prune_jax import host_memory  # noqa: E402
+
+host_memory.retain_freed_memory()  # as the launchers: before JAX's backend starts
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from soft_prune_jax.compact import surgery  # noqa: E402
+from soft_prune_jax.measure import benchmark  # noqa: E402
+from soft_prune_jax.method import latency as L  # noqa: E402
+from soft_prune_jax.models import get_model  # noqa: E402
+from soft_prune_jax.pipeline import latency as PL  # noqa: E402
+from soft_prune_jax.training.state import init_variables  # noqa: E402
+
+SHAPES = {"fmnist_cnn": (28, 28, 1), "resnet56": (32, 32, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="fmnist_cnn,resnet56")
+    parser.add_argument("--cuts", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--out", default="docs/results/latency_model_error.json")
+    args = parser.parse_args()
+    result = {
+        "device": benchmark.device_description(),
+        "batch": args.batch,
+        "load_before": os.getloadavg(),
+        "models": {},
+    }
+    for name in args.models.split(","):
+        input_shape = SHAPES[name]
+        model = get_model(name, 10)
+        dense = model.clone(mask=None)
+        dense_vars = init_variables(model, jax.random.key(0), input_shape)
+        start = time.time()
+        cost, lm = PL.builtin_model(dense, dense_vars, input_shape, args.batch)
+        chooser = PL.builtin_chooser(model, input_shape, args.batch)
+        rows = []
+        rng = np.random.default_rng(0)
+        for cut in range(args.cuts):
+            fraction = float(rng.uniform(0.2, 0.7))
+            variables = surgery.randomize_bn(dense_vars, cut, fraction)
+            calls = {"dense": (lambda v, x, m=dense: m.apply(v, x, train=False), dense_vars)}
+            widths = {}
+            for label, round_to in (("r1", 1), ("r8", 8), ("latency", chooser)):
+                plans = surgery.plan(model, variables, round_to=round_to)
+                widths[label] = {n: len(p.kept) for n, p in plans.items()}
+                compact, compact_vars = surgery.prune(model, variables, round_to=round_to)
+                calls[label] = (lambda v, x, c=compact: c.apply(v, x, train=False), compact_vars)
+            x = benchmark.random_inputs(args.batch, input_shape, cut)
+            timed = benchmark.time_interleaved({k: (fn, (v, x)) for k, (fn, v) in calls.items()}, runs=args.runs)
+            row = {"cut": cut, "fraction": fraction, "dense_ms": timed["dense"]["median_ms"], "compact": {}}
+            for label in ("r1", "r8", "latency"):
+                estimate = float(L.latency_of_widths(cost, lm, widths[label]))
+                row["compact"][label] = {
+                    "widths": widths[label],
+                    "measured_ms": timed[label]["median_ms"],
+                    "estimated_ms": estimate,
+                }
+            rows.append(row)
+            print(name, cut, json.dumps({k: round(v["measured_ms"], 2) for k, v in row["compact"].items()}), flush=True)
+        errors = [
+            (c["estimated_ms"] - c["measured_ms"]) / c["measured_ms"] for r in rows for c in r["compact"].values()
+        ]
+        speedups = {
+            label: float(np.median([r["dense_ms"] / r["compact"][label]["measured_ms"] for r in rows]))
+            for label in ("r1", "r8", "latency")
+        }
+        result["models"][name] = {
+            "table_dense_ms": lm.dense_ms,
+            "table_rest_ms": lm.rest_ms,
+            "build_s": time.time() - start,
+            "median_abs_error": float(np.median(np.abs(errors))),
+            "max_abs_error": float(np.max(np.abs(errors))),
+            "median_speedup": speedups,
+            "cuts": rows,
+        }
+        print(name, json.dumps({k: v for k, v in result["models"][name].items() if k != "cuts"}), flush=True)
+    result["load_after"] = os.getloadavg()
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Latency as a cost (method/latency.py, compact/latency.py, pipeline/latency.py): the interpolated
+tables, the differentiable estimate, widths chosen by latency on both cut paths, the per-device cache
+and its refusal of damaged or foreign files. Timings are injected: these tests are about the logic."""
+
+import json
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from soft_prune_jax.compact import latency as CL
+from soft_prune_jax.compact import surgery
+from soft_prune_jax.method import budget as B
+from soft_prune_jax.method import latency as L
+from soft_prune_jax.models import get_model
+from soft_prune_jax.pipeline import latency as PL
+
+from conftest import assert_close, evaluate
+
+VGG_WIDTHS = (24, "M", 40, 20)
+INPUT = (8, 8, 3)
+
+
+def aligned(n: int) -> int:
+    """A fake device on which a width that is not a multiple of 8 costs double."""
+    return n if n % 8 == 0 else 2 * n
+
+
+def blocky(op, n_in, n_out, batch, dtype) -> float:
+    return float(aligned(n_in) * aligned(n_out)) * 1e-3
+
+
+def chain_cost(a: str = "a", b: str = "b") -> B.CostModel:
+    """Two groups a (24) and b (40): conv0 3 -> a, conv1 a -> b, head b -> 10."""
+    return B.CostModel(
+        (
+            B.CostLayer("conv0", 1.0, 3, 24, (), ((a, 1),)),
+            B.CostLayer("conv1", 1.0, 24, 40, ((a, 1),), ((b, 1),)),
+            B.CostLayer("head", 1.0, 40, 10, ((b, 1),), ()),
+        ),
+        ((a, 24), (b, 40)),
+    )
+
+
+def fake_model(cost: B.CostModel, ms=lambda a, b: a * b * 1e-3, rest=2.0) -> L.LatencyModel:
+    tables = []
+    for layer in cost.layers:
+        gi = L.grid(layer.in_channels) if layer.in_terms else (layer.in_channels,)
+        go = L.grid(layer.out_channels) if layer.out_terms else (layer.out_channels,)
+        tables.append(L.LayerTable(layer.path, gi, go, tuple(tuple(ms(a, b) for b in go) for a in gi)))
+    dense = rest + sum(t.ms[-1][-1] for t in tables)
+    return L.LatencyModel(tuple(tables), rest, dense, 64, "float32", "fake")
+
+
+def test_grid_holds_multiples_of_the_step_and_the_full_width():
+    assert L.grid(32) == (4, 8, 16, 24, 32)
+    assert L.grid(30) == (4, 8, 16, 24, 30)
+    assert L.grid(3) == (3,)
+    assert L.grid(128) == (4, 32, 64, 96, 128)  # about GRID_POINTS per axis
+
+
+def test_estimate_is_exact_on_the_grid_bilinear_between_and_differentiable():
+    cost = chain_cost()
+    model = fake_model(cost)
+    full = float(L.latency_of_widths(cost, model, {}))
+    assert full == pytest.approx(model.dense_ms, rel=1e-6)
+    at_grid = float(L.latency_of_widths(cost, model, {"a": 16, "b": 24}))
+    assert at_grid == pytest.approx(2.0 + (3 * 16 + 16 * 24 + 24 * 10) * 1e-3, rel=1e-5)
+    # a*b is bilinear, so interpolation between grid points reproduces it
+    between = float(L.latency_of_widths(cost, model, {"a": 20.0, "b": 28.0}))
+    assert between == pytest.approx(2.0 + (3 * 20 + 20 * 28 + 28 * 10) * 1e-3, rel=1e-5)
+    grad = jax.grad(lambda w: L.latency_of_widths(cost, model, w))({"a": jnp.float32(20.0), "b": jnp.float32(28.0)})
+    assert float(grad["a"]) == pytest.approx((3 + 28) * 1e-3, rel=1e-4)
+    assert float(grad["b"]) == pytest.approx((20 + 10) * 1e-3, rel=1e-4)
+
+
+def test_ratios_follow_keep_probabilities():
+    cost = chain_cost()
+    model = fake_model(cost)
+    keep = {"a": jnp.full(24, 0.5), "b": jnp.ones(40)}
+    assert float(L.latency(cost, model, keep)) == pytest.approx(
+        float(L.latency_of_widths(cost, model, {"a": 12.0, "b": 40.0})), rel=1e-6
+    )
+
+
+def test_choose_widths_picks_the_fastest_never_below_the_count_ties_to_smaller():
+    cost = chain_cost()
+
+    def ms(path, n_in, n_out):
+        return aligned(n_in) * aligned(n_out) * 1e-3
+
+    chosen = L.choose_widths(cost, {"a": 13, "b": 40}, ms)
+    assert chosen == {"a": 16, "b": 40}  # 13 -> 16: aligned is cheaper than the doubled odd width
+    flat = L.choose_widths(cost, {"a": 13, "b": 33}, lambda p, i, o: 1.0)
+    assert flat == {"a": 13, "b": 33}  # every candidate ties: the counts themselves
+    assert all(chosen[g] >= c for g, c in {"a": 13, "b": 40}.items())
+
+
+def test_timings_are_cached_per_device_and_damaged_or_foreign_files_are_rebuilt(tmp_path):
+    calls = []
+
+    def measure(op, n_in, n_out, batch, dtype):
+        calls.append((n_in, n_out))
+        return 1.5
+
+    path = str(tmp_path / "t.json")
+    op = CL.LayerOp(CL.CONV, (8, 8), (3, 3), (1, 1), ((1, 1), (1, 1)))
+    t = CL.Timings(path, measure, device="dev A")
+    assert t.ms(op, 4, 8, 64, "float32") == t.ms(op, 4, 8, 64, "float32") == 1.5 and len(calls) == 1
+    assert CL.Timings(path, measure, device="dev A").ms(op, 4, 8, 64, "float32") == 1.5 and len(calls) == 1
+    with pytest.warns(UserWarning, match="measured on 'dev A', not on this device"):
+        CL.Timings(path, measure, device="dev B").ms(op, 4, 8, 64, "float32")
+    assert len(calls) == 2
+    with open(path) as f:
+        assert json.load(f)["device"] == "dev B"
+    for damage in ("{not json", json.dumps({"format": 1, "device": "dev B", "entries": {"k": "x"}}), "[]"):
+        with open(path, "w") as f:
+            f.write(damage)
+        with pytest.warns(UserWarning, match="is damaged"):
+            CL.Timings(path, measure, device="dev B")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CL.Timings(str(tmp_path / "absent.json"), measure, device="dev B")  # no file: no warning
+    model = L.LatencyModel((), 1.0, 1.0, 64, "float32", "dev A")
+    with pytest.raises(ValueError, match="measured on 'dev A' cannot price this device"):
+        CL.check_device(model, "dev B")
+
+
+def _vgg(seed=3, fraction=0.55):
+    model = get_model("vgg16", 10, widths=VGG_WIDTHS)
+    return model, surgery.random_variables(model, (2,) + INPUT, seed, fraction)
+
+
+def test_builtin_ops_and_latency_model_cover_every_layer(tmp_path):
+    model, variables = _vgg()
+    cost = PL._builtin(model, INPUT, 4)[0]
+    ops = CL.builtin_ops(model, variables, INPUT)
+    assert {layer.path for layer in cost.layers} <= set(ops)
+    lm = CL.latency_model(cost, ops, 10.0, CL.Timings(str(tmp_path / "t.json"), blocky, "fake"), batch=4)
+    assert float(L.latency_of_widths(cost, lm, {})) == pytest.approx(10.0, rel=1e-5)
+    assert lm.rest_ms == pytest.approx(
+        10.0 - sum(blocky(None, t.in_grid[-1], t.out_grid[-1], 4, "") for t in lm.tables)
+    )
+
+
+def test_surgery_by_latency_pads_to_the_fastest_width_and_stays_exact(tmp_path):
+    model, variables = _vgg(seed=5)
+    timings = CL.Timings(str(tmp_path / "t.json"), blocky, "fake")
+    chooser = PL.builtin_chooser(model, INPUT, 4, timings)
+    base = surgery.plan(model, variables, round_to=1)
+    plans = surgery.plan(model, variables, round_to=chooser)
+    for name, p in plans.items():
+        assert set(base[name].kept.tolist()) <= set(p.kept.tolist())
+    assert any(len(p.kept) % 8 == 0 and len(p.kept) > len(base[n].kept) for n, p in plans.items())
+    compact, compact_vars = surgery.prune(model, variables, round_to=chooser)
+    x = np.random.default_rng(0).normal(size=(2,) + INPUT).astype(np.float32)
+    assert_close(evaluate(compact, compact_vars, x), evaluate(model, variables, x, surgery.masks_of(plans)))
+
+
+def test_pad_keep_adds_the_most_alive_dropped_channels():
+    keep = {"a": np.array([1, 0, 0, 1, 0], bool)}
+    z = {"a": np.array([0.0, 3.0, -1.0, 0.5, 2.0])}
+    assert PL.pad_keep(keep, {"a": 4}, z)["a"].tolist() == [True, False, True, True, True]
+    assert PL.pad_keep(keep, {"a": 2}, z)["a"].tolist() == keep["a"].tolist()
+
+
+def test_config_latency_targets_are_checked_before_training():
+    from soft_prune_jax.training import config_validation
+
+    from conftest import tiny_config
+
+    for field, value in (("target_latency_ratio", 0.5), ("target_latency_ratio", 1.0), ("target_latency_ms", 3.0)):
+        config = tiny_config(**{field: value})
+        config_validation._validate_budget(config)
+    for field, bad in (("target_latency_ratio", 0.0), ("target_latency_ratio", 1.5), ("target_latency_ms", -1.0)):
+        with pytest.raises(ValueError, match=rf"config.{field}={bad!r} is invalid"):
+            config_validation._validate_budget(tiny_config(**{field: bad}))
+    with pytest.raises(
+        ValueError, match="config.target_macs_ratio=0.5 and config.target_latency_ratio=0.5 are both set"
+    ):
+        config_validation._validate_budget(tiny_config(target_macs_ratio=0.5, target_latency_ratio=0.5))
+    with pytest.raises(ValueError, match="config.target_latency_ms=3.0 needs config.method='scp'"):
+        config_validation._validate_budget(tiny_config(method="dense", target_latency_ms=3.0))
+
+
+def test_unreachable_latency_target_names_the_nearest_reachable():
+    from soft_prune_jax.pipeline import budget
+
+    from conftest import tiny_config
+
+    cost = chain_cost()
+    model = fake_model(cost, rest=2.0)  # dense ~ 2 + 0.072 + 0.96 + 0.4 ms; one channel each ~ 2.01 ms
+    floor = float(L.latency_of_widths(cost, model, {"a": 1, "b": 1})) / model.dense_ms
+    with pytest.raises(
+        ValueError, match=rf"target_latency_ratio=0.5 cannot be reached .* expected at least {floor:.3g}"
+    ):
+        budget.check_reachable(tiny_config(target_latency_ratio=0.5), cost, model)
+    budget.check_reachable(tiny_config(target_latency_ratio=0.9), cost, model)
+    ms_config = tiny_config(target_latency_ms=1.0)
+    with pytest.raises(ValueError, match=rf"target_latency_ms=1.0 cannot be reached .* {floor * model.dense_ms:.3g}"):
+        budget.check_reachable(ms_config, cost, model)
+    assert budget.latency_ratio(tiny_config(target_latency_ms=100.0), model) == 1.0
+
+
+def test_the_controller_steers_the_latency_estimate_under_a_latency_budget():
+    from soft_prune_jax.method import controller as C
+    from soft_prune_jax.method import masks as M
+    from soft_prune_jax.training.budget import Budget
+
+    cost = chain_cost(f"{M.MASKED_PREFIX}a", f"{M.MASKED_PREFIX}b")
+    model = fake_model(cost, rest=0.0)
+    params = {
+        name: {"scale": jnp.ones(n), "bias": jnp.where(jnp.arange(n) < n // 2, 1.0, -3.0)}
+        for name, n in cost.group_sizes
+    }  # the second half of each group is dead: z = eps + 3, q ~ 1
+    mask = M.MaskConfig()
+    b = Budget(cost, mask, 2.0, 1e-4, controller=C.ControllerConfig(target=0.5), latency=model, early_q=0.9)
+    state, metrics = b.update(b.init_state(), params, 0)
+    hard = float(L.latency_of_widths(cost, model, dict(zip(cost.groups, (12, 20))))) / model.dense_ms
+    assert float(metrics["latency_hard_ratio"]) == pytest.approx(hard, rel=1e-4)
+    assert float(metrics["latency_signal_ratio"]) == pytest.approx(hard, rel=1e-4)
+    assert "macs_signal_ratio" not in metrics and float(metrics["latency_target_ratio"]) == 0.5
+    # the estimate is below the target: lambda falls
+    assert float(state.log_lambda) < float(b.init_state().log_lambda)
