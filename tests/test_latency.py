@@ -115,7 +115,7 @@ def test_timings_are_cached_per_device_and_damaged_or_foreign_files_are_rebuilt(
     assert len(calls) == 2
     with open(path) as f:
         assert json.load(f)["device"] == "dev B"
-    for damage in ("{not json", json.dumps({"format": 1, "device": "dev B", "entries": {"k": "x"}}), "[]"):
+    for damage in ("{not json", json.dumps({"format": CL.FORMAT, "device": "dev B", "entries": {"k": "x"}}), "[]"):
         with open(path, "w") as f:
             f.write(damage)
         with pytest.warns(UserWarning, match="is damaged"):
@@ -224,3 +224,73 @@ def test_the_controller_steers_the_latency_estimate_under_a_latency_budget():
     assert "macs_signal_ratio" not in metrics and float(metrics["latency_target_ratio"]) == 0.5
     # the estimate is below the target: lambda falls
     assert float(state.log_lambda) < float(b.init_state().log_lambda)
+
+
+def test_landing_tightens_the_aim_until_the_measured_latency_meets_the_target():
+    from soft_prune_jax.method import budget as Bm
+
+    from conftest import tiny_config
+
+    cost = chain_cost()
+    model = fake_model(cost, rest=0.0)
+    z = {"a": np.linspace(-1, 1, 24), "b": np.linspace(-1, 1, 40)}
+    full = {"a": np.ones(24, np.float32), "b": np.ones(40, np.float32)}
+
+    def masks_for(cost_fn):
+        return Bm.land_on_budget(full, z, cost_fn, 1.0)[0]
+
+    def widths_of(masks):
+        return {n: int(np.sum(m)) for n, m in masks.items()}
+
+    measured = []
+
+    def measure(masks):  # the device runs compact models 20% slower than the tables say
+        estimate = float(L.latency_of_widths(cost, model, widths_of(masks)))
+        measured.append(estimate)
+        return model.dense_ms, 1.2 * estimate
+
+    masks, record = PL.land(tiny_config(target_latency_ratio=0.5), cost, model, masks_for, widths_of, measure)
+    assert len(record["landing_tries"]) >= 2  # the first landing measured above the target
+    assert record["measured_latency_ratio"] <= 0.5 + 1e-6
+    assert record["target_latency_ratio"] == 0.5 and record["estimated_latency_ratio"] <= 0.5 / 1.2 + 1e-6
+    assert record["landing_tries"][1]["aim"] < record["landing_tries"][0]["aim"]
+
+
+def _fake_device(monkeypatch, tmp_path, dense_ms: float, compact_share: float):
+    """Timings from a closed form, a dense model of ``dense_ms`` and compact models measured at
+    ``compact_share`` of it, so that a pipeline run exercises the latency budget without timing."""
+    from soft_prune_jax.compact import latency as CLm
+
+    monkeypatch.setattr(CLm, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(CLm, "time_op", lambda op, a, b, batch, dtype: 1e-4 * op.spatial[0] * op.spatial[1] * a * b)
+    monkeypatch.setattr(PL, "dense_ms", lambda *args, **kwargs: dense_ms)
+    monkeypatch.setattr(PL, "measure_pair", lambda *args, **kwargs: (dense_ms, compact_share * dense_ms))
+
+
+@pytest.mark.slow
+def test_latency_budget_trains_lands_and_reports(monkeypatch, tmp_path):
+    from soft_prune_jax.pipeline import run
+
+    from conftest import SyntheticData, tiny_config
+
+    _fake_device(monkeypatch, tmp_path, dense_ms=1.0, compact_share=0.55)
+    config = tiny_config(
+        model_kwargs={"widths": (16, "M", 32)},
+        num_train_examples=512,
+        num_epochs=4,
+        lr_boundaries=(4,),
+        checkpoint_every_epochs=4,
+        sparsity_lambda=0.005,
+        target_latency_ratio=0.6,
+        finetune_epochs=0,
+        log_every_steps=16,
+        round_to="latency",
+    )
+    config.budget_controller.ki = 0.1
+    out = run(config, str(tmp_path / "w"), phases="train,prune", dataset=SyntheticData(num_train=512))
+    metrics = out["train"]["train_metrics"]
+    assert "latency_signal_ratio" in metrics and "macs_signal_ratio" not in metrics
+    landing = out["prune"]["budget"]
+    assert landing["target_latency_ratio"] == 0.6 and landing["measured_latency_ratio"] == pytest.approx(0.55)
+    assert landing["estimated_latency_ratio"] <= 0.6 + 1e-6
+    assert set(out["prune"]["kept_indices"]) == set(out["prune"]["kept_channels"])

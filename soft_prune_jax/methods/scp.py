@@ -4,6 +4,7 @@ Surgery cuts by the model's own hard masks [pi < 0.5]; the keep-one fallback and
 use the model's own ranking (lowest z, i.e. lowest pi with ties broken), so both defaults of ``Method`` apply. With
 ``config.target_macs_ratio`` (a MAC budget), a trained network whose hard-masked MACs still exceed
 the budget loses its least alive channels (highest z) until it fits (``budget.land_on_budget``).
+Under a latency budget the same landing runs on the estimated latency (``pipeline.latency.land``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def regulariser(config: Config) -> Callable[[Params], jax.Array]:
 def surgery_masks(config: Config, variables: Mapping[str, Any], macs_ratio: MacsRatio) -> Optional[Masks]:
     """None (the model's own hard masks) without a budget; with one, those masks landed on it."""
     target = config.get("target_macs_ratio")
+    if target is None and any(config.get(f) is not None for f in ("target_latency_ratio", "target_latency_ms")):
+        target = 1.0  # a latency budget: the pipeline's macs_ratio is the estimated latency over its aim
     if target is None:
         return None
     mask = mask_config(config)
@@ -51,9 +54,10 @@ def settings(config: Config) -> dict:
     }
     if config.get("cost_aware_penalty"):
         out["cost_aware_penalty"] = True
-    if config.get("target_macs_ratio") is not None:  # lambda above is then only where the controller starts
-        out["target_macs_ratio"] = float(config.target_macs_ratio)
-        out["budget_controller"] = {k: float(v) for k, v in config.budget_controller.items()}
+    for field in ("target_macs_ratio", "target_latency_ratio", "target_latency_ms"):
+        if config.get(field) is not None:  # lambda above is then only where the controller starts
+            out[field] = float(config[field])
+            out["budget_controller"] = {k: float(v) for k, v in config.budget_controller.items()}
     return out
 
 

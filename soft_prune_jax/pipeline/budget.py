@@ -19,7 +19,9 @@ from soft_prune_jax.method import budget as B
 from soft_prune_jax.method import latency as L
 from soft_prune_jax.method.controller import ControllerConfig
 from soft_prune_jax.methods import get_method
+from soft_prune_jax.pipeline import latency as PL
 from soft_prune_jax.pipeline.cut import surgery_round_to
+from soft_prune_jax.pipeline.latency import latency_ratio, latency_target
 from soft_prune_jax.training.budget import Budget
 
 
@@ -28,26 +30,12 @@ def model_cost(model: nn.Module, input_shape: Sequence[int]) -> B.CostModel:
     return B.cost_model(describe(model).groups, flops.count(model, None, input_shape).layers)
 
 
-def latency_target(config) -> Optional[tuple[str, float]]:
-    """('target_latency_ratio' | 'target_latency_ms', value) when the config asks for a latency budget."""
-    for field in ("target_latency_ratio", "target_latency_ms"):
-        if config.get(field) is not None:
-            return field, float(config[field])
-    return None
-
-
 def uses_budget(config) -> bool:
     return (
         config.get("target_macs_ratio") is not None
         or latency_target(config) is not None
         or bool(config.get("cost_aware_penalty"))
     )
-
-
-def latency_ratio(config, latency: L.LatencyModel) -> float:
-    """The latency budget as a fraction of the measured dense latency (a target in ms above it: 1)."""
-    field, value = latency_target(config)
-    return value if field == "target_latency_ratio" else min(1.0, value / latency.dense_ms)
 
 
 def check_reachable(config, cost: B.CostModel, latency: L.LatencyModel) -> None:
@@ -87,7 +75,6 @@ def training_budget(config, model: nn.Module, input_shape: Sequence[int]) -> Opt
         return None
     latency = None
     if latency_target(config) is not None:  # measured here, at the benchmark's batch, before training starts
-        from soft_prune_jax.pipeline import latency as PL
         from soft_prune_jax.training.state import init_variables
 
         dense = model.clone(mask=None) if hasattr(model, "mask") else model

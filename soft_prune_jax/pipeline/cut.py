@@ -8,7 +8,7 @@ so a method can aim at a MAC budget without knowing about surgery or FLOP counti
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -32,11 +32,20 @@ def surgery_round_to(config, input_shape: Sequence[int], model=None):
     return int(config.round_to)
 
 
-def surgery_choice(config, model, variables, input_shape: Sequence[int]) -> dict[str, Any]:
-    """{'masks', 'scores'}: keyword arguments of ``surgery.plan``/``surgery.prune`` for ``config.method``."""
+def surgery_choice(
+    config, model, variables, input_shape: Sequence[int], record: Optional[dict] = None
+) -> dict[str, Any]:
+    """{'masks', 'scores'}: keyword arguments of ``surgery.plan``/``surgery.prune`` for ``config.method``.
+    Under a latency budget the masks are landed on the measured latency, and ``record`` (if given)
+    receives prune.json's "budget" record (``latency.land``)."""
     method = get_method(config.method)
     scores = method.keep_scores(variables["params"]) if method.keep_scores is not None else None
     round_to = surgery_round_to(config, input_shape, model)
+    if latency.latency_target(config) is not None:
+        masks, landed = _latency_landing(config, model, variables, input_shape, method, scores, round_to)
+        if record is not None:
+            record.update(landed)
+        return {"masks": masks, "scores": scores}
     rebuild = describe(model).rebuild
     dense_macs = functools.cache(lambda: flops.count(model, None, input_shape).macs)
 
@@ -46,6 +55,32 @@ def surgery_choice(config, model, variables, input_shape: Sequence[int]) -> dict
         return flops.count(compact, None, input_shape).macs / dense_macs()
 
     return {"masks": method.surgery_masks(config, variables, macs_ratio), "scores": scores}
+
+
+def _latency_landing(config, model, variables, input_shape, method, scores, round_to):
+    """(masks, record) of ``latency.land`` for a built-in model: surgery's widths, its compact model timed."""
+    dense = model.clone(mask=None)
+    batch = latency.batch_size(config)
+    cost, lm = latency.builtin_model(dense, variables, input_shape, batch)
+
+    def widths_of(masks):
+        return {
+            n: len(p.kept)
+            for n, p in surgery.plan(model, variables, round_to=round_to, masks=masks, scores=scores).items()
+        }
+
+    def measure(masks):
+        compact, compact_vars = surgery.prune(model, variables, round_to=round_to, masks=masks, scores=scores)
+        return latency.measure_pair(
+            lambda v, x: dense.apply(v, x, train=False),
+            variables,
+            lambda v, x: compact.apply(v, x, train=False),
+            compact_vars,
+            input_shape,
+            batch,
+        )
+
+    return latency.land(config, cost, lm, lambda fn: method.surgery_masks(config, variables, fn), widths_of, measure)
 
 
 def effective_masks(config, model, variables, input_shape: Sequence[int]) -> dict[str, np.ndarray]:

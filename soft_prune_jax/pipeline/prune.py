@@ -22,7 +22,8 @@ def prune_phase(config, workdir, *, dataset, devices=None) -> dict:
         return summary
     model = create_model(config)
     variables = trained_variables(config, workdir)
-    choice = surgery_choice(config, model, variables, input_shape)
+    latency_record: dict = {}
+    choice = surgery_choice(config, model, variables, input_shape, record=latency_record)
     round_to = surgery_round_to(config, input_shape, model)
     plans = surgery.plan(model, variables, round_to=round_to, **choice)
     compact, compact_vars = surgery.prune(model, variables, round_to=round_to, **choice)
@@ -39,9 +40,13 @@ def prune_phase(config, workdir, *, dataset, devices=None) -> dict:
         "total_channels": {name: p.total for name, p in plans.items()},
         # docs/method.md, "Where the masks sit": a plain chain never loses its last channel; say where that happened.
         "kept_by_fallback": sorted(name for name, p in plans.items() if p.kept_by_fallback),
+        # evaluate's reference masks: a cut landed on a measured latency cannot be recomputed exactly
+        "kept_indices": {name: p.kept.tolist() for name, p in plans.items()},
     }
     landing = landing_record(config, model, variables, input_shape, plans)
     if landing is not None:  # a MAC budget: target vs reached
         summary["budget"] = landing
+    if latency_record:  # a latency budget: target, estimate and measurement
+        summary["budget"] = latency_record
     write_json(workdir, "prune.json", summary)
     return summary
