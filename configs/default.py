@@ -51,7 +51,7 @@ def get_config() -> config_dict.ConfigDict:
     # 'cifar10' | 'cifar100' | 'imagenet2012' | 'fashion_mnist' (published constants and recipes), or any tfds
     # image-classification name ('oxford_flowers102'), a folder of images 'folder:PATH' (one sub-folder per class),
     # or a user's pipeline 'package.module:attribute' returning (train, eval, num_classes)
-    # (soft_prune_jax/training/sources.py documents all three).
+    # (soft_prune_jax/training/data/: tfds_by_name.py, folder_source.py, factory_source.py document the three).
     config.dataset = "cifar10"
     # Only for tfds datasets by name and folders (the known four keep theirs; a user pipeline preprocesses its own):
     config.train_split = placeholder(str)  # tfds slicing syntax, e.g. 'train[:90%]'; None = 'train'

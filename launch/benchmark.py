@@ -101,7 +101,7 @@ def _input_shape(config) -> tuple[int, ...]:
         return (32, 32, 3)
     from soft_prune_jax.training import data  # the dataset's own facts: one source for its input shape
 
-    try:  # a known name reads the table; a tfds name, folder or pipeline is resolved (training/sources.py)
+    try:  # a known name reads the table; a tfds name, folder or pipeline is resolved (training/data/resolve.py)
         return tuple(data.dataset_spec(config).input_shape)
     except ValueError as e:
         raise app.UsageError(f"{e} (or pass --input_shape=H,W,C)") from None

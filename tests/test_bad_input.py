@@ -434,8 +434,9 @@ def test_missing_module_while_preparing_data_names_the_package(tmp_path, monkeyp
     # tfds imports some modules only when it prepares a data set (importlib_resources through etils):
     # a broken install is reported as such, never as a damaged data folder to delete.
     from soft_prune_jax.training import data
+    from soft_prune_jax.training.data import tf_runtime
 
-    _, tfds = data._tf()
+    _, tfds = tf_runtime.import_tensorflow()
 
     class Builder:
         def is_prepared(self):

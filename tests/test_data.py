@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from configs import default
 from soft_prune_jax.training import config_validation, data
+from soft_prune_jax.training.data import tfds_builders
 
 USE_CODE = tfds.testing.MockPolicy.USE_CODE  # the wheel has no dataset metadata
 
@@ -294,7 +295,7 @@ def test_prepared_data_of_another_size_is_refused():
         )
     )
     with pytest.raises(ValueError, match="split 'train' has 49000 examples on disk: expected 50000"):
-        data._check_split_sizes(on_disk, data.DATASETS["cifar10"])
+        tfds_builders._check_split_sizes(on_disk, data.DATASETS["cifar10"])
 
 
 def test_non_bool_augment_is_named(tmp_path):

@@ -1,6 +1,7 @@
-"""Datasets beyond the four known ones (training/sources.py): tfds datasets the project never names
-(mocked with tfds.testing.mock_data), a generated folder of PNGs, and a user's factory pipeline
-(tests/data_pipelines.py) -- from the spec to batches, and end to end through pipeline.run."""
+"""Datasets beyond the four known ones (training/data/: tfds_by_name, folder_source, factory_source): tfds
+datasets the project never names (mocked with tfds.testing.mock_data), a generated folder of PNGs, and a
+user's factory pipeline (tests/data_pipelines.py) -- from the spec to batches, and end to end through
+pipeline.run."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from soft_prune_jax import pipeline
-from soft_prune_jax.training import config_validation, data, sources
+from soft_prune_jax.training import config_validation, data
+from soft_prune_jax.training.data import channel_stats, folder_source
 
 from conftest import tiny_config
 
@@ -86,7 +88,10 @@ def test_a_never_named_tfds_dataset_reads_its_facts_from_the_builder(
     assert [float(b["mask"].sum()) for b in evaluation] == [8.0, 4.0]
     # The mean / std were computed once from the train split and cached beside the prepared data.
     (cache,) = [
-        os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "tfds" / name) for f in fs if f == sources.STATS_FILE
+        os.path.join(d, f)
+        for d, _, fs in os.walk(tmp_path / "tfds" / name)
+        for f in fs
+        if f == channel_stats.STATS_FILE
     ]
     with open(cache) as f:
         assert json.load(f)["train"]["mean"] == list(spec.mean)
@@ -134,15 +139,15 @@ def png_folder(tmp_path_factory):
 
 def test_a_folder_is_split_by_a_fixed_seed_per_class(tmp_path, png_folder):
     config = source_config(tmp_path, f"folder:{png_folder}", folder_test_fraction=0.25)
-    listing = sources.folder_listing(config)
+    listing = folder_source.folder_listing(config)
     spec = data.dataset_spec(config)
     assert listing["classes"] == ["boot", "coat", "shirt"]
     assert (spec.train_size, spec.test_size, spec.num_classes, spec.input_shape) == (45, 15, 3, (10, 10, 1))
     assert np.bincount([label for _, label in listing["test"]]).tolist() == [5, 5, 5]
     train_files = {f for f, _ in listing["train"]}
     assert train_files.isdisjoint(f for f, _ in listing["test"])
-    sources._FOLDERS.clear()
-    assert sources.folder_listing(config) == listing  # the same split every time
+    folder_source._FOLDERS.clear()
+    assert folder_source.folder_listing(config) == listing  # the same split every time
     assert spec.augmentation == "pad_crop_flip" and spec.in_memory
 
 
@@ -232,7 +237,7 @@ def test_a_workdir_recorded_before_the_data_fields_existed_still_resumes(tmp_pat
     from soft_prune_jax.training import checkpoint
 
     recorded = tiny_config().to_dict()
-    for field in (*sources.SOURCE_FIELDS, "folder_test_fraction"):
+    for field in (*data.SOURCE_FIELDS, "folder_test_fraction"):
         del recorded[field]
     (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps(recorded))
     checkpoint.ensure_workdir_config(str(tmp_path), tiny_config())  # the new fields at their None default

@@ -2,7 +2,7 @@
 
 Each field of the schema (configs/default.py declares and documents them) is checked in exactly one
 place: here, or where this module delegates -- the mask hyper-parameters in ``masks.MaskConfig``,
-the dataset in ``data.dataset_spec`` (tfds names, folders, pipelines: sources.py), the multi-host
+the dataset in ``data.dataset_spec`` (tfds names, folders, pipelines: the data package), the multi-host
 fields in ``distributed.validate_fields``.
 The data pipeline and the trainer trust a validated config and do not check its fields again.
 """
@@ -19,7 +19,7 @@ import jax
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.methods import method_names
 from soft_prune_jax.models import get_model, model_names, user
-from soft_prune_jax.training import cpu_devices, data, distributed, sources
+from soft_prune_jax.training import cpu_devices, data, distributed
 from soft_prune_jax.training.parallel import PARALLEL_KINDS, check_global_batch
 
 
@@ -152,10 +152,10 @@ def _validate_source_fields(config) -> None:
             raise ValueError(f"config.{field}={value!r} is invalid: expected tfds slicing syntax such as 'train[:90%]'")
     _int_at_least(config, "image_size", 1, optional=True)
     if _get(config, "augmentation") is not None:
-        _one_of(config, "augmentation", sources.AUGMENTATIONS)
+        _one_of(config, "augmentation", data.AUGMENTATIONS)
     _number_in(config, "folder_test_fraction", 0.0, 1.0, low_open=True, high_open=True, optional=True)
-    kind = sources.kind_of(name)
-    unused = {"known": sources.SOURCE_FIELDS, "factory": sources.SOURCE_FIELDS, "folder": ("train_split", "test_split")}
+    kind = data.kind_of(name)
+    unused = {"known": data.SOURCE_FIELDS, "factory": data.SOURCE_FIELDS, "folder": ("train_split", "test_split")}
     for field in unused.get(kind, ()):
         if config[field] is not None:
             what = {"known": "the known dataset", "factory": "a user pipeline", "folder": "a folder dataset"}[kind]
