@@ -100,10 +100,15 @@ def main() -> None:
             "cuts": rows,
         }
         print(name, json.dumps({k: v for k, v in result["models"][name].items() if k != "cuts"}), flush=True)
-    result["load_after"] = os.getloadavg()
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+        result["load_after"] = os.getloadavg()
+        _write(args.out, result)  # after each model: a long run killed later keeps what it measured
+
+
+def _write(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

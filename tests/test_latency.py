@@ -294,3 +294,69 @@ def test_latency_budget_trains_lands_and_reports(monkeypatch, tmp_path):
     assert landing["target_latency_ratio"] == 0.6 and landing["measured_latency_ratio"] == pytest.approx(0.55)
     assert landing["estimated_latency_ratio"] <= 0.6 + 1e-6
     assert set(out["prune"]["kept_indices"]) == set(out["prune"]["kept_channels"])
+
+
+@pytest.mark.slow
+def test_user_model_latency_budget_trains_lands_and_reports(monkeypatch, tmp_path):
+    """The same budget on a user's model: the graph's cost model and ops, the same chooser and landing."""
+    from test_user_budget import user_config
+
+    from soft_prune_jax import pipeline
+
+    from conftest import SyntheticData
+
+    _fake_device(monkeypatch, tmp_path, dense_ms=1.0, compact_share=0.5)
+    config = user_config(
+        "test_user_budget:SyncBNNet",
+        num_epochs=4,
+        num_train_examples=512,
+        lr_boundaries=(4,),
+        checkpoint_every_epochs=4,
+        sparsity_lambda=0.005,
+        target_latency_ms=0.7,
+        finetune_epochs=0,
+        log_every_steps=16,
+        round_to="latency",
+    )
+    config.budget_controller.ki = 0.1
+    out = pipeline.run(config, str(tmp_path / "w"), "train,prune", dataset=SyntheticData(num_train=512))
+    assert "latency_signal_ratio" in out["train"]["train_metrics"]
+    landing = out["prune"]["budget"]
+    assert landing["target_latency_ms"] == 0.7 and landing["target_latency_ratio_of_dense"] == pytest.approx(0.7)
+    assert landing["measured_latency_ratio"] == pytest.approx(0.5) and landing["estimated_latency_ratio"] <= 0.7 + 1e-6
+
+
+def test_report_shows_target_estimate_and_measurement_side_by_side():
+    from soft_prune_jax.measure import markdown
+
+    budget = {
+        "target_latency_ratio": 0.5,
+        "target_latency_ratio_of_dense": 0.5,
+        "estimated_latency_ratio": 0.46,
+        "measured_latency_ratio": 0.49,
+        "dense_ms": 20.0,
+        "compact_ms": 9.8,
+        "batch_size": 64,
+        "device": "cpu: X (2 cores), jax 0",
+        "landing_tries": [{}, {}],
+    }
+    counts = ("dense_macs", "compact_macs", "dense_params", "compact_params", "total_channels", "kept_channels")
+    summary = {**{k: 1 for k in counts}, "macs_reduction_pct": 0.0, "params_reduction_pct": 0.0}
+    summary["channel_reduction_pct"] = 0.0
+    out = {"model": "m", "dataset": "d", "method": "scp", "pruning": {"summary": summary}, "macs_convention": "MACs"}
+    page = markdown.render({**out, "prune": {"budget": budget}}, "table", None)
+    assert (
+        "| latency budget (of dense, batch 64, cpu: X (2 cores), jax 0) | target 50.0%, estimated 46.0%, "
+        "measured 49.0% (dense 20.00 ms, compact 9.80 ms; 2 landing tries) |"
+    ) in page
+
+
+def test_progress_line_shows_the_latency_estimate_under_a_latency_budget():
+    from soft_prune_jax.training.progress import format_progress
+
+    metrics = {"loss": 1.0, "cross_entropy": 1.0, "accuracy": 0.5, "learning_rate": 0.1, "lambda": 0.01}
+    metrics.update(macs_expected_ratio=0.8, macs_hard_ratio=0.7)
+    metrics.update(latency_expected_ratio=0.9, latency_hard_ratio=0.75, latency_signal_ratio=0.7)
+    line = format_progress("train", 10, 100, 1.0, {**metrics, "latency_target_ratio": 0.6}, None, None)
+    assert line.endswith("| latency est. expected 90.0% hard-masked 75.0% early 70.0% (target now 60.0%)")
+    assert "latency est." not in format_progress("train", 10, 100, 1.0, metrics, None, None)

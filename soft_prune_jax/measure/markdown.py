@@ -52,7 +52,15 @@ def render(out: Mapping[str, Any], table: str, plot: Optional[str]) -> str:
     if timings:
         lines.append("| wall time per phase (s) | " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + " |")
     landing = (out.get("prune") or {}).get("budget")
-    if landing:  # config.target_macs_ratio: the budget, where training left the network, and the cut
+    if landing and "measured_latency_ratio" in landing:  # a latency budget: target, estimate, measurement
+        lines.append(
+            f"| latency budget (of dense, batch {landing['batch_size']}, {landing['device']}) | target "
+            f"{100 * landing['target_latency_ratio_of_dense']:.1f}%, estimated "
+            f"{100 * landing['estimated_latency_ratio']:.1f}%, measured {100 * landing['measured_latency_ratio']:.1f}% "
+            f"(dense {landing['dense_ms']:.2f} ms, compact {landing['compact_ms']:.2f} ms; "
+            f"{len(landing['landing_tries'])} landing tries) |"
+        )
+    elif landing:  # config.target_macs_ratio: the budget, where training left the network, and the cut
         lines.append(
             f"| MAC budget (of dense MACs) | target {100 * landing['target_macs_ratio']:.1f}%, trained "
             f"hard-masked {100 * landing['hard_masked_macs_ratio']:.1f}%, reached "

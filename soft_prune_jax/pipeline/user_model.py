@@ -26,7 +26,7 @@ registry model:
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -139,8 +139,9 @@ def _trace_fn(user: U.UserModel):
     return trace_fn
 
 
-def cut(config, variables, input_shape: Sequence[int], keep=None):
-    """(compact, compact_variables) of the trained ``variables`` by the method's masks (or ``keep``)."""
+def cut(config, variables, input_shape: Sequence[int], keep=None, record: Optional[dict] = None):
+    """(compact, compact_variables) of the trained ``variables`` by the method's masks (or ``keep``).
+    Under a latency budget ``record`` (if given) receives prune.json's "budget" record."""
     user, units = setup(config, input_shape)
     x = jnp.zeros((SAMPLE_BATCH,) + tuple(input_shape), jnp.float32)
     mask = mask_config(config)
@@ -151,15 +152,28 @@ def cut(config, variables, input_shape: Sequence[int], keep=None):
         method = get_method(config.method)
         trained = masked.UnitSet.analyze(user, variables, x)
         consts = I.constant_values(trained.analysis, jax.tree_util.tree_leaves(dict(variables)))
-        ratio = macs.macs_ratio_fn(trained.analysis, consts, mask, round_to)
         view = {"params": jax.tree_util.tree_map(np.asarray, units.unit_view(variables["params"]))}
-        masks = method.surgery_masks(config, view, lambda m: ratio(units.group_keep(m))) if units.units else None
-        if masks is not None:
-            keep = units.group_keep(masks)
-        elif method.mask_config(config) is None:  # trained without masks and no masks chosen: nothing is cut
-            keep = {grp.name: np.ones(grp.size, bool) for grp in units.analysis.groups if grp.prunable}
-        if by_latency:
-            keep = _latency_keep(config, units, trained.analysis, consts, variables, keep)
+
+        def final_keep(masks):  # the method's masks as group keep masks, padded where round_to='latency'
+            if masks is not None:
+                keep = units.group_keep(masks)
+            elif method.mask_config(config) is None:  # trained without masks and no masks chosen: nothing is cut
+                keep = {grp.name: np.ones(grp.size, bool) for grp in units.analysis.groups if grp.prunable}
+            else:
+                keep = None
+            return _latency_keep(config, units, trained.analysis, consts, variables, keep) if by_latency else keep
+
+        if latency.latency_target(config) is not None and units.units:
+            traced = functools.partial(prune_traced, _trace_fn(user), dict(variables), [x], round_to=round_to)
+            masks, landed = _latency_landing(
+                config, user, units, (trained.analysis, consts, mask), variables, view, final_keep, traced, input_shape
+            )
+            if record is not None:
+                record.update(landed)
+        else:
+            ratio = macs.macs_ratio_fn(trained.analysis, consts, mask, round_to)
+            masks = method.surgery_masks(config, view, lambda m: ratio(units.group_keep(m))) if units.units else None
+        keep = final_keep(masks)
     return prune_traced(
         _trace_fn(user),
         dict(variables),
@@ -169,6 +183,32 @@ def cut(config, variables, input_shape: Sequence[int], keep=None):
         mask_config=mask,
         call_kwargs={"train": False},
     )
+
+
+def _latency_landing(config, user, units, analysed, variables, view, final_keep, traced, input_shape):
+    """(masks, record) of ``latency.land`` for a user's model: the graph cut's widths, its compact model
+    timed against the user's model as written."""
+    analysis, consts, mask = analysed
+    cost_model = cost.cost_model(units)
+    batch = latency.batch_size(config)
+
+    def dense_apply(v, x):
+        return user.apply(v, x, train=False)
+
+    lm = CL.latency_model(
+        cost_model, graph_ops(units.analysis), latency.dense_ms(dense_apply, variables, input_shape, batch), batch=batch
+    )
+
+    def widths_of(masks):
+        plans = decide(analysis, consts, keep=final_keep(masks), round_to=traced.keywords["round_to"], mask_config=mask)
+        return {n: len(p.kept) for n, p in plans.items() if p.prunable}
+
+    def measure(masks):
+        compact, compact_vars = traced(keep=final_keep(masks), mask_config=mask, call_kwargs={"train": False})
+        return latency.measure_pair(dense_apply, variables, compact.apply, compact_vars, input_shape, batch)
+
+    method = get_method(config.method)
+    return latency.land(config, cost_model, lm, lambda fn: method.surgery_masks(config, view, fn), widths_of, measure)
 
 
 def _sample(input_shape: Sequence[int]) -> jax.ShapeDtypeStruct:
@@ -186,7 +226,8 @@ def kept_of(workdir: str, needed_by: str) -> dict:
 def prune(config, variables, input_shape: Sequence[int], directory: str) -> dict:
     """Cuts, saves the artifact in ``directory`` and returns prune.json's record."""
     user, units = setup(config, input_shape)
-    compact, compact_vars = cut(config, variables, input_shape)
+    latency_record: dict = {}
+    compact, compact_vars = cut(config, variables, input_shape, record=latency_record)
     plans = {name: p for name, p in compact.program.plans.items() if p.prunable}
     artifact.save(
         directory,
@@ -206,6 +247,8 @@ def prune(config, variables, input_shape: Sequence[int], directory: str) -> dict
     }
     if config.get("target_macs_ratio") is not None:  # a MAC budget: target vs reached
         summary["budget"] = _landing_record(config, variables, input_shape, compact)
+    if latency_record:  # a latency budget: target, estimate and measurement
+        summary["budget"] = latency_record
     return summary
 
 

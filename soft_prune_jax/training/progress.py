@@ -51,6 +51,13 @@ def format_progress(name, step, total, rate, metrics, channels, macs) -> str:
                 f" early {100 * metrics['macs_signal_ratio']:.1f}% (target now "
                 f"{100 * metrics['macs_target_ratio']:.1f}%)"
             )
+        if "latency_target_ratio" in metrics:  # a latency budget: the estimate the controller steers
+            line += (
+                f" | latency est. expected {100 * metrics['latency_expected_ratio']:.1f}%"
+                f" hard-masked {100 * metrics['latency_hard_ratio']:.1f}%"
+                f" early {100 * metrics['latency_signal_ratio']:.1f}% (target now "
+                f"{100 * metrics['latency_target_ratio']:.1f}%)"
+            )
     return line
 
 
