@@ -63,6 +63,9 @@ class Group:
     units: list  # the units whose outputs lie in this group
     prunable: bool
     reason: str  # why it is kept whole ('' when prunable)
+    # A read group: its unit reads a shared value (a residual stream, a concatenation) through a
+    # gather of its own; cutting it slices the unit's BN and its consumers, never the shared value.
+    reads: bool = False
 
     @property
     def size(self) -> int:
@@ -173,15 +176,29 @@ def analyze(g: Graph, strip: int = 0) -> Analysis:
     live = U.live_values(g)
     units = U.find_units(g, live, strip)
     zero = U.zero_values(g, live, units)
-    # A live, non-zero value read by several equations, or a junction of branches (a residual sum,
-    # a concatenation): one slot per reader.
+    split_uses = _shared_uses(g, live, zero)
+    fold = {e.index for e in g.eqns if not any(o in live for o in e.outs) and e.name not in RECOMPUTE}
+    slot_axes, labels, groups = _link(g, units, zero, split_uses, fold, strip, set())
+    reads = _read_candidates(g, live, zero, units, groups)
+    if reads:
+        split_uses, (slot_axes, labels, groups) = _with_reads(g, units, zero, split_uses, fold, strip, reads)
+    return Analysis(g, live, units, zero, split_uses, fold, slot_axes, labels, groups, strip)
+
+
+def _shared_uses(g: Graph, live: set, zero: set) -> dict:
+    """A live, non-zero value read by several equations, or a junction of branches (a residual sum,
+    a concatenation): one slot per reader."""
     outputs = set(g.output_ids)
     split_uses = {}
     for vid, uses in g.uses.items():
         if vid in live and vid not in zero and (len(uses) + (vid in outputs) >= 2 or _junction(g, live, vid)):
             for e, j in uses:
                 split_uses[(e.index, j)] = ("use", e.index, j)
-    fold = {e.index for e in g.eqns if not any(o in live for o in e.outs) and e.name not in RECOMPUTE}
+    return split_uses
+
+
+def _link(g: Graph, units, zero, split_uses, fold, strip, read_values) -> tuple:
+    """(slot axes, component labels, groups) with the shared values split as ``split_uses`` says."""
     L = _Linker(g, split_uses)
     for e in g.eqns:
         if e.index in fold:
@@ -200,8 +217,57 @@ def analyze(g: Graph, strip: int = 0) -> Analysis:
     dst = np.concatenate(L.dst) if L.dst else np.zeros(0, np.int64)
     graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(N, N))
     _, labels = connected_components(graph, directed=False)
-    groups = _groups(g, L, labels, units, zero, split_uses, strip)
-    return Analysis(g, live, units, zero, split_uses, fold, L.slot_axes, labels, groups, strip)
+    groups = _groups(g, L, labels, units, zero, split_uses, strip, read_values)
+    return L.slot_axes, labels, groups
+
+
+def _unit_read(g: Graph, unit) -> Optional[tuple]:
+    """(equation, operand, value): where ``unit`` reads the value its chain starts from, behind
+    single-use dtype casts (a BN computing in another dtype)."""
+    if unit.read is None:
+        return None
+    ei, j = unit.read
+    vid = g.eqns[ei].ins[j]
+    while (p := g.producer.get(vid)) is not None and p.name in U._PASS and len(g.uses.get(vid, [])) == 1:
+        ei, j, vid = p.index, 0, p.ins[0]
+    return ei, j, vid
+
+
+def _read_candidates(g: Graph, live: set, zero: set, units, groups) -> dict:
+    """{(equation, operand): unit} for the units that may read a shared value with their own
+    selection although that value is zero where dropped (a BN-ReLU output that is also the residual
+    stream or part of a concatenation): today they share its group, which is kept whole."""
+    outputs = set(g.output_ids)
+    whole = {id(u) for grp in groups if not grp.prunable for u in grp.units}
+    found = {}
+    for u in units:
+        read = _unit_read(g, u)
+        if read is None or id(u) not in whole:
+            continue
+        ei, j, vid = read
+        shared = len(g.uses.get(vid, [])) + (vid in outputs) >= 2
+        if vid in live and vid in zero and shared:
+            found[(ei, j)] = u
+    return found
+
+
+def _with_reads(g: Graph, units, zero, split_uses, fold, strip, reads: dict) -> tuple:
+    """(split uses, linked result) with each candidate read on its own slot, keeping the reads whose
+    unit then forms a prunable group of its own (its output reaches only layers that sum it away);
+    the value read stays whole for everyone else. A read whose group would not be prunable keeps the
+    old grouping; if the kept reads still disagree after one retry, none is split."""
+    for _ in range(2):
+        uses = {**split_uses, **{k: ("use",) + k for k in reads}}
+        values = {g.eqns[ei].ins[j] for ei, j in reads}
+        result = _link(g, units, zero, uses, fold, strip, values)
+        prunable = {id(u) for grp in result[2] if grp.prunable for u in grp.units}
+        accepted = {k: u for k, u in reads.items() if id(u) in prunable}
+        if accepted == reads:
+            return uses, result
+        reads = accepted
+        if not reads:
+            break
+    return split_uses, _link(g, units, zero, split_uses, fold, strip, set())
 
 
 def _junction(g: Graph, live: set, vid) -> bool:
@@ -216,7 +282,7 @@ def _junction(g: Graph, live: set, vid) -> bool:
     )
 
 
-def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip) -> list:
+def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip, read_values) -> list:
     keys = list(L.slot_axes)
     index = {k: i for i, k in enumerate(keys)}
     K = len(keys)
@@ -280,13 +346,14 @@ def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip) -> lis
         members.sort(key=lambda m: (m.path, m.axis))
         reason = _why_whole(
             g, slot_axes, sas, grp_units, L, consumes_by_sa, zero, split_uses, input_slots, output_slots, alab, mine
-        )
+        ) or _read_by_units(slot_axes, read_values)
         if grp_units:
             name = grp_units[0].name
         else:
             m = members[0]
             name = "/".join(m.path[strip:]) + f":{m.axis}"
-        groups.append(Group(name, glabels, members, slot_axes, grp_units, not reason, reason))
+        reads = any(_reads_own_slot(g, u, split_uses) for u in grp_units)
+        groups.append(Group(name, glabels, members, slot_axes, grp_units, not reason, reason, reads))
     _two_zero_axes(g, groups, zero)
     groups.sort(key=lambda grp: grp.name)
     names = set()
@@ -316,6 +383,19 @@ def _two_zero_axes(g: Graph, groups: list, zero: set):
         if grp.prunable and any(slot in shared for slot, _ in grp.slots):
             grp.prunable = False
             grp.reason = "a zero value carries channel axes of unit groups on two different axes (not modelled)"
+
+
+def _reads_own_slot(g: Graph, unit, split_uses) -> bool:
+    read = _unit_read(g, unit)
+    return read is not None and (read[0], read[1]) in split_uses
+
+
+def _read_by_units(slot_axes, read_values) -> str:
+    """A value some units read with their own selections keeps every channel: their gathers index
+    the whole value (it is zero where its own group would drop, but they would not see that zero)."""
+    if any(not isinstance(slot, tuple) and slot in read_values for slot, _ in slot_axes):
+        return "BN-ReLU units read its values with their own selections (read groups)"
+    return ""
 
 
 def _value(slot):

@@ -42,6 +42,7 @@ class Unit:
     mean: int  # value id of the mean vector operand
     norm: int  # value id of var + eps (the argument of the rsqrt / sqrt)
     mean_leaf: Optional[int] = None  # the variable leaf holding the mean, if traceable
+    read: Optional[tuple[int, int]] = None  # (equation, operand) where the chain reads its activation
 
 
 def live_values(g: Graph) -> set:
@@ -134,7 +135,7 @@ def find_units(g: Graph, live: set, strip: int = 0) -> list[Unit]:
                 break
             if vax >= 0:
                 axis = vax
-            ops.append((p.name, vec, j == 0, p.outs[0]))
+            ops.append((p.name, vec, j == 0, (p.index, j)))
             cur = p.ins[j]
         ops.reverse()
         found = None
@@ -157,7 +158,7 @@ def find_units(g: Graph, live: set, strip: int = 0) -> list[Unit]:
         path = g.path_of(leaf) if leaf is not None else None
         name = "/".join(path[strip:-1]) if path and len(path) > strip + 1 else f"unit@{e.index}"
         chain = [(op, vec, lhs) for op, vec, lhs, _ in ops[i:]]
-        units.append(Unit(name, e.index, e.outs[0], axis, chain, mean, norm, leaf))
+        units.append(Unit(name, e.index, e.outs[0], axis, chain, mean, norm, leaf, read=ops[0][3]))
     return units
 
 
