@@ -8,9 +8,12 @@ of one layer form one group even when flattening or concatenation spreads them o
 Shared values. A value that several equations read, or that joins branches (a residual sum, a
 concatenation), and that is not exactly zero on dropped channels is given one slot per reader
 (``("use", equation, operand)``): each reader may keep its own channel selection (a gather in the
-compact model), as a pre-activation block's BN-ReLU or a DenseNet layer does. The value's own
-group must then keep everything. Values that are zero where dropped (a unit's output) are not
-split: all their readers drop the same channels.
+compact model), as a pre-activation block's BN-ReLU or a DenseNet layer does: the reader's group
+is a *read group*. The value's own group must then keep everything. Values that are zero where
+dropped (a unit's output) are not split -- all their readers drop the same channels -- except for a
+BN-ReLU unit that reads one whose group is kept whole anyway (a conv -> BN -> ReLU stem whose
+output is the residual stream): that read is split when it makes the unit a prunable group of its
+own (``_with_reads``), and the value read then keeps everything too.
 
 A group is prunable when it contains at least one unit (``units``), touches neither the model's
 inputs nor its outputs, meets no stopped axis (an unknown primitive, a grouped conv, ...), and every
