@@ -82,6 +82,8 @@ BAD_FIELDS = [
     ("slimming.l1", "0"), ("slimming.l1", -1.0), ("slimming.scale_init", 0.0), ("slimming.scale_init", "0.5"),
     ("slimming.target_channel_ratio", 1.5),
     ("target_macs_ratio", 1.0), ("target_macs_ratio", "half"),  # optional field
+    ("target_latency_ratio", 0.0), ("target_latency_ratio", 1.5), ("target_latency_ratio", "half"),  # optional
+    ("target_latency_ms", -1.0), ("target_latency_ms", INF), ("target_latency_ms", "10ms"),  # optional field
     ("cost_aware_penalty", "yes"),
     ("budget_controller.kp", -1.0), ("budget_controller.ki", "0.05"), ("budget_controller.ramp_fraction", 1.5),
     ("budget_controller.undershoot_boost", 0.5), ("budget_controller.lambda_min", 0.0),
