@@ -82,10 +82,11 @@ def test_full_size_twin_has_the_builtin_parameters(name):
 
 
 @functools.cache
-def _case(name, seed, fraction=0.5):
+def _case(name, seed, fraction=0.5, dropped=(0.0, -100.0)):
     """(builtin, its variables, twin, the same variables at the twin's paths, x). Random BN statistics:
-    in every masked unit a random ``fraction`` of channels is dead (scale 0, bias -100), never all of
-    them (so no built-in branch is removed whole, surgery's extra step); other BNs random and alive."""
+    in every masked unit a random ``fraction`` of channels has (scale, bias) = ``dropped`` (default:
+    dead, zero for every input), never all of them (so no built-in branch is removed whole, surgery's
+    extra step); other BNs random and alive."""
     kwargs, shape, classes = TINY[name]
     builtin = get_model(name, classes, **kwargs)
     flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, dict(surgery.random_variables(builtin, shape, seed, 0))))
@@ -94,8 +95,8 @@ def _case(name, seed, fraction=0.5):
         n, module = flat[key].shape[0], key[1:-1]
         dead = rng.random(n) < fraction if module[-1].startswith(M.MASKED_PREFIX) else np.zeros(n, bool)
         dead[rng.integers(n)] = False
-        flat[key] = np.where(dead, 0.0, rng.uniform(0.5, 1.5, n)).astype(np.float32)
-        flat[key[:-1] + ("bias",)] = np.where(dead, -100.0, rng.uniform(0.1, 1.0, n)).astype(np.float32)
+        flat[key] = np.where(dead, dropped[0], rng.uniform(0.5, 1.5, n)).astype(np.float32)
+        flat[key[:-1] + ("bias",)] = np.where(dead, dropped[1], rng.uniform(0.1, 1.0, n)).astype(np.float32)
         flat[("batch_stats",) + module + ("mean",)] = rng.normal(0, 0.3, n).astype(np.float32)
         flat[("batch_stats",) + module + ("var",)] = rng.uniform(0.5, 2.0, n).astype(np.float32)
     variables = jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat))
@@ -132,6 +133,21 @@ def test_traced_units_are_where_the_paper_puts_masks(name):
     for u in units.units:
         if u.name in papers:
             assert u.channels == M.masked_layers(variables["params"])[u.name]["scale"].shape[0]
+
+
+@pytest.mark.parametrize("name", ["fmnist_cnn", "resnet164", "densenet40", "resnet50"])  # one per family
+def test_masks_inserted_by_replay_evaluate_as_the_builtin_units(name):
+    """SCP's masks on the twin by the traced replay (``MaskedModel``): at evaluation each unit's hard
+    mask from its own (gamma, beta) is where and what the built-in ``MaskedBNReLU`` applies. Dropped
+    channels here are alive (scale 0.5, bias -1: pi > 0.5 yet some outputs > 0), so the masks matter;
+    the twin's extra shared units are alive and keep everything."""
+    builtin, variables, plain, plain_vars, x = _case(name, 3, 0.5, (0.5, -1.0))
+    kwargs, _, classes = TINY[name]
+    um = user.build("zoo_builtin:twin", classes, {"name": name, **kwargs})
+    scp = masked.MaskedModel(um, masked.UnitSet.analyze(um, plain_vars, x), "soft", mask=M.MaskConfig())
+    out = builtin.apply(variables, x, train=False)
+    close(scp.apply(plain_vars, x), out)
+    assert np.max(np.abs(np.asarray(out) - np.asarray(plain.apply(plain_vars, x)))) > 1e-3  # the masks act
 
 
 def _keep_shared_whole(plain, groups) -> dict:
