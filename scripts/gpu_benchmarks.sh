@@ -22,9 +22,15 @@ bench() {  # name, then benchmark.py flags
   timeout 240 python3 launch/benchmark.py --batch_sizes=1,64,256,1024 --runs=100 --warmup=10 \
     --json="$out/parts/$name.json" "$@" 2>&1 | grep -v '^[IW][0-9]' | tee -a "$log"
 }
-for b in 0.3 0.5 0.7; do  # the Fashion-MNIST networks trained to a MAC budget (scripts/pareto.py)
-  d=workdirs/pareto/scp_${b}_s0
-  [ -d "$d" ] && bench "fmnist_scp_${b}" --workdir="$d" $([ "$b" = 0.5 ] && echo --train_step)
+for b in 0.3 0.5; do  # the Fashion-MNIST networks trained to a MAC budget: scripts/pareto.py's plan main
+  # pareto.py's workdirs are WORKROOT/<commit[:12]>/<plan>/<arm>_<budget>_s<seed>: the newest finished one
+  d=$(ls -td workdirs/pareto/*/main/scp_${b}_s0 2>/dev/null | while read -r w; do
+        [ -f "$w/report.json" ] && echo "$w" && break; done)
+  if [ -n "$d" ]; then
+    bench "fmnist_scp_${b}" --workdir="$d" $([ "$b" = 0.5 ] && echo --train_step)
+  else
+    echo "== fmnist_scp_${b}: skipped, no finished workdirs/pareto/*/main/scp_${b}_s0 (python scripts/pareto.py --plan=main)" | tee -a "$log"
+  fi
 done
 bench resnet56_p0.5_r1 --config=configs/cifar.py:cifar10_resnet56 --random_prune=0.5 --round_to=1 --train_step
 bench resnet56_p0.5_r8 --config=configs/cifar.py:cifar10_resnet56 --random_prune=0.5 --round_to=8

@@ -434,8 +434,9 @@ def data_order_of(config: dict) -> dict:
         "kind": "numpy permutation",
         "seed": config.get("seed"),
         "rule": "epoch e of a phase reads the training split in np.random.default_rng(...).permutation order, "
-        "seeded by loop.epoch_seed(seed, e) (soft_prune_jax/training/loop.py, data.py); each phase counts "
-        "its epochs from 0, so a fine-tune epoch e reads in the order of training epoch e",
+        "seeded by loop.epoch_seed(seed, e) (soft_prune_jax/training/loop.py, soft_prune_jax/training/data/"
+        "reading.py); each phase counts its epochs from 0, so a fine-tune epoch e reads in the order of "
+        "training epoch e",
         "augment": config.get("augment"),
         "num_train_examples": config.get("num_train_examples"),
     }
