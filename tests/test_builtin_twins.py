@@ -56,8 +56,8 @@ TINY = {
     "resnet50": (dict(stage_sizes=(1, 2, 1, 1), stage_widths=(4, 8, 8, 8)), (2, 32, 32, 3), 7),
     "resnet101": (dict(stage_sizes=(1, 1, 2, 1), stage_widths=(4, 4, 8, 8)), (2, 32, 32, 3), 7),
 }
+# one draw per architecture and run: eleven architectures compile per test
 ONE = settings(max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=[HealthCheck.too_slow])
-FEW = settings(max_examples=2, deadline=None, phases=[Phase.generate], suppress_health_check=[HealthCheck.too_slow])
 
 
 def test_the_twins_cover_every_builtin():
@@ -178,7 +178,7 @@ def test_cut_equals_hard_masked_dense_builtin_and_surgery(name, seed):
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-@FEW
+@ONE
 @given(seed=st.integers(0, 2**16))
 def test_cut_on_random_masks_equals_the_hard_masked_twin(name, seed):
     """Random keep masks on every prunable group (alive channels dropped too): the compact model is
@@ -200,11 +200,13 @@ def test_cut_on_random_masks_equals_the_hard_masked_twin(name, seed):
 
 
 @pytest.mark.parametrize("name", ["fmnist_cnn", "resnet56", "densenet40", "resnet50"])
-def test_the_cpu_conv_swap_point_keeps_units_and_outputs(name):
-    """``conv=fast_conv.Conv`` (chosen where the backend is a CPU): same variables, units and outputs."""
+def test_the_cpu_swap_points_keep_units_and_outputs(name):
+    """``conv=fast_conv.Conv`` and VGG's ``pool=max_pool_2x2`` (chosen where the backend is a CPU):
+    same variables, units and outputs."""
     _, _, plain, plain_vars, x = _case(name, 0)
     kwargs, _, classes = TINY[name]
-    fast = zoo_builtin.twin(name, classes, conv=fast_conv.Conv, **kwargs)
+    fast = zoo_builtin.cpu_twin(name, classes, **kwargs)
+    assert isinstance(fast.conv, type) and issubclass(fast.conv, fast_conv.Conv)
     close(fast.apply(plain_vars, x), plain.apply(plain_vars, x))
     names = lambda m: sorted(g.name for g in channel_groups(m, plain_vars, x) if g.prunable)  # noqa: E731
     assert names(fast) == names(plain)

@@ -16,11 +16,13 @@ built-in module names, so a built-in model's variables load by path (``builtin_v
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
 from flax import traverse_util
+
+from soft_prune_jax.ops import fast_conv, pooling
 
 ModuleDef = Any
 POOL = "M"
@@ -50,14 +52,20 @@ def _conv(conv, width: int, kernel: int, stride: int, name: str):
     return conv(width, (kernel, kernel), strides=(stride, stride), padding=symmetric(kernel), name=name)
 
 
+def max_pool_2x2(x):
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
 class VGG(nn.Module):
     """VGG-16/19 and the Fashion-MNIST CNN: Conv -> BN -> ReLU layers, 2x2 max-pools, global mean,
-    dense. Every BN-ReLU output feeds only the next conv (or the head): a unit on each layer."""
+    dense. Every BN-ReLU output feeds only the next conv (or the head): a unit on each layer.
+    ``pool``: the 2x2 stride-2 max-pool (``ops.pooling.max_pool_2x2`` on a CPU: a faster gradient)."""
 
     widths: Sequence[Union[int, str]] = VGG16_WIDTHS
     num_classes: int = 10
     conv: ModuleDef = nn.Conv
     norm: ModuleDef = nn.BatchNorm
+    pool: Callable = max_pool_2x2
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -65,7 +73,7 @@ class VGG(nn.Module):
         i = 0
         for width in self.widths:
             if width == POOL:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = self.pool(x)
                 continue
             x = nn.relu(norm(name=f"masked_bn{i}")(_conv(conv, width, 3, 1, f"conv{i}")(x)))
             i += 1
@@ -247,13 +255,20 @@ _TWINS: dict[str, tuple[type, dict]] = {
 NAMES = tuple(sorted(_TWINS))
 
 
-def twin(name: str, num_classes: int, conv: Optional[ModuleDef] = None, **kwargs) -> nn.Module:
-    """The plain module of built-in ``name``; ``kwargs`` override its defaults (tiny widths)."""
+def twin(name: str, num_classes: int, **kwargs) -> nn.Module:
+    """The plain module of built-in ``name``; ``kwargs`` override its defaults (tiny widths, ``conv``)."""
     if name not in _TWINS:
         raise ValueError(f"unknown built-in {name!r}; known: {', '.join(NAMES)}")
     cls, defaults = _TWINS[name]
-    extra = {} if conv is None else {"conv": conv}
-    return cls(num_classes=num_classes, **{**defaults, **kwargs, **extra})
+    return cls(num_classes=num_classes, **{**defaults, **kwargs})
+
+
+def cpu_twin(name: str, num_classes: int, **kwargs) -> nn.Module:
+    """``twin`` with the CPU choices of the built-ins: ``fast_conv.Conv`` and (VGG) ``max_pool_2x2``."""
+    choices = {"conv": fast_conv.Conv}
+    if _TWINS[name][0] is VGG:
+        choices["pool"] = pooling.max_pool_2x2
+    return twin(name, num_classes, **{**choices, **kwargs})
 
 
 def builtin_variables(variables) -> dict:
