@@ -465,6 +465,27 @@ def test_missing_module_while_preparing_data_names_the_package(tmp_path, monkeyp
 # Data sources: folders and user pipelines that cannot be trained on, refused before training.
 # ---------------------------------------------------------------------------------------------
 
+# tfds names that cannot be trained on (no download: refused from tfds's registry and the builder's info)
+BAD_TFDS_NAMES = {
+    "svhn": "is unknown: did you mean svhn_cropped?",  # a name's start
+    "oxford_flower102": "is unknown: did you mean oxford_flowers102,",  # a misspelling
+    "coco": "is not an image-classification dataset: expected an Image feature and a ClassLabel label, it has "
+    "image: Image, ",  # detection: no ClassLabel
+    "imdb_reviews": "is not an image-classification dataset: expected an Image feature and a ClassLabel label, "
+    "it has text: Text, label: ClassLabel",  # text classification
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TFDS_NAMES))
+def test_unusable_tfds_name_is_one_line_before_training(tmp_path, name):
+    config = tiny_config(dataset=name, data_dir=str(tmp_path / "tfds"), num_train_examples=None)
+    with pytest.raises(ValueError) as info:
+        config_validation.validate(config, num_devices=1)
+    message = _one_line(info.value)
+    assert message.startswith(f"config.dataset={name!r} ") and BAD_TFDS_NAMES[name] in message, message
+    assert not os.path.exists(tmp_path / "tfds" / name)  # refused before anything is prepared
+
+
 # case -> ({class folder: PIL mode of its two PNGs, None = no images}, the message's core)
 BAD_FOLDERS = {
     "no-images": ({"a": None, "b": None}, "holds no images: expected CLASS/*.png"),

@@ -5,9 +5,11 @@ pipeline.run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -151,6 +153,50 @@ def test_a_folder_is_split_by_a_fixed_seed_per_class(tmp_path, png_folder):
     assert spec.augmentation == "pad_crop_flip" and spec.in_memory
 
 
+def test_a_folders_mean_std_are_its_train_pixels_computed_once_and_a_damaged_cache_is_rebuilt(
+    tmp_path, png_folder, monkeypatch
+):
+    config = source_config(tmp_path, f"folder:{png_folder}", folder_test_fraction=0.25)
+    train = [np.asarray(Image.open(f), np.float64) / 255 for f, _ in folder_source.folder_listing(config)["train"]]
+    spec = folder_source.folder_spec(config)
+    np.testing.assert_allclose(spec.mean + spec.std, (np.mean(train), np.std(train)), rtol=1e-5)
+    (cache,) = (tmp_path / "tfds" / "soft_prune_jax_folders").glob("*.json")
+    computed = []
+    monkeypatch.setattr(channel_stats, "mean_std", lambda ds: computed.append(1) or ([0.5], [0.25], 1))
+    assert folder_source.folder_spec(config).mean == spec.mean and not computed  # read, not computed again
+    cache.write_text(cache.read_text()[:20])  # a half-written file
+    assert folder_source.folder_spec(config).mean == (0.5,) and len(computed) == 1
+    assert json.loads(cache.read_text())[str(png_folder)]["mean"] == [0.5]
+
+
+# A cache entry that is not ``channels`` finite means and positive stds is computed again, never used.
+DAMAGED_ENTRIES = {
+    "not-json": '{"train": {"mean": [0.4, 0.4',
+    "a-list": "[1, 2]",
+    "entry-a-string": json.dumps({"train": "0.4"}),
+    "too-few-channels": json.dumps({"train": {"mean": [0.4], "std": [0.2]}}),
+    "nan-mean": '{"train": {"mean": [NaN, 0.4, 0.4], "std": [0.2, 0.2, 0.2]}}',
+    "zero-std": json.dumps({"train": {"mean": [0.4, 0.4, 0.4], "std": [0.2, 0.0, 0.2]}}),
+    "std-missing": json.dumps({"train": {"mean": [0.4, 0.4, 0.4]}}),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_ENTRIES))
+def test_a_damaged_mean_std_cache_is_computed_again(tmp_path, damage):
+    path = str(tmp_path / channel_stats.STATS_FILE)
+    computed = []
+
+    def compute():
+        computed.append(1)
+        return [0.1, 0.2, 0.3], [0.4, 0.5, 0.6], 7
+
+    (tmp_path / channel_stats.STATS_FILE).write_text(DAMAGED_ENTRIES[damage])
+    expected = ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert channel_stats.cached(path, "train", compute, 3) == expected and len(computed) == 1
+    assert channel_stats.cached(path, "train", compute, 3) == expected and len(computed) == 1  # now trusted
+    assert json.loads((tmp_path / channel_stats.STATS_FILE).read_text())["train"]["examples"] == 7
+
+
 def test_a_folder_with_train_and_test_folders_keeps_them(tmp_path):
     root = tmp_path / "split"
     write_pngs(root / "train", {"a": 6, "b": 4}, size=(8, 6), mode="RGB")
@@ -231,6 +277,65 @@ def test_a_factory_pipeline_trains_a_user_model_end_to_end_with_pmap(tmp_path):
     assert_ran_end_to_end(results, workdir)
     assert results["train"]["steps"] == 96 // 16
     assert results["benchmark"]["input_shape"] == [8, 8, 1]
+
+
+# ------------------------------------------------------------------------- resume, every kind
+
+
+class KilledAfter:
+    """The data package, but the process is killed (KeyboardInterrupt) after ``batches`` train batches."""
+
+    def __init__(self, batches: int):
+        self.left = batches
+
+    def get_dataset_info(self, config):
+        return data.get_dataset_info(config)
+
+    def eval_iterator(self, config, **kwargs):
+        return data.eval_iterator(config, **kwargs)
+
+    def train_iterator(self, config, **kwargs):
+        for batch in data.train_iterator(config, **kwargs):
+            if not self.left:
+                raise KeyboardInterrupt("killed")
+            self.left -= 1
+            yield batch
+
+
+USER_MODEL = dict(model="user_zoo:Tiny")  # conv, BN, ReLU, dense: the least to compile
+# Each kind with the model kind and parallelism its end-to-end test above does not use.
+RESUME_CASES = {
+    "tfds-user_model-shard_map": ("svhn_cropped", dict(image_size=8, parallel="shard_map", **USER_MODEL)),
+    "folder-user_model-pmap": ("folder:", dict(image_size=8, **USER_MODEL)),
+    "factory-builtin-shard_map": ("data_pipelines:tiny", dict(parallel="shard_map", batch_size=16)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_parameters(tmp_path, png_folder, case):
+    from soft_prune_jax.training import checkpoint
+
+    dataset, overrides = RESUME_CASES[case]
+    dataset += str(png_folder) if dataset == "folder:" else ""
+    config = source_config(tmp_path, dataset, num_epochs=2, **overrides)
+    if "model" in overrides:
+        config.model_kwargs = {}  # as published (update() would merge the tiny fmnist_cnn's widths in)
+    mocked = tfds.testing.mock_data(num_examples=32, policy=USE_CODE) if dataset == "svhn_cropped" else None
+    with mocked or contextlib.nullcontext():
+        steps_per_epoch = data.get_dataset_info(config).num_train // config.batch_size
+        pipeline.run(config, str(tmp_path / "whole"), "train")
+        with pytest.raises(KeyboardInterrupt):  # in the middle of epoch 2
+            pipeline.run(config, str(tmp_path / "killed"), "train", dataset=KilledAfter(steps_per_epoch + 1))
+        saved = checkpoint.TrainCheckpointer(checkpoint.checkpoint_dir(str(tmp_path / "killed"), "train"))
+        assert saved.all_steps() == [steps_per_epoch]
+        pipeline.run(config, str(tmp_path / "killed"), "train")  # the same command again
+    whole, resumed = (
+        checkpoint.TrainCheckpointer(checkpoint.checkpoint_dir(str(tmp_path / w), "train")).restore_raw()
+        for w in ("whole", "killed")
+    )
+    assert int(resumed["step"]) == int(whole["step"]) == 2 * steps_per_epoch
+    for name in ("params", "batch_stats"):
+        jax.tree_util.tree_map(np.testing.assert_array_equal, resumed[name], whole[name])
 
 
 def test_a_workdir_recorded_before_the_data_fields_existed_still_resumes(tmp_path):

@@ -4,6 +4,8 @@ images and cached in a JSON file (tfds by name: beside the prepared data; a fold
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 
 import numpy as np
@@ -14,16 +16,48 @@ STATS_EXAMPLES = 20_000  # mean / std from the first this many train images (wit
 STATS_FILE = "soft_prune_jax_stats.json"
 
 
-def cached(path: str, key: str, compute) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) under ``key`` in the JSON file ``path``, computed and added (atomically) if absent."""
+def _numbers(values, channels: int) -> bool:
+    return (
+        isinstance(values, list)
+        and len(values) == channels
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values)
+    )
+
+
+def _usable(entry, channels: int) -> bool:
+    """Whether a cache entry holds ``channels`` finite means and positive finite stds."""
+    if not isinstance(entry, dict):
+        return False
+    mean, std = entry.get("mean"), entry.get("std")
+    return _numbers(mean, channels) and _numbers(std, channels) and min(std) > 0
+
+
+def _read(path: str) -> dict:
+    """The cache file's entries; a missing, unreadable or malformed file is an empty cache."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = None
+    if not isinstance(cache, dict):
+        logging.warning("%s is damaged: computing the mean / std again", path)
+        return {}
+    return cache
+
+
+def cached(path: str, key: str, compute, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) under ``key`` in the JSON file ``path``, computed and added (atomically) if absent.
+
+    A damaged file or entry (not JSON, not ``channels`` finite numbers, a std <= 0) is computed again
+    and rewritten, never trusted.
+    """
     with file_lock(path + ".lock"):
-        cache = {}
-        if os.path.exists(path):
-            try:
-                with open(path) as f:
-                    cache = json.load(f)
-            except (OSError, ValueError):  # a damaged cache is recomputed, never trusted
-                cache = {}
+        cache = _read(path)
+        if key in cache and not _usable(cache[key], channels):
+            logging.warning("%s: the entry %r is damaged: computing the mean / std again", path, key)
+            del cache[key]
         if key not in cache:
             mean, std, count = compute()
             cache[key] = {"mean": mean, "std": std, "examples": count}

@@ -124,6 +124,11 @@ def _image_headers(config, files: list[str]) -> tuple[tuple, int]:
     return (height, width, count), count
 
 
+def _stamp(path: str) -> str:
+    stat = os.stat(path)
+    return f"{path} {stat.st_size} {stat.st_mtime_ns}"
+
+
 def folder_spec(config) -> DatasetSpec:
     """The spec of the folder config.dataset names (listed, headers read, mean / std cached); one-line errors."""
     listing = folder_listing(config)
@@ -149,14 +154,15 @@ def folder_spec(config) -> DatasetSpec:
         raw_shape=stored,
         test_fraction=_fraction(config),
     )
-    digest = hashlib.sha256("\n".join(f for f, _ in listing["train"]).encode()).hexdigest()[:16]
+    # Keyed by the train files' names, sizes and times: images replaced under the same names are new data.
+    digest = hashlib.sha256("\n".join(_stamp(f) for f, _ in listing["train"]).encode()).hexdigest()[:16]
     path = os.path.join(tfds_data_dir(config), "soft_prune_jax_folders", f"{digest}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
 
     def compute():
         return channel_stats.mean_std(folder_examples(spec, "train", 0, min(train_size, channel_stats.STATS_EXAMPLES)))
 
-    mean, std = channel_stats.cached(path, listing["root"], compute)
+    mean, std = channel_stats.cached(path, listing["root"], compute, channels)
     return dataclasses.replace(spec, mean=mean, std=std)
 
 

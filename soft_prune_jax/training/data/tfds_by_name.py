@@ -29,7 +29,9 @@ def _tfds_builder(name: str, data_dir: str):
     registered = tfds.list_builders()
     if base not in registered:
         names = list(dict.fromkeys(known_datasets() + list(registered)))
+        # Close spellings, then longer names that start with it ('svhn' -> svhn_cropped).
         close = difflib.get_close_matches(base, names, n=4, cutoff=0.6)
+        close = list(dict.fromkeys(close + sorted(n for n in names if n.startswith(base))))[:4]
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ValueError(
             f"config.dataset={name!r} is unknown: {hint}expected a known dataset, a tfds image-classification "
@@ -143,7 +145,7 @@ def tfds_spec(config) -> DatasetSpec:
         examples = tfds_examples(builder, spec, split, min(train_size, channel_stats.STATS_EXAMPLES))
         return channel_stats.mean_std(examples)
 
-    mean, std = channel_stats.cached(path, train_split, compute)
+    mean, std = channel_stats.cached(path, train_split, compute, spec.input_shape[-1])
     return _check_classes(config, dataclasses.replace(spec, mean=mean, std=std))
 
 
