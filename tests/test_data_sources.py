@@ -100,6 +100,23 @@ def test_a_never_named_tfds_dataset_reads_its_facts_from_the_builder(
     assert all(0.3 < m < 0.7 for m in spec.mean)  # mocked pixels are uniform in [0, 255]
 
 
+# The four known datasets' published per-channel constants, written again here: changing one is deliberate.
+PUBLISHED = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_the_known_datasets_keep_their_published_constants(tmp_path, name, monkeypatch):
+    monkeypatch.setattr(channel_stats, "cached", lambda *a: pytest.fail("a known dataset computed its mean / std"))
+    spec = data.dataset_spec(source_config(tmp_path, name))
+    assert (spec.mean, spec.std) == PUBLISHED[name] and spec.kind == "tfds"
+    assert not os.path.exists(tmp_path / "tfds")  # nothing prepared or cached to know them
+
+
 def test_tfds_slicing_syntax_chooses_the_splits(tmp_path):
     config = source_config(tmp_path, "eurosat", train_split="train[:75%]", test_split="train[75%:]")
     with tfds.testing.mock_data(num_examples=20, policy=USE_CODE):
