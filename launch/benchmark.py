@@ -147,7 +147,13 @@ def _models():
         from soft_prune_jax.training import checkpoint
 
         config = ConfigDict(checkpoint.load_workdir_config(FLAGS.workdir))
-        dense = create_model(config, mask=None)
+        try:  # the class count of a tfds name, folder or pipeline comes from resolving its dataset again
+            dense = create_model(config, mask=None)
+        except ValueError as e:
+            raise app.UsageError(
+                f"{e} (benchmarking a workdir resolves its dataset again: run it where it was trained, with "
+                "the same data_dir)"
+            ) from None
         variables = pipeline.trained_variables(config, FLAGS.workdir)
         compact, compact_vars, which = pipeline.final_compact(FLAGS.workdir)
         return (

@@ -251,3 +251,19 @@ def test_launch_emits_json_with_the_documented_keys(tmp_path):
 
     bad = subprocess.run(cmd[:2] + ["--batch_sizes=0"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode != 0 and "--batch_sizes='0' is invalid" in bad.stderr
+
+
+def test_launch_on_a_workdir_whose_dataset_does_not_resolve_is_one_line(tmp_path):
+    from soft_prune_jax.training import checkpoint
+
+    from conftest import tiny_config
+
+    # A pipeline's workdir benchmarked where its module cannot be imported: the class count is unknown.
+    checkpoint.ensure_workdir_config(str(tmp_path), tiny_config(dataset="no_such_module_here:pipeline"))
+    cmd = [sys.executable, os.path.join(REPO, "launch", "benchmark.py"), f"--workdir={tmp_path}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("config.dataset='no_such_module_here:pipeline': cannot import") and last.endswith(
+        "(benchmarking a workdir resolves its dataset again: run it where it was trained, with the same data_dir)"
+    ), last
