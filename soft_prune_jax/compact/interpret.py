@@ -126,9 +126,10 @@ def _is_cut(g, e, ins, expected) -> bool:
     return any(not isinstance(a, Lit) and tuple(np.shape(v)) != g.shapes[a] for a, v in zip(e.ins, ins))
 
 
-def _params(e, ins, expected, full_in_shape):
+def _params(e, ins, expected, full_in_shape, in_kept, out_kept):
     """The traced parameters with the shape-bearing ones updated for the cut; every other parameter
-    is kept as traced (a transposing reshape's ``dimensions`` included: the rules stop its axes)."""
+    is kept as traced (a transposing reshape's ``dimensions`` included: the rules stop its axes).
+    in_kept / out_kept: per axis of the first operand / output, its kept indices (None: uncut)."""
     p = dict(e.params)
     name = e.name
     if name == "reshape":
@@ -141,12 +142,29 @@ def _params(e, ins, expected, full_in_shape):
             p["feature_group_count"] = int(np.shape(ins[0])[dn.lhs_spec[1]])
     elif name == "split":
         p["sizes"] = tuple(s[p["axis"]] for s in expected)
-    elif name == "slice":
-        p["limit_indices"] = tuple(
-            np.shape(ins[0])[ax] if (a, b) == (0, full) else b
-            for ax, (a, b, full) in enumerate(zip(p["start_indices"], p["limit_indices"], full_in_shape))
+    elif name == "slice":  # unit-stride on a cut axis (the rules stop strided ones): count the kept
+        bounds = [
+            (a, b) if k is None else (int(np.searchsorted(k, a)), int(np.searchsorted(k, b)))
+            for a, b, k in zip(p["start_indices"], p["limit_indices"], in_kept)
+        ]
+        p["start_indices"], p["limit_indices"] = tuple(a for a, _ in bounds), tuple(b for _, b in bounds)
+    elif name == "pad":  # end padding of a cut axis: the kept padded indices before and after the input's
+        p["padding_config"] = tuple(
+            c if k is None else (int(np.searchsorted(k, c[0])), int(len(k) - np.searchsorted(k, c[0] + n)), 0)
+            for c, k, n in zip(p["padding_config"], out_kept, full_in_shape)
         )
     return p
+
+
+def _kept_axes(analysis: Analysis, kept: Mapping, e) -> tuple[list, list]:
+    """Per axis of ``e``'s first operand (as this equation reads it) and of its first output: the
+    kept indices, None where the axis is not cut."""
+    g = analysis.graph
+    first = e.ins[0] if e.ins and not isinstance(e.ins[0], Lit) else None
+    slot = analysis.split_uses.get((e.index, 0), first)
+    in_kept = [kept.get((slot, ax)) for ax in range(len(g.shapes[first]))] if first is not None else []
+    out_kept = [kept.get((e.outs[0], ax)) for ax in range(len(g.shapes[e.outs[0]]))] if e.outs else []
+    return in_kept, out_kept
 
 
 def _plain_conv(e, lhs, rhs) -> bool:
@@ -214,7 +232,10 @@ def run(
                 )
             ]
         else:
-            params = _params(e, ins, expected, full_in) if _is_cut(g, e, ins, expected) else e.params
+            if _is_cut(g, e, ins, expected):
+                params = _params(e, ins, expected, full_in, *_kept_axes(analysis, kept, e))
+            else:
+                params = e.params
             res = e.prim.bind(*ins, **params)
             outs = list(res) if e.prim.multiple_results else [res]
         for o, v, shape in zip(e.outs, outs, expected):

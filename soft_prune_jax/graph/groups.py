@@ -16,9 +16,10 @@ output is the residual stream): that read is split when it makes the unit a prun
 own (``_with_reads``), and the value read then keeps everything too.
 
 A group is prunable when it contains at least one unit (``units``), touches neither the model's
-inputs nor its outputs, meets no stopped axis (an unknown primitive, a grouped conv, ...), and every
-axis it sums away (a conv's input channels, a dense layer's rows) sums a value that is zero where
-dropped. Otherwise it is kept whole and ``reason`` says which equation decided that.
+inputs nor its outputs, meets no stopped axis (an unknown primitive, a grouped conv, ...), holds
+every channel of each of its units (not a part that ``jnp.split`` sent elsewhere: SCP trains one
+mask per unit), and every axis it sums away (a conv's input channels, a dense layer's rows) sums a
+value that is zero where dropped. Otherwise it is kept whole and ``reason`` says which equation decided that.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class Group:
 
     def positions(self, labels) -> tuple[np.ndarray, np.ndarray]:
         """(indices into ``labels`` that are channels of this group, their positions in the group). A
-        unit's channels may lie in several groups (one half concatenated, the other not)."""
+        unit's channels may lie in several groups (one half concatenated, the other not; such groups
+        are left whole, ``_split_unit``)."""
         pos = {int(lab): k for k, lab in enumerate(self.labels)}
         mine = [(i, pos[int(x)]) for i, x in enumerate(labels) if int(x) in pos]
         idx = np.array([i for i, _ in mine], np.int64)
@@ -347,9 +349,13 @@ def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip, read_v
             channel = np.array([pos.get(int(x), -1) for x in lab_i], np.int64)
             members.append(Member(g.path_of(slot), ax, channel))
         members.sort(key=lambda m: (m.path, m.axis))
-        reason = _why_whole(
-            g, slot_axes, sas, grp_units, L, consumes_by_sa, zero, split_uses, input_slots, output_slots, alab, mine
-        ) or _read_by_units(slot_axes, read_values)
+        reason = (
+            _split_unit(grp_units, L, labels, sig, s)
+            or _why_whole(
+                g, slot_axes, sas, grp_units, L, consumes_by_sa, zero, split_uses, input_slots, output_slots, alab, mine
+            )
+            or _read_by_units(slot_axes, read_values)
+        )
         if grp_units:
             name = grp_units[0].name
         else:
@@ -386,6 +392,17 @@ def _two_zero_axes(g: Graph, groups: list, zero: set):
         if grp.prunable and any(slot in shared for slot, _ in grp.slots):
             grp.prunable = False
             grp.reason = "a zero value carries channel axes of unit groups on two different axes (not modelled)"
+
+
+def _split_unit(grp_units, L: _Linker, labels, sig, s) -> str:
+    """A unit whose channels lie in several groups (``jnp.split`` or a slice sends them different
+    ways) gets one SCP mask over all its channels in training (``user.masked``), which no single
+    group's keep mask can follow: every group holding part of it is left whole."""
+    for u in grp_units:
+        off, n = L.slot_axes[(u.out, u.axis)]
+        if not np.all(sig[labels[off : off + n]] == np.uint64(s)):
+            return f"unit {u.name}'s channels are split over several groups (split or sliced apart)"
+    return ""
 
 
 def _reads_own_slot(g: Graph, unit, split_uses) -> bool:

@@ -324,25 +324,41 @@ def split(e: Eqn, L: Linker):
 
 
 def pad(e: Eqn, L: Linker):
+    """An axis padded at its ends keeps its channels at an offset (index i goes to lo + i; the padded
+    indices are new); interior or negative (cropping) padding stops the axis."""
     s, out = L.slot(e, 0), e.outs[0]
     for ax, (lo, hi, interior) in enumerate(e.params["padding_config"]):
-        if (lo, hi, interior) == (0, 0, 0):
-            L.link(s, ax, out, ax)
+        n = L.shape(s)[ax]
+        if interior == 0 and lo >= 0 and hi >= 0:
+            L.link(s, ax, out, ax, np.arange(n), lo + np.arange(n))
         else:
             L.stop(s, ax, e)
             L.stop(out, ax, e)
 
 
 def slice_(e: Eqn, L: Linker):
+    """A unit-stride slice keeps the channels ``start .. limit`` at an offset (a GhostNet module's
+    ``[..., :out]``, a roll, edge padding); the rest of the axis is simply not read. A strided slice
+    stops the axis: after a cut its kept channels need not lie on one stride."""
     s, out = L.slot(e, 0), e.outs[0]
     shape = L.shape(s)
     strides = e.params.get("strides") or (1,) * len(shape)
     for ax, (a, b, st) in enumerate(zip(e.params["start_indices"], e.params["limit_indices"], strides)):
-        if (a, b, st) == (0, shape[ax], 1):
-            L.link(s, ax, out, ax)
+        if st == 1:
+            L.link(s, ax, out, ax, np.arange(a, b), np.arange(b - a))
         else:
             L.stop(s, ax, e)
             L.stop(out, ax, e)
+
+
+def rev(e: Eqn, L: Linker):
+    """``jnp.flip``: a reversed axis maps index i to n - 1 - i (reversing the kept channels of the
+    compact array puts them in the same order)."""
+    s, out = L.slot(e, 0), e.outs[0]
+    dims = {d % len(L.shape(s)) for d in e.params["dimensions"]}
+    for ax, n in enumerate(L.shape(s)):
+        k = np.arange(n)
+        L.link(s, ax, out, ax, k, n - 1 - k if ax in dims else k)
 
 
 def sort(e: Eqn, L: Linker):
@@ -376,6 +392,7 @@ RULES.update(
         "split": split,
         "pad": pad,
         "slice": slice_,
+        "rev": rev,
         "sort": sort,
         "iota": no_links,
     }

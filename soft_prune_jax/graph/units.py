@@ -239,6 +239,8 @@ def zero_values(g: Graph, live: set, units: list[Unit]) -> set:
         elif name in rules.ZERO_IF_ALL:
             cases = e.ins[1:] if name == "select_n" else e.ins
             ok = bool(acts) and all((not isinstance(a, Lit) and a in zero) or is_zero_constant(g, a) for a in cases)
+        elif name == "dot_general" and not e.params["dimension_numbers"][0][0]:
+            ok = any(a in zero for a in acts)  # no contraction: a product, every operand axis kept
         elif name == "conv_general_dilated":
             p = e.params
             rhs_in = g.shapes[e.ins[1]][p["dimension_numbers"].rhs_spec[1]]
