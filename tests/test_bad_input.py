@@ -461,6 +461,33 @@ def test_missing_module_while_preparing_data_names_the_package(tmp_path, monkeyp
     assert "delete" not in message and not os.path.exists(os.path.join(data_dir, "fashion_mnist"))
 
 
+def test_a_download_without_network_is_one_line_saying_so(tmp_path, monkeypatch):
+    # A tfds dataset the project never named, prepared where its server cannot be reached: deleting the
+    # data folder would not help, so the message asks for a network or the prepared data instead.
+    import requests
+
+    from soft_prune_jax.training import data
+    from soft_prune_jax.training.data import tf_runtime
+
+    _, tfds = tf_runtime.import_tensorflow()
+
+    class Builder:
+        def is_prepared(self):
+            return False
+
+        def download_and_prepare(self, download_config=None):
+            raise requests.exceptions.ConnectionError("HTTPSConnectionPool(host='example.org'): Max retries\nmore")
+
+    monkeypatch.setattr(tfds, "builder", lambda *a, **k: Builder())
+    data_dir = str(tmp_path / "tfds")
+    with pytest.raises(ValueError) as info:
+        data.prepare_dataset(tiny_config(dataset="svhn_cropped", data_dir=data_dir))
+    message = _one_line(info.value)
+    expected_start = f"svhn_cropped cannot be downloaded into data_dir={data_dir!r} (ConnectionError: "
+    assert message.startswith(expected_start), message
+    assert "expected network access to its source" in message and "delete" not in message, message
+
+
 # ---------------------------------------------------------------------------------------------
 # Data sources: folders and user pipelines that cannot be trained on, refused before training.
 # ---------------------------------------------------------------------------------------------
