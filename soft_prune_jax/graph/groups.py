@@ -183,11 +183,28 @@ def analyze(g: Graph, strip: int = 0) -> Analysis:
     zero = U.zero_values(g, live, units)
     split_uses = _shared_uses(g, live, zero)
     fold = {e.index for e in g.eqns if not any(o in live for o in e.outs) and e.name not in RECOMPUTE}
-    slot_axes, labels, groups = _link(g, units, zero, split_uses, fold, strip, set())
+    void = _void_values(g)
+    slot_axes, labels, groups = _link(g, units, zero, split_uses, fold, strip, set(), void)
     reads = _read_candidates(g, live, zero, units, groups)
     if reads:
-        split_uses, (slot_axes, labels, groups) = _with_reads(g, units, zero, split_uses, fold, strip, reads)
+        split_uses, (slot_axes, labels, groups) = _with_reads(g, units, zero, split_uses, fold, strip, reads, void)
     return Analysis(g, live, units, zero, split_uses, fold, slot_axes, labels, groups, strip)
+
+
+def _void_values(g: Graph) -> set:
+    """Values that carry nothing to the outputs: empty arrays, and values read only by equations
+    whose outputs are all void (``jnp.pad(mode="edge")`` slices an end channel of every padded-or-
+    not axis and broadcasts it to an empty array). They are linked like any value -- an empty
+    operand of a concatenation is still cut to the kept channels -- but are no part of a group's
+    footprint, so the channels they read are not set apart from the rest of their layer."""
+    outputs, void = set(g.output_ids), set()
+    for e in reversed(g.eqns):
+        for o in e.outs:
+            uses = g.uses.get(o, [])
+            empty = 0 in g.shapes[o]
+            if empty or (o not in outputs and uses and all(all(x in void for x in u.outs) for u, _ in uses)):
+                void.add(o)
+    return void
 
 
 def _shared_uses(g: Graph, live: set, zero: set) -> dict:
@@ -202,7 +219,7 @@ def _shared_uses(g: Graph, live: set, zero: set) -> dict:
     return split_uses
 
 
-def _link(g: Graph, units, zero, split_uses, fold, strip, read_values) -> tuple:
+def _link(g: Graph, units, zero, split_uses, fold, strip, read_values, void) -> tuple:
     """(slot axes, component labels, groups) with the shared values split as ``split_uses`` says."""
     L = _Linker(g, split_uses)
     for e in g.eqns:
@@ -222,7 +239,7 @@ def _link(g: Graph, units, zero, split_uses, fold, strip, read_values) -> tuple:
     dst = np.concatenate(L.dst) if L.dst else np.zeros(0, np.int64)
     graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(N, N))
     _, labels = connected_components(graph, directed=False)
-    groups = _groups(g, L, labels, units, zero, split_uses, strip, read_values)
+    groups = _groups(g, L, labels, units, zero, split_uses, strip, read_values, void)
     return L.slot_axes, labels, groups
 
 
@@ -256,7 +273,7 @@ def _read_candidates(g: Graph, live: set, zero: set, units, groups) -> dict:
     return found
 
 
-def _with_reads(g: Graph, units, zero, split_uses, fold, strip, reads: dict) -> tuple:
+def _with_reads(g: Graph, units, zero, split_uses, fold, strip, reads: dict, void) -> tuple:
     """(split uses, linked result) with each candidate read on its own slot, keeping the reads whose
     unit then forms a prunable group of its own (its output reaches only layers that sum it away);
     the value read stays whole for everyone else. A read whose group would not be prunable keeps the
@@ -264,7 +281,7 @@ def _with_reads(g: Graph, units, zero, split_uses, fold, strip, reads: dict) -> 
     for _ in range(2):
         uses = {**split_uses, **{k: ("use",) + k for k in reads}}
         values = {g.eqns[ei].ins[j] for ei, j in reads}
-        result = _link(g, units, zero, uses, fold, strip, values)
+        result = _link(g, units, zero, uses, fold, strip, values, void)
         prunable = {id(u) for grp in result[2] if grp.prunable for u in grp.units}
         accepted = {k: u for k, u in reads.items() if id(u) in prunable}
         if accepted == reads:
@@ -272,7 +289,7 @@ def _with_reads(g: Graph, units, zero, split_uses, fold, strip, reads: dict) -> 
         reads = accepted
         if not reads:
             break
-    return split_uses, _link(g, units, zero, split_uses, fold, strip, set())
+    return split_uses, _link(g, units, zero, split_uses, fold, strip, set(), void)
 
 
 def _junction(g: Graph, live: set, vid) -> bool:
@@ -287,7 +304,7 @@ def _junction(g: Graph, live: set, vid) -> bool:
     )
 
 
-def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip, read_values) -> list:
+def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip, read_values, void) -> list:
     keys = list(L.slot_axes)
     index = {k: i for i, k in enumerate(keys)}
     K = len(keys)
@@ -297,6 +314,7 @@ def _groups(g: Graph, L: _Linker, labels, units, zero, split_uses, strip, read_v
     pair = np.unique(labels.astype(np.int64) * K + sa_of_node)
     pl, ps = pair // K, pair % K
     weights = np.random.default_rng(0).integers(1, 2**62, K, dtype=np.int64).astype(np.uint64)
+    weights[[_value_of(g, k[0]) in void for k in keys]] = 0  # void values are no part of a footprint
     sig = np.zeros(labels.max() + 1 if len(labels) else 0, np.uint64)
     np.add.at(sig, pl, weights[ps])
     var_ids = set(g.variable_ids)
@@ -416,6 +434,11 @@ def _read_by_units(slot_axes, read_values) -> str:
     if any(not isinstance(slot, tuple) and slot in read_values for slot, _ in slot_axes):
         return "BN-ReLU units read its values with their own selections (read groups)"
     return ""
+
+
+def _value_of(g: Graph, slot):
+    """The value a slot holds (a reader's own slot holds the value it reads)."""
+    return g.eqns[slot[1]].ins[slot[2]] if isinstance(slot, tuple) else slot
 
 
 def _value(slot):
