@@ -100,8 +100,9 @@ def leaf_path(path) -> Path:
 
 
 class _Builder:
-    def __init__(self):
+    def __init__(self, opaque_calls: frozenset = frozenset()):
         self.shapes, self.dtypes, self.eqns, self.consts = [], [], [], {}
+        self.opaque_calls = opaque_calls
 
     def new(self, aval) -> int:
         self.shapes.append(tuple(int(d) for d in aval.shape))
@@ -129,7 +130,7 @@ class _Builder:
         for e in jaxpr.eqns:
             ins = [read(a) for a in e.invars]
             body = None
-            if e.primitive.name in _CALLS:
+            if e.primitive.name in _CALLS and e.primitive.name not in self.opaque_calls:
                 for p in _BODY_PARAMS:
                     if p in e.params:
                         body = e.params[p]
@@ -190,9 +191,11 @@ def static_key(inputs: Sequence[Any]) -> tuple:
     return (tree, arrays, tuple(_static_key(x) for x in leaves if not _is_array(x)))
 
 
-def trace(fn: Callable, variables: Any, *inputs: Any) -> Graph:
+def trace(fn: Callable, variables: Any, *inputs: Any, opaque_calls: Sequence[str] = ()) -> Graph:
     """The flat graph of ``fn(variables, *inputs)``. Array leaves of the inputs are the graph's
-    inputs; other arguments (an nnx.Rngs, flags, strings, None) pass through to ``fn`` as they are."""
+    inputs; other arguments (an nnx.Rngs, flags, strings, None) pass through to ``fn`` as they are.
+    ``opaque_calls``: call primitives kept as one equation instead of inlined (a replay that is
+    differentiated keeps a custom_vjp's own gradient rule)."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(variables)
     paths = [leaf_path(p) for p, _ in leaves]
     var_leaves = [leaf for _, leaf in leaves]
@@ -217,7 +220,7 @@ def trace(fn: Callable, variables: Any, *inputs: Any) -> Graph:
         closed = jax.make_jaxpr(flat)(*var_leaves, *in_leaves)
     except Exception as err:  # noqa: BLE001 - any tracing failure is the user's model; say so in one line
         raise GraphError(f"tracing the model failed: {type(err).__name__}: {str(err).splitlines()[0]}") from err
-    b = _Builder()
+    b = _Builder(frozenset(opaque_calls))
     in_ids = [b.new(v.aval) for v in closed.jaxpr.invars]
     outs = b.inline(closed.jaxpr, closed.consts, in_ids, "")
     g = Graph(b.shapes, b.dtypes, b.eqns, in_ids[:n], paths, in_ids[n:], outs, b.consts)
