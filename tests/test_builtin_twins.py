@@ -210,3 +210,25 @@ def test_the_cpu_swap_points_keep_units_and_outputs(name):
     close(fast.apply(plain_vars, x), plain.apply(plain_vars, x))
     names = lambda m: sorted(g.name for g in channel_groups(m, plain_vars, x) if g.prunable)  # noqa: E731
     assert names(fast) == names(plain)
+
+
+def test_the_training_replay_keeps_custom_gradients():
+    """SCP's training replay of the CPU twin keeps its custom_vjp calls whole (``fast_conv``'s own
+    weight gradients, not autodiff of the forward) and gets the gradient the XLA-conv twin gets."""
+    _, _, _, plain_vars, x = _case("fmnist_cnn", 0)
+    kwargs, _, classes = TINY["fmnist_cnn"]
+    grads = {}
+    for spec in ("twin", "cpu_twin"):
+        um = user.build(f"zoo_builtin:{spec}", classes, {"name": "fmnist_cnn", **kwargs})
+        model = masked.MaskedModel(um, masked.UnitSet.analyze(um, plain_vars, x), "soft", mask=M.MaskConfig())
+
+        def loss(params, model=model):
+            variables = {**plain_vars, "params": params}
+            logits, _ = model.apply(variables, x, train=True, rngs={"gumbel": jax.random.PRNGKey(0)})
+            return jnp.sum(jnp.square(logits))
+
+        grads[spec] = jax.grad(loss)(plain_vars["params"])
+        graph, _ = model._train_graph(plain_vars, x, jax.random.PRNGKey(1))
+        kept = [e for e in graph.eqns if e.name in masked.CUSTOM_VJP]
+        assert len(kept) == (3 if spec == "cpu_twin" else 0)  # one per conv
+    jax.tree.map(close, grads["cpu_twin"], grads["twin"])

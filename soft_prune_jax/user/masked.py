@@ -26,7 +26,8 @@ The sparsity penalty covers exactly these units: ``unit_view(params)`` presents 
 plug-ins as masked BN layers ``{'masked_bn:<unit>': {'scale': gamma, 'bias': beta}}``, so SCP's
 lambda * sum(beta + s |gamma|) and Network Slimming's L1 run unchanged. Nested calls are inlined by
 the trace, so custom_jvp rules inside the model (e.g. ``nn.relu``'s) are differentiated through
-their bodies.
+their bodies; the training trace keeps custom_vjp calls whole (a unit inside one: inlined too), so
+their own backward rules run (``ops.conv_grad``'s weight gradients behind ``fast_conv.Conv``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ from soft_prune_jax.models.user import STATS, UserModel
 VIEW_PREFIX = M.MASKED_PREFIX + ":"
 _PASS = frozenset({"convert_element_type", "copy", "copy_p"})
 _AFFINE = frozenset({"add", "sub", "mul", "div"})
+# Kept whole in the training trace, so the replay is differentiated by their own rules (e.g.
+# ops.conv_grad's weight gradients) rather than through their forward bodies.
+CUSTOM_VJP = ("custom_vjp_call", "custom_vjp_call_jaxpr")
 
 
 class MaskingError(RuntimeError):
@@ -134,7 +138,8 @@ def replay(g: ir.Graph, leaves, inputs, masks: Mapping[int, Any]) -> list:
     env.update(zip(g.input_ids, inputs))
     for e in g.eqns:
         ins = [a.value if isinstance(a, Lit) else env[a] for a in e.ins]
-        res = e.prim.bind(*ins, **e.params)
+        params = e.prim.get_bind_params(e.params) if e.name in CUSTOM_VJP else e.params
+        res = e.prim.bind(*ins, **params)
         outs = list(res) if e.prim.multiple_results else [res]
         for o, v in zip(e.outs, outs):
             env[o] = v * masks[o].astype(v.dtype) if o in masks else v
@@ -309,6 +314,20 @@ class MaskedModel:
             out.append(M.hard_mask(pi) if key is None else M.soft_mask(jax.random.fold_in(key, i), pi, self.mask.tau))
         return out
 
+    def _train_graph(self, variables, x, dropout):
+        """(graph, unit locations) of the training-mode call: custom_vjp calls kept whole, unless a
+        unit is inside one (then everything inlined, as the evaluation graph is)."""
+
+        def fn(v, x, k):
+            return self.user.apply(v, x, train=True, rngs={"dropout": k})
+
+        g = ir.trace(fn, variables, x, dropout, opaque_calls=CUSTOM_VJP)
+        try:
+            return g, locate(g, self.units.units)
+        except MaskingError:
+            g = ir.trace(fn, variables, x, dropout)
+            return g, locate(g, self.units.units)
+
     def apply(self, variables, x, train: bool = False, rngs=None, mutable=False):
         rngs = dict(rngs or {})
         key = rngs.get(GUMBEL_RNG)
@@ -320,12 +339,12 @@ class MaskedModel:
         masks = self.masks(variables["params"], key if (train and self.mode == "soft") else None)
         variables = dict(variables)
         if train:
-            g = ir.trace(lambda v, x, k: self.user.apply(v, x, train=True, rngs={"dropout": k}), variables, x, dropout)
+            g, where = self._train_graph(variables, x, dropout)
             inputs = [x, dropout]
         else:
             g = ir.trace(lambda v, x: self.user.apply(v, x, train=False), variables, x)
             inputs = [x]
-        where = locate(g, self.units.units)
+            where = locate(g, self.units.units)
         by_value = {}
         for i, u in enumerate(self.units.units):
             shape = [1] * len(g.shapes[where[i]])
