@@ -113,6 +113,17 @@ def _is_key(x) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+def _read_of(kept: Mapping, use, vid, ndim: int) -> dict:
+    """A reader's own kept channels of value ``vid`` as positions in the value as computed: the value
+    is whole in an evaluation cut, and may be cut too in a training replay (``compact.trainable``)."""
+    out = {}
+    for ax in range(ndim):
+        mine, have = kept.get((use, ax)), kept.get((vid, ax))
+        if mine is not None and (have is None or len(have) != len(mine)):
+            out[(use, ax)] = mine if have is None else np.searchsorted(have, mine)
+    return out
+
+
 def compact_shape(analysis: Analysis, kept: Mapping, slot) -> tuple:
     g = analysis.graph
     vid = slot if not isinstance(slot, tuple) else g.eqns[slot[1]].ins[slot[2]]
@@ -124,6 +135,13 @@ def _is_cut(g, e, ins, expected) -> bool:
     if any(tuple(shape) != g.shapes[o] for o, shape in zip(e.outs, expected)):
         return True
     return any(not isinstance(a, Lit) and tuple(np.shape(v)) != g.shapes[a] for a, v in zip(e.ins, ins))
+
+
+def _only_outputs_cut(g, e, ins, expected) -> bool:
+    """Whether ``e`` reads every operand whole but one of its outputs loses channels."""
+    if all(tuple(shape) == g.shapes[o] for o, shape in zip(e.outs, expected)):
+        return False
+    return all(isinstance(a, Lit) or tuple(np.shape(v)) == g.shapes[a] for a, v in zip(e.ins, ins))
 
 
 def _params(e, ins, expected, full_in_shape, in_kept, out_kept):
@@ -213,7 +231,7 @@ def run(
         v = env[a]
         use = analysis.split_uses.get((e.index, j))
         if use is not None:
-            v = take(v, kept, use, len(g.shapes[a]))
+            v = take(v, _read_of(kept, use, a, len(g.shapes[a])), use, len(g.shapes[a]))
         return v
 
     for e in g.eqns:
@@ -238,6 +256,12 @@ def run(
                 params = e.params
             res = e.prim.bind(*ins, **params)
             outs = list(res) if e.prim.multiple_results else [res]
+            if _only_outputs_cut(g, e, ins, expected) and any(np.shape(v) != s for v, s in zip(outs, expected)):
+                # Nothing cut goes in, a cut comes out, and the parameters cannot say so (random bits of an
+                # activation's shape): the full value's kept channels, the dense model's very numbers.
+                res = e.prim.bind(*ins, **e.params)
+                full = list(res) if e.prim.multiple_results else [res]
+                outs = [take(v, kept, o, np.ndim(v)) for o, v in zip(e.outs, full)]
         for o, v, shape in zip(e.outs, outs, expected):
             if tuple(np.shape(v)) != tuple(shape):
                 raise CompactError(

@@ -163,6 +163,20 @@ def _as_mask(value, n: int, name: str) -> np.ndarray:
     return mask
 
 
+def check_refold(analysis: G.Analysis, kept: Mapping) -> None:
+    """Every variable-only equation that a cut evaluates once can be recomputed from kept channels."""
+    g = analysis.graph
+    for e in g.eqns:
+        if e.index in analysis.fold and any(
+            not isinstance(a, ir.Lit) and any((a, ax) in kept for ax in range(len(g.shapes[a]))) for a in e.ins
+        ):
+            raise I.CompactError(
+                f"{e.describe()}: a variable-only computation over channels the cut drops (evaluated once on "
+                "the dense variables) cannot be recomputed from the kept ones: this model cannot be fine-tuned "
+                "compact"
+            )
+
+
 class Program:
     """Replays the traced model with cut channels; retraces (abstractly) for every new input shape."""
 
@@ -175,6 +189,9 @@ class Program:
         self.folded_order = folded_order  # sliced outputs of folded equations, in program order
         self.cache = {call_key: first}
         self.formulation = "auto"
+        # False: variable-only equations are evaluated once, on the variables the cut was made from;
+        # True: recomputed from the variables given (a fine-tuned compact model's, ``compact.trainable``).
+        self.recompute = False
 
     def prepared(self, inputs, kwargs_key):
         key = (ir.static_key(inputs), kwargs_key)
@@ -199,6 +216,9 @@ class Program:
 
     def __call__(self, leaves, inputs, kwargs_key):
         analysis, kept, folded = self.prepared(inputs, kwargs_key)
+        if self.recompute:
+            check_refold(analysis, kept)
+            folded = None
         outs = I.run(analysis, leaves, ir.array_inputs(inputs), kept=kept, folded=folded, formulation=self.formulation)
         tree = analysis.graph.out_tree
         return jax.tree_util.tree_unflatten(tree, outs) if tree is not None else outs

@@ -308,6 +308,14 @@ def concatenate(e: Eqn, L: Linker):
         offset += shape[d]
 
 
+def stack(e: Eqn, L: Linker):
+    """A new axis ``axis`` of the operands side by side; every other axis is each operand's own."""
+    out, d = e.outs[0], e.params["axis"]
+    for _, s in _operands(e, L):
+        for ax in range(len(L.shape(s))):
+            L.link(s, ax, out, ax if ax < d else ax + 1)
+
+
 def split(e: Eqn, L: Linker):
     s = L.slot(e, 0)
     d = e.params["axis"]
@@ -368,6 +376,14 @@ def sort(e: Eqn, L: Linker):
     elementwise(e, L)
 
 
+def collective(e: Eqn, L: Linker):
+    """psum / pmax / pmin over a mapped axis (a BatchNorm's synchronised batch statistics in training):
+    every output is its operand, channel for channel."""
+    for (_, s), o in zip(_operands(e, L), e.outs):
+        for ax in range(len(L.shape(o))):
+            L.link(s, ax, o, ax)
+
+
 def no_links(e: Eqn, L: Linker):
     """Creation ops (iota, rng): fresh axes, nothing to follow."""
 
@@ -390,6 +406,7 @@ RULES.update(
         "dot_general": dot_general,
         "concatenate": concatenate,
         "split": split,
+        "stack": stack,
         "pad": pad,
         "slice": slice_,
         "rev": rev,
@@ -397,6 +414,7 @@ RULES.update(
         "iota": no_links,
     }
 )
+RULES.update({name: collective for name in ("psum", "pmax", "pmin")})
 
 
 def apply_rule(e: Eqn, L: Linker) -> bool:

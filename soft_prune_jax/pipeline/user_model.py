@@ -14,10 +14,12 @@ registry model:
              saved as a ``jax.export`` artifact (``compact.artifact``) and the kept channels in prune.json;
              under a MAC budget, SCP lands the cut on it (highest z first, the compact model's own
              MACs) and prune.json gets the same "budget" record as a built-in model's
-  finetune   ``finetune``: the trained network under the fixed cut (masks 0/1 at the units, running
-             statistics of dropped channels frozen), then cut again by the same channels. Dropped
-             channels are 0 at every unit output, so they get no gradient and feed nothing: this
-             trains exactly the parameters the compact model keeps, with the dense graph's cost
+  finetune   ``finetune_phase``: prune's compact model itself, trained at its own cost
+             (``compact.trainable``): the user's training call (BN on batch statistics, running
+             averages, dropout) traced and replayed on the kept channels, which equals the dense
+             network under the same fixed cut step for step on every kept parameter; the fine-tuned
+             compact variables are saved as the artifact (``save_finetuned``). A finetune checkpoint
+             of the dense network under the cut (the layout before) is refused in one line
   evaluate   ``evaluation_pair``: the hard-masked reference (the same fixed masks) and the reloaded
              artifact
   benchmark / report   ``counts``: MACs per layer from the graph (``user.macs``), dense vs compact
@@ -26,6 +28,7 @@ registry model:
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional, Sequence
 
 import jax
@@ -36,6 +39,7 @@ from soft_prune_jax.compact import artifact
 from soft_prune_jax.compact import interpret as I
 from soft_prune_jax.compact import latency as CL
 from soft_prune_jax.compact.prune_model import decide, prune_traced
+from soft_prune_jax.compact.trainable import TrainableCompact
 from soft_prune_jax.graph import ir
 from soft_prune_jax.method import budget as B
 from soft_prune_jax.method import masks as M
@@ -44,6 +48,8 @@ from soft_prune_jax.methods import get_method
 from soft_prune_jax.models import user as U
 from soft_prune_jax.pipeline import budget, latency
 from soft_prune_jax.pipeline.records import read_json
+from soft_prune_jax.pipeline.workdir import trained_variables
+from soft_prune_jax.training import checkpoint as ckpt_lib
 from soft_prune_jax.training import data
 from soft_prune_jax.training.loop import Phase
 from soft_prune_jax.user import cost, macs, masked
@@ -271,30 +277,76 @@ def _landing_record(config, variables, input_shape: Sequence[int], compact) -> d
 
 
 def fixed_model(config, workdir: str, input_shape: Sequence[int], needed_by: str) -> masked.MaskedModel:
-    """The trained network under the cut prune chose: 0/1 masks at the units (fine-tuning, reference)."""
+    """The trained network under the cut prune chose: 0/1 masks at the units (the evaluation's reference)."""
     user, units = setup(config, input_shape)
     return masked.MaskedModel(user, units, "fixed", fixed=units.unit_masks_of(kept_of(workdir, needed_by)))
 
 
+def _train_trace(user: U.UserModel):
+    def trace_train(variables, x, dropout_key):  # the training call user.masked replays, unmasked
+        return ir.trace(lambda v, x, k: user.apply(v, x, train=True, rngs={"dropout": k}), variables, x, dropout_key)
+
+    return trace_train
+
+
+def compact_for_finetune(config, workdir: str, input_shape: Sequence[int], dense=None):
+    """(TrainableCompact, compact variables): prune's cut of the trained network ``dense`` (default: the
+    workdir's), trainable."""
+    user, _ = setup(config, input_shape)
+    dense = trained_variables(config, workdir) if dense is None else dense
+    compact, compact_vars = cut(config, dense, input_shape, keep=kept_of(workdir, "finetune"))
+    variables = {"params": compact_vars["params"], "batch_stats": compact_vars.get("batch_stats", {})}
+    return TrainableCompact(compact, _train_trace(user)), variables
+
+
+def refuse_dense_checkpoint(config, workdir: str, dense, compact_vars) -> None:
+    """A finetune checkpoint of the dense network under the cut (how user models were fine-tuned
+    before the compact model was) cannot resume the compact fine-tune: one line naming it."""
+    directory = ckpt_lib.checkpoint_dir(workdir, "finetune")
+    if not os.path.isdir(directory):
+        return
+    checkpointer = ckpt_lib.TrainCheckpointer(directory, max_to_keep=config.keep_checkpoints)
+    try:
+        step = checkpointer.latest_step()
+        stored = checkpointer.restore_raw(step)["params"] if step is not None else None
+    finally:
+        checkpointer.close()
+
+    def shapes(tree):
+        return [np.shape(a) for a in jax.tree_util.tree_leaves(tree)]
+
+    # where nothing was cut the two layouts are one, and the checkpoint resumes
+    if stored is not None and shapes(stored) == shapes(dense["params"]) != shapes(compact_vars["params"]):
+        raise ValueError(
+            f"{directory} holds a fine-tune of the dense network under the cut (the layout before user models "
+            "were fine-tuned compact): move it away to fine-tune the compact model, or use a new workdir"
+        )
+
+
 def finetune_phase(config, workdir: str, input_shape: Sequence[int], variables, epochs: int) -> Phase:
+    """Fine-tuning of prune's compact model itself (``compact.trainable``), at its own cost. ``variables``
+    (the trained dense network) are what prune cut; the phase starts from their kept channels."""
+    model, compact_vars = compact_for_finetune(config, workdir, input_shape, variables)
+    refuse_dense_checkpoint(config, workdir, variables, compact_vars)
     scale = epochs / float(config.num_epochs)
     return Phase(
         "finetune",
-        fixed_model(config, workdir, input_shape, "finetune"),
+        model,
         float(config.finetune_learning_rate),
         epochs,
         lr_boundaries=tuple(b * scale for b in config.lr_boundaries),
-        variables=variables,
+        variables=compact_vars,
         seed_offset=1,
     )
 
 
 def save_finetuned(config, workdir: str, input_shape: Sequence[int], variables, directory: str, epochs: int):
-    compact, compact_vars = cut(config, variables, input_shape, keep=kept_of(workdir, "finetune"))
+    """Saves the fine-tuned compact ``variables`` as the artifact (variable-only equations recomputed)."""
+    model, _ = compact_for_finetune(config, workdir, input_shape)
     artifact.save(
         directory,
-        compact,
-        compact_vars,
+        model.inference,
+        variables,
         _sample(input_shape),
         overwrite=True,
         extra={"source": "finetune", "epochs": epochs, "model": config.model},
