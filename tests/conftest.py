@@ -12,8 +12,10 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
 import ml_collections
@@ -29,6 +31,24 @@ from soft_prune_jax.training.state import init_variables
 
 # As the launchers do, before JAX starts its backend: the tests train on the CPU too.
 host_memory.retain_freed_memory()
+
+# One XLA compilation cache for the whole run, shared by the xdist workers and by every process the
+# launcher, fault and multi-host tests start (they inherit the environment): most of the suite's time
+# is compiling the same tiny programs again in other tests and processes. A cache directory the
+# caller chose wins; one this run made is removed by the process that made it (pytest_unconfigure).
+_OWN_XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_XLA_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="soft_prune_jax_tests_xla_")
+for _option in ("jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes"):
+    os.environ[_option.upper()] = "0"  # every program, however small or quick to compile
+    jax.config.update(_option, 0)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+
+
+def pytest_unconfigure(config):
+    if _OWN_XLA_CACHE is not None:
+        shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
+
 
 # The surgery tests check algebra: the compact network must reproduce the masked one to float32
 # rounding. On a GPU, XLA's default precision runs f32 convs and matmuls in TF32 (10-bit mantissa),
