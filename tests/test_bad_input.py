@@ -517,6 +517,7 @@ def test_unusable_tfds_name_is_one_line_before_training(tmp_path, name):
 BAD_FOLDERS = {
     "no-images": ({"a": None, "b": None}, "holds no images: expected CLASS/*.png"),
     "one-class": ({"a": "L"}, "has 1 class with images (a): expected at least 2"),
+    "empty-class": ({"a": "L", "b": None, "c": "L"}, "folder(s) b hold no training images: expected at least one"),
     "mixed-channels": ({"a": "L", "b": "RGB"}, "has images of mixed channel counts (1 channel: "),
 }
 

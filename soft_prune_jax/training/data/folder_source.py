@@ -83,6 +83,11 @@ def folder_listing(config) -> dict:
         raise ValueError(
             f"{where} holds no images: expected CLASS/*{'|'.join(IMAGE_EXTENSIONS)} sub-folders (or train/ and test/)"
         )
+    empty = sorted(c for c, files in train.items() if not files)
+    if empty:  # as torchvision's ImageFolder: a silently missing class would shift every label after it
+        raise ValueError(
+            f"{where}: class folder(s) {', '.join(empty[:5])} hold no training images: expected at least one per class"
+        )
     if len(classes) < 2:
         raise ValueError(f"{where} has {len(classes)} class with images ({', '.join(classes)}): expected at least 2")
     label = {c: i for i, c in enumerate(classes)}
