@@ -436,6 +436,7 @@ NNX: dict[str, tuple[Callable, tuple, bool]] = {
 SHARED = "shared by several readers"  # a residual stream: each reader selects its own channels
 NOT_ZERO = "not zero where the group drops"  # depthwise -> BN without ReLU -> conv: a dead channel is BN's bias
 SPLIT = "split over several groups"  # jnp.split / a shuffle send one unit's channels different ways
+CONCAT = "not zero where it drops"  # concatenated with a non-zero map (zeros are tracked per value)
 WHOLE: dict[str, dict[str, str]] = {
     "convnext_bn": {"BatchNorm_0": NOT_ZERO},
     "mobilenetv2_block": {"BatchNorm_0": SHARED},
@@ -453,11 +454,11 @@ WHOLE: dict[str, dict[str, str]] = {
     "res2net_block": {"BatchNorm_0": SHARED, "BatchNorm_1": SPLIT, "BatchNorm_2": SPLIT, "BatchNorm_3": SPLIT},
     "hrnet_fuse_bilinear": {"BatchNorm_0": SHARED, "BatchNorm_2": SHARED},
     "hrnet_fuse_nearest": {"BatchNorm_0": "gather", "BatchNorm_2": SHARED},
-    "unet": {"BatchNorm_1": SHARED},
+    "unet": {"BatchNorm_1": CONCAT},
     "nested_outputs": {"BatchNorm_1": "model's output", "BatchNorm_2": "model's output"},
     "split_joins_earlier_unit": {"BatchNorm_0": SPLIT, "BatchNorm_1": SPLIT},
     "nnx_inverted_residual": {"stem/layers/1": SHARED},
-    "nnx_unet": {"enc/layers/1": SHARED},
+    "nnx_unet": {"enc/layers/1": CONCAT},
 }
 # ... and units whose group must be prunable (the draw decides how much is cut).
 _BN = [f"BatchNorm_{i}" for i in range(8)]

@@ -467,5 +467,12 @@ def _why_whole(
     split_values = {g.eqns[ei].ins[j] for (ei, j) in split_uses}
     for slot, _ in slot_axes:
         if not isinstance(slot, tuple) and slot in split_values and slot not in zero:
+            producer = g.producer.get(slot)
+            if producer is not None and producer.name == "concatenate" and any(a in zero for a in producer.ins):
+                # zeros are tracked per value: a concatenation with a non-zero part is not zero as a whole
+                return (
+                    f"{producer.describe()} concatenates it with values that are not zero where it drops "
+                    "(zeros are tracked per value, not per channel)"
+                )
             return "its values are shared by several readers with their own selections (a residual stream)"
     return ""
