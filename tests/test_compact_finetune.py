@@ -18,12 +18,15 @@ import optax
 import pytest
 import zoo_linen
 import zoo_nnx
+import zoo_user
+import zoo_user_more
 from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from soft_prune_jax import pipeline
 from soft_prune_jax.compact import artifact
+from soft_prune_jax.compact.interpret import CompactError
 from soft_prune_jax.compact.prune_model import prune_traced
 from soft_prune_jax.compact.trainable import TrainableCompact, variable_kept
 from soft_prune_jax.graph import ir
@@ -223,3 +226,23 @@ def test_dense_layout_finetune_checkpoint_is_one_line_naming_it(pruned, tmp_path
     with pytest.raises(ValueError, match="fine-tune of the dense network under the cut") as info:
         pipeline.run(config, workdir, "finetune", dataset=SyntheticData())
     assert "\n" not in str(info.value) and ckpt_lib.checkpoint_dir(workdir, "finetune") in str(info.value)
+
+
+def test_variable_only_reduction_over_cut_channels_is_refused_in_one_line():
+    """Weight standardisation normalises a kernel over the input channels the previous layer loses:
+    the compact model cannot recompute it from the kept ones, so fine-tuning it compact is refused."""
+    module = zoo_user.Body(zoo_user_more._weight_standardized)
+    user = UserModel("ws", "linen", lambda _: module, module, None, False)
+    x = jax.random.normal(jax.random.PRNGKey(0), zoo_user_more.SHAPE)
+    variables = user.init(jax.random.PRNGKey(1), x)
+
+    def trace_eval(v, inputs, _):
+        return ir.trace(lambda w, *xs: user.apply(w, *xs), v, *inputs)
+
+    groups = masked.UnitSet.analyze(user, variables, x).analysis.groups
+    keep = {g.name: np.arange(g.size) < g.size // 2 for g in groups if g.prunable}
+    compact, _ = prune_traced(trace_eval, variables, [x], keep=keep)
+    assert any(len(p.kept) < p.total for p in compact.program.plans.values())
+    with pytest.raises(CompactError, match="variable-only computation over channels the cut drops") as info:
+        TrainableCompact(compact, lambda v, x, k: ir.trace(lambda w, x: user.apply(w, x, train=True), v, x))
+    assert "\n" not in str(info.value)

@@ -18,7 +18,7 @@ def finetune_phase(config, workdir, *, dataset, devices=None) -> dict:
         summary = {"skipped": True, "reason": "finetune_epochs=0"}
         write_json(workdir, "finetune.json", summary)
         return summary
-    if user_model.is_user_model(config):  # the trained network under the fixed cut (pipeline/user_model.py)
+    if user_model.is_user_model(config):  # prune's compact model itself, trained compact (pipeline/user_model.py)
         input_shape = dataset.get_dataset_info(config).input_shape
         phase = user_model.finetune_phase(config, workdir, input_shape, trained_variables(config, workdir), epochs)
         result = fit(config, workdir, phase, dataset=dataset, devices=devices)

@@ -18,9 +18,9 @@ leaves the user's code untouched. So:
   the mean and variance are computed from the batch, so the evaluation-mode recogniser does not
   apply), and replay the equations with the unit's output multiplied by its mask: a relaxed-
   Bernoulli sample per channel in training (key ``fold_in(step key, unit index)``, the same on every
-  replica), the hard mask [pi < 0.5] at evaluation, or fixed 0/1 masks (fine-tuning under a cut,
-  the hard-masked reference of the compact model). Running statistics are updated only where the
-  sample says "keep": ``where(keep, new, old)`` on the unit's mean/var outputs.
+  replica), the hard mask [pi < 0.5] at evaluation, or fixed 0/1 masks (the hard-masked
+  reference of the compact model, which ``compact.trainable`` fine-tunes). Running statistics are
+  updated only where the sample says "keep": ``where(keep, new, old)`` on the unit's mean/var outputs.
 
 The sparsity penalty covers exactly these units: ``unit_view(params)`` presents them to the method
 plug-ins as masked BN layers ``{'masked_bn:<unit>': {'scale': gamma, 'bias': beta}}``, so SCP's
