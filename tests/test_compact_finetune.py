@@ -37,7 +37,7 @@ from soft_prune_jax.training.state import create_train_state
 from soft_prune_jax.training.steps import train_step
 from soft_prune_jax.user import masked
 
-from conftest import SyntheticData, tiny_config
+from conftest import SyntheticData, run_child, tiny_config
 
 BATCH = 4
 
@@ -246,3 +246,44 @@ def test_variable_only_reduction_over_cut_channels_is_refused_in_one_line():
     with pytest.raises(CompactError, match="variable-only computation over channels the cut drops") as info:
         TrainableCompact(compact, lambda v, x, k: ir.trace(lambda w, x: user.apply(w, x, train=True), v, x))
     assert "\n" not in str(info.value)
+
+
+DEVICES_CHILD = r"""
+import json, sys, tempfile
+import jax, numpy as np
+sys.path[:0] = [TESTS_DIR, REPO]
+from conftest import SyntheticData, run_child, tiny_config
+from soft_prune_jax import pipeline
+from soft_prune_jax.pipeline import user_model
+from soft_prune_jax.training.loop import fit
+
+config = tiny_config(model="user_zoo:resnet_tiny", num_classes=10, num_epochs=1, lr_boundaries=(),
+                     num_train_examples=32, sparsity_lambda=1.0, finetune_epochs=1)
+config.model_kwargs = {}
+workdir = tempfile.mkdtemp()
+pipeline.run(config, workdir, "train,prune", dataset=SyntheticData())
+dense = pipeline.trained_variables(config, workdir)
+out = {}
+for name, parallel, devices in (("single", "pmap", 1), ("pmap", "pmap", 2), ("shard_map", "shard_map", 2)):
+    config.parallel = parallel
+    phase = user_model.finetune_phase(config, workdir, (8, 8, 1), dense, 1)
+    result = fit(config, tempfile.mkdtemp(), phase, dataset=SyntheticData(), devices=jax.devices()[:devices])
+    out[name] = jax.tree_util.tree_leaves(result.state.variables)
+errors = {k: max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(out["single"], out[k]))
+          for k in ("pmap", "shard_map")}
+size = lambda leaves: int(sum(np.size(a) for a in leaves))
+print("RESULT " + json.dumps({"devices": len(jax.devices()), "errors": errors, "compact": size(out["single"]),
+                              "dense": size(jax.tree_util.tree_leaves(dense))}))
+"""
+
+
+def test_compact_finetune_on_two_devices_equals_one():
+    """The user's BN synchronises its batch statistics over the trainer's axis in the compact replay too:
+    pmap and shard_map over two devices end where one device with the same global batch ends."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    repo = os.path.dirname(tests)
+    child = DEVICES_CHILD.replace("TESTS_DIR", repr(tests)).replace("REPO", repr(repo))
+    result = run_child(child, cwd=tests, devices=2)
+    assert result["devices"] == 2 and result["compact"] < result["dense"]
+    for name, error in result["errors"].items():
+        assert error < 1e-4, (name, error)
