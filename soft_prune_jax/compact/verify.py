@@ -11,9 +11,11 @@ Two checks, run before the compact model is returned (``check=False`` turns them
    arrays -- must equal the dense function with the dropped channels zeroed at the unit outputs,
    which evaluates every equation exactly as traced. A wrong index map anywhere between the units
    and the layers that sum their channels away, or a primitive whose parameters the replay cannot
-   follow, makes the two differ (or the replay fail). All groups are checked together, one evaluation
-   of each side, eagerly (op by op: compiling two whole models would cost more than the trace); only
-   when that fails is each group checked on its own.
+   follow, makes the two differ (or the replay fail). All groups are checked together, both sides in
+   one program compiled with XLA's optimisations off (``CHEAP_COMPILE``): a process's first eager
+   replay would compile every distinct (primitive, shape) on its own, and an optimised compile of
+   the whole program spends its time on speed the single probe does not need. Only when that fails
+   is each group checked on its own, eagerly, so the many replays share one cache of compiled ops.
 
 A group that fails is left whole, its plan's ``reason`` saying why (prune.json's "groups_kept_whole").
 """
@@ -32,6 +34,9 @@ from soft_prune_jax.graph.groups import Analysis
 from soft_prune_jax.method import masks as M
 
 TOLERANCE = 1e-4  # largest |compact - dense with zeros| over max(1, |dense|): float32 rounding is ~1e-6
+# What jax_disable_most_optimizations sets, scoped to the check's one compile: cheaper to compile
+# than both the eager op-by-op replay and XLA's default pipeline (docs/RESULTS.md).
+CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def check_plans(analysis: Analysis, leaves, consts: Mapping, plans: dict, inputs, mask_config, keep=()) -> dict:
@@ -42,7 +47,7 @@ def check_plans(analysis: Analysis, leaves, consts: Mapping, plans: dict, inputs
     if not cut:
         return plans
     probe = probe_inputs(analysis, inputs)
-    if _replay_error(analysis, leaves, consts, plans, cut, probe) is None:
+    if _replay_error(analysis, leaves, consts, plans, cut, probe, compiled=True) is None:
         return plans
     failed = {}
     for name in cut:
@@ -95,9 +100,10 @@ def _own_mask_failures(analysis: Analysis, consts: Mapping, plans: Mapping, mask
     return failed
 
 
-def _replay_error(analysis: Analysis, leaves, consts: Mapping, plans: Mapping, names, probe):
+def _replay_error(analysis: Analysis, leaves, consts: Mapping, plans: Mapping, names, probe, compiled=False):
     """None if the replay with only ``names`` cut equals the dense function with their channels
-    zeroed at the unit outputs; else why not."""
+    zeroed at the unit outputs; else why not. ``compiled``: both sides as one cheaply compiled
+    program (else op by op)."""
     alive = I.alive_of(analysis, {name: plans[name] for name in names})
     kept = I.kept_indices(analysis, alive)
     sliced, folded = I.sliced(analysis, leaves, consts, kept)
@@ -108,8 +114,12 @@ def _replay_error(analysis: Analysis, leaves, consts: Mapping, plans: Mapping, n
         dense = I.run(analysis, leaves, probe, masks=masks, formulation=None)
         return compact, dense
 
+    args = (list(leaves), sliced, folded, probe)
     try:
-        compact, dense = both(list(leaves), sliced, folded, probe)
+        if compiled:
+            compact, dense = jax.jit(both).lower(*args).compile(compiler_options=CHEAP_COMPILE)(*args)
+        else:
+            compact, dense = both(*args)
     except Exception as err:  # noqa: BLE001 - a primitive the replay cannot follow: the group is refused
         return f"self-check: the compact replay failed: {type(err).__name__}: {str(err).splitlines()[0]}"
     worst = 0.0
