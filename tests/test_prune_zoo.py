@@ -259,8 +259,11 @@ def _reversed_concat(e, L):
                 L.link(s, ax, out, ax)
 
 
-def test_self_check_leaves_a_wrongly_mapped_group_whole(monkeypatch):
+@pytest.mark.parametrize("compile_from", [verify.COMPILE_FROM_EQUATIONS, 0], ids=["op_by_op", "compiled"])
+def test_self_check_leaves_a_wrongly_mapped_group_whole(monkeypatch, compile_from):
+    """Both replays of the check (op by op for small graphs, one cheaply compiled program for large)."""
     monkeypatch.setitem(rules.RULES, "concatenate", _reversed_concat)
+    monkeypatch.setattr(verify, "COMPILE_FROM_EQUATIONS", compile_from)
     model, variables, x, *_ = linen_case("split_branches", 4, 0.5)
     compact, compact_vars = prune_model(model, variables, x)
     reasons = [p.reason for p in program_of(compact).plans.values() if p.reason.startswith("self-check")]

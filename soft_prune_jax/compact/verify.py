@@ -14,7 +14,8 @@ Two checks, run before the compact model is returned (``check=False`` turns them
    follow, makes the two differ (or the replay fail). All groups are checked together, both sides in
    one program compiled with XLA's optimisations off (``CHEAP_COMPILE``): a process's first eager
    replay would compile every distinct (primitive, shape) on its own, and an optimised compile of
-   the whole program spends its time on speed the single probe does not need. Only when that fails
+   the whole program spends its time on speed the single probe does not need (a small graph, below
+   ``COMPILE_FROM_EQUATIONS``, is replayed op by op: its few ops compile quickly). Only when that fails
    is each group checked on its own, eagerly, so the many replays share one cache of compiled ops.
 
 A group that fails is left whole, its plan's ``reason`` saying why (prune.json's "groups_kept_whole").
@@ -37,6 +38,9 @@ TOLERANCE = 1e-4  # largest |compact - dense with zeros| over max(1, |dense|): f
 # What jax_disable_most_optimizations sets, scoped to the check's one compile: cheaper to compile
 # than both the eager op-by-op replay and XLA's default pipeline (docs/RESULTS.md).
 CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# Below this many equations the replay runs op by op: a small model's few distinct ops compile faster
+# than a whole program, and later checks in the process reuse them (the test zoo prunes hundreds).
+COMPILE_FROM_EQUATIONS = 400
 
 
 def check_plans(analysis: Analysis, leaves, consts: Mapping, plans: dict, inputs, mask_config, keep=()) -> dict:
@@ -47,7 +51,8 @@ def check_plans(analysis: Analysis, leaves, consts: Mapping, plans: dict, inputs
     if not cut:
         return plans
     probe = probe_inputs(analysis, inputs)
-    if _replay_error(analysis, leaves, consts, plans, cut, probe, compiled=True) is None:
+    compiled = len(analysis.graph.eqns) >= COMPILE_FROM_EQUATIONS
+    if _replay_error(analysis, leaves, consts, plans, cut, probe, compiled=compiled) is None:
         return plans
     failed = {}
     for name in cut:
