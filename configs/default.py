@@ -137,9 +137,9 @@ def get_config() -> config_dict.ConfigDict:
     # keeps the schedule's shape: lr_boundaries scaled by finetune_epochs / num_epochs.
     config.finetune_epochs = 0  # 0 = none (the reference CIFAR pipeline does not fine-tune)
     config.finetune_learning_rate = 0.01  # the paper's optional fine-tuning LR
-    # Keep channel counts multiples of this (1 = no alignment), or 'auto': per layer the width >= the
-    # kept count whose convs run fastest on this device (compact/align.py). Typed `object` so that
-    # --config.round_to takes an int or the string 'auto' alike.
+    # Keep channel counts multiples of this (1 = no alignment), or 'latency': per channel group the width
+    # >= the kept count that the latency model of this device says runs fastest (pipeline/latency.py).
+    # Typed `object` so that --config.round_to takes an int or the string 'latency' alike.
     config.round_to = config_dict.FieldReference(1, field_type=object)
 
     # Running.

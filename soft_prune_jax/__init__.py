@@ -18,7 +18,6 @@ your own calls them before its first JAX computation.
 
 from soft_prune_jax.compact.artifact import load as load_artifact
 from soft_prune_jax.compact.artifact import save as save_artifact
-from soft_prune_jax.compact.export import load_compact, save_compact
 from soft_prune_jax.compact.prune_model import channel_groups, prune_model
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.methods import Method, get_method, method_names
@@ -39,7 +38,6 @@ __all__ = [
     "get_method",
     "get_model",
     "load_artifact",
-    "load_compact",
     "method_names",
     "model_names",
     "parse_phases",
@@ -47,5 +45,4 @@ __all__ = [
     "register_method",
     "run",
     "save_artifact",
-    "save_compact",
 ]

@@ -1,6 +1,6 @@
 """Shared test fixtures: a synthetic in-memory dataset with the layout of ``training.data``, the tiny
 config of the shared schema, a module-wide tiny model (``training_phase(tiny_config())``'s), and tiny
-versions of every architecture with random variables (``TINY``, ``tiny``) for surgery and folding.
+versions of every architecture with random variables (``TINY``, ``tiny``) for the cut's exactness.
 
 The plain helpers (``SyntheticData``, ``tiny_config``, ``tiny``, ...) are imported
 by name (``from conftest import ...``): subprocess children of the parallel, multi-host and
@@ -17,17 +17,15 @@ import subprocess
 import sys
 import tempfile
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import pytest
+from flax import traverse_util
 
 from configs import default
 from soft_prune_jax import host_memory
-from soft_prune_jax.compact import surgery
 from soft_prune_jax.models import get_model
-from soft_prune_jax.training.experiment import create_model
-from soft_prune_jax.training.state import init_variables
 
 # As the launchers do, before JAX starts its backend: the tests train on the CPU too.
 host_memory.retain_freed_memory()
@@ -50,7 +48,7 @@ def pytest_unconfigure(config):
         shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
 
 
-# The surgery tests check algebra: the compact network must reproduce the masked one to float32
+# The cut's tests check algebra: the compact network must reproduce the masked one to float32
 # rounding. On a GPU, XLA's default precision runs f32 convs and matmuls in TF32 (10-bit mantissa),
 # whose rounding differs between the dense and the narrower compact shapes; full precision there
 # makes the comparison the same one the CPU makes. A no-op on the CPU.
@@ -150,50 +148,55 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
-@pytest.fixture(scope="module")
-def tiny_model_and_variables():
-    """The very model of ``training_phase(tiny_config())``: its jitted init is compiled once per process."""
-    model = create_model(tiny_config())
-    return model, init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
-
-
-# name -> (constructor overrides for a tiny model, input shape, num_classes)
+# name -> (constructor overrides for a tiny model, input shape, num_classes): depth and width shrunk,
+# the structure that decides the units kept (vgg19 / resnet110 / resnet34 / resnet101: their own layouts)
 TINY = {
     "fmnist_cnn": (dict(widths=(8, "M", 12, 16)), (2, 12, 12, 1), 10),
     "vgg16": (dict(widths=(4, 6, "M", 8, "M", 8, 5)), (2, 8, 8, 3), 10),
+    "vgg19": (dict(widths=(4, 4, "M", 6, 6, 6, 6, "M", 8)), (2, 8, 8, 3), 10),
     # stem 8 = stage 1's width: an identity first block, as ResNet-56's (16 -> 16)
     "resnet56": (dict(stage_sizes=(2, 2, 2), stage_widths=(8, 16, 16), stem_width=8), (2, 8, 8, 3), 10),
+    "resnet110": (dict(stage_sizes=(3, 1, 2), stage_widths=(4, 6, 8), stem_width=4), (2, 8, 8, 3), 10),
     "resnet164": (dict(stage_sizes=(2, 1, 2), stage_widths=(4, 8, 8)), (2, 8, 8, 3), 10),
     "densenet40": (dict(num_blocks=2, layers_per_block=2, growth_rate=4, stem_width=6), (2, 8, 8, 3), 10),
-    # stage 1 at the stem's 64: an identity first block and an unmasked stem, as ResNet-18's; the
-    # tiny resnet50's first block projects (16 != 64), so its stem is masked, as ResNet-50's
+    # stage 1 at the stem's 64: an identity first block and an unmasked stem, as ResNet-18/34's; the
+    # bottleneck ones project (4 * 4 != 64), so their stem is a unit, as ResNet-50/101's
     "resnet18": (dict(stage_sizes=(1, 2, 1, 1), stage_widths=(64, 8, 16, 16)), (2, 32, 32, 3), 7),
+    "resnet34": (dict(stage_sizes=(2, 1, 1, 1), stage_widths=(64, 8, 8, 8)), (2, 32, 32, 3), 7),
     "resnet50": (dict(stage_sizes=(1, 2, 1, 1), stage_widths=(4, 8, 8, 8)), (2, 32, 32, 3), 7),
+    "resnet101": (dict(stage_sizes=(1, 1, 2, 1), stage_widths=(4, 4, 8, 8)), (2, 32, 32, 3), 7),
 }
 _CACHE = {}
 
 
-def tiny(name):
-    if name not in _CACHE:
-        kwargs, shape, classes = TINY[name]
-        model = get_model(name, classes, **kwargs)
-        x = jax.random.normal(jax.random.PRNGKey(1), shape)
-        _CACHE[name] = (model, surgery.random_variables(model, shape, 0, 0.0), x)
-    return _CACHE[name]
+def tiny_model(name, **overrides):
+    """The tiny built-in ``name`` as the registry builds it (BN unsynchronised: applied outside a mapped step)."""
+    kwargs, _, classes = TINY[name]
+    return get_model(name, classes, **{"norm": nn.BatchNorm, **kwargs, **overrides})
 
 
-_JITTED = {}
-
-
-def evaluate(model, variables, x, masks=None):
-    """Jitted evaluation (one compile per model and shapes; eager dispatch is far slower here)."""
-    key = (model, masks is None)
-    if key not in _JITTED:
-        if masks is None:
-            _JITTED[key] = jax.jit(lambda v, x: model.apply(v, x, train=False))
-        else:
-            _JITTED[key] = jax.jit(lambda v, m, x: surgery.apply_with_masks(model, v, m, x))
-    return _JITTED[key](variables, x) if masks is None else _JITTED[key](variables, masks, x)
+def tiny(name, seed=0, fraction=0.5, dropped=(0.0, -100.0)):
+    """(model, variables, x) of the tiny built-in ``name`` with random BN statistics: in every
+    ``masked_bn*`` BN (the paper's units) a random ``fraction`` of channels has (scale, bias) =
+    ``dropped`` (default: dead, zero for every input), never all of them; other BNs random and alive."""
+    key = (name, seed, fraction, dropped)
+    if key not in _CACHE:
+        _, shape, _ = TINY[name]
+        model = tiny_model(name)
+        x = jax.random.normal(jax.random.PRNGKey(seed + 1), shape)
+        variables = model.init(jax.random.PRNGKey(seed), x)
+        flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, dict(variables)))
+        rng = np.random.default_rng(seed)
+        for k in sorted(k for k in flat if k[0] == "params" and k[-1] == "scale"):
+            n, module = flat[k].shape[0], k[1:-1]
+            dead = rng.random(n) < fraction if module[-1].startswith("masked_bn") else np.zeros(n, bool)
+            dead[rng.integers(n)] = False
+            flat[k] = np.where(dead, dropped[0], rng.uniform(0.5, 1.5, n)).astype(np.float32)
+            flat[k[:-1] + ("bias",)] = np.where(dead, dropped[1], rng.uniform(0.1, 1.0, n)).astype(np.float32)
+            flat[("batch_stats",) + module + ("mean",)] = rng.normal(0, 0.3, n).astype(np.float32)
+            flat[("batch_stats",) + module + ("var",)] = rng.uniform(0.5, 2.0, n).astype(np.float32)
+        _CACHE[key] = (model, jax.tree.map(jax.numpy.asarray, traverse_util.unflatten_dict(flat)), x)
+    return _CACHE[key]
 
 
 def assert_close(a, b):

@@ -37,8 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from soft_prune_jax.compact.export import ExportError
 from soft_prune_jax.compact.prune_model import CompactLinen, CompactModule, _hashable
+
+
+class ExportError(ValueError):
+    """A compact model that cannot be saved or loaded (bad arguments, a damaged or foreign directory)."""
+
 
 FORMAT = "soft_prune_jax.artifact/1"
 _READABLE = (FORMAT, "soft_prune_jax.user_compact/1")  # the user-model format: same files, float32 input
@@ -194,6 +198,11 @@ def read_spec(directory: str) -> dict:
             spec = json.load(f)
     except (OSError, ValueError) as e:
         raise ExportError(f"{path} cannot be read as an exported compact model: {type(e).__name__}: {e}") from None
+    if isinstance(spec, dict) and "format" not in spec and "class" in spec:
+        raise ExportError(
+            f"{directory} holds a compact model in the old format (a rebuilt {spec['class']} class, orbax arrays), "
+            "which this version no longer reads: rerun --phases=prune,finetune, or use a new workdir"
+        )
     if not isinstance(spec, dict) or spec.get("format") not in _READABLE:
         found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
         raise ExportError(f"{path} has format {found!r}, expected {FORMAT!r}")

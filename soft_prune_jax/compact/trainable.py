@@ -36,7 +36,7 @@ from soft_prune_jax.compact import interpret as I
 from soft_prune_jax.compact.prune_model import CompactLinen, Program, _abstract, check_refold
 from soft_prune_jax.graph import groups as G
 from soft_prune_jax.graph import ir
-from soft_prune_jax.method.units import GUMBEL_RNG
+from soft_prune_jax.method.masks import GUMBEL_RNG
 
 STATS = "batch_stats"
 DROPOUT_SALT = 1 << 20  # the dropout key is fold_in(step key, DROPOUT_SALT), as user.masked draws it

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 MASKED_PREFIX = "masked_bn"
+GUMBEL_RNG = "gumbel"  # the rng stream of the soft masks' relaxed-Bernoulli noise in a training step
 # Guards the division by |gamma| (|gamma| + 1e-8, as the reference does), so q is defined at gamma = 0.
 _SCALE_FLOOR = 1e-8
 

@@ -1,4 +1,5 @@
-"""A user's own Flax model named by a config: ``config.model = "package.module:attribute"``.
+"""The model a config names, through one interface: a built-in architecture by its registry name
+(``config.model = "resnet56"``) or a user's own Flax model (``config.model = "package.module:attribute"``).
 
 The attribute is a linen or NNX module class, or a factory returning a module instance; it is called
 with ``num_classes=`` and ``**config.model_kwargs`` (an NNX one also with ``rngs=nnx.Rngs(seed)``
@@ -34,6 +35,8 @@ import flax.linen as nn
 import jax
 from flax import nnx
 
+from soft_prune_jax.models import get_model, is_builtin
+
 SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 STATS = "batch_stats"
 
@@ -45,6 +48,15 @@ class UserModelError(ValueError):
 def is_user_model(name) -> bool:
     """True for a ``"package.module:attribute"`` spec (built-in names have no colon)."""
     return isinstance(name, str) and ":" in name
+
+
+def _builtin_target(name: str) -> Callable:
+    """A built-in architecture by its registry name: the same road as a user's model."""
+
+    def target(num_classes, **kwargs):
+        return get_model(name, num_classes, **kwargs)
+
+    return target
 
 
 def _fail(spec: str, cause: str) -> UserModelError:
@@ -123,6 +135,9 @@ class UserModel:
     module: Any  # the instance built from config.seed (linen: the module; NNX: a template)
     flag: Optional[str] = "train"
     inverted: bool = False
+    # unit names (fnmatch patterns) whose channel groups SCP leaves whole: the module's own
+    # ``keep_whole`` (a pre-activation ResNet's shared BN-ReLU), else none
+    keep_whole: tuple = ()
 
     def _kwargs(self, train: bool) -> dict:
         return {self.flag: (not train) if self.inverted else train} if self.flag else {}
@@ -198,7 +213,7 @@ def build(
     spec: str, num_classes: int, kwargs: Optional[dict] = None, *, call: str = "train", seed: int = 0
 ) -> UserModel:
     """The ``UserModel`` of ``spec`` (see the module docstring); errors are one line naming the model."""
-    target = load_target(spec)
+    target = _builtin_target(spec) if is_builtin(spec) else load_target(spec)
     kwargs = dict(kwargs or {})
     wants_rngs = _wants_rngs(target)
 
@@ -223,7 +238,8 @@ def build(
             spec, f"it returned a {type(module).__name__}, not a Flax module (flax.linen.Module or flax.nnx.Module)"
         )
     flag, inverted = parse_call(call) if kind == "linen" else (None, False)
-    return UserModel(spec, kind, make, module, flag, inverted)
+    keep_whole = tuple(getattr(module, "keep_whole", ()) or ())
+    return UserModel(spec, kind, make, module, flag, inverted, keep_whole)
 
 
 def check_callable(model: UserModel, input_shape) -> None:

@@ -1,60 +1,44 @@
-"""Plain post-activation chains: VGG-16/19 for CIFAR and the small Fashion-MNIST CNN.
+"""VGG-16/19 for CIFAR and the small Fashion-MNIST CNN: plain post-activation chains.
 
-Every conv is Conv -> BN -> ReLU -> mask (docs/method.md, "Where the masks sit"). The mask removes
-the conv's output channels, its BN channels and the next layer's input channels. A layer never
-loses its last channel (``keep_at_least_one``: the lowest z = (eps - beta) / |gamma| stays),
-because an empty layer would make the network constant.
+Every conv is Conv -> BN -> ReLU, and every BN-ReLU output feeds only the next conv (or the head), so
+SCP puts a mask on each (docs/method.md, "Where the masks sit"); nothing here names a mask: the
+traced path finds the units from the computation.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from soft_prune_jax.method.masks import MaskConfig
-from soft_prune_jax.method.units import MaskedBNReLU
-from soft_prune_jax.models.layers import classifier, conv
-from soft_prune_jax.ops.pooling import max_pool_2x2
+from soft_prune_jax.models.common import ModuleDef, conv_layer, layers, max_pool_2x2
 
 POOL = "M"
 VGG16_WIDTHS = (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512)
 VGG19_WIDTHS = (64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL, 512, 512, 512, 512, POOL, 512, 512, 512, 512)
-# Small and fast on 2 CPU cores: ~22M MACs per 28x28x1 image.
-FMNIST_CNN_WIDTHS = (32, 32, POOL, 64, 64, POOL, 128)
+FMNIST_CNN_WIDTHS = (32, 32, POOL, 64, 64, POOL, 128)  # small and fast on 2 CPU cores
 
 
 class VGG(nn.Module):
-    """A chain of 3x3 Conv -> BN -> ReLU -> mask layers, 2x2 max-pools, global pooling, one dense.
-
-    widths: one entry per layer: an int (conv output channels) or "M" (2x2 max-pool).
-    """
+    """3x3 Conv -> BN -> ReLU layers and 2x2 max-pools (``widths``: an int per conv, "M" per pool),
+    global mean, one dense layer. ``pool``: the 2x2 stride-2 max-pool (``ops.pooling.max_pool_2x2``
+    on a CPU: a faster gradient)."""
 
     widths: Sequence[Union[int, str]] = VGG16_WIDTHS
     num_classes: int = 10
-    mask: Optional[MaskConfig] = MaskConfig()
-    axis_name: Optional[str] = None
-    bn_folded: bool = False  # inference export: each BN folded into its conv (see fold.py)
+    conv: ModuleDef = nn.Conv
+    norm: ModuleDef = nn.BatchNorm
+    pool: Callable = max_pool_2x2
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        conv, norm = layers(self, train)
         i = 0
         for width in self.widths:
             if width == POOL:
-                x = max_pool_2x2(x)  # = nn.max_pool(x, (2, 2), strides=(2, 2)), with a fast gradient on CPU
+                x = self.pool(x)
                 continue
-            x = conv(x, width, 3, name=f"conv{i}", use_bias=self.bn_folded)
-            if self.bn_folded:
-                x = nn.relu(x)
-            else:
-                x = MaskedBNReLU(self.mask, keep_at_least_one=True, axis_name=self.axis_name, name=f"masked_bn{i}")(
-                    x, train
-                )
+            x = nn.relu(norm(name=f"masked_bn{i}")(conv_layer(conv, width, 3, 1, f"conv{i}")(x)))
             i += 1
-        x = jnp.mean(x, axis=(1, 2))
-        return classifier(x, self.num_classes)
-
-    @property
-    def conv_widths(self) -> list[int]:
-        return [w for w in self.widths if w != POOL]
+        return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))

@@ -9,10 +9,9 @@ from __future__ import annotations
 from absl import logging
 
 from soft_prune_jax.measure import benchmark
-from soft_prune_jax.pipeline import user_model
+from soft_prune_jax.pipeline import traced
 from soft_prune_jax.pipeline.records import write_json
 from soft_prune_jax.pipeline.workdir import final_compact, trained_variables
-from soft_prune_jax.training.experiment import create_model
 
 
 def benchmark_phase(config, workdir, *, dataset, devices=None) -> dict:
@@ -20,16 +19,11 @@ def benchmark_phase(config, workdir, *, dataset, devices=None) -> dict:
     input_shape = tuple(dataset.get_dataset_info(config).input_shape)
     variables = trained_variables(config, workdir)
     compact, compact_vars, which = final_compact(workdir)
-    macs = None
-    if user_model.is_user_model(config):  # the model as written; MACs from its graph
-        dense = user_model.dense_model(config, input_shape)
-        dense_count, compact_count = user_model.counts(config, workdir, variables, input_shape)
-        macs = {
-            name: {"macs": c.macs, "params": c.params}
-            for name, c in (("dense", dense_count), ("compact", compact_count))
-        }
-    else:
-        dense = create_model(config, mask=None)
+    dense = traced.dense_model(config, input_shape)  # the model as written; MACs from its graph
+    dense_count, compact_count = traced.counts(config, workdir, variables, input_shape)
+    macs = {
+        name: {"macs": c.macs, "params": c.params} for name, c in (("dense", dense_count), ("compact", compact_count))
+    }
     result = benchmark.compare(
         dense,
         variables,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,14 +14,10 @@ import numpy as np
 from absl import logging
 from jax import lax
 
-from soft_prune_jax.compact import export, surgery
-from soft_prune_jax.method import masks as M
-from soft_prune_jax.pipeline import user_model
-from soft_prune_jax.pipeline.cut import effective_masks
-from soft_prune_jax.pipeline.records import read_json, write_json
+from soft_prune_jax.pipeline import traced
+from soft_prune_jax.pipeline.records import write_json
 from soft_prune_jax.pipeline.workdir import COMPACT_DIR, FINETUNED_DIR, has_finetuned, load_model_dir, trained_variables
 from soft_prune_jax.training.evaluate import evaluate, rates
-from soft_prune_jax.training.experiment import create_model
 from soft_prune_jax.training.parallel import Parallel, check_global_batch
 from soft_prune_jax.training.steps import AXIS, classification_sums, eval_step
 
@@ -45,36 +41,15 @@ def _with_top5(summary: dict, name: str, top5_name: str, result: dict) -> None:
         summary[top5_name] = result["top5_accuracy"]
 
 
-def _recorded_masks(workdir: str, variables) -> Optional[dict]:
-    """The masks prune cut by, from prune.json's kept indices (None for a workdir written before it had them)."""
-    if not os.path.exists(os.path.join(workdir, "prune.json")):
-        return None
-    kept = read_json(workdir, "prune.json", needed_by="evaluate").get("kept_indices")
-    if kept is None:
-        return None
-    layers = M.masked_layers(variables["params"])
-    return {
-        name: np.isin(np.arange(np.shape(layers[name]["scale"])[0]), idx).astype(np.float32)
-        for name, idx in kept.items()
-    }
-
-
 def evaluate_phase(config, workdir, *, dataset, devices=None) -> dict:
     parallel = Parallel(config.parallel, devices)
     check_global_batch(config.eval_batch_size, parallel.num_local_devices * jax.process_count(), what="eval_batch_size")
     variables = trained_variables(config, workdir)
     input_shape = dataset.get_dataset_info(config).input_shape
-    if user_model.is_user_model(config):  # the fixed cut at the units, and the reloaded artifact
-        reference, compact, compact_vars = user_model.evaluation_pair(
-            config, workdir, input_shape, os.path.join(workdir, COMPACT_DIR)
-        )
-    else:
-        model = create_model(config)
-        masks = _recorded_masks(workdir, variables) or effective_masks(config, model, variables, input_shape)
-        compact, compact_vars = export.load_compact(os.path.join(workdir, COMPACT_DIR))
-
-        def reference(v, x):  # the trained network under the masks the surgery cut by
-            return surgery.apply_with_masks(model, v, masks, x)
+    # the trained network under the cut prune chose (fixed 0/1 masks at the units), and the reloaded artifact
+    reference, compact, compact_vars = traced.evaluation_pair(
+        config, workdir, input_shape, os.path.join(workdir, COMPACT_DIR)
+    )
 
     step = parallel.map(functools.partial(compare_step, reference=reference, compact_model=compact))
     pair = parallel.replicate({"reference": variables, "compact": compact_vars})

@@ -1,14 +1,13 @@
-"""The finetune phase: the compact model (no masks) trained again (checkpoints/finetune/, finetuned/)."""
+"""The finetune phase: prune's compact model trained again, at its own cost (checkpoints/finetune/, finetuned/)."""
 
 from __future__ import annotations
 
 import os
 
-from soft_prune_jax.compact import export
-from soft_prune_jax.pipeline import user_model
+from soft_prune_jax.pipeline import traced
 from soft_prune_jax.pipeline.records import write_json
-from soft_prune_jax.pipeline.workdir import COMPACT_DIR, FINETUNED_DIR, trained_variables
-from soft_prune_jax.training.loop import Phase, fit
+from soft_prune_jax.pipeline.workdir import FINETUNED_DIR, trained_variables
+from soft_prune_jax.training.loop import fit
 
 
 def finetune_phase(config, workdir, *, dataset, devices=None) -> dict:
@@ -18,38 +17,12 @@ def finetune_phase(config, workdir, *, dataset, devices=None) -> dict:
         summary = {"skipped": True, "reason": "finetune_epochs=0"}
         write_json(workdir, "finetune.json", summary)
         return summary
-    if user_model.is_user_model(config):  # prune's compact model itself, trained compact (pipeline/user_model.py)
-        input_shape = dataset.get_dataset_info(config).input_shape
-        phase = user_model.finetune_phase(config, workdir, input_shape, trained_variables(config, workdir), epochs)
-        result = fit(config, workdir, phase, dataset=dataset, devices=devices)
-        user_model.save_finetuned(
-            config, workdir, input_shape, result.state.variables, os.path.join(workdir, FINETUNED_DIR), epochs
-        )
-        return _record(workdir, result)
-    model, variables = export.load_compact(os.path.join(workdir, COMPACT_DIR))
-    # The same schedule shape: the boundaries keep their fraction of the run.
-    scale = epochs / float(config.num_epochs)
-    phase = Phase(
-        "finetune",
-        model,
-        float(config.finetune_learning_rate),
-        epochs,
-        lr_boundaries=tuple(b * scale for b in config.lr_boundaries),
-        variables=variables,
-        seed_offset=1,
-    )
+    input_shape = dataset.get_dataset_info(config).input_shape
+    phase = traced.finetune_phase(config, workdir, input_shape, trained_variables(config, workdir), epochs)
     result = fit(config, workdir, phase, dataset=dataset, devices=devices)
-    export.save_compact(
-        os.path.join(workdir, FINETUNED_DIR),
-        model,
-        result.state.variables,
-        overwrite=True,
-        extra={"source": "finetune", "epochs": epochs},
+    traced.save_finetuned(
+        config, workdir, input_shape, result.state.variables, os.path.join(workdir, FINETUNED_DIR), epochs
     )
-    return _record(workdir, result)
-
-
-def _record(workdir, result) -> dict:
     summary = {
         "skipped": False,
         "steps": result.steps,

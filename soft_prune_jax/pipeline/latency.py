@@ -1,21 +1,18 @@
-"""Latency on this device for the pipeline: the latency model of a network (built-in or traced) and
-widths chosen by it (``config.round_to='latency'``).
+"""Latency on this device for the pipeline: the latency model of a traced network and widths chosen
+by it (``config.round_to='latency'``).
 
-The cost model (``pipeline.budget.model_cost`` or ``user.cost``) says which groups govern which
-layers; the ops (``compact.latency.builtin_ops`` or ``user.latency.graph_ops``) how to time each
-layer; ``compact.latency`` times and caches; ``method.latency`` does the arithmetic. One chooser,
-``method.latency.choose_widths``, serves both cut paths: surgery takes it as an ``align.Chosen``,
-the graph cut as padded keep masks (``pad_keep``).
+The cost model (``user.cost``) says which groups govern which layers; the ops
+(``user.latency.graph_ops``) how to time each layer; ``compact.latency`` times and caches;
+``method.latency`` does the arithmetic. The chooser, ``method.latency.choose_widths``, pads the
+cut's keep masks (``pad_keep``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-import jax
 import numpy as np
 
-from soft_prune_jax.compact import align
 from soft_prune_jax.compact import latency as CL
 from soft_prune_jax.measure import benchmark
 from soft_prune_jax.method import budget as B
@@ -52,32 +49,6 @@ def dense_ms(apply: Callable, variables, input_shape: Sequence[int], batch: int,
     return benchmark.time_compiled(apply, (variables, x), runs=runs)["min_ms"]
 
 
-def _builtin(model, input_shape: tuple, batch: int):
-    """(cost model, ops, variables' shapes) of a built-in model; its widths are its class's."""
-    from soft_prune_jax.pipeline.budget import model_cost
-
-    x = jax.ShapeDtypeStruct((1,) + input_shape, np.float32)
-    shapes = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
-    return model_cost(model, input_shape), CL.builtin_ops(model, shapes, input_shape)
-
-
-def builtin_model(model, variables, input_shape: Sequence[int], batch: int, timings: Optional[CL.Timings] = None):
-    """(cost model, LatencyModel) of a built-in model on this device at ``batch``."""
-    cost, ops = _builtin(model, tuple(input_shape), batch)
-    apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
-    ms = dense_ms(apply, variables, input_shape, batch)
-    return cost, CL.latency_model(cost, ops, ms, timings, batch)
-
-
-def builtin_chooser(
-    model, input_shape: Sequence[int], batch: int, timings: Optional[CL.Timings] = None
-) -> align.Chosen:
-    """``round_to='latency'`` for surgery: each unit's width by the layers it governs, timed exactly."""
-    cost, ops = _builtin(model, tuple(input_shape), batch)
-    ms = CL.layer_ms(cost, ops, timings or CL.Timings(), batch, "float32")
-    return align.Chosen(lambda counts: L.choose_widths(cost, counts, ms))
-
-
 def pad_keep(keep: Mapping[str, np.ndarray], widths: Mapping[str, int], z: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """``keep`` with each group padded to ``widths[group]`` by its most alive dropped channels (lowest z)."""
     out = {}
@@ -93,7 +64,7 @@ def pad_keep(keep: Mapping[str, np.ndarray], widths: Mapping[str, int], z: Mappi
 
 
 def graph_chooser(cost: B.CostModel, ops, batch: int, timings: Optional[CL.Timings] = None):
-    """counts -> widths for the graph cut (a user's model), the same chooser as surgery's."""
+    """counts -> widths for the graph cut, each group's width by the layers it governs."""
     ms = CL.layer_ms(cost, ops, timings or CL.Timings(), batch, "float32")
     return lambda counts: L.choose_widths(cost, counts, ms)
 

@@ -7,13 +7,12 @@ import os
 
 import jax
 
-from soft_prune_jax.measure import flops, markdown, report
+from soft_prune_jax.measure import markdown, report
 from soft_prune_jax.methods import get_method
-from soft_prune_jax.pipeline import user_model
+from soft_prune_jax.pipeline import traced
 from soft_prune_jax.pipeline.records import read_existing, write_json
-from soft_prune_jax.pipeline.workdir import final_compact, trained_variables
+from soft_prune_jax.pipeline.workdir import final_name, trained_variables
 from soft_prune_jax.training.checkpoint import config_to_dict
-from soft_prune_jax.training.experiment import create_model
 
 RECORDS = ("train", "prune", "finetune", "evaluate", "benchmark", "timings")
 
@@ -21,14 +20,9 @@ RECORDS = ("train", "prune", "finetune", "evaluate", "benchmark", "timings")
 def report_phase(config, workdir, *, dataset, devices=None) -> dict:
     input_shape = tuple(dataset.get_dataset_info(config).input_shape)
     variables = trained_variables(config, workdir)
-    compact, compact_vars, which = final_compact(workdir)
-    if user_model.is_user_model(config):  # MACs per layer from the graph, the cut prune chose
-        comparison = report.compare(*user_model.counts(config, workdir, variables, input_shape))
-    else:
-        dense_model = create_model(config)
-        comparison = report.compare(
-            flops.count(dense_model, variables, input_shape), flops.count(compact, compact_vars, input_shape)
-        )
+    which = final_name(workdir)
+    # MACs per layer from the graph, the cut prune chose
+    comparison = report.compare(*traced.counts(config, workdir, variables, input_shape))
     method = get_method(config.method)
     out = {
         "model": config.model,

@@ -1,10 +1,10 @@
-"""The models a pipeline run leaves in its workdir: the trained checkpoint and the compact exports."""
+"""The models a pipeline run leaves in its workdir: the trained checkpoint and the compact artifacts."""
 
 from __future__ import annotations
 
 import os
 
-from soft_prune_jax.compact import artifact, export
+from soft_prune_jax.compact import artifact
 from soft_prune_jax.pipeline.records import read_json
 from soft_prune_jax.training import checkpoint as ckpt_lib
 
@@ -36,15 +36,19 @@ def has_finetuned(workdir: str) -> bool:
     return os.path.isdir(os.path.join(workdir, FINETUNED_DIR))
 
 
+def final_name(workdir: str) -> str:
+    """The final compact model's folder: the fine-tuned one if there is one, else the pruned one."""
+    return FINETUNED_DIR if has_finetuned(workdir) else COMPACT_DIR
+
+
 def final_compact(workdir: str):
     """(model, variables, which): the fine-tuned compact model if there is one, else the pruned one."""
-    name = FINETUNED_DIR if has_finetuned(workdir) else COMPACT_DIR
+    name = final_name(workdir)
     model, variables = load_model_dir(os.path.join(workdir, name))
     return model, variables, name
 
 
 def load_model_dir(directory: str):
-    """(model, variables) of a compact export: a built-in architecture's, or a user model's artifact."""
-    if artifact.is_artifact(directory):
-        return artifact.load(directory)
-    return export.load_compact(directory)
+    """(model, variables) of a compact model's ``jax.export`` artifact (a folder of the format before,
+    a rebuilt class, is refused in one line naming it)."""
+    return artifact.load(directory)

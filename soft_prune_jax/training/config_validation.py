@@ -18,7 +18,7 @@ import jax
 
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.methods import method_names
-from soft_prune_jax.models import get_model, model_names, user
+from soft_prune_jax.models import is_builtin, model_names, user
 from soft_prune_jax.training import cpu_devices, data, distributed
 from soft_prune_jax.training.parallel import PARALLEL_KINDS, check_global_batch
 
@@ -106,34 +106,22 @@ def validate(config, *, num_devices: Optional[int] = None) -> None:
 
 
 def _validate_model(config) -> None:
+    """A built-in name or a user's model spec: buildable, a Flax module, callable on the dataset's images
+    (abstractly, no compute). Both take one road from here on."""
     user.parse_call(_get(config, "model_call"))
-    if user.is_user_model(_get(config, "model")):
-        _validate_user_model(config)
-        return
-    if _get(config, "model") not in model_names():
-        raise ValueError(f"config.model={config.model!r} is unknown: known models are {', '.join(model_names())}")
-    kwargs = _get(config, "model_kwargs")
-    if not hasattr(kwargs, "keys"):
-        raise ValueError(f"config.model_kwargs={kwargs!r} is invalid: expected a dict of constructor arguments")
-    try:  # building the module is cheap (no parameters): it refuses an argument the architecture lacks
-        get_model(config.model, 1, **dict(kwargs))
-    except TypeError as e:
+    name = _get(config, "model")
+    if not is_builtin(name) and not user.is_user_model(name):
         raise ValueError(
-            f"config.model_kwargs={dict(kwargs)!r} is invalid for model {config.model!r}: "
-            f"expected constructor arguments of it ({e})"
-        ) from None
+            f"config.model={name!r} is unknown: expected a built-in name ({', '.join(model_names())}) "
+            "or a user model 'package.module:attribute'"
+        )
+    _validate_user_model(config)
 
 
 def _validate_user_model(config) -> None:
-    """A user's model: importable, a Flax module, callable on the dataset's images (abstractly, no compute)."""
     kwargs = _get(config, "model_kwargs")
     if not hasattr(kwargs, "keys"):
         raise ValueError(f"config.model_kwargs={kwargs!r} is invalid: expected a dict of constructor arguments")
-    if config.get("round_to") == "auto":  # the graph cut (compact/prune_model.py) aligns to multiples only
-        raise ValueError(
-            f"config.round_to='auto' is not supported with a user model (config.model={config.model!r}): "
-            "expected an int >= 1"
-        )
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(kwargs).items()}
     model = user.build(
         config.model, data.num_classes(config), kwargs, call=config.model_call, seed=int(_get(config, "seed"))
@@ -267,9 +255,9 @@ def _validate_method(config) -> None:
     _int_at_least(config, "finetune_epochs", 0)
     _number_in(config, "finetune_learning_rate", 0.0, math.inf, low_open=True, high_open=True)
     round_to = _get(config, "round_to")
-    if round_to not in ("auto", "latency") and (not _is_int(round_to) or round_to < 1):
+    if round_to != "latency" and (not _is_int(round_to) or round_to < 1):
         raise ValueError(
-            f"config.round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment), 'latency' or 'auto'"
+            f"config.round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment) or 'latency'"
         )
 
 

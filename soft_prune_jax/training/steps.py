@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from soft_prune_jax.method.units import GUMBEL_RNG
+from soft_prune_jax.method.masks import GUMBEL_RNG
 from soft_prune_jax.training.budget import Budget
 from soft_prune_jax.training.state import TrainState
 

@@ -33,6 +33,7 @@ their own backward rules run (``ops.conv_grad``'s weight gradients behind ``fast
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -45,8 +46,9 @@ from soft_prune_jax.graph import ir
 from soft_prune_jax.graph.ir import Lit
 from soft_prune_jax.graph.units import is_zero_constant
 from soft_prune_jax.method import masks as M
-from soft_prune_jax.method.units import GUMBEL_RNG
+from soft_prune_jax.method.masks import GUMBEL_RNG
 from soft_prune_jax.models.user import STATS, UserModel
+from soft_prune_jax.ops import fast_conv
 
 VIEW_PREFIX = M.MASKED_PREFIX + ":"
 _PASS = frozenset({"convert_element_type", "copy", "copy_p"})
@@ -167,13 +169,24 @@ class UnitSet:
     analysis: G.Analysis  # of the evaluation graph the units were found in
     reference: dict  # every non-params collection, as at analysis time (held fixed in gamma_beta)
     _units_of: list  # per MaskedUnit: its graph.units.Unit in ``analysis``
+    whole: dict = dataclasses.field(default_factory=dict)  # group -> size: prunable, kept whole by the model
 
     @classmethod
     def analyze(cls, user: UserModel, variables: Mapping[str, Any], x) -> UnitSet:
-        g = ir.trace(lambda v, x: user.apply(v, x, train=False), dict(variables), x)
+        # every conv as one conv_general_dilated equation (``fast_conv.Conv`` may emit im2col), as prune_model traces
+        with fast_conv.flax_conv_formulation("xla"):
+            g = ir.trace(lambda v, x: user.apply(v, x, train=False), dict(variables), x)
         analysis = G.analyze(g, strip=1)
-        units, skipped, found = [], {}, []
+        units, skipped, found, whole = [], {}, [], {}
         for grp in analysis.groups:
+            listed = [(u.name, p) for u in grp.units for p in user.keep_whole if fnmatch.fnmatchcase(u.name, p)]
+            if grp.prunable and listed:  # the model asks for it whole (the paper has no mask there)
+                whole[grp.name] = grp.size
+                for u in grp.units:
+                    skipped[u.name] = (
+                        f"kept whole: unit {listed[0][0]!r} matches the model's keep_whole {listed[0][1]!r}"
+                    )
+                continue
             for u in grp.units:
                 if not grp.prunable:
                     skipped[u.name] = grp.reason
@@ -187,7 +200,7 @@ class UnitSet:
                 found.append(u)
         order = sorted(range(len(units)), key=lambda i: found[i].relu)
         reference = {k: v for k, v in variables.items() if k != "params"}
-        return cls([units[i] for i in order], skipped, analysis, reference, [found[i] for i in order])
+        return cls([units[i] for i in order], skipped, analysis, reference, [found[i] for i in order], whole)
 
     def gamma_beta(self, params) -> list:
         """[(gamma, beta)] per unit as jnp functions of ``params`` (differentiable)."""
@@ -238,8 +251,9 @@ class UnitSet:
 
     def group_keep(self, unit_masks: Mapping[str, Any]) -> dict:
         """{group: 0/1 mask} from per-unit masks keyed by unit or view name: a channel stays if any
-        unit of its group keeps it (a dropped channel must be zero at every unit output)."""
-        out = {}
+        unit of its group keeps it (a dropped channel must be zero at every unit output). Groups the
+        model keeps whole (``keep_whole``) keep every channel."""
+        out = {name: np.ones(size, bool) for name, size in self.whole.items()}
         for u in self.units:
             mask = unit_masks.get(u.name, unit_masks.get(VIEW_PREFIX + u.name))
             if mask is None:

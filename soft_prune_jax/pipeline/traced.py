@@ -1,9 +1,7 @@
-"""The pipeline's phases for a user's own model (``config.model = "package.module:attribute"``).
-
-The built-in architectures are cut by surgery into their own narrower classes (``compact.structure``:
-groups from the graph analysis, the rebuild per class); a user model is cut by what the graph
-analysis finds. Each phase module calls one function here where it would otherwise build a
-registry model:
+"""The pipeline's phases on the traced path: every model, a built-in architecture by name
+(``config.model = "resnet56"``) or a user's own (``"package.module:attribute"``), is trained, cut,
+fine-tuned, evaluated and measured from its traced computation. Each phase module calls one
+function here:
 
   train      ``training_phase``: the user model behind ``user.masked.MaskedModel`` (SCP: soft masks on
              every unit of a prunable group; dense/slimming: the model as written) and the method's
@@ -13,7 +11,7 @@ registry model:
              its global threshold over the units' |gamma|; dense: nothing cut); the compact model is
              saved as a ``jax.export`` artifact (``compact.artifact``) and the kept channels in prune.json;
              under a MAC budget, SCP lands the cut on it (highest z first, the compact model's own
-             MACs) and prune.json gets the same "budget" record as a built-in model's
+             MACs) and prune.json gets its "budget" record
   finetune   ``finetune_phase``: prune's compact model itself, trained at its own cost
              (``compact.trainable``): the user's training call (BN on batch statistics, running
              averages, dropout) traced and replayed on the kept channels, which equals the dense
@@ -46,6 +44,7 @@ from soft_prune_jax.method import masks as M
 from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.methods import get_method
 from soft_prune_jax.models import user as U
+from soft_prune_jax.ops import fast_conv
 from soft_prune_jax.pipeline import budget, latency
 from soft_prune_jax.pipeline.records import read_json
 from soft_prune_jax.pipeline.workdir import trained_variables
@@ -140,7 +139,8 @@ def _latency_keep(config, units: masked.UnitSet, analysis, consts, variables, ke
 
 def _trace_fn(user: U.UserModel):
     def trace_fn(variables, inputs, kwargs):  # the compact model is inference only: kwargs (train=False) fixed
-        return ir.trace(lambda v, *xs: user.apply(v, *xs, train=False), variables, *inputs)
+        with fast_conv.flax_conv_formulation("xla"):  # as prune_model traces: one equation per conv
+            return ir.trace(lambda v, *xs: user.apply(v, *xs, train=False), variables, *inputs)
 
     return trace_fn
 
@@ -376,17 +376,12 @@ def load(directory: str):
     return artifact.load(directory)
 
 
-def is_user_model(config) -> bool:
-    return U.is_user_model(config.model)
-
-
 __all__ = [
     "counts",
     "cut",
     "dense_model",
     "evaluation_pair",
     "finetune_phase",
-    "is_user_model",
     "load",
     "prune",
     "save_finetuned",
