@@ -1,4 +1,5 @@
-"""Tests of soft_prune_jax.training: schedule, optimiser, the methods' loss terms, steps and the loop.
+"""Tests of soft_prune_jax.training: schedule, optimiser, the methods' loss terms, steps and the loop,
+with the train phase of the traced path (``pipeline.traced.training_phase``) on the tiny fmnist_cnn.
 
 The synthetic dataset and the tiny config live in conftest.py.
 """
@@ -15,13 +16,26 @@ import pytest
 
 from soft_prune_jax.method import masks as M
 from soft_prune_jax.methods import get_method
-from soft_prune_jax.training.experiment import training_phase
+from soft_prune_jax.pipeline import traced
 from soft_prune_jax.training.loop import fit
 from soft_prune_jax.training.parallel import check_global_batch
 from soft_prune_jax.training.state import create_learning_rate_fn, create_optimizer, steps_per_epoch, weight_decay_mask
 from soft_prune_jax.training.steps import eval_step
 
-from conftest import SyntheticData, tiny_config
+from conftest import SyntheticData, assert_close, tiny_config
+
+SHAPE = SyntheticData().shape
+
+
+def training_phase(config):
+    return traced.training_phase(config, SHAPE)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_variables():
+    """The SCP train phase's model (the tiny fmnist_cnn behind its masks) and fresh variables."""
+    model = training_phase(tiny_config()).model
+    return model, model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + SHAPE), train=False)
 
 
 def test_schedule_drops_at_epoch_boundaries_in_steps():
@@ -61,13 +75,13 @@ def test_weight_decay_on_kernels_and_bn_scales_only(tiny_model_and_variables):
 
 
 def test_regularisers_per_method(tiny_model_and_variables):
+    """Each method's loss term over the units the traced path finds (a BN's gamma, beta = its scale, bias)."""
     _, variables = tiny_model_and_variables
     params = jax.tree_util.tree_map(lambda x: x, variables["params"])
     params["masked_bn0"] = {"scale": jnp.array([1.0, -2.0, 0.5, 0.0]), "bias": jnp.array([0.1, -0.3, 0.0, 1.0])}
 
     def regulariser(**overrides):
-        config = tiny_config(**overrides)
-        return get_method(config.method).regulariser(config)(params)
+        return training_phase(tiny_config(**overrides)).regulariser(params)
 
     expected_scp = 0.5 * (
         0.8 + 2.0 * 3.5 + float(M.layer_penalty(params["masked_bn1"]["scale"], params["masked_bn1"]["bias"], 2.0))
@@ -83,15 +97,61 @@ def test_regularisers_per_method(tiny_model_and_variables):
 
 def test_training_phase_follows_the_method():
     scp = training_phase(tiny_config(method="scp"))
-    assert scp.mask is not None and scp.model.mask == scp.mask
+    assert scp.mask is not None and scp.model.mode == "soft" and scp.model.mask == scp.mask
     slim = training_phase(tiny_config(method="slimming"))
-    assert slim.mask is None and slim.model.mask is None
+    assert slim.mask is None and slim.model.mode == "none"
     variables = {"params": {"masked_bn0": {"scale": jnp.ones(3), "bias": jnp.ones(3)}, "head": {"kernel": jnp.ones(2)}}}
     started = slim.init_transform(variables)["params"]
     np.testing.assert_array_equal(started["masked_bn0"]["scale"], 0.5)  # Liu et al.'s BN scale init
     np.testing.assert_array_equal(started["masked_bn0"]["bias"], 1.0)
     np.testing.assert_array_equal(started["head"]["kernel"], 1.0)
     assert scp.init_transform(variables) is variables
+
+
+def _all_dropped(variables, layer="masked_bn1"):
+    """``variables`` with every channel of ``layer`` dropped by its hard mask (z = 17.05 / 10 > 1.645:
+    pi > 0.5) but alive (running mean -3: (x + 3) 10 - 17 > 0), so keeping one changes the output."""
+    params, stats = dict(variables["params"]), dict(variables["batch_stats"])
+    n = params[layer]["scale"].shape[0]
+    params[layer] = {"scale": 10.0 + 0.01 * jnp.arange(n), "bias": jnp.full(n, -17.0)}
+    stats[layer] = {"mean": jnp.full(n, -3.0), "var": jnp.ones(n)}
+    return {"params": params, "batch_stats": stats}
+
+
+def test_validation_masks_keep_one_channel_as_the_cut_does(tiny_model_and_variables):
+    """A layer whose hard masks drop every channel: validation during training (the hard masks) keeps
+    its most alive channel as the cut does, so it scores the compact model, not a constant network."""
+    model, variables = tiny_model_and_variables
+    config = tiny_config()
+    variables = _all_dropped(variables)
+    assert not np.any(M.hard_masks(model.units.unit_view(variables["params"]), model.mask)["masked_bn:masked_bn1"])
+    x = jax.random.normal(jax.random.PRNGKey(1), (5,) + SHAPE)
+    validated = model.apply(variables, x, train=False)
+    compact, compact_vars = traced.cut(config, variables, SHAPE)
+    assert compact.program.plans["masked_bn1"].kept.tolist() == [7]  # the lowest z: the largest scale
+    assert_close(validated, compact.apply(compact_vars, x))
+    assert float(jnp.max(jnp.std(validated, axis=0))) > 1e-3  # not constant
+
+
+def test_progress_macs_are_the_cut_of_the_hard_masks(tiny_model_and_variables):
+    """The progress line's kept-MACs ratio (``traced.progress_macs``) is the MACs of the compact model
+    the cut of the same variables gives (keep-one included); dense and slimming training have none."""
+    from soft_prune_jax.user import macs
+
+    _, variables = tiny_model_and_variables
+    config = tiny_config()
+    phase = training_phase(config)
+    macs_fn = traced.progress_macs(config, SHAPE, phase)
+    dense = macs.count(phase.model.units.analysis).macs
+    assert macs_fn(variables) == {"macs": dense, "ratio": 1.0}  # fresh: every channel alive
+    dropped = _all_dropped(variables)
+    compact, _ = traced.cut(config, dropped, SHAPE)
+    got = macs_fn(dropped)
+    assert got["ratio"] == pytest.approx(macs.of_compact(compact).macs / dense) and got["ratio"] < 0.5
+    assert got["macs"] == pytest.approx(got["ratio"] * dense)
+    for method in ("dense", "slimming"):
+        unmasked = tiny_config(method=method)
+        assert traced.progress_macs(unmasked, SHAPE, training_phase(unmasked)) is None
 
 
 def test_eval_step_ignores_padding_and_counts_top5(tiny_model_and_variables):

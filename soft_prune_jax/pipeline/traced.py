@@ -6,7 +6,8 @@ function here:
   train      ``training_phase``: the user model behind ``user.masked.MaskedModel`` (SCP: soft masks on
              every unit of a prunable group; dense/slimming: the model as written) and the method's
              regulariser over the units (``UnitSet.unit_view``); under a MAC budget or the cost-aware
-             penalty, a ``Budget`` with the cost model of the graph (``user.cost``) over the same view
+             penalty, a ``Budget`` with the cost model of the graph (``user.cost``) over the same view;
+             ``progress_macs``: the kept-MACs ratio of the hard masks for the progress line
   prune      ``prune``: ``prune_traced`` with the method's masks (SCP: the units' hard masks; slimming:
              its global threshold over the units' |gamma|; dense: nothing cut); the compact model is
              saved as a ``jax.export`` artifact (``compact.artifact``) and the kept channels in prune.json;
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,9 +106,33 @@ def training_phase(config, input_shape: Sequence[int]) -> Phase:
         float(config.learning_rate),
         int(config.num_epochs),
         regulariser=lambda params: reg(units.unit_view(params)),
+        mask=mask if units.units else None,
+        view=jax.jit(units.unit_view),
         init_transform=lambda variables: method.init_variables(config, variables),
         budget=unit_budget,
     )
+
+
+def progress_macs(config, input_shape: Sequence[int], phase: Phase) -> Optional[Callable[[Any], dict]]:
+    """variables -> {'macs', 'ratio'}: the MACs per example of the network the cut of the current
+    hard masks leaves (``macs.macs_ratio_fn``: the cut's own decisions, keep-one included; round_to 1),
+    for the train phase's progress line. None when ``phase`` trains without masks."""
+    if phase.mask is None:
+        return None
+    _, units = setup(config, input_shape)
+    dense = macs.count(units.analysis).macs
+    ratio_of: list = []
+
+    def macs_fn(variables) -> dict:
+        if not ratio_of:  # the constants order the keep-one channel only: MACs depend on the counts
+            leaves = jax.tree_util.tree_leaves({**units.reference, "params": variables["params"]})
+            consts = I.constant_values(units.analysis, leaves)
+            ratio_of.append(macs.macs_ratio_fn(units.analysis, consts, phase.mask, 1))
+        hard = M.hard_masks(phase.view(variables["params"]), phase.mask)
+        ratio = ratio_of[0](units.group_keep(hard))
+        return {"macs": ratio * dense, "ratio": ratio}
+
+    return macs_fn
 
 
 def _latency_model(config, user: U.UserModel, units: masked.UnitSet, input_shape: Sequence[int]):
@@ -383,6 +408,7 @@ __all__ = [
     "evaluation_pair",
     "finetune_phase",
     "load",
+    "progress_macs",
     "prune",
     "save_finetuned",
     "setup",

@@ -10,7 +10,8 @@ from soft_prune_jax.training.loop import fit
 def train_phase(config, workdir, *, dataset, devices=None) -> dict:
     input_shape = dataset.get_dataset_info(config).input_shape
     phase = traced.training_phase(config, input_shape)  # the method's masks inserted by replay
-    result = fit(config, workdir, phase, dataset=dataset, devices=devices)
+    macs_fn = traced.progress_macs(config, input_shape, phase)  # the progress line's kept-MACs ratio
+    result = fit(config, workdir, phase, dataset=dataset, devices=devices, macs_fn=macs_fn)
     summary = {"steps": result.steps, "train_metrics": result.train_metrics, "validation": result.validation}
     write_json(workdir, "train.json", summary)
     return summary

@@ -38,6 +38,7 @@ class Phase:
     name: checkpoint subdirectory and summary tag ('train', 'finetune').
     model: built without ``axis_name`` (the loop clones it with ``axis_name=AXIS``).
     mask: the model's mask config, for the channel counts of the progress line (None: none).
+    view: params -> the masked BN layers those counts read (``UnitSet.unit_view``; None: the params).
     variables: initial variables, or None to initialise from ``config.seed``.
     init_transform: applied to freshly initialised variables (e.g. a method's own BN scale init).
     budget: a MAC budget or the cost-aware penalty (training/budget.py): replaces ``regulariser``.
@@ -49,6 +50,7 @@ class Phase:
     num_epochs: int
     regulariser: Callable[[Any], jax.Array] = zero_penalty
     mask: Optional[MaskConfig] = None
+    view: Optional[Callable[[Any], Any]] = None
     variables: Optional[Mapping[str, Any]] = None
     init_transform: Optional[Callable[[Mapping[str, Any]], Mapping[str, Any]]] = None
     lr_boundaries: Optional[Sequence[float]] = None  # epochs; None = config.lr_boundaries
@@ -132,6 +134,7 @@ def fit(
         checkpointer,
         macs_fn,
         Summaries(os.path.join(workdir, "tensorboard", phase.name)),
+        view=phase.view,
     )
     log_every = max(1, int(config.log_every_steps))
     validation = None

@@ -65,7 +65,8 @@ class Progress:
     """Collects the device metrics of finished steps and reports them (see the module docstring).
 
     name: the phase; mask: its mask config (None: no channel counts); macs_fn: variables ->
-    {'macs', 'ratio'} for the log line, or None.
+    {'macs', 'ratio'} for the log line, or None; view: params -> the masked BN layers the channel
+    counts read (None: the params as they are).
     """
 
     def __init__(
@@ -78,9 +79,11 @@ class Progress:
         checkpointer: TrainCheckpointer,
         macs_fn: Optional[Callable[[Any], dict]],
         summaries: Summaries,
+        view: Optional[Callable[[Any], Any]] = None,
     ):
         self.name, self.mask, self.parallel, self.total_steps = name, mask, parallel, total_steps
         self.checkpointer, self.macs_fn, self.summaries = checkpointer, macs_fn, summaries
+        self.view = view if view is not None else (lambda params: params)
         self.pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet checked
         self.window: list[dict] = []  # checked host metrics since the last progress line
         self.last_mean: dict = {}  # the mean metrics of the last progress line
@@ -108,7 +111,7 @@ class Progress:
         mean = self.last_mean = mean_metrics(self.window)
         self.window.clear()
         host = self.parallel.unreplicate(state)
-        channels = channel_summary(host.params, self.mask)
+        channels = channel_summary(self.view(host.params), self.mask) if self.mask is not None else None
         macs = self.macs_fn(host.variables) if self.macs_fn is not None else None
         logging.info(format_progress(self.name, step, self.total_steps, rate, mean, channels, macs))
         scalars = {f"train/{k}": v for k, v in mean.items()} | {"train/steps_per_second": rate}

@@ -18,8 +18,9 @@ leaves the user's code untouched. So:
   the mean and variance are computed from the batch, so the evaluation-mode recogniser does not
   apply), and replay the equations with the unit's output multiplied by its mask: a relaxed-
   Bernoulli sample per channel in training (key ``fold_in(step key, unit index)``, the same on every
-  replica), the hard mask [pi < 0.5] at evaluation, or fixed 0/1 masks (the hard-masked
-  reference of the compact model, which ``compact.trainable`` fine-tunes). Running statistics are
+  replica), the hard mask [pi < 0.5] at evaluation (a group it would empty keeps its most alive
+  channel, as the cut does), or fixed 0/1 masks (the hard-masked reference of the compact model,
+  which ``compact.trainable`` fine-tunes). Running statistics are
   updated only where the sample says "keep": ``where(keep, new, old)`` on the unit's mean/var outputs.
 
 The sparsity penalty covers exactly these units: ``unit_view(params)`` presents them to the method
@@ -322,10 +323,30 @@ class MaskedModel:
                 jnp.asarray(self.fixed[u.name]) if u.name in self.fixed else jnp.ones((u.channels,))
                 for u in self.units.units
             ]
-        out = []
+        out, zs = [], []
         for i, (gamma, beta) in enumerate(self.units.gamma_beta(params)):
             pi = M.prune_probability(M.deactivation_probability(gamma, beta, self.mask.eps), self.mask.k, self.mask.c)
             out.append(M.hard_mask(pi) if key is None else M.soft_mask(jax.random.fold_in(key, i), pi, self.mask.tau))
+            zs.append(M.deactivation_z(gamma, beta, self.mask.eps))
+        return self._keep_one(out, zs) if key is None else out
+
+    def _keep_one(self, hard: list, zs: list) -> list:
+        """The hard masks with the cut's keep-one (``prune_model.decide``): a group whose units all drop
+        every channel keeps its lowest-z channel, so the validation accuracy during training is the
+        accuracy of the network the cut leaves (an empty plain-chain layer would make it constant)."""
+        by_group: dict = {}
+        for i, u in enumerate(self.units.units):
+            by_group.setdefault(u.group, []).append((i, self.units.channel_index(u)))
+        out = list(hard)
+        for name, members in by_group.items():
+            n = self.units.analysis.group(name).size
+            alive, z = jnp.zeros(n), jnp.full(n, jnp.inf)
+            for i, idx in members:
+                alive = alive.at[idx].max(hard[i])
+                z = z.at[idx].min(zs[i])
+            fallback = jnp.arange(n) == jnp.argmin(z)
+            for i, idx in members:
+                out[i] = jnp.where(jnp.any(alive > 0), hard[i], fallback[idx].astype(hard[i].dtype))
         return out
 
     def _train_graph(self, variables, x, dropout):
