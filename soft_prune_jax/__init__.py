@@ -1,14 +1,19 @@
 """soft_prune_jax: Operation-Aware Soft Channel Pruning (Kang & Han, ICML 2020) in JAX/Flax.
 
+Every model -- a built-in architecture by name or a user's ``'package.module:attribute'`` -- takes one
+path: its computation is traced, SCP's masks are inserted by replaying it, the cut is ``prune_model``'s
+replay on sliced arrays, MACs are read off the graph, and the compact model is a ``jax.export`` artifact.
+
 Subpackages, lowest layer first (each imports only the ones before it; its ``__init__`` says which):
-``ops`` (convolution kernels and their gradients), ``method`` (SCP mask math, the masked BN-ReLU unit,
-the MAC budget), ``models`` (the registry architectures and user models by name), ``graph`` (channel
-groups and BN-ReLU units of any Flax model, from its jaxpr), ``compact`` (structure, surgery,
-``prune_model``, folding, export, jax.export artifacts, input checks), ``measure`` (MACs, latency,
-reports), ``user`` (SCP masks inserted into a user's own model, its MACs), ``methods`` (pruning methods
-as plug-ins), ``training`` (steps, parallel drivers, loop, data, checkpoints) and ``pipeline`` (the
-phases of an experiment). The names below are the public API; everything else is reachable through its
-subpackage.
+``ops`` (convolution formulations and their gradients), ``method`` (SCP mask math, MAC-budget
+arithmetic, the lambda controller, latency arithmetic), ``models`` (the built-in architectures as plain
+Flax modules, and user models by name), ``graph`` (channel groups and BN-ReLU units of any Flax model,
+from its jaxpr), ``compact`` (``prune_model`` and its replay, the cut's self-check, the trainable
+compact model, per-layer latency tables, jax.export artifacts), ``measure`` (the MAC convention,
+latency benchmarks, reports), ``user`` (SCP's masks inserted by replay, MACs and the budget's cost
+model from the graph), ``methods`` (pruning methods as plug-ins), ``training`` (steps, parallel
+drivers, loop, data, checkpoints) and ``pipeline`` (the phases of an experiment). The names below are
+the public API; everything else is reachable through its subpackage.
 
 Importing the package changes nothing in the process. Process-wide settings are the launchers' to apply
 (launch/train.py, launch/benchmark.py): ``host_memory.retain_freed_memory`` (keeps freed host memory

@@ -1,5 +1,7 @@
 """The model a config names, through one interface: a built-in architecture by its registry name
 (``config.model = "resnet56"``) or a user's own Flax model (``config.model = "package.module:attribute"``).
+Both are the same thing to every phase: a Flax module whose computation is traced (masks inserted by
+replay, the cut, MACs, the export); nothing branches on which kind it is.
 
 The attribute is a linen or NNX module class, or a factory returning a module instance; it is called
 with ``num_classes=`` and ``**config.model_kwargs`` (an NNX one also with ``rngs=nnx.Rngs(seed)``
@@ -18,6 +20,11 @@ another flag: ``"deterministic"``-style flags that mean "not training" are writt
 ``rngs=nnx.Rngs(dropout=key)`` in training and a fixed ``nnx.Rngs(0)`` in evaluation. A BatchNorm
 naming an axis (``axis_name='batch'``, the trainer's axis) synchronises its
 statistics under pmap and shard_map alike; outside a mapped step only evaluation mode is used.
+
+A module may declare ``keep_whole`` (a class attribute: fnmatch patterns of unit names, the BN's
+module path): the units matching it get no mask and their groups are never cut
+(``user.masked.UnitSet``). The built-in pre-activation ResNets declare ``("block*/bn1",)``, the BN-ReLU a
+stage's first block shares with its shortcut, which the paper leaves unmasked.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ Owns ``state`` (TrainState, variables, schedule, optimizer), ``steps`` (one per-
 step written with an axis name), ``parallel`` (pmap and jit(shard_map) drivers of those steps),
 ``evaluate``, ``budget`` (the step under a MAC budget or the cost-aware penalty), ``summaries``
 (TensorBoard), ``progress`` (log lines), ``loop`` (``fit`` of one ``Phase``, resumable),
-``experiment`` (the model and training phase of a config, via its method plug-in),
-``checkpoint``, ``distributed``, ``data`` (the input pipelines, a package: tfds, folders, user
-pipelines), ``cpu_devices`` (a CPU-only host split into XLA devices) and ``config_validation``.
+``checkpoint`` (orbax), ``distributed``, ``data`` (the input pipelines, a package: tfds, folders,
+user pipelines), ``cpu_devices`` (a CPU-only host split into XLA devices) and ``config_validation``.
+The model and training phase of a config are the pipeline's (``pipeline.traced.training_phase``).
 May import ``method``, ``models``, ``methods`` and the package-level ``host_memory``; never ``compact``,
 ``measure`` or the pipeline (what the loop needs from them, e.g. MACs for the progress line, is passed
 in as a function).
