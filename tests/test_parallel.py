@@ -20,7 +20,7 @@ import functools, json, sys
 import jax, numpy as np
 sys.path.insert(0, TESTS_DIR)
 from conftest import SyntheticData, tiny_config
-from soft_prune_jax.training.experiment import training_phase
+from soft_prune_jax.pipeline.traced import training_phase
 from soft_prune_jax.training.loop import fit
 from soft_prune_jax.training.parallel import Parallel, check_global_batch
 from soft_prune_jax.training.state import create_learning_rate_fn, create_optimizer, create_train_state, init_variables
@@ -28,8 +28,8 @@ from soft_prune_jax.training.steps import AXIS, train_step
 
 STEPS = 3
 config = tiny_config(batch_size=16, sparsity_lambda=1e-2)  # a large lambda: the masks matter
-phase = training_phase(config)
 data = SyntheticData()
+phase = training_phase(config, data.shape)
 variables = init_variables(phase.model, jax.random.PRNGKey(0), data.shape)
 lr_fn = create_learning_rate_fn(0.1, (), 0.1, 16)
 tx = create_optimizer(config, lr_fn, variables["params"])
