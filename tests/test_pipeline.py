@@ -7,7 +7,9 @@ The end-to-end run uses the synthetic in-memory dataset of conftest.py (a couple
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -15,8 +17,8 @@ import numpy as np
 import pytest
 
 from soft_prune_jax import pipeline
-from soft_prune_jax.compact import export
 from soft_prune_jax.methods import slimming
+from soft_prune_jax.pipeline.workdir import load_model_dir
 from soft_prune_jax.training import config_validation
 
 from conftest import SyntheticData, tiny_config
@@ -34,7 +36,12 @@ def _set(config, dotted: str, value):
 
 
 INVALID = [
-    ("model", "vgg99", r"config.model='vgg99' is unknown: known models are densenet40, fmnist_cnn, "),
+    (
+        "model",
+        "vgg99",
+        r"config.model='vgg99' is unknown: expected a built-in name \(densenet40, fmnist_cnn, .*vgg19\) "
+        r"or a user model 'package.module:attribute'",
+    ),
     ("dataset", "cifar11", r"config.dataset='cifar11' is unknown: did you mean cifar10"),
     ("method", "l0", r"config.method='l0' is invalid: expected one of dense, scp, slimming"),
     ("parallel", "xmap", r"config.parallel='xmap' is invalid: expected one of pmap, shard_map"),
@@ -118,17 +125,34 @@ def e2e_config(**overrides):
     return config
 
 
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("e2e"))
-    results = pipeline.run(e2e_config(), workdir, dataset=SyntheticData(), devices=None)
+    logger, lines = logging.getLogger("absl"), _Lines()
+    level = logger.level
+    logger.setLevel(logging.INFO)  # the progress lines are INFO (setLevel: the logger caches its levels)
+    logger.addHandler(lines)
+    try:
+        results = pipeline.run(e2e_config(), workdir, dataset=SyntheticData(), devices=None)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
     with open(os.path.join(workdir, "report.json")) as f:
         report = json.load(f)
-    return workdir, results, report
+    return workdir, results, report, lines.lines
 
 
 def test_every_phase_leaves_its_outputs(e2e):
-    workdir, results, _ = e2e
+    workdir, results, _, _ = e2e
     assert set(results) == set(pipeline.PHASES)
     for name in (
         "config.json",
@@ -150,7 +174,7 @@ def test_every_phase_leaves_its_outputs(e2e):
 
 
 def test_report_fields(e2e):
-    _, _, report = e2e
+    _, _, report, _ = e2e
     summary = report["pruning"]["summary"]
     assert 0 < summary["kept_channels"] < summary["total_channels"] == 12  # widths (4, M, 8)
     assert summary["compact_macs"] < summary["dense_macs"]
@@ -177,8 +201,21 @@ def test_report_fields(e2e):
     assert set(report["timings"]) == {"train", "prune", "finetune", "evaluate", "benchmark"}
 
 
+def test_train_progress_shows_kept_channels_and_macs(e2e):
+    """The SCP train phase's progress line names the units' kept channels and the kept-MACs ratio of the
+    cut the hard masks give (``traced.progress_macs``): at the last step, the compact model prune made."""
+    _, _, report, lines = e2e
+    progress = [line for line in lines if line.startswith("train step ")]
+    assert len(progress) == 4  # 32 steps, a line every 8
+    found = re.search(r"step 32/32 .*\| kept channels (\d+)/12 .*\| MACs [\d.]+M \(([\d.]+)% of dense\)", progress[-1])
+    assert found, progress[-1]
+    summary = report["pruning"]["summary"]
+    assert 0 < int(found.group(1)) <= summary["kept_channels"]  # prune may keep one more of an emptied layer
+    assert float(found.group(2)) == pytest.approx(100 * summary["compact_macs"] / summary["dense_macs"], abs=0.051)
+
+
 def test_markdown_report(e2e):
-    workdir, _, report = e2e
+    workdir, _, report, _ = e2e
     text = open(os.path.join(workdir, "report.md")).read()
     assert text.startswith("# fmnist_cnn on fashion_mnist (SCP)\n")
     ev = report["evaluate"]
@@ -208,12 +245,12 @@ def test_network_slimming_through_the_pipeline(tmp_path):
         "keep_one_rule": "the largest |BN scale|",
         "settings": {"l1": 1e-4, "scale_init": 0.5, "cut": "global |scale| threshold keeping 0.5 of the channels"},
     }
-    compact, _ = export.load_compact(os.path.join(workdir, "compact"))
-    assert compact.mask is None
+    compact, _ = load_model_dir(os.path.join(workdir, "compact"))
+    assert (compact.spec["method"], compact.spec["source"]) == ("slimming", "prune")
 
 
 def test_phases_rerun_alone_and_workdir_guard(e2e):
-    workdir, results, _ = e2e
+    workdir, results, _, _ = e2e
     # Training is finished: rerunning evaluate alone gives the same numbers without retraining.
     again = pipeline.run(e2e_config(log_every_steps=3), workdir, "evaluate", dataset=SyntheticData())
     assert again["evaluate"] == results["evaluate"]
@@ -274,5 +311,9 @@ def test_every_phase_on_mocked_cifar10(tmp_path):
     assert report["dataset"] == "cifar10" and report["evaluate"]["test_examples"] == 32
     assert report["evaluate"]["max_abs_logit_diff_before_finetune"] < 1e-4
     assert report["train"]["steps"] == 64 // 16 and report["finetune"]["steps"] == 64 // 16
-    compact, _ = export.load_compact(os.path.join(workdir, "finetuned"))
-    assert type(compact).__name__ == "PreActResNet" and compact.mask is None
+    compact, _ = load_model_dir(os.path.join(workdir, "finetuned"))
+    assert (compact.spec["model"], compact.spec["source"], compact.spec["input_shape"]) == (
+        "resnet56",
+        "finetune",
+        [32, 32, 3],
+    )
