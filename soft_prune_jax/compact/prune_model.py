@@ -13,8 +13,8 @@ interpreter). The compact model equals the dense network with every unit's outpu
 its group's 0/1 keep mask (``masked_reference``); where the dropped channels are dead it equals the
 dense network.
 
-Built-in models use ``fast_conv.Conv``, whose 'auto' formulation emits im2col/matmul for some
-shapes; linen models are traced under ``flax_conv_formulation('xla')`` so every conv is one
+On a CPU the built-in models use ``fast_conv.Conv``, whose 'auto' formulation emits im2col/matmul for
+some shapes; linen models are traced under ``flax_conv_formulation('xla')`` so every conv is one
 ``conv_general_dilated`` equation (simpler groups), and the replay picks the fast formulation for
 the compact shapes. A new input shape (another batch size) retraces the dense model on abstract
 shapes (no compute) and maps the decisions by group name.
@@ -23,6 +23,7 @@ shapes (no compute) and maps the decisions by group name.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -252,9 +253,27 @@ class CompactModule(nnx.Module):
         return self.program(leaves, inputs, _hashable({**_kwargs(self.defaults), **kwargs}))
 
 
-def _build(trace_fn, variables, inputs, kwargs, strip, keep, round_to, mask_config, check):
+def keep_listed_whole(analysis: G.Analysis, keep: Optional[Mapping[str, Any]], patterns) -> Optional[dict]:
+    """``keep`` plus every channel of each prunable group with a unit named by ``patterns`` (fnmatch;
+    a module's ``keep_whole``, e.g. the pre-activation ResNet's shared BN-ReLU, which SCP never
+    masks), unless ``keep`` already says what that group keeps."""
+    if not patterns:
+        return keep
+    out = dict(keep or {})
+    for grp in analysis.groups:
+        if (
+            grp.prunable
+            and grp.name not in out
+            and any(fnmatch.fnmatchcase(u.name, p) for u in grp.units for p in patterns)
+        ):
+            out[grp.name] = np.ones(grp.size, bool)
+    return out
+
+
+def _build(trace_fn, variables, inputs, kwargs, strip, keep, round_to, mask_config, check, keep_whole=()):
     g = trace_fn(variables, list(inputs), kwargs)
     analysis = G.analyze(g, strip)
+    keep = keep_listed_whole(analysis, keep, keep_whole)
     leaves, treedef = jax.tree_util.tree_flatten(variables)
     consts = I.constant_values(analysis, leaves)
     plans = decide(analysis, consts, keep=keep, round_to=round_to, mask_config=mask_config)
@@ -314,6 +333,8 @@ def prune_model(
     keep: {group name: kept channel indices (ints) or a mask over the group's channels (bools or
       0./1. floats)}; other prunable groups follow their units' SCP hard masks. Group names and
       sizes: ``channel_groups``. round_to: pad kept widths to multiples (most alive channels first).
+      A module's ``keep_whole`` (fnmatch patterns of unit names, a class attribute) keeps every
+      channel of the groups of those units, unless ``keep`` names them.
     mask_config: the SCP mask hyper-parameters (default: the model's own ``mask`` or the paper's).
     check: verify every group's cut on this model before returning (``compact.verify``); a group that
       fails is left whole with the reason in its plan. On by default.
@@ -326,7 +347,16 @@ def prune_model(
         graphdef, state = nnx.split(copy)
         inputs = list(args)
         program, _, sliced = _build(
-            _nnx_trace(graphdef), state, inputs, kwargs, 0, keep, round_to, _mask_config(model, mask_config), check
+            _nnx_trace(graphdef),
+            state,
+            inputs,
+            kwargs,
+            0,
+            keep,
+            round_to,
+            _mask_config(model, mask_config),
+            check,
+            tuple(getattr(model, "keep_whole", ()) or ()),
         )
         flat = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
         variables = []
@@ -343,7 +373,16 @@ def prune_model(
             )
         variables, inputs = args[0], list(args[1:])
         program, treedef, sliced = _build(
-            _linen_trace(model), variables, inputs, kwargs, 1, keep, round_to, _mask_config(model, mask_config), check
+            _linen_trace(model),
+            variables,
+            inputs,
+            kwargs,
+            1,
+            keep,
+            round_to,
+            _mask_config(model, mask_config),
+            check,
+            tuple(getattr(model, "keep_whole", ()) or ()),
         )
         compact_vars = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in sliced])
         return CompactLinen(program, treedef, kwargs), compact_vars
