@@ -88,7 +88,7 @@ def get_config() -> config_dict.ConfigDict:
     config.sparsity_s = 2.0  # SCP: penalty per channel is beta + s * |gamma|
     # SCP at a MAC budget: None = the paper's fixed sparsity_lambda; a number in (0, 1) = keep that fraction
     # of the dense MACs (--config.target_macs_ratio=0.35). lambda starts at sparsity_lambda and a controller
-    # on the hard-masked MACs steers it while training; if the trained network still overshoots, surgery
+    # on the hard-masked MACs steers it while training; if the trained network still overshoots, the cut
     # removes the least alive channels (highest z = (eps - beta) / |gamma|) until it fits.
     config.target_macs_ratio = placeholder(float)
     # SCP at a latency budget instead (docs/method.md, "Latency budget"): a fraction in (0, 1] of the dense

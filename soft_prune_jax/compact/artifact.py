@@ -94,7 +94,7 @@ def _forward(compact, variables, kwargs):
         flat, treedef = jax.tree_util.tree_flatten_with_path(variables)[0], compact.treedef
         key = _hashable({**compact.defaults, **kwargs})
         run = lambda ls, x: compact.program(ls, (x,), key)  # noqa: E731
-    elif isinstance(compact, nn.Module):  # a built-in compact class: its own apply
+    elif isinstance(compact, nn.Module):  # any linen module (e.g. a hand-narrowed one): its own apply
         flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
         kwargs = {"train": False, **kwargs}
         run = lambda ls, x: compact.apply(jax.tree_util.tree_unflatten(treedef, ls), x, **kwargs)  # noqa: E731

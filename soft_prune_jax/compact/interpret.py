@@ -9,7 +9,7 @@ each equation is bound again with the shape-bearing parameters updated (reshape 
 ``slice`` limits) and its output shape checked against the plan, so a primitive whose parameters
 were not updated is a loud error, never a silently wrong model. Plain 2-D NHWC convolutions go
 through ``ops.fast_conv.conv2d`` with the 'auto' formulation, so the compact model avoids
-XLA:CPU's slow conv shapes exactly like the hand-built compact classes do.
+XLA:CPU's slow conv shapes (on a CPU; elsewhere XLA's own convs).
 
 ``run`` also evaluates the dense graph with 0/1 masks multiplied into unit outputs (the
 "hard-masked network" that a compact model must equal) when given ``masks`` and no cuts.

@@ -8,7 +8,7 @@ operation-aware unit in this library is a module whose name starts with ``MASKED
     q_c  = Phi(z_c)                                      deactivation probability
     pi_c = sigmoid(k (q_c - c)),  c = 1 - delta          pruning probability
     m_c  ~ RelaxedBernoulli(keep = 1 - pi_c, tau)        soft mask (training)
-    m_c  = [pi_c < 0.5]                                   hard mask (evaluation, surgery)
+    m_c  = [pi_c < 0.5]                                   hard mask (evaluation, the cut)
     keep-one fallback and round_to padding rank channels by z: pi saturates at sigmoid(k delta)
     once q rounds to 1, so every dead channel has the same pi, but z still orders them.
     R    = sum_layers sum_c (beta_c + s |gamma_c|)        sparsity penalty
