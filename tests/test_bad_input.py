@@ -1,5 +1,6 @@
-"""Bad input, table-driven: every config field, damaged checkpoints and exports, wrong model inputs,
-unusable data directories. Each is one line naming the problem, and nothing on disk changes."""
+"""Bad input, table-driven: every config field, damaged checkpoints and compact artifacts, wrong inputs
+to a reloaded compact model, unusable data directories. Each is one line naming the problem, and
+nothing on disk changes."""
 
 from __future__ import annotations
 
@@ -19,16 +20,21 @@ import pytest
 
 from configs import default
 from soft_prune_jax import pipeline
-from soft_prune_jax.compact import export, inputs
+from soft_prune_jax.compact import artifact
+from soft_prune_jax.pipeline import traced, workdir
 from soft_prune_jax.training import checkpoint as ckpt_lib
 from soft_prune_jax.training import config_validation
-from soft_prune_jax.training.experiment import create_model, training_phase
 from soft_prune_jax.training.loop import fit
-from soft_prune_jax.training.state import init_variables
 
 from conftest import SyntheticData, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE = SyntheticData().shape
+
+
+def training_phase(config):
+    """The train phase of the traced path (the tiny fmnist_cnn behind its SCP masks)."""
+    return traced.training_phase(config, SHAPE)
 
 
 def _snapshot(root) -> dict:
@@ -251,21 +257,25 @@ def test_checkpoint_of_another_model_is_refused_naming_the_first_difference(trai
 
 
 # ---------------------------------------------------------------------------------------------
-# Compact exports: damaged or edited directories; never overwritten.
+# Compact artifacts (a workdir's compact/): damaged, edited or of the old format; never overwritten.
 # ---------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def compact_export(tmp_path_factory):
-    model = create_model(tiny_config(method="dense"))
-    variables = init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
-    directory = str(tmp_path_factory.mktemp("export") / "compact")
-    export.save_compact(directory, model, variables)
-    return directory, model, variables
+    """A workdir's compact/ artifact: the traced cut of the fresh tiny model (dense: nothing cut)."""
+    config = tiny_config(method="dense")
+    dense = traced.dense_model(config, SHAPE)
+    variables = dense.init(jax.random.PRNGKey(0), jnp.zeros((1,) + SHAPE))
+    compact, compact_vars = traced.cut(config, variables, SHAPE)
+    run = tmp_path_factory.mktemp("export")
+    directory = str(run / workdir.COMPACT_DIR)
+    artifact.save(directory, compact, compact_vars, jax.ShapeDtypeStruct((1,) + SHAPE, jnp.float32))
+    return directory, lambda x: dense.apply(variables, x, train=False), (compact, compact_vars)
 
 
 def _edit_spec(directory, edit):
-    path = os.path.join(directory, export.SPEC_FILE)
+    path = os.path.join(directory, artifact.SPEC_FILE)
     with open(path) as f:
         spec = json.load(f)
     edit(spec)
@@ -282,95 +292,90 @@ def _flip_bytes(path):
         f.write(data)
 
 
+def _old_format(directory):
+    """compact/ as the rebuilt-class export wrote it: model.json naming a class, no "format", orbax arrays."""
+    shutil.rmtree(directory)
+    os.makedirs(os.path.join(directory, "arrays"))
+    with open(os.path.join(directory, artifact.SPEC_FILE), "w") as f:
+        json.dump({"class": "VGG", "kwargs": {"widths": [4, "M", 8], "num_classes": 10}}, f)
+
+
 EXPORT_DAMAGES = {
-    "spec-missing": (lambda d: os.remove(os.path.join(d, export.SPEC_FILE)), "is missing"),
-    "spec-not-json": (lambda d: open(os.path.join(d, export.SPEC_FILE), "w").write("{not json"), "is corrupt"),
+    "spec-missing": (lambda d: os.remove(os.path.join(d, artifact.SPEC_FILE)), "cannot be read"),
+    "spec-not-json": (lambda d: open(os.path.join(d, artifact.SPEC_FILE), "w").write("{not json"), "cannot be read"),
     "spec-other-format": (lambda d: _edit_spec(d, lambda s: s.update(format="other/9")), "has format 'other/9'"),
-    "spec-unknown-class": (
-        lambda d: _edit_spec(d, lambda s: s["model"].update({"class": "Foo"})),
-        "unknown model class 'Foo'",
+    "spec-old-format": (_old_format, "holds a compact model in the old format (a rebuilt VGG class"),
+    "spec-shapes-edited": (
+        lambda d: _edit_spec(d, lambda s: s["shapes"].update({k: [5] for k in s["shapes"] if k.endswith("bias")})),
+        "the arrays' shapes do not match model.json",
     ),
-    "spec-widths-edited": (
-        lambda d: _edit_spec(d, lambda s: s["model"]["kwargs"].update(widths=[5, "M", 8])),
-        "do not match the widths",
-    ),
-    "arrays-truncated": (lambda d: _truncate(_largest_file(os.path.join(d, export.ARRAYS_DIR))), ""),
-    "arrays-flipped": (lambda d: _flip_bytes(_largest_file(os.path.join(d, export.ARRAYS_DIR))), ""),
-    "arrays-deleted": (lambda d: shutil.rmtree(os.path.join(d, export.ARRAYS_DIR)), "cannot be read"),
+    "function-truncated": (lambda d: _truncate(os.path.join(d, artifact.FUNCTION_FILE)), "is missing or damaged"),
+    "arrays-flipped": (lambda d: _flip_bytes(os.path.join(d, artifact.ARRAYS_FILE)), "is missing or damaged"),
+    "arrays-deleted": (lambda d: os.remove(os.path.join(d, artifact.ARRAYS_FILE)), "is missing or damaged"),
 }
 
 
 @pytest.mark.parametrize("damage", sorted(EXPORT_DAMAGES))
 def test_damaged_export_is_one_line_and_left_untouched(compact_export, tmp_path, damage):
-    source, _, _ = compact_export
-    directory = str(tmp_path / "compact")
+    """The workdir's final compact model (``workdir.final_compact``: compact/ without a finetuned/)."""
+    source = compact_export[0]
+    run = str(tmp_path / "run")
+    directory = os.path.join(run, workdir.COMPACT_DIR)
     shutil.copytree(source, directory)
     apply, expected = EXPORT_DAMAGES[damage]
     apply(directory)
     before = _snapshot(directory)
-    with pytest.raises(export.ExportError) as info:
-        export.load_compact(directory)
+    with pytest.raises(artifact.ExportError) as info:
+        workdir.final_compact(run)
     message = _one_line(info.value)
     assert expected in message, message
-    if damage != "spec-unknown-class":  # export.module_from_spec does not know the directory (see docs)
-        assert directory in message, message
+    assert directory in message, message
     assert _snapshot(directory) == before
 
 
 def test_export_never_overwrites_an_existing_directory(compact_export, tmp_path):
-    _, model, variables = compact_export
+    compact, compact_vars = compact_export[2]
     directory = tmp_path / "taken"
     directory.mkdir()
     (directory / "precious.txt").write_text("keep me")
     before = _snapshot(str(directory))
-    with pytest.raises(export.ExportError, match="already exists") as info:
-        export.save_compact(str(directory), model, variables)
+    sample = jax.ShapeDtypeStruct((1,) + SHAPE, jnp.float32)
+    with pytest.raises(artifact.ExportError, match="exists: pass overwrite=True") as info:
+        artifact.save(str(directory), compact, compact_vars, sample)
     _one_line(info.value)
     assert _snapshot(str(directory)) == before
     assert sorted(os.listdir(tmp_path)) == ["taken"]  # no staging directory left behind
 
 
 # ---------------------------------------------------------------------------------------------
-# Inputs to a (reloaded) compact model.
+# Inputs to a reloaded compact model: the artifact checks their shape (ExportedModel.apply).
 # ---------------------------------------------------------------------------------------------
 
 BAD_INPUTS = [
-    ("unbatched", np.zeros((8, 8, 1), np.float32), r"input shape \(8, 8, 1\) is invalid: expected 4 axes .*x\[None\]"),
-    ("five-axes", np.zeros((1, 2, 8, 8, 1), np.float32), r"input shape \(1, 2, 8, 8, 1\) is invalid: expected 4 axes"),
-    ("channels-first", np.zeros((2, 1, 8, 8), np.float32), r"VGG reads 1 channel\(s\) on the last axis .*got 8"),
-    ("rgb", np.zeros((2, 8, 8, 3), np.float32), r"VGG reads 1 channel\(s\) on the last axis .*got 3"),
-    ("uint8", np.zeros((2, 8, 8, 1), np.uint8), r"input dtype uint8 is invalid: expected a floating dtype"),
-    ("int32", np.zeros((2, 8, 8, 1), np.int32), r"input dtype int32 is invalid"),
-    ("empty-batch", np.zeros((0, 8, 8, 1), np.float32), r"expected every axis >= 1"),
-    (
-        "too-small",
-        np.zeros((2, 1, 1, 1), np.float32),
-        r"input shape \(2, 1, 1, 1\) is too small for VGG: the output of",
-    ),
-    ("a-list", [[1.0]], r"input of type list is invalid: expected an array"),
+    ("unbatched", np.zeros((8, 8, 1), np.float32), r"input shape \(8, 8, 1\) is invalid: the artifact takes"),
+    ("five-axes", np.zeros((1, 2, 8, 8, 1), np.float32), r"input shape \(1, 2, 8, 8, 1\) is invalid"),
+    ("channels-first", np.zeros((2, 1, 8, 8), np.float32), r"input shape \(2, 1, 8, 8\) is invalid"),
+    ("rgb", np.zeros((2, 8, 8, 3), np.float32), r"input shape \(2, 8, 8, 3\) is invalid"),
+    ("other-size", np.zeros((2, 12, 12, 1), np.float32), r"the artifact takes \(batch, 8, 8, 1\)"),
+    ("a-list", [[1.0]], r"input shape \(1, 1\) is invalid"),
 ]
 
 
 @pytest.mark.parametrize("name,x,message", BAD_INPUTS, ids=[n for n, _, _ in BAD_INPUTS])
 def test_bad_input_to_a_compact_model_is_one_clear_line(compact_export, name, x, message):
-    source, _, _ = compact_export
-    model, variables = export.load_compact(source)
+    model, variables = workdir.load_model_dir(compact_export[0])
     with pytest.raises(ValueError, match=message) as info:
-        inputs.check_input(model, variables, x)
+        model.apply(variables, x)
     _one_line(info.value)
 
 
-def test_checked_apply_runs_good_inputs_and_refuses_bad_ones(compact_export):
-    source, model, variables = compact_export
-    loaded, loaded_vars = export.load_compact(source)
-    predict = inputs.checked_apply(loaded, loaded_vars)
-    x = np.random.default_rng(0).normal(size=(3, 8, 8, 1)).astype(np.float32)
-    np.testing.assert_allclose(predict(x), model.apply(variables, x, train=False), rtol=1e-5, atol=1e-6)
-    assert predict(jnp.asarray(x, jnp.bfloat16)).shape == (3, 10)  # other float dtypes are fine
-    assert predict(np.zeros((1, 12, 12, 1), np.float32)).shape == (1, 10)  # global pooling: any size that fits
-    with pytest.raises(ValueError, match="expected 4 axes"):
-        predict(x[0])  # silently one row of logits without the check (Flax convs accept unbatched input)
-    assert inputs.input_channels(loaded, loaded_vars) == 1
+def test_reloaded_compact_model_runs_good_inputs(compact_export):
+    """Any batch size, other float dtypes cast to the artifact's: the dense model's logits."""
+    source, dense_apply, _ = compact_export
+    model, variables = workdir.load_model_dir(source)
+    x = np.random.default_rng(0).normal(size=(3,) + SHAPE).astype(np.float32)
+    np.testing.assert_allclose(model.apply(variables, x), dense_apply(x), rtol=1e-5, atol=1e-5)
+    assert model.apply(variables, jnp.asarray(x[:1], jnp.bfloat16)).shape == (1, 10)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from absl import flags
 from ml_collections import config_dict, config_flags
 
 from configs import cifar, default, imagenet
+from soft_prune_jax.models import user
 from soft_prune_jax.training import config_validation, data
-from soft_prune_jax.training.experiment import create_model
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs"
@@ -68,10 +68,11 @@ def test_config_keeps_the_schema_validates_and_builds_its_model(spec, tmp_path):
     assert config.num_classes is None  # derived from the dataset, never typed per config
     config_validation.validate(config, num_devices=1)
     info = data.get_dataset_info(config)
-    model = create_model(config)
+    # the traced path's model: the built-in name resolved as a user's spec is (shapes only, no compute)
+    model = user.build(config.model, data.num_classes(config), dict(config.model_kwargs), seed=config.seed)
     x = jnp.zeros((1, *info.input_shape), jnp.float32)
-    rngs = {"params": jax.random.key(0), "gumbel": jax.random.key(1)}
-    logits, variables = jax.eval_shape(lambda: model.init_with_output(rngs, x, train=False))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
     assert logits.shape == (1, data.DATASETS[config.dataset].num_classes)
     assert "batch_stats" in variables and "params" in variables
 
