@@ -1,5 +1,5 @@
 """Channel groups found from the jaxpr are the ones a human writes down, for zoo networks (written
-out here; the built-in architectures' written groups are in test_structure_spec.py)."""
+out here)."""
 
 import jax
 import numpy as np

@@ -8,17 +8,16 @@ import numpy as np
 import pytest
 import zoo_linen
 import zoo_nnx
-from flax import nnx
+from flax import nnx, traverse_util
 from graph_support import close, linen, nnx_module, param_count, random_linen_variables, randomize_linen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from soft_prune_jax import prune_model
-from soft_prune_jax.compact import surgery
 from soft_prune_jax.compact.prune_model import PruneError, channel_groups, masked_reference, program_of
 from soft_prune_jax.measure import flops
 
-from conftest import evaluate, tiny
+from conftest import tiny
 
 PROPERTY = settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # One of each kind of coupling for the (slower) property test; every network runs the exactness test.
@@ -222,15 +221,21 @@ def test_channel_groups_names_what_keep_accepts():
 
 
 @pytest.mark.parametrize("name", ["vgg16", "densenet40", "resnet18"])
-def test_builtin_model_compact_equals_its_own_masked_evaluation(name):
-    """On a built-in SCP model, prune_model's default decisions are the model's own hard masks."""
-    model, variables, x = tiny(name)
-    variables = surgery.randomize_bn(variables, 11, 0.6)
+def test_builtin_model_cut_keeps_exactly_its_live_paper_units(name):
+    """On a built-in architecture the default decisions are the SCP hard masks of its paper units
+    (``masked_bn*``): each is a group of its own that keeps exactly its live channels (``tiny`` kills
+    the others: scale 0, bias -100), so the compact model equals the dense one and costs fewer MACs."""
+    model, variables, x = tiny(name, 11, 0.6)
     compact, compact_vars = prune_model(model, variables, x, train=False)
-    close(_jit_apply(compact)(compact_vars, x), evaluate(model, variables, x))
-    hand, hand_vars = surgery.prune(model, variables)
-    assert param_count(compact_vars["params"]) <= param_count(variables["params"])
-    assert flops_of(compact, compact_vars, x) == flops_of(hand, hand_vars, x)
+    close(_jit_apply(compact)(compact_vars, x), _jit_apply(model)(variables, x))
+    plans = program_of(compact).plans
+    live = {
+        "/".join(k[1:-1]): np.flatnonzero(np.asarray(v))
+        for k, v in traverse_util.flatten_dict(variables).items()
+        if k[0] == "params" and k[-2].startswith("masked_bn") and k[-1] == "scale"
+    }
+    assert live and {n: list(plans[n].kept) for n in live} == {n: list(k) for n, k in live.items()}
+    assert flops_of(compact, compact_vars, x) < flops_of(model, variables, x)
 
 
 def flops_of(model, variables, x):

@@ -1,6 +1,6 @@
 """Read groups: a BN-ReLU unit that reads a shared value (the residual stream, a concatenation) prunes
 only what it reads -- its BN's channels and its consumers' input channels -- through a gather of its
-own, as the paper's masks and the built-in models (block_reads, DenseNet reads) do; the shared value
+own, as the paper's masks on the pre-activation ResNets and DenseNet do; the shared value
 stays whole for everyone else."""
 
 import flax.linen as nn
@@ -16,15 +16,14 @@ from hypothesis import strategies as st
 from test_prune_zoo import draw_bn
 
 from soft_prune_jax import prune_model
-from soft_prune_jax.compact import surgery
 from soft_prune_jax.compact.prune_model import channel_groups, masked_reference
 from soft_prune_jax.measure import flops
 from soft_prune_jax.method import budget as B
 from soft_prune_jax.method import masks as M
-from soft_prune_jax.models import get_model, user
+from soft_prune_jax.models import user
 from soft_prune_jax.user import cost, macs, masked
 
-from conftest import TINY
+from conftest import TINY, tiny
 
 FEW = settings(max_examples=3, deadline=None, phases=[Phase.generate], suppress_health_check=[HealthCheck.too_slow])
 SHAPE = (2, 6, 6, 3)
@@ -168,24 +167,7 @@ def test_masked_training_puts_read_masks_on_the_unit_and_evaluates_as_the_cut():
     assert model_cost.dense_macs == pytest.approx(flops.model_macs(model.module, variables, x))
 
 
-# ---- the same cut as the built-in models' surgery --------------------------------------------------
-
-
-def _builtin_bn(variables, seed):
-    """Random BN statistics; in every masked unit a random set of channels is dead (scale 0, bias
-    -100), never all of them, so no branch is removed whole (the built-in surgery's extra step)."""
-    rng = np.random.default_rng(seed)
-    flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, dict(variables)))
-    for key in sorted(k for k in flat if k[-1] == "scale"):
-        n = flat[key].shape[0]
-        module = key[1:-1]
-        dead = rng.random(n) < 0.5 if module[-1].startswith("masked_bn") else np.zeros(n, bool)
-        dead[rng.integers(n)] = False
-        flat[key] = np.where(dead, 0.0, rng.uniform(0.5, 1.5, n)).astype(np.float32)
-        flat[key[:-1] + ("bias",)] = np.where(dead, -100.0, rng.uniform(0.1, 1.0, n)).astype(np.float32)
-        flat[("batch_stats",) + module + ("mean",)] = rng.normal(0, 0.3, n).astype(np.float32)
-        flat[("batch_stats",) + module + ("var",)] = rng.uniform(0.5, 2.0, n).astype(np.float32)
-    return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat))
+# ---- the same cut on a built-in network and its plain-Flax twin ------------------------------------
 
 
 PLAIN = {
@@ -196,25 +178,25 @@ PLAIN = {
 
 @pytest.mark.parametrize("name", sorted(PLAIN))
 @settings(max_examples=2, deadline=None, phases=[Phase.generate], suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**16))
-def test_plain_twin_cuts_as_the_builtin_surgery(name, seed):
-    """For the same per-unit masks, prune_model on a plain-Flax twin of a built-in network keeps the
-    widths the built-in surgery keeps (every array, read groups included), with the same MACs and
-    outputs. The twin's unmasked shared BN-ReLUs (``bn1``) are units of its own: kept whole here,
-    as the built-in model has no mask on them."""
-    kwargs, shape, classes = TINY[name]
-    builtin = get_model(name, classes, **kwargs)
-    variables = _builtin_bn(surgery.random_variables(builtin, shape, seed, 0.0), seed)
-    x = jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
-    hand, hand_vars = surgery.prune(builtin, variables)
+@given(seed=st.integers(0, 3))
+def test_plain_twin_cuts_as_the_builtin(name, seed):
+    """prune_model finds the read groups from the computation, not from how a network is written: on
+    the built-in network and on a plain-Flax twin written independently (same module names), with the
+    same variables (dead channels in the paper's units), it keeps the same widths of every array, with
+    the same MACs, and both equal the dense built-in. The shared BN-ReLUs of first blocks (``bn1``) are
+    kept whole on both, as the built-in's ``keep_whole`` asks of training."""
+    kwargs, _, classes = TINY[name]
+    builtin, variables, x = tiny(name, seed)
     plain = PLAIN[name](kwargs, classes)
     groups = _groups(plain, variables, x)
-    keep = {n: np.arange(g.size) for n, g in groups.items() if g.prunable and n.endswith("/bn1")}
-    compact, compact_vars = prune_model(plain, variables, x, keep=keep)
     readers = [g for g in groups.values() if g.prunable and g.reads]
     assert readers and all(len(g.units) == 1 for g in readers)
+    keep = {n: np.arange(g.size) for n, g in groups.items() if g.prunable and n.endswith("/bn1")}
+    compact, compact_vars = prune_model(plain, variables, x, keep=keep)
+    ours, ours_vars = prune_model(builtin, variables, x, keep=keep, train=False)
     shapes = lambda v: jax.tree.map(np.shape, dict(v["params"]))  # noqa: E731
-    assert shapes(compact_vars) == shapes(hand_vars)
-    assert flops.model_macs(compact, compact_vars, x) == flops.model_macs(hand, hand_vars, x, train=False)
-    close(compact.apply(compact_vars, x), hand.apply(hand_vars, x, train=False))
-    close(compact.apply(compact_vars, x), builtin.apply(variables, x, train=False))
+    assert shapes(compact_vars) == shapes(ours_vars) != shapes(variables)
+    assert flops.model_macs(compact, compact_vars, x) == flops.model_macs(ours, ours_vars, x, train=False)
+    dense = builtin.apply(variables, x, train=False)
+    close(compact.apply(compact_vars, x), dense)
+    close(ours.apply(ours_vars, x, train=False), dense)

@@ -67,7 +67,7 @@ class NnxStemPreAct(nnx.Module):
 
 
 def _conv(width: int, kernel: int, stride: int, name: str):
-    pad = (kernel - 1) // 2  # the built-ins' symmetric padding (layers.SYMMETRIC)
+    pad = (kernel - 1) // 2  # the built-ins' symmetric padding (models.common.symmetric)
     pads = ((pad, kernel - 1 - pad),) * 2
     return nn.Conv(width, (kernel, kernel), (stride, stride), padding=pads, use_bias=False, name=name)
 
