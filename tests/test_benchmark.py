@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from jax import lax
 
 from soft_prune_jax.measure import benchmark as B
-from soft_prune_jax.measure import flops
 from soft_prune_jax.models import get_model
+from soft_prune_jax.models.user import UserModel
 from soft_prune_jax.ops import fast_conv as F
+from soft_prune_jax.user import macs, masked
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RESNET = dict(stage_sizes=(1, 1, 1), stage_widths=(4, 8, 8), stem_width=4)
@@ -180,11 +181,13 @@ def test_time_inference_reports_the_documented_keys():
         B.time_inference(model, variables, 0, input_shape=(16, 16, 3))
 
 
-def test_layer_shapes_agree_with_flop_count():
+def test_layer_shapes_agree_with_the_graphs_mac_count():
     model = get_model("resnet56", 10, **TINY_RESNET)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    x = jnp.zeros((1, 16, 16, 3))
+    variables = model.init(jax.random.key(0), x)
     shapes = B.layer_shapes(model, variables, 3, (16, 16, 3))
-    count = flops.count(model, variables, (16, 16, 3))
+    analysis = masked.UnitSet.analyze(UserModel("resnet56", "linen", lambda _: model, model), variables, x).analysis
+    count = macs.count(analysis)
     assert [s.path for s in shapes] == [row.path for row in count.layers]
     assert [s.macs for s in shapes] == [3 * row.macs for row in count.layers]
     assert any(s.strides == (2, 2) for s in shapes)

@@ -1,5 +1,7 @@
-"""MAC budgets: the cost model's MAC accounting, the lambda controller, landing on a budget, the
-cost-aware penalty and the config checks (training under a budget: test_budget_training.py)."""
+"""MAC budgets: the cost model's MAC accounting against the cut of every architecture, the lambda
+controller, landing on a budget, the cost-aware penalty and the config checks (training under a
+budget: test_budget_training.py; the cost model through a flatten head, a depthwise conv and read
+groups: test_user_budget.py, test_graph_reads.py)."""
 
 import collections
 import dataclasses
@@ -12,117 +14,85 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from soft_prune_jax.compact import structure, surgery
-from soft_prune_jax.measure import flops, markdown
+from soft_prune_jax.compact import interpret as I
+from soft_prune_jax.measure import markdown
 from soft_prune_jax.method import budget as B
 from soft_prune_jax.method import controller as C
 from soft_prune_jax.method import masks as M
-from soft_prune_jax.pipeline.budget import model_cost
+from soft_prune_jax.models.user import UserModel
 from soft_prune_jax.training import config_validation
 from soft_prune_jax.training.progress import format_progress
+from soft_prune_jax.user import cost, macs, masked
 
 from conftest import tiny, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHITECTURES = ("fmnist_cnn", "resnet56", "resnet164", "densenet40", "resnet50")
+MASK = M.MaskConfig()
 
 
-def _exact_ratio(model, variables, masks, input_shape):
-    """MACs of the compact model surgery builds from ``masks`` (flops.count), over the dense MACs."""
-    compact, compact_vars = surgery.prune(model, variables, masks=masks)
-    return flops.count(compact, compact_vars, input_shape).macs / flops.count(model, None, input_shape).macs
-
-
-def _branch_emptied(model, masks):
-    """True when a residual block loses a whole mask: surgery then drops the block (more than the count)."""
-    keep_one = {g.name for g in structure.describe(model).groups if g.keep_at_least_one}
-    return any(name.startswith("block") and not np.any(m > 0) for name, m in masks.items() if name not in keep_one)
-
-
-@pytest.mark.parametrize("name", ARCHITECTURES)
-def test_dense_macs_equal_flops_count(name):
-    model, _, x = tiny(name)
-    cost = model_cost(model, x.shape)
-    assert cost.dense_macs == pytest.approx(flops.count(model, None, x.shape).macs)
-    full = {g: np.ones(n) for g, n in cost.group_sizes}
-    assert float(B.macs(cost, full)) == pytest.approx(cost.dense_macs, rel=1e-6)
+def analysed(name, seed=0, fraction=0.5):
+    """(units, cost model, view params, compact-MAC ratio of group keep masks) of the tiny built-in
+    ``name`` on the traced path: the ratio is the cut's own (``user.macs.macs_ratio_fn``)."""
+    model, variables, x = tiny(name, seed, fraction)
+    user = UserModel(name, "linen", lambda _: model, model, keep_whole=tuple(getattr(model, "keep_whole", ())))
+    units = masked.UnitSet.analyze(user, variables, x)
+    consts = I.constant_values(units.analysis, jax.tree_util.tree_leaves(dict(variables)))
+    ratio = macs.macs_ratio_fn(units.analysis, consts, MASK, 1)
+    return units, cost.cost_model(units), units.unit_view(variables["params"]), ratio
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_hard_macs_equal_the_compact_models_count(name):
-    """The hard-masked MACs of the cost model = flops.count of the compact model, over random masks
-    (an upper bound only where a residual branch lost a whole mask; at least one exact case each)."""
-    model, variables, x = tiny(name)
-    cost = model_cost(model, x.shape)
-    exact_cases = 0
-    for seed in range(4):
-        rng = np.random.default_rng(seed)
-        masks = {g: (rng.random(n) < 0.6).astype(np.float32) for g, n in cost.group_sizes}
-        for g in cost.keep_one:  # surgery keeps one channel there; count what it keeps
-            if not masks[g].any():
-                masks[g][0] = 1.0
-        exact = _exact_ratio(model, variables, masks, x.shape)
-        counted = float(B.macs(cost, masks)) / cost.dense_macs
-        if _branch_emptied(model, masks):
-            assert counted >= exact - 1e-6
-        else:
-            assert counted == pytest.approx(exact, rel=1e-5)
-            exact_cases += 1
-    assert exact_cases >= 1
-
-
-def test_hard_keep_matches_the_models_own_masks():
-    model, variables, x = tiny("fmnist_cnn")
-    variables = surgery.randomize_bn(variables, 5, 0.5)
-    cost = model_cost(model, x.shape)
-    ours = B.hard_keep(variables["params"], model.mask, cost.keep_one)
-    theirs = surgery.model_hard_masks(model, variables["params"])
-    assert set(ours) == set(theirs)
-    for name in ours:
-        np.testing.assert_array_equal(np.asarray(ours[name]), theirs[name])
-    ratio = float(B.macs_ratios(cost, variables["params"], model.mask)["hard"])
-    assert ratio == pytest.approx(_exact_ratio(model, variables, theirs, x.shape), rel=1e-5)
+def test_cost_model_prices_the_cut_of_every_architecture(name):
+    """Dense MACs = the graph's count; under the units' hard masks and under random group masks, the
+    cost model's MACs = those of the compact model the cut leaves (keep-one and kept-whole groups included)."""
+    units, model, view, ratio = analysed(name)
+    assert model.dense_macs == pytest.approx(macs.count(units.analysis).macs)
+    assert float(B.macs(model, {g: np.ones(n) for g, n in model.group_sizes})) == pytest.approx(model.dense_macs)
+    hard = B.hard_keep(view, MASK, model.keep_one, model.units)
+    counted = float(B.macs(model, hard)) / model.dense_macs
+    assert counted == pytest.approx(ratio({}), rel=1e-5) and counted < 1.0
+    rng = np.random.default_rng(0)
+    keep = {g: rng.random(n) < 0.6 for g, n in model.group_sizes}
+    for k in keep.values():
+        k[rng.integers(len(k))] = True  # an empty group would keep its lowest-z channel instead
+    whole = {g: np.ones(n, bool) for g, n in units.whole.items()}
+    assert float(B.macs(model, keep)) / model.dense_macs == pytest.approx(ratio({**keep, **whole}), rel=1e-5)
 
 
 def test_channel_costs_count_producer_and_reader():
     """A chain conv0 -> conv1 -> head: a channel of conv0's group costs MACs in conv0 (as an output)
     and in conv1 (as an input), at the current width of the other axis."""
-    Group = structure.MaskGroup
-    S = structure.ArraySlice
-    Row = flops.LayerCount
-    groups = [
-        Group("a", (S("params", ("conv0", "kernel"), 3), S("params", ("conv1", "kernel"), 2))),
-        Group("b", (S("params", ("conv1", "kernel"), 3), S("params", ("head", "kernel"), 0))),
-    ]
-    layers = [
-        Row("conv0", "conv", 1, 4, (3, 3), (8, 8), 8 * 8 * 9 * 1 * 4, 0),
-        Row("conv1", "conv", 4, 6, (3, 3), (4, 4), 4 * 4 * 9 * 4 * 6, 0),
-        Row("head", "dense", 6, 10, (), (), 60, 0),
-    ]
-    cost = B.cost_model(groups, layers)
-    assert cost.layers[1].in_group == "a" and cost.layers[1].out_group == "b"
-    per = B.channel_costs(cost, {"a": 2.0, "b": 3.0})
+    cost_model = B.CostModel(
+        (
+            B.CostLayer("conv0", 8 * 8 * 9, 1, 4, (), (("a", 1),)),
+            B.CostLayer("conv1", 4 * 4 * 9, 4, 6, (("a", 1),), (("b", 1),)),
+            B.CostLayer("head", 1.0, 6, 10, (("b", 1),), ()),
+        ),
+        (("a", 4), ("b", 6)),
+    )
+    assert cost_model.layers[1].in_group == "a" and cost_model.layers[1].out_group == "b"
+    per = B.channel_costs(cost_model, {"a": 2.0, "b": 3.0})
     assert float(per["a"]) == pytest.approx(8 * 8 * 9 * 1 + 4 * 4 * 9 * 3)
     assert float(per["b"]) == pytest.approx(4 * 4 * 9 * 2 + 10)
     # Expected MACs are the MACs at the expected widths, and differentiable in pi.
     keep = {"a": jnp.array([1.0, 0.5, 0.5, 0.0]), "b": jnp.full((6,), 0.5)}
-    assert float(B.macs(cost, keep)) == pytest.approx(8 * 8 * 9 * 2 + 4 * 4 * 9 * 2 * 3 + 3 * 10)
-    grad = jax.grad(lambda k: B.macs(cost, k))(keep)
+    assert float(B.macs(cost_model, keep)) == pytest.approx(8 * 8 * 9 * 2 + 4 * 4 * 9 * 2 * 3 + 3 * 10)
+    grad = jax.grad(lambda k: B.macs(cost_model, k))(keep)
     np.testing.assert_allclose(np.asarray(grad["a"]), float(per["a"]), rtol=1e-6)
 
 
 def test_cost_weights_have_mean_one_and_favour_expensive_channels():
-    model, variables, x = tiny("fmnist_cnn")
-    cost = model_cost(model, x.shape)
-    keep = B.keep_probabilities(variables["params"], model.mask)
-    weights = B.cost_weights(cost, keep)
-    sizes = dict(cost.group_sizes)
+    _, model, view, _ = analysed("fmnist_cnn")
+    keep = B.keep_probabilities(view, MASK, model.units)
+    weights = B.cost_weights(model, keep)
+    sizes = dict(model.group_sizes)
     mean = sum(float(weights[g]) * sizes[g] for g in weights) / sum(sizes.values())
     assert mean == pytest.approx(1.0, rel=1e-5)
     # The first conv runs at full resolution, the last after two pools: its channels cost less.
     assert float(weights["masked_bn0"]) > float(weights["masked_bn2"])
-    plain = float(M.sparsity_penalty(variables["params"], 2.0))
-    weighted = float(B.cost_aware_penalty(variables["params"], cost, model.mask, 2.0))
+    plain = float(M.sparsity_penalty(view, 2.0))
+    weighted = float(B.cost_aware_penalty(view, model, MASK, 2.0))
     assert weighted != pytest.approx(plain)
 
 
@@ -177,26 +147,23 @@ def test_controller_clips_lambda_and_winds_up_no_further():
 
 
 def test_early_keep_drops_channels_on_their_way_out_before_the_hard_mask():
-    model, variables, x = tiny("fmnist_cnn")
-    params = variables["params"]
-    cost = model_cost(model, x.shape)
-    z = {
-        n: np.asarray(M.deactivation_z(v["scale"], v["bias"], model.mask.eps))
-        for n, v in M.masked_layers(params).items()
-    }
+    _, model, view, _ = analysed("fmnist_cnn")
+    assert all(u.index == tuple(range(u.group_size)) for u in model.units)  # a chain: unit channel = group channel
+    z = {model.group_of(n): np.asarray(M.deactivation_z(v["scale"], v["bias"], MASK.eps)) for n, v in view.items()}
     q = {n: np.asarray(jax.scipy.stats.norm.cdf(v)) for n, v in z.items()}
-    at_c = B.early_keep(params, model.mask, model.mask.c, cost.keep_one)
-    hard = B.hard_keep(params, model.mask, cost.keep_one)
+    at_c = B.early_keep(view, MASK, MASK.c, model.keep_one, model.units)
+    hard = B.hard_keep(view, MASK, model.keep_one, model.units)
     for name in hard:  # q < c is exactly pi < 0.5
         np.testing.assert_array_equal(np.asarray(at_c[name]), np.asarray(hard[name]))
     threshold = float(np.median(np.concatenate(list(q.values()))))  # about half the channels are "on their way"
-    early = B.early_keep(params, model.mask, threshold, cost.keep_one)
+    early = B.early_keep(view, MASK, threshold, model.keep_one, model.units)
+    assert set(early) == set(z)
     for name in early:
         expected = (q[name] < threshold).astype(np.float32)
-        if not expected.any():  # keep-one units keep their most alive channel
+        if not expected.any():  # keep-one groups keep their most alive channel
             expected[np.argmin(z[name])] = 1.0
         np.testing.assert_array_equal(np.asarray(early[name]), expected)
-    ratios = B.macs_ratios(cost, params, model.mask, threshold)
+    ratios = B.macs_ratios(model, view, MASK, threshold)
     assert float(ratios["early"]) < float(ratios["hard"])
 
 
@@ -211,18 +178,13 @@ def test_controller_update_is_jittable_and_pytree():
 
 @pytest.mark.parametrize("target", [0.3, 0.6])
 def test_land_on_budget_hits_the_target_with_the_least_alive_channels(target):
-    model, variables, x = tiny("fmnist_cnn")
-    variables = surgery.randomize_bn(variables, 2, 0.1)
-    cost = model_cost(model, x.shape)
-    params = variables["params"]
-    masks = {k: np.asarray(v) for k, v in B.hard_keep(params, model.mask, cost.keep_one).items()}
-    z = {
-        n: np.asarray(M.deactivation_z(layer["scale"], layer["bias"], model.mask.eps))
-        for n, layer in M.masked_layers(params).items()
-    }
+    """Landing the units' hard masks with the cut's own MAC count, as ``pipeline.traced.cut`` does."""
+    units, model, view, group_ratio = analysed("fmnist_cnn", seed=2, fraction=0.1)
+    masks = {n: np.asarray(p["hard_mask"]) for n, p in M.layer_probabilities(view, MASK).items()}
+    z = {n: np.asarray(M.deactivation_z(v["scale"], v["bias"], MASK.eps)) for n, v in view.items()}
 
     def ratio(m):
-        return _exact_ratio(model, variables, m, x.shape)
+        return group_ratio(units.group_keep(m))
 
     assert ratio(masks) > target
     landed, removed = B.land_on_budget(masks, z, ratio, target)

@@ -1,6 +1,7 @@
-"""Latency as a cost (method/latency.py, compact/latency.py, pipeline/latency.py): the interpolated
-tables, the differentiable estimate, widths chosen by latency on both cut paths, the per-device cache
-and its refusal of damaged or foreign files. Timings are injected: these tests are about the logic."""
+"""Latency as a cost (method/latency.py, compact/latency.py, user/latency.py, pipeline/latency.py): the
+interpolated tables, the differentiable estimate, the graph's ops, widths chosen by latency, the
+per-device cache and its refusal of damaged or foreign files. Timings are injected: these tests are
+about the logic."""
 
 import json
 import warnings
@@ -11,13 +12,15 @@ import numpy as np
 import pytest
 
 from soft_prune_jax.compact import latency as CL
-from soft_prune_jax.compact import surgery
 from soft_prune_jax.method import budget as B
 from soft_prune_jax.method import latency as L
-from soft_prune_jax.models import get_model
+from soft_prune_jax.models.user import UserModel
 from soft_prune_jax.pipeline import latency as PL
+from soft_prune_jax.user import cost as UC
+from soft_prune_jax.user import masked
+from soft_prune_jax.user.latency import graph_ops
 
-from conftest import assert_close, evaluate
+from conftest import tiny_model
 
 VGG_WIDTHS = (24, "M", 40, 20)
 INPUT = (8, 8, 3)
@@ -128,16 +131,26 @@ def test_timings_are_cached_per_device_and_damaged_or_foreign_files_are_rebuilt(
         CL.check_device(model, "dev B")
 
 
-def _vgg(seed=3, fraction=0.55):
-    model = get_model("vgg16", 10, widths=VGG_WIDTHS)
-    return model, surgery.random_variables(model, (2,) + INPUT, seed, fraction)
+def _vgg_units():
+    """The UnitSet of a tiny VGG-16 (widths 24, 40, 20: odd counts a latency chooser can pad)."""
+    model = tiny_model("vgg16", widths=VGG_WIDTHS)
+    x = jnp.zeros((2,) + INPUT)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    return masked.UnitSet.analyze(UserModel("vgg16", "linen", lambda _: model, model), variables, x)
 
 
-def test_builtin_ops_and_latency_model_cover_every_layer(tmp_path):
-    model, variables = _vgg()
-    cost = PL._builtin(model, INPUT, 4)[0]
-    ops = CL.builtin_ops(model, variables, INPUT)
-    assert {layer.path for layer in cost.layers} <= set(ops)
+def test_graph_ops_and_latency_model_cover_every_layer(tmp_path):
+    units = _vgg_units()
+    cost = UC.cost_model(units)
+    ops = graph_ops(units.analysis)
+    assert {layer.path for layer in cost.layers} == set(ops)
+    geometry = {path: (op.kind, op.spatial) for path, op in ops.items()}
+    assert geometry == {
+        "conv0": ("conv", (8, 8)),
+        "conv1": ("conv", (4, 4)),
+        "conv2": ("conv", (4, 4)),
+        "head": ("dense", (1, 1)),
+    }
     lm = CL.latency_model(cost, ops, 10.0, CL.Timings(str(tmp_path / "t.json"), blocky, "fake"), batch=4)
     assert float(L.latency_of_widths(cost, lm, {})) == pytest.approx(10.0, rel=1e-5)
     assert lm.rest_ms == pytest.approx(
@@ -145,18 +158,15 @@ def test_builtin_ops_and_latency_model_cover_every_layer(tmp_path):
     )
 
 
-def test_surgery_by_latency_pads_to_the_fastest_width_and_stays_exact(tmp_path):
-    model, variables = _vgg(seed=5)
+def test_graph_chooser_pads_odd_counts_to_the_fastest_width(tmp_path):
+    units = _vgg_units()
+    cost = UC.cost_model(units)
     timings = CL.Timings(str(tmp_path / "t.json"), blocky, "fake")
-    chooser = PL.builtin_chooser(model, INPUT, 4, timings)
-    base = surgery.plan(model, variables, round_to=1)
-    plans = surgery.plan(model, variables, round_to=chooser)
-    for name, p in plans.items():
-        assert set(base[name].kept.tolist()) <= set(p.kept.tolist())
-    assert any(len(p.kept) % 8 == 0 and len(p.kept) > len(base[n].kept) for n, p in plans.items())
-    compact, compact_vars = surgery.prune(model, variables, round_to=chooser)
-    x = np.random.default_rng(0).normal(size=(2,) + INPUT).astype(np.float32)
-    assert_close(evaluate(compact, compact_vars, x), evaluate(model, variables, x, surgery.masks_of(plans)))
+    counts = {g: n - 3 for g, n in cost.group_sizes}  # 21, 37, 17: odd widths cost double on the blocky device
+    chosen = PL.graph_chooser(cost, graph_ops(units.analysis), 4, timings)(counts)
+    # conv0 3->a, conv1 a->b, conv2 b->c, head c->10, by hand: 21 -> 24 and 37 -> 40 (aligned, cheaper);
+    # 17 stays (its only candidate, the full 20, is odd too and wider)
+    assert chosen == dict(zip(cost.groups, (24, 40, 17)))
 
 
 def test_pad_keep_adds_the_most_alive_dropped_channels():
@@ -294,36 +304,6 @@ def test_latency_budget_trains_lands_and_reports(monkeypatch, tmp_path):
     assert landing["target_latency_ratio"] == 0.6 and landing["measured_latency_ratio"] == pytest.approx(0.55)
     assert landing["estimated_latency_ratio"] <= 0.6 + 1e-6
     assert set(out["prune"]["kept_indices"]) == set(out["prune"]["kept_channels"])
-
-
-@pytest.mark.slow
-def test_user_model_latency_budget_trains_lands_and_reports(monkeypatch, tmp_path):
-    """The same budget on a user's model: the graph's cost model and ops, the same chooser and landing."""
-    from test_user_budget import user_config
-
-    from soft_prune_jax import pipeline
-
-    from conftest import SyntheticData
-
-    _fake_device(monkeypatch, tmp_path, dense_ms=1.0, compact_share=0.5)
-    config = user_config(
-        "test_user_budget:SyncBNNet",
-        num_epochs=4,
-        num_train_examples=512,
-        lr_boundaries=(4,),
-        checkpoint_every_epochs=4,
-        sparsity_lambda=0.005,
-        target_latency_ms=0.7,
-        finetune_epochs=0,
-        log_every_steps=16,
-        round_to="latency",
-    )
-    config.budget_controller.ki = 0.1
-    out = pipeline.run(config, str(tmp_path / "w"), "train,prune", dataset=SyntheticData(num_train=512))
-    assert "latency_signal_ratio" in out["train"]["train_metrics"]
-    landing = out["prune"]["budget"]
-    assert landing["target_latency_ms"] == 0.7 and landing["target_latency_ratio_of_dense"] == pytest.approx(0.7)
-    assert landing["measured_latency_ratio"] == pytest.approx(0.5) and landing["estimated_latency_ratio"] <= 0.7 + 1e-6
 
 
 def test_report_shows_target_estimate_and_measurement_side_by_side():

@@ -1,4 +1,5 @@
-"""The dense-vs-compact per-layer report (report.py): table, JSON, PNG plot."""
+"""The dense-vs-compact per-layer report (report.py) of two counts of the traced graph (user.macs):
+table, JSON, PNG plot."""
 
 import json
 
@@ -7,97 +8,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from soft_prune_jax.compact import surgery
-from soft_prune_jax.measure import flops, report
-from soft_prune_jax.method import masks as M
-from soft_prune_jax.models import PreActResNet, get_model
+from soft_prune_jax import prune_model
+from soft_prune_jax.measure import report
+from soft_prune_jax.measure.flops import FlopCount, LayerCount
+from soft_prune_jax.user import macs
+
+from conftest import tiny_model
 
 CIFAR_TINY = (8, 8, 3)
 
 
-def preact(**kwargs):
-    return PreActResNet(stage_sizes=(2, 2), stage_widths=(4, 8), stem_width=4, num_classes=3, **kwargs)
-
-
 @pytest.fixture(scope="module")
-def resnet_report():
-    """Block 1 removed (inner width 0), block 3 reads 3 of 8 stream channels and keeps 5 inner ones."""
-    dense = flops.count(preact(), None, CIFAR_TINY)
-    compact = flops.count(
-        preact(block_widths=((4,), (0,), (8,), (5,)), block_reads=(None, None, None, (0, 2, 7))), None, CIFAR_TINY
-    )
-    return report.compare(dense, compact)
-
-
-def test_removed_layer_shows_zero_after(resnet_report):
-    rows = {row.path: row for row in resnet_report.layers}
-    for path in ("block1/conv1", "block1/conv2"):
-        row = rows[path]
-        assert row.removed and (row.in_after, row.out_after, row.macs_after) == (0, 0, 0)
-        assert row.macs_before == 8 * 8 * 9 * 4 * 4
-    widths = {w.path: (w.before, w.after) for w in resnet_report.widths}
-    assert widths["block1/masked_bn1"] == (4, 0) and widths["block1/masked_bn2"] == (4, 0)
-    assert widths["block3/masked_bn1"] == (8, 3) and widths["block3/masked_bn2"] == (8, 5)
-    assert not rows["block0/conv1"].removed
-
-
-def test_kept_layers_show_their_new_widths_and_macs(resnet_report):
-    rows = {row.path: row for row in resnet_report.layers}
-    conv1 = rows["block3/conv1"]  # 4x4 outputs after the stride-2 stage
-    assert (conv1.in_before, conv1.in_after, conv1.out_before, conv1.out_after) == (8, 3, 8, 5)
-    assert (conv1.macs_before, conv1.macs_after) == (4 * 4 * 9 * 8 * 8, 4 * 4 * 9 * 3 * 5)
-    summary = resnet_report.summary
-    assert summary["compact_macs"] == sum(row.macs_after for row in resnet_report.layers)
-    assert summary["kept_channels"] == sum(w.after for w in resnet_report.widths)
-
-
-def test_table_lists_every_layer_and_the_totals(resnet_report):
-    table = report.format_table(resnet_report)
-    lines = table.splitlines()
-    assert lines[0].split()[:2] == ["layer", "kind"]
-    for row in resnet_report.layers:
-        assert any(line.startswith(row.path) for line in lines), row.path
-    assert "block1/conv1 (removed)" in table
-    assert "4->0" in next(line for line in lines if line.startswith("block1/conv2"))
-    pct = resnet_report.summary["macs_reduction_pct"]
-    assert f"(-{pct:.2f}%)" in table and "FLOPs = 2 MACs" in table
-
-
-def test_json_round_trips(resnet_report):
-    text = report.to_json(resnet_report)
-    data = json.loads(text)
-    assert set(data) == {"summary", "layers", "widths"}
-    assert len(data["layers"]) == len(resnet_report.layers)
-    assert report.from_json(text) == resnet_report
-    assert report.from_json(report.to_json(resnet_report, indent=None)) == resnet_report
-
-
-def test_plot_writes_a_valid_png(resnet_report, tmp_path):
-    import matplotlib.image
-
-    path = report.plot_widths(str(tmp_path / "widths.png"), resnet_report, title="tiny")
-    with open(path, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    image = matplotlib.image.imread(path)
-    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
-
-
-def test_compact_model_with_foreign_layers_is_rejected():
-    dense = flops.count(get_model("vgg16", 3, widths=(4, "M", 6)), None, CIFAR_TINY)
-    bigger = flops.count(get_model("vgg16", 3, widths=(4, "M", 6, 6)), None, CIFAR_TINY)
-    with pytest.raises(ValueError, match="lacks"):
-        report.compare(dense, bigger)
-
-
-def test_plot_without_masked_layers_is_rejected(tmp_path):
-    empty = report.PruningReport(layers=(), widths=(), summary={})
-    with pytest.raises(ValueError, match="no masked layers"):
-        report.plot_widths(str(tmp_path / "x.png"), empty)
-
-
-def test_report_of_a_surgically_pruned_vgg_matches_its_hard_masks():
-    model = get_model("vgg16", 3, widths=(6, "M", 8))
-    x = jax.ShapeDtypeStruct((1,) + CIFAR_TINY, jnp.float32)
+def vgg_report():
+    """A tiny VGG-16 (6, M, 8) whose units have 3 of 6 and 2 of 8 channels dead, cut by prune_model."""
+    model = tiny_model("vgg16", widths=(6, "M", 8))
+    x = jnp.zeros((2,) + CIFAR_TINY)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
     rng = np.random.default_rng(0)
     variables = jax.tree_util.tree_map_with_path(
@@ -112,10 +37,81 @@ def test_report_of_a_surgically_pruned_vgg_matches_its_hard_masks():
     )
     variables["params"]["masked_bn0"]["bias"] = np.array([-5, 1, -5, 1, 1, -5], np.float32)  # 3 of 6 dead
     variables["params"]["masked_bn1"]["bias"] = np.array([1, -5, 1, 1, 1, 1, -5, 1], np.float32)  # 2 of 8
-    compact, compact_variables = surgery.prune(model, variables)
-    rep = report.compare(flops.count(model, variables, CIFAR_TINY), flops.count(compact, compact_variables, CIFAR_TINY))
-    kept = M.kept_channels(surgery.model_hard_masks(model, variables["params"]))
-    assert (rep.summary["kept_channels"], rep.summary["total_channels"]) == (kept["kept"], kept["total"]) == (9, 14)
-    assert [(w.path, w.after) for w in rep.widths] == [("masked_bn0", 3), ("masked_bn1", 6)]
+    compact, _ = prune_model(model, variables, x, train=False)
+    return report.compare(macs.count(compact.program.analysis), macs.of_compact(compact))
+
+
+def test_report_of_a_cut_vgg_matches_its_hard_masks(vgg_report):
+    rep = vgg_report
+    assert (rep.summary["kept_channels"], rep.summary["total_channels"]) == (9, 14)
+    assert [(w.path, w.before, w.after) for w in rep.widths] == [("masked_bn0", 6, 3), ("masked_bn1", 8, 6)]
     rows = {row.path: row for row in rep.layers}
-    assert (rows["conv1"].in_after, rows["conv1"].out_after, rows["head"].in_after) == (3, 6, 6)
+    assert list(rows) == ["conv0", "conv1", "head"]
+    conv1 = rows["conv1"]  # 4x4 outputs after the pool
+    assert (conv1.in_before, conv1.in_after, conv1.out_before, conv1.out_after) == (6, 3, 8, 6)
+    assert (conv1.macs_before, conv1.macs_after) == (4 * 4 * 9 * 6 * 8, 4 * 4 * 9 * 3 * 6)
+    assert (rows["head"].in_after, rows["conv0"].out_after) == (6, 3)
+    assert rep.summary["compact_macs"] == sum(row.macs_after for row in rep.layers)
+    assert rep.summary["dense_macs"] == sum(row.macs_before for row in rep.layers)
+    assert not any(row.removed for row in rep.layers)
+
+
+def _row(path, c_in, c_out, macs_):
+    return LayerCount(path, "conv", c_in, c_out, (3, 3), (4, 4), macs_, 0)
+
+
+def test_removed_layer_shows_zero_after():
+    """A layer the compact count lacks (or counts at 0 MACs) is removed: 0 channels and MACs after."""
+    dense = FlopCount((_row("a", 3, 4, 100), _row("b", 4, 4, 200)), 10, {"g": 4}, CIFAR_TINY)
+    compact = FlopCount((_row("a", 3, 2, 50),), 5, {"g": 2}, CIFAR_TINY)
+    rep = report.compare(dense, compact)
+    rows = {row.path: row for row in rep.layers}
+    assert rows["b"].removed and (rows["b"].in_after, rows["b"].out_after, rows["b"].macs_after) == (0, 0, 0)
+    assert not rows["a"].removed and rows["a"].macs_after == 50
+    assert "b (removed)" in report.format_table(rep)
+
+
+def test_table_lists_every_layer_and_the_totals(vgg_report):
+    table = report.format_table(vgg_report)
+    lines = table.splitlines()
+    assert lines[0].split()[:2] == ["layer", "kind"]
+    for row in vgg_report.layers:
+        assert any(line.startswith(row.path) for line in lines), row.path
+    assert "6->3" in next(line for line in lines if line.startswith("conv1"))
+    pct = vgg_report.summary["macs_reduction_pct"]
+    assert f"(-{pct:.2f}%)" in table and "FLOPs = 2 MACs" in table
+
+
+def test_json_round_trips(vgg_report):
+    text = report.to_json(vgg_report)
+    data = json.loads(text)
+    assert set(data) == {"summary", "layers", "widths"}
+    assert len(data["layers"]) == len(vgg_report.layers)
+    assert report.from_json(text) == vgg_report
+    assert report.from_json(report.to_json(vgg_report, indent=None)) == vgg_report
+
+
+def test_plot_writes_a_valid_png(vgg_report, tmp_path):
+    import matplotlib.image
+
+    path = report.plot_widths(str(tmp_path / "widths.png"), vgg_report, title="tiny")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_counts_of_different_graphs_are_rejected():
+    dense = FlopCount((_row("a", 3, 4, 100),), 10, {"g": 4}, CIFAR_TINY)
+    with pytest.raises(ValueError, match="layers the dense one lacks"):
+        report.compare(dense, FlopCount((_row("a", 3, 4, 100), _row("z", 4, 4, 1)), 10, {"g": 4}, CIFAR_TINY))
+    with pytest.raises(ValueError, match="channel groups the dense one lacks"):
+        report.compare(dense, FlopCount((_row("a", 3, 4, 100),), 10, {"h": 4}, CIFAR_TINY))
+    with pytest.raises(ValueError, match="different inputs"):
+        report.compare(dense, FlopCount((_row("a", 3, 4, 100),), 10, {"g": 4}, (4, 4, 3)))
+
+
+def test_plot_without_masked_layers_is_rejected(tmp_path):
+    empty = report.PruningReport(layers=(), widths=(), summary={})
+    with pytest.raises(ValueError, match="no masked layers"):
+        report.plot_widths(str(tmp_path / "x.png"), empty)

@@ -2,16 +2,14 @@
 
 The cost model read off the graph (soft_prune_jax/user/cost.py) counts the dense MACs of the graph
 and, under any masks, the MACs of the compact model ``prune_model`` cuts with them -- through a
-flatten head, a depthwise conv between two units of one group, and DenseNet's concatenations. A tiny
-SCP run on synthetic data ends at the budget after landing, with the same prune.json record as a
-built-in model; the controller and the weights are the same under pmap, shard_map and one device;
-bad targets are one line.
+flatten head, a depthwise conv between two units of one group, and DenseNet's concatenations (a
+run that lands on a budget: test_budget_training.py, the same traced path); the controller and the
+weights are the same under pmap, shard_map and one device; bad targets are one line.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 import flax.linen as nn
@@ -22,16 +20,16 @@ import pytest
 import zoo_linen
 from graph_support import random_linen_variables
 
-from soft_prune_jax import pipeline, prune_model
+from soft_prune_jax import prune_model
 from soft_prune_jax.measure import flops
 from soft_prune_jax.method import budget as B
 from soft_prune_jax.method import masks as M
 from soft_prune_jax.models.user import UserModel
-from soft_prune_jax.pipeline import user_model
+from soft_prune_jax.pipeline import traced
 from soft_prune_jax.training import config_validation
 from soft_prune_jax.user import cost, macs, masked
 
-from conftest import SyntheticData, run_child, tiny_config
+from conftest import run_child, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -124,42 +122,6 @@ def test_cost_aware_weights_follow_the_graph():
     assert all(float(jnp.abs(grad[bn]["bias"]).sum()) > 0 for bn in ("BatchNorm_0", "BatchNorm_1"))
 
 
-# ---- a tiny SCP run at a budget ----------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_user_model_lands_on_the_budget(tmp_path):
-    """As tests/test_budget_training.py for a built-in model: a constant learning rate and 128 steps let
-    the controller steer the network without its dying channels near the budget (the 14 channels of
-    SyncBNNet move the MACs in steps of several percent); landing then cuts to at most the budget."""
-    config = user_config(
-        "test_user_budget:SyncBNNet",
-        num_epochs=4,
-        num_train_examples=512,
-        lr_boundaries=(4,),
-        checkpoint_every_epochs=4,
-        sparsity_lambda=0.005,
-        target_macs_ratio=0.5,
-        cost_aware_penalty=True,
-        finetune_epochs=0,
-        log_every_steps=16,
-    )
-    config.budget_controller.ki = 0.1
-    config_validation.validate(config, num_devices=1)
-    out = pipeline.run(config, str(tmp_path), "train,prune", dataset=SyntheticData(num_train=512))
-    metrics = out["train"]["train_metrics"]
-    assert metrics["lambda"] != pytest.approx(config.sparsity_lambda)  # the controller moved lambda
-    assert abs(metrics["macs_signal_ratio"] - 0.5) < 0.1, metrics  # what the controller steers
-    assert metrics["macs_hard_ratio"] >= metrics["macs_signal_ratio"] - 1e-6
-    assert 0 < metrics["macs_expected_ratio"] < 1
-    landing = out["prune"]["budget"]
-    assert landing["target_macs_ratio"] == 0.5 and 0.3 <= landing["reached_macs_ratio"] <= 0.5, landing
-    assert landing["hard_masked_macs_ratio"] == pytest.approx(metrics["macs_hard_ratio"], abs=0.05)
-    assert (landing["removed_by_landing"] > 0) == (landing["hard_masked_macs_ratio"] > 0.5)
-    with open(tmp_path / "prune.json") as f:
-        assert json.load(f)["budget"] == landing
-
-
 # ---- pmap / shard_map -----------------------------------------------------------------------------
 
 DEVICES_CHILD = r"""
@@ -167,7 +129,7 @@ import functools, json, sys
 import jax, numpy as np
 sys.path[:0] = [TESTS_DIR, REPO]
 from conftest import SyntheticData, tiny_config
-from soft_prune_jax.pipeline import user_model
+from soft_prune_jax.pipeline import traced
 from soft_prune_jax.training.parallel import Parallel
 from soft_prune_jax.training.state import create_learning_rate_fn, create_optimizer, create_train_state, init_variables
 from soft_prune_jax.training.steps import train_step
@@ -175,7 +137,7 @@ from soft_prune_jax.training.steps import train_step
 config = tiny_config(model="test_user_budget:SyncBNNet", num_classes=10, sparsity_lambda=0.1, target_macs_ratio=0.5,
                      cost_aware_penalty=True)
 config.model_kwargs = {}
-phase = user_model.training_phase(config, (8, 8, 1))
+phase = traced.training_phase(config, (8, 8, 1))
 budget = phase.budget.bind(10)
 data = SyntheticData()
 variables = init_variables(phase.model, jax.random.PRNGKey(0), data.shape)
@@ -233,7 +195,7 @@ def test_target_on_a_model_with_nothing_to_prune_is_one_line():
     config = user_config("user_zoo:NoUnits", target_macs_ratio=0.5)
     config_validation.validate(config, num_devices=1)  # the model itself is fine
     with pytest.raises(ValueError) as info:
-        user_model.training_phase(config, (8, 8, 1))
+        traced.training_phase(config, (8, 8, 1))
     message = str(info.value)
     assert "\n" not in message and "config.target_macs_ratio=0.5 cannot be reached" in message, message
     assert "user_zoo:NoUnits" in message

@@ -11,8 +11,8 @@ by device description and jax version in the file, by batch, dtype, layer signat
 entry; written atomically). A file that does not parse, holds non-numbers, or was written for
 another device or jax version is not trusted: it is rebuilt with a warning.
 
-``builtin_ops`` reads the ops of a flax module (the built-in models, by interception); the ops of a
-traced graph come from ``user.latency``. Tests inject a ``measure`` function instead of timing.
+The ops come from the traced graph (``user.latency.graph_ops``), the cost model from the same graph
+(``user.cost``). Tests inject a ``measure`` function instead of timing.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import time
 import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +34,6 @@ import numpy as np
 from soft_prune_jax.method import budget as B
 from soft_prune_jax.method import latency as L
 from soft_prune_jax.ops import fast_conv
-from soft_prune_jax.ops.conv_geometry import explicit_padding, pair
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "soft_prune_jax")
 FORMAT = 2  # 2: entries are the fastest run (1: a low percentile)
@@ -175,38 +173,6 @@ class Timings:
             os.replace(tmp, self.path)  # never a half-written cache, even with concurrent writers
         except OSError:
             pass  # a read-only home: the timings still work, they are just measured again next time
-
-
-def builtin_ops(model: nn.Module, variables, input_shape: Sequence[int]) -> dict[str, LayerOp]:
-    """{'/'-joined module path: LayerOp} of every 2-D conv and dense layer of a flax module's
-    ``apply(variables, x, train=False)`` for one example of ``input_shape``."""
-    x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
-    ops: dict[str, LayerOp] = {}
-
-    def record(next_fun, args, kwargs, context):
-        module = context.module
-        if context.method_name == "__call__" and isinstance(module, (nn.Conv, nn.Dense, fast_conv.Conv)):
-            kernel = module.get_variable("params", "kernel")
-            path = "/".join(module.path)
-            if kernel is not None and kernel.ndim == 4 and args[0].ndim == 4:
-                strides = pair(module.strides if module.strides is not None else 1, "strides")
-                pads = explicit_padding(args[0].shape[1:3], kernel.shape[:2], strides, module.padding)
-                groups = getattr(module, "feature_group_count", 1)
-                ops[path] = LayerOp(
-                    CONV,
-                    tuple(args[0].shape[1:3]),
-                    tuple(kernel.shape[:2]),
-                    strides,
-                    tuple(map(tuple, pads)),
-                    depthwise=groups > 1 and kernel.shape[2] == 1,
-                )
-            elif kernel is not None and kernel.ndim == 2:
-                ops[path] = LayerOp(DENSE, positions=int(np.prod(args[0].shape[1:-1], dtype=np.int64)))
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-    return ops
 
 
 def layer_ms(cost: B.CostModel, ops: Mapping[str, LayerOp], timings: Timings, batch: int, dtype: str) -> L.LayerMs:

@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from soft_prune_jax import host_memory
-from soft_prune_jax.measure import flops
 from soft_prune_jax.ops import fast_conv
 from soft_prune_jax.ops.conv_geometry import explicit_padding, output_spatial, pair
 
@@ -214,7 +213,7 @@ class LayerShape:
 
     @property
     def macs(self) -> int:
-        """MACs for the whole batch (the flops.py convention: kernel size times output positions)."""
+        """MACs for the whole batch (the ``measure.flops`` convention: kernel size times output positions)."""
         if self.kind == "dense":
             return math.prod(self.input_shape[:-1]) * self.kernel_shape[-1] * self.kernel_shape[0]
         pads = explicit_padding(self.input_shape[1:3], self.kernel_shape[:2], self.strides, self.padding)
@@ -230,8 +229,8 @@ def layer_shapes(
 ) -> list[LayerShape]:
     """Every ``nn.Conv``/``nn.Dense`` call of ``model.apply(variables, x, train=False)``, in call order.
 
-    Found with ``nn.intercept_methods`` under ``jax.eval_shape`` (nothing is computed). Unlike
-    ``flops.count`` rows this keeps strides and padding, which timing a layer alone needs.
+    Found with ``nn.intercept_methods`` under ``jax.eval_shape`` (nothing is computed). Unlike the
+    rows of ``user.macs.count`` these keep strides and padding, which timing a layer alone needs.
     """
     x = jax.ShapeDtypeStruct((batch_size,) + tuple(input_shape), jnp.float32)
     rows: list[LayerShape] = []
@@ -362,11 +361,6 @@ def time_train_steps(
 # ---------------------------------------------------------------------------------------------
 
 
-def _macs(model: nn.Module, variables: Mapping[str, Any], input_shape: Sequence[int]) -> dict[str, int]:
-    count = flops.count(model, variables, input_shape)
-    return {"macs": count.macs, "params": count.params}
-
-
 def compare(
     dense: nn.Module,
     dense_variables: Mapping[str, Any],
@@ -379,12 +373,12 @@ def compare(
     warmup: int = DEFAULT_WARMUP,
     conv_formulation: Optional[str] = None,
     seed: int = 0,
-    macs: Optional[Mapping[str, Mapping[str, int]]] = None,
+    macs: Mapping[str, Mapping[str, int]],
 ) -> dict[str, Any]:
     """Latency, MACs and FLOP rates of a dense model and (optionally) its compact version.
 
-    macs: {'dense'|'compact': {'macs', 'params'}} counted elsewhere (a model ``flops.count`` cannot
-    intercept, e.g. a user's NNX model or a compact replay of a traced graph); default: ``flops.count``.
+    macs: {'dense'|'compact': {'macs', 'params'}} per example, from the graph's count
+    (``user.macs.count``; the caller has the traced model, this module measures only).
 
     Per batch size: both timings (dense and compact take turns, ``time_interleaved``), the speed-up,
     the MAC ratio (dense MACs / compact MACs), their
@@ -410,8 +404,10 @@ def compare(
         "runs": runs,
         "sgemm_gflops_before": sgemm_rate(runs=runs, warmup=warmup),
     }
-    for name, (model, variables) in models.items():
-        result[name] = dict(macs[name]) if macs is not None else _macs(model, variables, input_shape)
+    for name in models:
+        if name not in macs:
+            raise ValueError(f"macs has no {name!r} count: expected {{'dense', 'compact'}} counts of the models timed")
+        result[name] = dict(macs[name])
     if compact is not None:
         result["mac_ratio"] = result["dense"]["macs"] / max(result["compact"]["macs"], 1)
         result["macs_reduction_pct"] = 100.0 * (1.0 - result["compact"]["macs"] / result["dense"]["macs"])

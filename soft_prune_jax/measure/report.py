@@ -1,12 +1,12 @@
 """Per-layer comparison of a dense model and its compact (pruned) version.
 
-Built from two ``flops.FlopCount``s of the same model class: the compact model keeps the module
-names and has smaller widths, so layers are matched by path. A layer the compact model dropped
-(e.g. a conv whose channel set became empty) shows 0 channels and 0 MACs after.
+Built from two ``flops.FlopCount``s of one traced graph (``user.macs``): the compact count keeps the
+layer paths and group names with smaller widths, so layers are matched by path. A layer the compact
+count lacks, or counts at 0 MACs, shows 0 channels and 0 MACs after.
 
-    dense = flops.count(model, variables, (32, 32, 3))
-    compact = flops.count(compact_model, compact_variables, (32, 32, 3))
-    rep = report.compare(dense, compact)
+    compact, compact_variables = prune_model(model, variables, x)
+    dense = macs.count(compact.program.analysis)
+    rep = report.compare(dense, macs.of_compact(compact))
     print(report.format_table(rep))
     open("report.json", "w").write(report.to_json(rep))
     report.plot_widths("widths.png", rep, title="ResNet-56, SCP")
@@ -41,7 +41,7 @@ class LayerChange:
 
 @dataclasses.dataclass(frozen=True)
 class WidthChange:
-    """One masked layer: the channels its mask acts on, dense vs kept."""
+    """One prunable channel group: its channels, dense vs kept."""
 
     path: str
     before: int
@@ -62,8 +62,7 @@ def compare(dense: FlopCount, compact: FlopCount) -> PruningReport:
     extra = sorted(set(after) - {layer.path for layer in dense.layers})
     if extra:
         raise ValueError(
-            f"compact model has layers the dense one lacks: {extra[:5]}; "
-            f"expected the same model class with smaller widths"
+            f"compact model has layers the dense one lacks: {extra[:5]}; expected two counts of the same graph"
         )
     layers = []
     for layer in dense.layers:
@@ -150,13 +149,13 @@ def plot_widths(path: str, rep: PruningReport, title: Optional[str] = None) -> s
     import matplotlib.pyplot as plt
 
     if not rep.widths:
-        raise ValueError("the report has no masked layers to plot (was the dense model built with masks' names?)")
+        raise ValueError("the report has no masked layers to plot (a graph without prunable channel groups?)")
     positions = range(len(rep.widths))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(rep.widths) + 2.0), 3.5))
     try:
         ax.bar(positions, [w.before for w in rep.widths], color="#c8d6e5", label="dense")
         ax.bar(positions, [w.after for w in rep.widths], color="#1f4e79", label="kept")
-        ax.set_xlabel("masked layer (execution order)")
+        ax.set_xlabel("channel group (program order)")
         ax.set_ylabel("channels")
         s = rep.summary
         ax.set_title(

@@ -1,13 +1,12 @@
 """MACs of a masked network as a function of its masks, and landing a cut on a MAC budget.
 
 A conv or dense layer with C_in inputs and C_out outputs costs ``per_pair * C_in * C_out`` MACs
-(``per_pair`` = output positions x kernel taps, read from a FLOP count of the dense network). A
-mask group (the channels one masked unit governs, ``structure.MaskGroup``, or any group of the same
-form: a name and (collection, path, axis) slices) may govern a layer's input axis, its output axis,
-or both; an axis no group governs counts in full. An axis may also hold several groups, or each
-channel of a group several times (a flatten into a dense layer: once per position), as the graph of
-a user's model shows (``user.cost``). Replacing every governed width by its kept count gives the
-MACs of the masked network:
+(``per_pair`` = output positions x kernel taps, read from the MAC count of the dense graph). A
+channel group (the channels the cut keeps or drops together, ``graph.groups``) may govern a layer's
+input axis, its output axis, or both; an axis no group governs counts in full. An axis may also hold
+several groups, or each channel of a group several times (a flatten into a dense layer: once per
+position). ``user.cost.cost_model`` reads all of this off the traced graph; everything here is its
+arithmetic. Replacing every governed width by its kept count gives the MACs of the masked network:
 
   * with 0/1 hard masks, the MACs of the hard-masked network (``hard_macs``);
   * with keep probabilities 1 - pi, the expected MACs (``expected_macs``): differentiable in pi, and
@@ -16,10 +15,9 @@ MACs of the masked network:
 One group's width enters every layer it governs once: channels coupled in one group are counted
 once, and a channel costs MACs both where it is produced (the conv's output axis) and where it is
 read (each consumer's input axis). Where several masked units carry the channels of one group
-(a user's model: ``CostModel.units``), a channel goes only when every one of them drops it
-(``group_keep``), as the cut of ``compact.prune_model`` decides. A surgery that removes a whole
-residual branch once one of its masks is empty removes more than this count does, so in that case
-it is an upper bound.
+(``CostModel.units``), a channel goes only when every one of them drops it (``group_keep``), as the
+cut of ``compact.prune_model`` decides; a group that would lose every channel keeps its most alive
+one (``CostModel.keep_one``), as that cut does, so the MACs under hard masks are the compact model's.
 
 Everything is a pure function of a ``CostModel`` (static Python data) and pytrees of arrays.
 """
@@ -27,7 +25,7 @@ Everything is a pure function of a ``CostModel`` (static Python data) and pytree
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -72,7 +70,7 @@ def _single(terms: Terms) -> Optional[str]:
 @dataclasses.dataclass(frozen=True)
 class UnitChannels:
     """A masked unit whose channels are channels of a group: ``index[i]`` is the group channel of the
-    unit's channel i. Several units may carry one group (a user's model, ``user.cost``)."""
+    unit's channel i. Several units may carry one group (``user.cost``)."""
 
     unit: str  # the masked layer's name, as ``masks.masked_layers`` names it
     group: str
@@ -91,12 +89,12 @@ class UnitChannels:
 class CostModel:
     """The layers of a network and the widths of the groups that prune them.
 
-    units: how masked units map to groups; empty (the built-in models) = each masked unit is the
-    group of its own name, channel for channel."""
+    units: how masked units map to groups (``user.cost``); empty = each masked unit is the group of
+    its own name, channel for channel (hand-made cost models in tests)."""
 
     layers: tuple[CostLayer, ...]
     group_sizes: tuple[tuple[str, int], ...]  # (name, channels), in the groups' order
-    keep_one: frozenset = frozenset()  # groups that never lose their last channel (plain chains)
+    keep_one: frozenset = frozenset()  # groups that never lose their last channel (as prune_model's cut)
     units: tuple[UnitChannels, ...] = ()
 
     @property
@@ -113,48 +111,6 @@ class CostModel:
             if u.unit == unit:
                 return u.group
         return unit
-
-
-def cost_model(groups: Iterable[Any], layers: Iterable[Any]) -> CostModel:
-    """The ``CostModel`` of a network from its mask groups and its per-layer FLOP count.
-
-    groups: objects with ``name``, ``slices`` (each with ``collection``, ``path`` (tuple) and ``axis``)
-      and optionally ``keep_at_least_one`` -- ``structure.describe(model).groups``, or the groups
-      of any other source in the same form.
-    layers: objects with ``path`` ('/'-joined module path), ``kind`` ('conv' | 'dense'),
-      ``kernel_size``, ``in_channels``, ``out_channels`` and ``macs`` -- ``flops.count(...).layers``.
-    """
-    groups = list(groups)
-    owners: dict[tuple[str, tuple, int], str] = {}
-    for group in groups:
-        for s in group.slices:
-            owners[(s.collection, tuple(s.path), int(s.axis))] = group.name
-    sizes: dict[str, int] = {}
-    rows = []
-    for layer in layers:
-        kernel = tuple(layer.path.split("/")) + ("kernel",)
-        ndim = 2 if layer.kind == "dense" else len(layer.kernel_size) + 2
-        in_group, out_group = owners.get(("params", kernel, ndim - 2)), owners.get(("params", kernel, ndim - 1))
-        for group, width in ((in_group, layer.in_channels), (out_group, layer.out_channels)):
-            if group is not None and sizes.setdefault(group, width) != width:
-                raise ValueError(
-                    f"group {group} governs axes of {sizes[group]} and {width} channels "
-                    f"(at {layer.path}): expected one width per group"
-                )
-        pairs = layer.in_channels * layer.out_channels
-        rows.append(
-            CostLayer(
-                layer.path,
-                layer.macs / pairs if pairs else 0.0,
-                layer.in_channels,
-                layer.out_channels,
-                ((in_group, 1),) if in_group else (),
-                ((out_group, 1),) if out_group else (),
-            )
-        )
-    group_sizes = tuple((g.name, sizes[g.name]) for g in groups if g.name in sizes)
-    keep_one = frozenset(g.name for g in groups if getattr(g, "keep_at_least_one", False))
-    return CostModel(tuple(rows), group_sizes, keep_one)
 
 
 def widths(keep: Keep) -> dict[str, jax.Array]:

@@ -13,7 +13,7 @@ narrower layer can be slower. The latency model replaces the MAC count of each l
     is one constant, ``rest_ms``: the dense model's measured latency less its tables at full width.
 
 ``latency_of_widths`` is to latency what ``budget.macs_of_widths`` is to MACs, over the same layers
-and group terms, so one cost model serves built-in and user models alike. Widths chosen by latency
+and group terms, over the one cost model of the graph (``user.cost``). Widths chosen by latency
 (``choose_widths``) look each candidate up in a ``LayerMs`` function, which the caller backs with
 exact timings where it can (``compact.latency``) and the interpolated table otherwise.
 

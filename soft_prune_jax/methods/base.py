@@ -1,19 +1,20 @@
 """The interface every pruning method implements: one frozen dataclass of plain functions.
 
-A method decides five things, and nothing else in the package branches on its name:
+A method decides four things, and nothing else in the package branches on its name:
 
-  mask_config(config)      the soft-mask hyper-parameters the model is built with (None = no masks)
+  mask_config(config)      the soft-mask hyper-parameters the model is trained with (None = no masks)
   init_variables(config, variables)
                            changes freshly initialised variables before training (default: none)
-  regulariser(config)      a function params -> scalar added to the cross-entropy
+  regulariser(config)      a function of the units' params -> scalar added to the cross-entropy
   surgery_masks(config, variables, macs_ratio)
-                           the 0/1 masks surgery cuts by (None = the model's own hard masks);
-                           ``macs_ratio(masks)`` is injected by the caller so a method can aim at a
-                           MAC budget without importing the pipeline
-  keep_scores(params)      per-unit scores, higher = more worth keeping: the keep-one fallback and the
-                           round_to padding of surgery (None = SCP's -z, surgery.default_scores)
+                           the 0/1 masks of the units the cut (``compact.prune_model``) keeps (None =
+                           the units' own hard masks); ``macs_ratio(masks)`` is injected by the caller
+                           so a method can aim at a MAC budget without importing the pipeline. (The
+                           name predates the cut of the traced graph: it is the plug-in API.)
 
-and tells the report its ``label``, its ``settings(config)`` and the words for its keep-one rule.
+and tells the report its ``label``, its ``settings(config)`` and the words for its keep-one rule. A
+group that would lose every channel, and the padding of ``round_to``, follow the cut's own ranking:
+the lowest z = (eps - beta) / |gamma| first, whatever the method.
 """
 
 from __future__ import annotations
@@ -67,6 +68,5 @@ class Method:
     init_variables: Callable[[Config, Mapping[str, Any]], Mapping[str, Any]] = unchanged
     regulariser: Callable[[Config], Callable[[Params], jax.Array]] = no_regulariser
     surgery_masks: Callable[[Config, Mapping[str, Any], MacsRatio], Optional[Masks]] = model_hard_masks
-    keep_scores: Optional[Callable[[Params], dict[str, np.ndarray]]] = None
     keep_one_rule: str = "the lowest z = (eps - beta) / |gamma|"  # completes "kept the channel with ..."
     settings: Callable[[Config], dict] = no_settings  # the config fields the report shows

@@ -1,4 +1,4 @@
-"""The dense baseline: no masks, no regulariser; surgery keeps every channel."""
+"""The dense baseline: no masks, no regulariser; the cut keeps every channel."""
 
 from __future__ import annotations
 

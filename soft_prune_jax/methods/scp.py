@@ -1,7 +1,7 @@
 """SCP (Kang & Han, ICML 2020): soft operation-aware masks, trained jointly with the sparsity penalty.
 
-Surgery cuts by the model's own hard masks [pi < 0.5]; the keep-one fallback and round_to padding
-use the model's own ranking (lowest z, i.e. lowest pi with ties broken), so both defaults of ``Method`` apply. With
+The cut keeps the units' own hard masks [pi < 0.5] (``surgery_masks`` returns None); the keep-one
+fallback and round_to padding use the cut's ranking (lowest z, i.e. lowest pi with ties broken). With
 ``config.target_macs_ratio`` (a MAC budget), a trained network whose hard-masked MACs still exceed
 the budget loses its least alive channels (highest z) until it fits (``budget.land_on_budget``).
 Under a latency budget the same landing runs on the estimated latency (``pipeline.latency.land``).

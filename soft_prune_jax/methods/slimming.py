@@ -2,10 +2,11 @@
 
 The model has no masks while training; every BN scale starts at ``slimming.scale_init`` (0.5 in the
 authors' code).
-Surgery keeps the channels of the masked units whose |scale| clears one threshold over the whole
-network: ``slimming.target_channel_ratio`` of them, or -- when ``slimming.target_macs_ratio`` is set --
-the most channels whose compact model has at most that fraction of the dense MACs (a comparison
-with SCP at matched MACs). A plain chain that would lose every channel keeps its largest |scale|.
+The cut keeps the channels of the units whose |scale| clears one threshold over the whole network:
+``slimming.target_channel_ratio`` of them, or -- when ``slimming.target_macs_ratio`` is set -- the
+most channels whose compact model has at most that fraction of the dense MACs (a comparison with SCP
+at matched MACs). A group that would lose every channel keeps one by the cut's own rule (lowest z =
+(eps - beta) / |gamma|, the default ``keep_one_rule``), as round_to's padding does.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def global_threshold_masks(params: Params, keep_ratio: float) -> Masks:
         raise ValueError(f"slimming.target_channel_ratio={keep_ratio!r} is invalid: expected a number in (0, 1]")
     layers = scale_magnitudes(params)
     if not layers:
-        raise ValueError("the model has no masked BN layers to prune: expected a registry model")
+        raise ValueError("the model has no units to prune: expected BN layers after its convs (user.masked)")
     scores = np.concatenate(list(layers.values()))
     keep = max(1, int(round(keep_ratio * scores.size)))
     threshold = np.sort(scores)[::-1][keep - 1]
@@ -96,8 +97,6 @@ METHOD = register(
         init_variables=init_variables,
         regulariser=regulariser,
         surgery_masks=surgery_masks,
-        keep_scores=scale_magnitudes,
-        keep_one_rule="the largest |BN scale|",
         settings=settings,
     )
 )

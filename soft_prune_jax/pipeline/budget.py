@@ -56,9 +56,8 @@ def controller_config(config, latency: Optional[L.LatencyModel] = None) -> Optio
 
 
 def budget_for(config, cost: B.CostModel, view=None, latency: Optional[L.LatencyModel] = None) -> Budget:
-    """The ``Budget`` of a network with the cost model ``cost``; ``view``: params -> its masked units
-    where the params do not hold them (a user's model: ``UnitSet.unit_view``); ``latency``: its latency
-    model, under a latency budget."""
+    """The ``Budget`` of a network with the cost model ``cost`` (``user.cost``); ``view``: params -> its
+    masked units (``UnitSet.unit_view``); ``latency``: its latency model, under a latency budget."""
     if latency_target(config) is not None:
         if latency is None:
             raise ValueError(f"config.{latency_target(config)[0]} needs the network's latency model: none was built")

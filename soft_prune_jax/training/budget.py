@@ -10,10 +10,10 @@ MAC ratios (progress lines and TensorBoard show them). Under a latency budget (`
 network's ``method.latency.LatencyModel``) the controller steers the estimated latency ratio of the
 same keep masks instead, and the metrics gain it.
 
-The built-in models hold their masked units in their params; a user's model (``user.masked``) does
-not, and its ``Budget`` carries a ``view``: params -> the units as masked layers (``UnitSet.unit_view``),
-which the penalty and the MAC count read instead. The cost model says which group each unit's
-channels belong to (``method.budget.CostModel.units``).
+A model's params do not hold its masked units (``user.masked`` inserts them from outside), so the
+``Budget`` carries a ``view``: params -> the units as masked layers (``UnitSet.unit_view``), which the
+penalty and the MAC count read. The cost model says which group each unit's channels belong to
+(``method.budget.CostModel.units``).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ class Budget:
     channels die in bursts a while after lambda rises, so the controller must see them coming; the
     channels between early_q and c that are still kept at the end are the first that landing removes
     (highest z). None (or c = 1 - delta) = the hard masks themselves;
-    view: params -> {masked layer: {'scale', 'bias'}} where the params do not hold the masked
-    layers themselves (a user's model); None = the params do."""
+    view: params -> {masked layer: {'scale', 'bias'}} (``UnitSet.unit_view``); None = the params
+    hold the masked layers themselves (hand-made params in tests)."""
 
     cost: B.CostModel
     mask: M.MaskConfig

@@ -1,8 +1,7 @@
-"""The MAC cost model of a user's model (``method.budget.CostModel``), read off its traced graph.
+"""The MAC cost model of a model (``method.budget.CostModel``), read off its traced graph.
 
-The built-in models name their groups by the arrays they slice (``structure``); a user's model has
-only its graph, so the cost model comes from the same analysis that masks and cuts it
-(``user.masked.UnitSet``):
+The one cost model of every model, built-in or a user's: it comes from the same analysis that masks
+and cuts the model (``user.masked.UnitSet``), and ``method.budget`` does its arithmetic:
 
 * layers: every conv / dense layer ``user.macs`` counts, with its MACs per (input, output) channel
   pair. The channels of its input and output axes are the graph's channel labels: each prunable
@@ -10,7 +9,8 @@ only its graph, so the cost model comes from the same analysis that masks and cu
   channel over several features; labels of no prunable group always count. A grouped conv reads
   ``C_in / feature_groups`` channels per output, so its input axis is a constant (a depthwise
   conv's cost follows its output channels only, which are the input's group).
-* groups: the prunable groups, each keeping at least one channel (``compact.prune_model`` does).
+* groups: the prunable groups that hold a unit, each keeping at least one channel
+  (``compact.prune_model`` does).
 * units: the position in its group of every masked unit's channel, under the name the unit view
   gives it (``UnitSet.unit_view``), so several units of one group combine (``budget.group_keep``).
 

@@ -1,9 +1,9 @@
 """The ``LayerOp`` of every conv / dense layer of a traced graph (``compact.latency``), by layer path.
 
 The same layers, in the same order and under the same paths, as ``user.macs.count`` and so as the
-cost model of ``user.cost``: a latency model of a user's model is built over them exactly as over a
-built-in model's (``compact.latency.latency_model``). A conv with another layout, dilation, or
-groups other than depthwise has no op: its time is part of the model's constant rest.
+cost model of ``user.cost``: the latency model of every model is built over them
+(``compact.latency.latency_model``). A conv with another layout, dilation, or groups other than
+depthwise has no op: its time is part of the model's constant rest.
 """
 
 from __future__ import annotations

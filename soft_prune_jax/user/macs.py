@@ -1,12 +1,13 @@
-"""MACs and parameters of a traced model, dense or with channels cut, as a ``flops.FlopCount``.
+"""The MAC counter: MACs and parameters of a traced model, dense or with channels cut, as a
+``flops.FlopCount``.
 
-``flops.count`` intercepts linen modules; a user's NNX model and a compact model replayed from its
-graph have no such modules, so the count is read off the graph instead: every
-``conv_general_dilated`` / ``dot_general`` whose kernel is a parameter costs, per example, one MAC
-per kernel weight feeding each output position (the formula of ``flops``), with the shapes the cut
-leaves (``interpret.compact_shape``). Rows are named by the kernel's module path ('block0/conv1'),
-as ``flops.count`` names them, so ``report.compare`` matches dense and compact rows; the masked
-channels are the prunable groups' widths.
+Every model, built-in or a user's, linen or NNX, and the compact model replayed from its graph, is
+counted off the same traced graph: every ``conv_general_dilated`` / ``dot_general`` whose kernel is a
+parameter costs, per example, one MAC per kernel weight feeding each output position (the convention
+of ``measure.flops``), with the shapes the cut leaves (``interpret.compact_shape``). Rows are named by
+the kernel's module path ('block0/conv1'), so ``report.compare`` matches dense and compact rows; the
+masked channels are the prunable groups' widths. The cost model (``user.cost``) and the latency ops
+(``user.latency``) read the same layers (``layer_equations``).
 """
 
 from __future__ import annotations
