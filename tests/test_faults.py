@@ -198,19 +198,20 @@ import json, os, resource, signal, sys
 sys.path.insert(0, TESTS_DIR)
 from conftest import SyntheticData, tiny_config
 from soft_prune_jax.training import checkpoint as ckpt_lib
-from soft_prune_jax.training.experiment import training_phase
+from soft_prune_jax.pipeline.traced import training_phase
 from soft_prune_jax.training.loop import fit
 
 workdir = sys.argv[1]
+SHAPE = SyntheticData().shape
 config = tiny_config(num_epochs=1, num_train_examples=32, log_every_steps=1)
 ckpt_lib.ensure_workdir_config(workdir, config)
-fit(config, workdir, training_phase(config), dataset=SyntheticData())  # one good epoch: checkpoint 2
+fit(config, workdir, training_phase(config, SHAPE), dataset=SyntheticData())  # one good epoch: checkpoint 2
 # From here on no file may grow past 64 bytes: every write fails as on a full disk (EFBIG instead of ENOSPC).
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
 config = tiny_config(num_epochs=3, num_train_examples=32, log_every_steps=1)
 try:
-    fit(config, workdir, training_phase(config), dataset=SyntheticData())
+    fit(config, workdir, training_phase(config, SHAPE), dataset=SyntheticData())
     print("RESULT " + json.dumps({"error": None}))
 except Exception as e:
     print("RESULT " + json.dumps({"error": type(e).__name__, "message": str(e)}))
