@@ -14,6 +14,7 @@ lock, and narrow that package's range in pyproject.toml (or declare what it stop
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -62,6 +63,7 @@ def _run(*args: str, **kwargs) -> int:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     with tempfile.TemporaryDirectory(prefix="soft_prune_jax-drift-") as tmp:
         venv = os.path.join(tmp, "venv")
         python = os.path.join(venv, "bin", "python")

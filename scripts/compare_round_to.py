@@ -1,14 +1,15 @@
 """Compact-model latency for several ``round_to`` values, the same random pruning, timed side by side.
 
     python scripts/compare_round_to.py --models=resnet56,vgg16 --batch_size=64 --random_prune=0.5 \
-        --round_to=1,8,auto [--json=PATH]
+        --round_to=1,8,latency [--json=PATH]
 
-Per model: random BN parameters dropping ``--random_prune`` of every masked unit's channels
-(``surgery.randomize_bn``, the same seed for every value), one compact model per ``round_to``
-(``surgery.prune``), then the dense model and every compact one timed in turns run by run
-(``benchmark.time_interleaved``), so their ratios share the machine's load. 'auto' measures its conv
-latency table first if this device has none cached (compact/align.py). Prints per round_to: MACs,
-kept channels, median ms, speed-up over dense and the MACs it adds over round_to=1.
+Per model: random variables killing ``--random_prune`` of every unit's channels (scripts/random_cut.py,
+the same seed for every value), one compact model per ``round_to`` (the prune phase's own cut,
+``pipeline.traced.cut``: an int pads kept widths to multiples, 'latency' picks the widths the latency
+model prices fastest at --batch_size, measuring this device's tables first if none are cached), then
+the dense model and every compact one timed in turns run by run (``benchmark.time_interleaved``), so
+their ratios share the machine's load. Prints per round_to: MACs (``user.macs``), kept channels,
+median ms, speed-up over dense and the MACs it adds over the first round_to.
 """
 
 from __future__ import annotations
@@ -19,42 +20,40 @@ import json
 import os
 
 import jax
+import random_cut  # scripts/random_cut.py, next to this script
 
-from soft_prune_jax.compact import align, surgery
 from soft_prune_jax.measure import benchmark as B
-from soft_prune_jax.measure import flops
-from soft_prune_jax.models import get_model
-from soft_prune_jax.training.state import init_variables
+from soft_prune_jax.user import macs
 
 
 def _round_to(text: str):
-    if text == align.AUTO:
+    if text == "latency":
         return text
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise SystemExit(f"--round_to entry {text!r} is invalid: expected ints >= 1 or 'auto'")
+        raise SystemExit(f"--round_to entry {text!r} is invalid: expected ints >= 1 or 'latency'")
     return value
 
 
 def compare(name: str, batch_size: int, input_shape, fraction: float, round_tos, seed: int, runs: int) -> dict:
-    model = get_model(name, 10)
-    variables = surgery.randomize_bn(init_variables(model, jax.random.key(seed), input_shape), seed, fraction)
-    dense, dense_vars = model.clone(mask=None), {k: variables[k] for k in ("params", "batch_stats")}
+    config = random_cut.config_for(name)
+    config.benchmark_batch_sizes = (batch_size,)  # the batch round_to='latency' prices
+    variables = random_cut.random_variables(config, input_shape, seed, fraction)
     x = B.random_inputs(batch_size, input_shape, seed)
-    apply = lambda m, v, x: m.apply(v, x, train=False)  # noqa: E731
-    calls = {"dense": (functools.partial(apply, dense), (dense_vars, x))}
-    rows = {"dense": {"macs": flops.count(dense, None, input_shape).macs}}
+    calls = {"dense": (random_cut.dense_apply(config, input_shape), (variables, x))}
+    rows = {}
     for r in round_tos:
-        value = align.Auto(input_shape=input_shape, batch_size=batch_size) if r == align.AUTO else r
-        compact, compact_vars = surgery.prune(model, variables, round_to=value)
-        plans = surgery.plan(model, variables, round_to=value)
-        calls[str(r)] = (functools.partial(apply, compact), (compact_vars, x))
+        config.round_to = r
+        compact, compact_vars = random_cut.cut(config, variables, input_shape)
+        plans = [p for p in compact.program.plans.values() if p.prunable]
+        rows.setdefault("dense", {"macs": macs.count(compact.program.analysis).macs})
+        calls[str(r)] = (functools.partial(lambda m, v, x: m.apply(v, x), compact), (compact_vars, x))
         rows[str(r)] = {
-            "macs": flops.count(compact, None, input_shape).macs,
-            "kept_channels": int(sum(len(p.kept) for p in plans.values())),
+            "macs": macs.of_compact(compact).macs,
+            "kept_channels": int(sum(len(p.kept) for p in plans)),
         }
     times = B.time_interleaved(calls, runs=runs, warmup=2)
     for key, t in times.items():
@@ -70,7 +69,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--input_shape", default="32,32,3")
     parser.add_argument("--random_prune", type=float, default=0.5)
-    parser.add_argument("--round_to", default="1,8,auto")
+    parser.add_argument("--round_to", default="1,8")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--json", default=None)

@@ -7,7 +7,8 @@ The malloc policy (soft_prune_jax/host_memory.py) and the number of CPU devices
 (soft_prune_jax/training/cpu_devices.py) are fixed when a process starts, so each setting runs in its own
 fresh interpreter; the settings take turns for ``--rounds`` rounds and each child reports the median of
 ``--steps`` timed steps, its minor page faults and its kernel (system) time per step. Printed: the median
-over rounds per setting, and the inference forward of the same batch measured in every child.
+over rounds per setting, and the inference forward of the same batch measured in every child. The step
+is the pipeline's own (``pipeline.traced.training_phase``: SCP masks by the traced replay).
 """
 
 from __future__ import annotations
@@ -37,24 +38,23 @@ batch, devices, steps = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5])
 jax.config.update("jax_num_cpu_devices", devices)
 import numpy as np
 from configs import default
-from soft_prune_jax.methods import get_method
-from soft_prune_jax.models import get_model
+from soft_prune_jax.pipeline import traced
 from soft_prune_jax.training import state as S
 from soft_prune_jax.training.parallel import Parallel
-from soft_prune_jax.training.steps import AXIS, train_step
+from soft_prune_jax.training.steps import train_step
 
 input_shape = tuple(int(v) for v in shape.split(","))
 config = default.get_config()
-scp = get_method("scp")
-dense = get_model(model_name, 10, mask=None)
-variables = S.init_variables(dense, jax.random.key(0), input_shape)
+config.model, config.num_classes = model_name, 10
+phase = traced.training_phase(config, input_shape)  # the SCP model and regulariser the train phase builds
+dense = traced.dense_model(config, input_shape)
+variables = phase.model.init({"params": jax.random.PRNGKey(0)}, np.zeros((2,) + input_shape, np.float32))
 lr_fn = S.create_learning_rate_fn(0.1, (), 1.0, 1)
 tx = S.create_optimizer(config, lr_fn, variables["params"])
 state = S.create_train_state(jax.random.PRNGKey(1), variables, tx)
 parallel = Parallel("pmap")
 step = parallel.map(functools.partial(
-    train_step, model=dense.clone(mask=scp.mask_config(config), axis_name=AXIS), tx=tx,
-    learning_rate_fn=lr_fn, regulariser=scp.regulariser(config)))
+    train_step, model=phase.model, tx=tx, learning_rate_fn=lr_fn, regulariser=phase.regulariser))
 rng = np.random.RandomState(0)
 x = rng.randn(batch, *input_shape).astype(np.float32)
 y = rng.randint(0, 10, (batch,)).astype(np.int32)

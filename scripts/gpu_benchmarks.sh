@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU numbers in docs/RESULTS.md ("On a GPU"): the surgery and MAC-budget tests on the
+# The GPU numbers in docs/RESULTS.md ("On a GPU"): the pruning and MAC-budget tests on the
 # accelerator, then jitted latency, dense vs compact, and the train step against the forward, on
 # whatever accelerator JAX finds. No TensorFlow needed (the benchmarks use synthetic inputs).
 #   bash scripts/gpu_benchmarks.sh OUT_DIR
@@ -13,7 +13,7 @@ log="$out/gpu_benchmarks.log"
 nvidia-smi -L 2>/dev/null | tee "$log"
 python3 -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__, jax.devices())' | tee -a "$log"
 echo "== tests on the accelerator"
-timeout 300 python3 -m pytest -q -rf --tb=line -n 6 -p no:cacheprovider tests/test_surgery.py \
+timeout 300 python3 -m pytest -q -rf --tb=line -n 6 -p no:cacheprovider tests/test_graph_prune.py \
   tests/test_budget.py tests/test_budget_training.py tests/test_user_budget.py > "$out/tests.log" 2>&1
 tail -15 "$out/tests.log"
 bench() {  # name, then benchmark.py flags

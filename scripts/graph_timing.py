@@ -3,14 +3,11 @@
 1. Tracing + grouping a full-size ResNet-50 (built-in resnet50, 224x224x3, batch 1; variables as
    abstract shapes, so nothing is computed): the wall time of ``graph.trace`` + ``graph.analyze``.
 2. The cost of prune_model's self-check (``compact.verify``) on a full-size ResNet-50 (224x224x3,
-   batch 1, random variables with half of every BN's channels dead): prune_model with check=False
-   and check=True, first and second call in the process, alternating; and the wall time of the check
-   itself (``verify.check_plans``) in each checked call.
-3. Latency of the compact ResNet-56 built by ``prune_model`` against the hand-built compact class
-   of ``surgery.prune`` with the same kept channels (batch 64, median of interleaved runs), and
-   the largest difference between their outputs.
+   batch 1, random variables with half of every unit's channels dead, scripts/random_cut.py):
+   prune_model with check=False and check=True, first and second call in the process, alternating;
+   and the wall time of the check itself (``verify.check_plans``) in each checked call.
 
-    python3 scripts/graph_timing.py [--runs 30] [--skip_latency] [--skip_check]
+    python3 scripts/graph_timing.py [--skip_check]
 """
 
 from __future__ import annotations
@@ -21,8 +18,9 @@ import time
 
 import jax
 import numpy as np
+import random_cut  # scripts/random_cut.py, next to this script
 
-from soft_prune_jax.compact import structure, surgery, verify
+from soft_prune_jax.compact import verify
 from soft_prune_jax.compact.prune_model import program_of, prune_model
 from soft_prune_jax.graph import analyze, trace
 from soft_prune_jax.measure import benchmark
@@ -54,8 +52,8 @@ def trace_and_group_seconds(repeats: int = 3) -> dict:
 
 
 def self_check_seconds() -> dict:
-    model = get_model("resnet50", 1000).clone(mask=None)  # the user-model case: BN -> ReLU units, no masks
-    variables = surgery.random_variables(model, (1, 224, 224, 3), seed=0, prune_fraction=0.5)
+    model = get_model("resnet50", 1000)
+    variables = random_cut.random_variables(random_cut.config_for("resnet50", 1000), (224, 224, 3), 0, 0.5)
     x = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype(np.float32)
     times = {False: [], True: []}
     inside = []  # the check's own wall time: the check-off call also pays one-time costs the check reuses
@@ -85,49 +83,13 @@ def self_check_seconds() -> dict:
     }
 
 
-def latency(runs: int) -> dict:
-    model = get_model("resnet56", 10)
-    variables = surgery.random_variables(model, (1, 32, 32, 3), seed=0, prune_fraction=0.5)
-    hand, hand_vars = surgery.prune(model, variables)
-    kept = {name: p.kept for name, p in surgery.plan(model, variables).items()}
-    x = np.zeros((2, 32, 32, 3), np.float32)
-    # surgery's compact class has no mask ops (mask=None); prune the same mask-free network, so both
-    # compute the same thing (the kept channels are those the masks keep, so the masks are all ones).
-    model = model.clone(mask=None)
-    probe, _ = prune_model(model, variables, x, train=False)
-    written = {g.name for g in structure.describe(model).groups}
-    keep = {}
-    for grp in program_of(probe).analysis.groups:
-        if grp.prunable:  # the same widths: structure's groups as planned, the rest (unmasked units) whole
-            keep[grp.name] = kept[grp.name] if grp.name in written else np.arange(grp.size)
-    found, found_vars = prune_model(model, variables, x, keep=keep, train=False)
-    batch = np.random.default_rng(0).normal(size=(64, 32, 32, 3)).astype(np.float32)
-    calls = {
-        "hand_built": (lambda v, x: hand.apply(v, x, train=False), (hand_vars, batch)),
-        "prune_model": (lambda v, x: found.apply(v, x, train=False), (found_vars, batch)),
-    }
-    result = benchmark.time_interleaved(calls, runs=runs, warmup=3)
-    ratio = result["prune_model"]["median_ms"] / result["hand_built"]["median_ms"]
-    y1 = jax.jit(calls["hand_built"][0])(hand_vars, batch)
-    y2 = jax.jit(calls["prune_model"][0])(found_vars, batch)
-    return {
-        "resnet56_batch64": result,
-        "prune_model_over_hand_built": ratio,
-        "max_abs_diff": float(np.max(np.abs(np.asarray(y1) - np.asarray(y2)))),
-    }
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--skip_latency", action="store_true")
     parser.add_argument("--skip_check", action="store_true")
     args = parser.parse_args()
     out = {"device": benchmark.device_description(), **trace_and_group_seconds()}
     if not args.skip_check:
         out.update(self_check_seconds())
-    if not args.skip_latency:
-        out.update(latency(args.runs))
     print(json.dumps(out, indent=1, default=float))
 
 

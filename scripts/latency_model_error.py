@@ -3,9 +3,10 @@ chosen by latency gain over fixed rounding, on this machine.
 
 For each model: its latency model at --batch (tables from the per-device cache, measured on first
 use, plus the dense model's median), then --cuts random cuts (random BN parameters dropping a random
-fraction of each masked layer, as launch/benchmark.py --random_prune does), each made compact at
-round_to=1, 8 and 'latency'. The dense model and the three compact ones are timed taking turns
-(medians); each compact model's estimate is set beside its measurement. Raw records go to --out.
+fraction of each unit's channels, scripts/random_cut.py), each cut as the prune phase cuts
+(``pipeline.traced.cut``) at round_to=1, 8 and 'latency'. The dense model and the three compact ones
+are timed taking turns (medians); each compact model's estimate is set beside its measurement. Raw
+records go to --out.
 
     python scripts/latency_model_error.py --models=fmnist_cnn,resnet56 --cuts=12
 """
@@ -24,17 +25,40 @@ from soft_prune_jax import host_memory  # noqa: E402
 
 host_memory.retain_freed_memory()  # as the launchers: before JAX's backend starts
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import random_cut  # noqa: E402  (scripts/random_cut.py, next to this script)
 
-from soft_prune_jax.compact import surgery  # noqa: E402
+from soft_prune_jax.compact import latency as CL  # noqa: E402
 from soft_prune_jax.measure import benchmark  # noqa: E402
 from soft_prune_jax.method import latency as L  # noqa: E402
-from soft_prune_jax.models import get_model  # noqa: E402
 from soft_prune_jax.pipeline import latency as PL  # noqa: E402
-from soft_prune_jax.training.state import init_variables  # noqa: E402
+from soft_prune_jax.pipeline import traced  # noqa: E402
+from soft_prune_jax.user import cost as C  # noqa: E402
+from soft_prune_jax.user.latency import graph_ops  # noqa: E402
 
 SHAPES = {"fmnist_cnn": (28, 28, 1), "resnet56": (32, 32, 3)}
+ARMS = (("r1", 1), ("r8", 8), ("latency", "latency"))
+
+
+def latency_model(config, input_shape, variables, batch: int):
+    """(cost model, latency model) of the graph, as the pipeline builds them under a latency budget."""
+    _, units = traced.setup(config, input_shape)
+    cost = C.cost_model(units)
+    dense_ms = PL.dense_ms(random_cut.dense_apply(config, input_shape), variables, input_shape, batch)
+    return cost, CL.latency_model(cost, graph_ops(units.analysis), dense_ms, batch=batch)
+
+
+def measure_cut(config, input_shape, variables, cut: int, batch: int, runs: int) -> tuple[dict, dict]:
+    """({arm: widths}, {arm or 'dense': timings}) of one random cut at each round_to."""
+    calls = {"dense": (random_cut.dense_apply(config, input_shape), variables)}
+    widths = {}
+    for label, round_to in ARMS:
+        config.round_to = round_to
+        compact, compact_vars = random_cut.cut(config, variables, input_shape)
+        widths[label] = {n: len(p.kept) for n, p in compact.program.plans.items() if p.prunable}
+        calls[label] = (lambda v, x, c=compact: c.apply(v, x), compact_vars)
+    x = benchmark.random_inputs(batch, input_shape, cut)
+    return widths, benchmark.time_interleaved({k: (fn, (v, x)) for k, (fn, v) in calls.items()}, runs=runs)
 
 
 def main() -> None:
@@ -53,28 +77,20 @@ def main() -> None:
     }
     for name in args.models.split(","):
         input_shape = SHAPES[name]
-        model = get_model(name, 10)
-        dense = model.clone(mask=None)
-        dense_vars = init_variables(model, jax.random.key(0), input_shape)
+        config = random_cut.config_for(name)
+        config.benchmark_batch_sizes = (args.batch,)  # the batch round_to='latency' prices
         start = time.time()
-        cost, lm = PL.builtin_model(dense, dense_vars, input_shape, args.batch)
-        chooser = PL.builtin_chooser(model, input_shape, args.batch)
+        cost, lm = latency_model(
+            config, input_shape, random_cut.random_variables(config, input_shape, 0, 0.0), args.batch
+        )
         rows = []
         rng = np.random.default_rng(0)
         for cut in range(args.cuts):
             fraction = float(rng.uniform(0.2, 0.7))
-            variables = surgery.randomize_bn(dense_vars, cut, fraction)
-            calls = {"dense": (lambda v, x, m=dense: m.apply(v, x, train=False), dense_vars)}
-            widths = {}
-            for label, round_to in (("r1", 1), ("r8", 8), ("latency", chooser)):
-                plans = surgery.plan(model, variables, round_to=round_to)
-                widths[label] = {n: len(p.kept) for n, p in plans.items()}
-                compact, compact_vars = surgery.prune(model, variables, round_to=round_to)
-                calls[label] = (lambda v, x, c=compact: c.apply(v, x, train=False), compact_vars)
-            x = benchmark.random_inputs(args.batch, input_shape, cut)
-            timed = benchmark.time_interleaved({k: (fn, (v, x)) for k, (fn, v) in calls.items()}, runs=args.runs)
+            variables = random_cut.random_variables(config, input_shape, cut, fraction)
+            widths, timed = measure_cut(config, input_shape, variables, cut, args.batch, args.runs)
             row = {"cut": cut, "fraction": fraction, "dense_ms": timed["dense"]["median_ms"], "compact": {}}
-            for label in ("r1", "r8", "latency"):
+            for label, _ in ARMS:
                 estimate = float(L.latency_of_widths(cost, lm, widths[label]))
                 row["compact"][label] = {
                     "widths": widths[label],
@@ -88,7 +104,7 @@ def main() -> None:
         ]
         speedups = {
             label: float(np.median([r["dense_ms"] / r["compact"][label]["measured_ms"] for r in rows]))
-            for label in ("r1", "r8", "latency")
+            for label, _ in ARMS
         }
         result["models"][name] = {
             "table_dense_ms": lm.dense_ms,

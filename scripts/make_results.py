@@ -13,7 +13,7 @@ Sections 1-3, between MAIN_BEGIN and MAIN_END (their provenance line first: date
    not Liu et al.'s full recipe, docs/method.md section 6) through the same pipeline
    (configs/fashion_mnist.py, `--config.method=...`): accuracy, MACs, parameters, latency.
 2. Jitted latency of every architecture, dense vs compact, with random BN parameters pruning ~50% of
-   each masked layer's channels (launch/benchmark.py --random_prune=0.5 --round_to=8): CIFAR-size
+   each unit's channels (launch/benchmark.py --random_prune=0.5 --round_to=8): CIFAR-size
    models at batch 64, ImageNet ResNets at batch 1 (a 224x224 batch of 64 takes minutes per run on
    2 CPU cores); plus the SCP train step against the plain one.
 3. The paper's CIFAR and ImageNet results beside the config that reproduces each.
@@ -246,7 +246,7 @@ def bench_section(results: list[dict], train_steps: list[tuple[str, dict]]) -> l
         "## 2. Jitted inference latency, dense vs compact (random masks)",
         "",
         "`python launch/benchmark.py --model=NAME --random_prune=P --round_to=8 --batch_sizes=B --runs=R`, "
-        "P = 0.5 of each masked layer's channels unless the row names another (VGG-16 at 0.3 is ~50% of its "
+        "P = 0.5 of each unit's channels unless the row names another (VGG-16 at 0.3 is ~50% of its "
         "MACs: a chain loses input and output channels). "
         "Median of R timed runs after warm-up, AOT-compiled, inputs on the device. %sgemm: the model's "
         "achieved FLOP rate over a jitted 2048^3 sgemm measured in the same run.",
@@ -319,7 +319,7 @@ def paper_section() -> list[str]:
 # ResNet-56 and VGG-16 pruned at random, batch 64, per channel alignment; the real train step against
 # the jitted forward; the compact ResNet-56 against PyTorch.
 GOAL_MODELS = [("resnet56", 0.5), ("vgg16", 0.3)]
-GOAL_ROUND_TO = [1, 8, "auto"]
+GOAL_ROUND_TO = [1, 8, "latency"]
 GOAL_TRAIN_STEPS = [("fmnist_cnn", 128), ("resnet56", 64)]
 GOALS_BEGIN, GOALS_END = "<!-- goals: begin -->", "<!-- goals: end -->"
 MAIN_BEGIN, MAIN_END = (
@@ -417,7 +417,7 @@ def goals_section(goals: dict) -> list[str]:
         "## Speed goals (issue 14), measured side by side in one run",
         "",
         "`python scripts/make_results.py --goals`: random BN parameters pruning ~half the channels "
-        "(ResNet-56: 0.5 of every masked layer; VGG-16: 0.3, ~50% of its MACs), batch 64, medians of "
+        "(ResNet-56: 0.5 of every unit; VGG-16: 0.3, ~50% of its MACs), batch 64, medians of "
         f"interleaved runs, sgemm measured in each benchmark, on {_goals_device(goals)} (load average at "
         "the start of each benchmark in the last column: about 1 or less is a quiet 2-core machine; raw "
         "JSON `docs/results/goals.json`). Ratios taken within one process are the fairer numbers.",
@@ -536,7 +536,7 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--archs", default=",".join(CIFAR_ARCHS + IMAGENET_ARCHS))
     parser.add_argument("--goals", action="store_true", help="only (re)measure the speed-goals section")
-    parser.add_argument("--goal_round_to", default="1,8,auto", help="with --goals: the alignments to compare")
+    parser.add_argument("--goal_round_to", default="1,8,latency", help="with --goals: the alignments to compare")
     parser.add_argument("--reuse", action="store_true", help="with --goals: reuse benchmark JSON already measured")
     parser.add_argument(
         "--render_goals", action="store_true", help="only re-render the goals section from docs/results/goals.json"
@@ -550,7 +550,7 @@ def main(argv=None) -> None:
         print(f"re-rendered the goals section of {args.out}")
         return
     if args.goals:
-        round_tos = [v if v == "auto" else int(v) for v in args.goal_round_to.split(",")]
+        round_tos = [v if v == "latency" else int(v) for v in args.goal_round_to.split(",")]
         write_goals(args.out, measure_goals(args.runs, args.workdir_root, log, round_tos, args.reuse))
         print(f"wrote the goals section of {args.out}")
         return

@@ -277,10 +277,22 @@ def compare(
 
 
 def _macs(widths: Sequence) -> int:
-    from soft_prune_jax.measure import flops
-    from soft_prune_jax.models import get_model
+    """MACs per example of the demo network with ``widths``, read off its graph as the pipeline's report
+    counts them (``user.macs``), from shapes alone (nothing is computed)."""
+    import jax
+    import jax.numpy as jnp
 
-    return flops.count(get_model("fmnist_cnn", 10, widths=tuple(widths), mask=None), None, DEMO_INPUT).macs
+    from soft_prune_jax.graph import groups, ir
+    from soft_prune_jax.models import get_model
+    from soft_prune_jax.ops import fast_conv
+    from soft_prune_jax.user import macs
+
+    model = get_model("fmnist_cnn", 10, widths=tuple(widths))
+    x = jax.ShapeDtypeStruct((1,) + DEMO_INPUT, jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+    with fast_conv.flax_conv_formulation("xla"):  # one equation per conv, as the pipeline traces
+        graph = ir.trace(lambda v, x: model.apply(v, x, train=False), dict(variables), x)
+    return macs.count(groups.analyze(graph, strip=1)).macs
 
 
 _MACS_CACHE: dict = {}

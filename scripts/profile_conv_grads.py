@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     input_shape = tuple(int(v) for v in args.input_shape.split(","))
-    model = get_model(args.model, 10, mask=None)
+    model = get_model(args.model, 10)
     variables = model.init(jax.random.key(0), jnp.zeros((1,) + input_shape), train=False)
     rows = profile(model, variables, args.batch_size, input_shape, args.runs)
     print(f"{B.device_description()}, jax {jax.__version__}, load {os.getloadavg()[0]:.1f}; medians in ms")

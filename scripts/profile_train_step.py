@@ -6,9 +6,10 @@
 Per-layer timings of convs in isolation (scripts/profile_conv_grads.py) do not add up to the
 compiled step: XLA fuses producers and consumers into each op, runs the whole inference forward as
 one library fusion, and adds copies of its own. This script compiles the step that trains
-(``training.steps.train_step`` with the SCP model, or the plain one, as ``launch/benchmark.py
---train_step`` builds it), runs it under ``jax.profiler.trace`` and sums the duration of every
-executed HLO op (thunk) over ``--steps`` steps. Each op is attributed from its HLO metadata to a
+(``training.steps.train_step`` with the model the train phase builds, ``pipeline.traced``: SCP's
+masks by the traced replay, or the plain one; BN unsynchronised, one device unmapped), runs it
+under ``jax.profiler.trace`` and sums the duration of every executed HLO op (thunk) over
+``--steps`` steps. Each op is attributed from its HLO metadata to a
 layer (the module path in its ``op_name``), a pass (forward, or backward for ops under
 ``transpose(...)``) and a kind (conv, dot, reduce, elementwise/copy, loop); ops XLA created itself
 (layout copies, concatenations of patches) carry no metadata and are listed as 'unattributed'.
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 
+import flax.linen as nn
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the ``configs`` package
@@ -38,8 +40,7 @@ from soft_prune_jax import host_memory  # noqa: E402
 
 host_memory.retain_freed_memory()  # as launch/train.py does, before JAX's backend starts
 from soft_prune_jax.measure import benchmark as B  # noqa: E402
-from soft_prune_jax.methods import get_method  # noqa: E402
-from soft_prune_jax.models import get_model  # noqa: E402
+from soft_prune_jax.pipeline import traced  # noqa: E402
 from soft_prune_jax.training import state as S  # noqa: E402
 from soft_prune_jax.training.steps import train_step  # noqa: E402
 
@@ -50,27 +51,25 @@ _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 
 
 def build(model_name: str, batch_size: int, input_shape, which: str):
-    """(fn, args) of the jitted inference forward and of ``which`` train step ('scp' | 'plain')."""
+    """(fn, args) of the jitted inference forward and of ``which`` train step ('scp' | 'plain'): the
+    model and regulariser the pipeline's train phase builds (``traced.training_phase``: SCP masks by the
+    traced replay), its BN unsynchronised so the step runs unmapped (``axis_name=None``)."""
     config = default.get_config()
-    model = get_model(model_name, 10)
-    variables = S.init_variables(model, jax.random.key(0), input_shape)
-    dense = model.clone(mask=None)
+    config.model, config.num_classes = model_name, 10
+    config.model_kwargs = {"norm": nn.BatchNorm}
+    config.method = "scp" if which == "scp" else "dense"
+    phase = traced.training_phase(config, input_shape)
+    dense = traced.dense_model(config, input_shape)
     x = B.random_inputs(batch_size, input_shape, 0)
+    variables = phase.model.init({"params": jax.random.PRNGKey(0)}, x[:2])
     labels = jax.random.randint(jax.random.key(1), (batch_size,), 0, 10)
     lr_fn = S.create_learning_rate_fn(float(config.learning_rate), (), 1.0, 1)
     tx = S.create_optimizer(config, lr_fn, variables["params"])
-    state = S.create_train_state(jax.random.key(2), variables, tx)
-    method = get_method("scp" if which == "scp" else "dense")
+    state = S.create_train_state(jax.random.PRNGKey(2), variables, tx)
     step = functools.partial(
-        train_step,
-        model=dense.clone(mask=method.mask_config(config)) if which == "scp" else dense,
-        tx=tx,
-        learning_rate_fn=lr_fn,
-        regulariser=method.regulariser(config),
-        axis_name=None,
+        train_step, model=phase.model, tx=tx, learning_rate_fn=lr_fn, regulariser=phase.regulariser, axis_name=None
     )
-    forward_vars = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-    return (lambda v, x: dense.apply(v, x, train=False), (forward_vars, x)), (
+    return (lambda v, x: dense.apply(v, x, train=False), (variables, x)), (
         step,
         (state, {"image": x, "label": labels}),
     )

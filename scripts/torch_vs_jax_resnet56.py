@@ -1,10 +1,11 @@
 """PyTorch (CPU, channels_last, eval) against jitted Flax on the same ResNet-56 shapes, batch 64.
 
 Not a test and not a dependency: needs ``pip install torch==2.13.0`` (CPU wheel). Times the dense
-pre-activation ResNet-56 and the same net with every block's inner width halved (1.93x fewer MACs),
-in one process with the same protocol (warm-up, then N rounds in which every model runs once, so
-load drift hits all of them alike; median and min), and prints the load average next to the numbers
-because the machine may be shared.
+pre-activation ResNet-56 and the same net with every block's inner width halved (1.99x fewer MACs;
+in JAX the ``prune_model`` cut of the dense net, as the pipeline's compact model), in one process
+with the same protocol (warm-up, then N rounds in which every model runs once, so load drift hits
+all of them alike; median and min), and prints the load average next to the numbers because the
+machine may be shared.
 
     OMP_WAIT_POLICY=PASSIVE python scripts/torch_vs_jax_resnet56.py --runs=30 --batch_size=64
 
@@ -19,15 +20,19 @@ import json
 import os
 import time
 
+import flax.linen as nn
 import jax
+import numpy as np
 
+from soft_prune_jax import channel_groups, get_model, prune_model
 from soft_prune_jax.measure import benchmark as B
-from soft_prune_jax.measure import flops
-from soft_prune_jax.models import get_model
+from soft_prune_jax.ops import fast_conv
+from soft_prune_jax.user import macs as M
 
 
 def torch_resnet56(inner_widths, stage_widths=(16, 32, 64), stage_sizes=(9, 9, 9)):
-    """The same pre-activation ResNet-56 as soft_prune_jax.models.PreActResNet(mask=None)."""
+    """The same pre-activation ResNet-56 as soft_prune_jax.models.PreActResNet, with ``inner_widths[b][0]``
+    the width of block b's conv1 (its masked_bn2 channels)."""
     import torch.nn as tnn
 
     class Block(tnn.Module):
@@ -83,11 +88,36 @@ def torch_call(net, batch_size):
     return call
 
 
-def jax_call(model, variables, batch_size, formulation):
+def jax_resnet56(conv, halved: bool):
+    """(apply(v, x), variables, MACs per example): the registry's ResNet-56 with ``conv``, or its
+    ``prune_model`` cut keeping the first half of every block's inner channels (the rest whole)."""
+    model = get_model("resnet56", 10, conv=conv)
+    x = jax.numpy.zeros((2, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    if not halved:
+        return (lambda v, x: model.apply(v, x, train=False)), variables, M.count(_analysis(model, variables, x)).macs
+    keep = {
+        g.name: np.arange(g.size // 2 if g.name.endswith("masked_bn2") else g.size)
+        for g in channel_groups(model, variables, x, train=False)
+        if g.prunable
+    }
+    compact, compact_vars = prune_model(model, variables, x, keep=keep, train=False)
+    if conv is nn.Conv:  # the replay's convs as XLA's, as the model's own
+        compact.program.formulation = "xla"
+    return (lambda v, x: compact.apply(v, x)), compact_vars, M.of_compact(compact).macs
+
+
+def _analysis(model, variables, x):
+    from soft_prune_jax.graph import analyze, trace
+
+    with fast_conv.flax_conv_formulation("xla"):
+        return analyze(trace(lambda v, x: model.apply(v, x, train=False), variables, x), strip=1)
+
+
+def jax_call(apply, variables, batch_size):
     """A no-argument callable running the AOT-compiled Flax model once, inputs already on the device."""
     x = jax.device_put(jax.random.normal(jax.random.key(0), (batch_size, 32, 32, 3)))
     variables = jax.device_put(variables)
-    apply = B.with_formulation(lambda v, x: model.apply(v, x, train=False), formulation)
     compiled = jax.jit(apply).lower(variables, x).compile()
     return lambda: jax.block_until_ready(compiled(variables, x))
 
@@ -133,12 +163,10 @@ def main():
     }
     calls, macs = {}, {}
     for name, widths in (("dense", full), ("halved", halved)):
-        model = get_model("resnet56", 10, mask=None, block_widths=tuple(widths))
-        variables = model.init(jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3)))
-        macs[name] = flops.count(model, variables, (32, 32, 3)).macs
         calls[(name, "torch_channels_last")] = torch_call(torch_resnet56(widths), args.batch_size)
-        for label, formulation in (("jax_xla", None), ("jax_fast_conv_auto", "auto")):
-            calls[(name, label)] = jax_call(model, variables, args.batch_size, formulation)
+        for label, conv in (("jax_xla", nn.Conv), ("jax_fast_conv_auto", fast_conv.Conv)):
+            apply, variables, macs[name] = jax_resnet56(conv, name == "halved")
+            calls[(name, label)] = jax_call(apply, variables, args.batch_size)
     timings = time_round_robin(calls, args.runs, args.warmup)
     for name in ("dense", "halved"):
         results["rows"].append(

@@ -1,20 +1,21 @@
-"""Where the traced path's SCP train step differs in cost from the built-in one, in one process taking turns.
+"""Where the SCP train step's time goes on the traced path, in one process taking turns.
 
     python scripts/traced_step_breakdown.py --model=fmnist_cnn --batch_size=128 --input_shape=28,28,1
 
-The gradient of the training loss (cross-entropy; SCP's regulariser where masks are on) of:
+The gradient of the training loss (cross-entropy; SCP's regulariser where masks are on) of the
+registry model (``get_model``: on a CPU ``fast_conv.Conv``, VGG's ``ops.pooling.max_pool_2x2``; BN
+unsynchronised, as one process without a mapped axis):
 
-* ``builtin_dense``: the registry model without masks (``fast_conv.Conv`` with its own weight-gradient
-  rule, ``ops.pooling.max_pool_2x2``);
-* ``builtin_scp``: the same with its ``MaskedBNReLU`` masks (today's SCP step);
-* ``twin_direct``: the plain twin with the CPU choices (tests/zoo_builtin.py ``cpu_twin``:
-  ``fast_conv.Conv``, VGG's ``max_pool_2x2``), applied as written (no masks: custom gradients kept);
-* ``twin_autodiff_wgrad``: ``twin_direct`` with ``fast_conv.Conv(weight_grad='autodiff')``: the
-  convs' weight gradients as the replay gets them, no masks;
-* ``twin_replay``: the twin behind ``user.masked.MaskedModel`` (SCP masks by the traced replay, which
-  inlines every custom_vjp body, so the convs' weight gradients are autodiff of the forward).
+* ``dense``: applied as written (no masks: the convs' own weight-gradient rule kept);
+* ``dense_autodiff_wgrad``: the same with ``fast_conv.Conv(weight_grad='autodiff')``: the convs'
+  weight gradients as the replay gets them, no masks;
+* ``scp_replay``: the model behind ``user.masked.MaskedModel`` (SCP masks by the traced replay, which
+  inlines every custom_vjp body, so the convs' weight gradients are autodiff of the forward): the
+  pipeline's SCP train step.
 
-All on the same batch, timed by ``measure.benchmark.time_interleaved`` (loaded-machine medians).
+So ``scp_replay / dense`` is what SCP costs, and ``dense_autodiff_wgrad / dense`` the part of it that
+comes from losing the custom weight gradients. All on the same batch, timed by
+``measure.benchmark.time_interleaved`` (loaded-machine medians).
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ def main() -> None:
     parser.add_argument("--input_shape", default="28,28,1")
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
-    sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+    sys.path.insert(0, ROOT)
     from soft_prune_jax import host_memory
 
     host_memory.retain_freed_memory()
+    import flax.linen as nn
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -46,11 +48,10 @@ def main() -> None:
 
     from configs import default
     from soft_prune_jax.measure import benchmark
-    from soft_prune_jax.method.units import GUMBEL_RNG
+    from soft_prune_jax.method.masks import GUMBEL_RNG
     from soft_prune_jax.methods import get_method
-    from soft_prune_jax.models import get_model, user
+    from soft_prune_jax.models import user
     from soft_prune_jax.ops import fast_conv
-    from soft_prune_jax.training.state import init_variables
     from soft_prune_jax.user import masked
 
     shape = tuple(int(v) for v in args.input_shape.split(","))
@@ -69,30 +70,21 @@ def main() -> None:
 
         return lambda v: jax.grad(loss)(v["params"], v["batch_stats"])
 
-    dense = get_model(args.model, 10, mask=None)
-    bv = init_variables(dense, key, shape)
-    builtin_scp = dense.clone(mask=mask)
-
-    def builtin_apply(model):
-        return lambda v, x: model.apply(v, x, train=True, rngs={GUMBEL_RNG: key}, mutable=["batch_stats"])
-
-    um = user.build("zoo_builtin:cpu_twin", 10, {"name": args.model})
-    tv = um.init(key, x[:2])
-    units = masked.UnitSet.analyze(um, jax.tree.map(jnp.ones_like, tv), x[:2])
-    replay = masked.MaskedModel(um, units, "soft", mask=mask)
+    model = user.build(args.model, 10, {"norm": nn.BatchNorm})
+    variables = model.init(key, x[:2])
+    units = masked.UnitSet.analyze(model, jax.tree.map(jnp.ones_like, variables), x[:2])
+    replay = masked.MaskedModel(model, units, "soft", mask=mask)
     autodiff_conv = functools.partial(fast_conv.Conv, weight_grad="autodiff")
-    plain_grads = user.build("zoo_builtin:cpu_twin", 10, {"name": args.model, "conv": autodiff_conv})
+    autodiff = user.build(args.model, 10, {"norm": nn.BatchNorm, "conv": autodiff_conv})
     calls = {
-        "builtin_dense": (grad_of(builtin_apply(dense), lambda p: 0.0), (bv,)),
-        "builtin_scp": (grad_of(builtin_apply(builtin_scp), reg), (bv,)),
-        "twin_direct": (grad_of(lambda v, x: um.apply(v, x, train=True), lambda p: 0.0), (tv,)),
-        "twin_autodiff_wgrad": (grad_of(lambda v, x: plain_grads.apply(v, x, train=True), lambda p: 0.0), (tv,)),
-        "twin_replay": (
+        "dense": (grad_of(lambda v, x: model.apply(v, x, train=True), lambda p: 0.0), (variables,)),
+        "dense_autodiff_wgrad": (grad_of(lambda v, x: autodiff.apply(v, x, train=True), lambda p: 0.0), (variables,)),
+        "scp_replay": (
             grad_of(
                 lambda v, x: replay.apply(v, x, train=True, rngs={GUMBEL_RNG: key}),
                 lambda p: reg(units.unit_view(p)),
             ),
-            (tv,),
+            (variables,),
         ),
     }
     timed = benchmark.time_interleaved(calls, runs=args.runs)
