@@ -184,9 +184,15 @@ def tiny(name, seed=0, fraction=0.5, dropped=(0.0, -100.0)):
         _, shape, _ = TINY[name]
         model = tiny_model(name)
         x = jax.random.normal(jax.random.PRNGKey(seed + 1), shape)
-        variables = model.init(jax.random.PRNGKey(seed), x)
-        flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, dict(variables)))
+        # He-normal weights drawn here from the shapes alone: compiling a model's init costs more than its tests
+        shapes = jax.eval_shape(model.init, jax.random.PRNGKey(seed), x)
         rng = np.random.default_rng(seed)
+        flat = {
+            k: (
+                rng.normal(0, np.sqrt(2.0 / np.prod(s.shape[:-1])), s.shape) if k[-1] == "kernel" else np.zeros(s.shape)
+            ).astype(np.float32)
+            for k, s in traverse_util.flatten_dict(dict(shapes)).items()
+        }
         for k in sorted(k for k in flat if k[0] == "params" and k[-1] == "scale"):
             n, module = flat[k].shape[0], k[1:-1]
             dead = rng.random(n) < fraction if module[-1].startswith("masked_bn") else np.zeros(n, bool)
