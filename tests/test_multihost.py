@@ -45,7 +45,7 @@ sys.path.insert(0, TESTS_DIR)
 from conftest import tiny_config
 from soft_prune_jax.training import checkpoint as ckpt_lib
 from soft_prune_jax.training.evaluate import evaluate
-from soft_prune_jax.training.experiment import training_phase
+from soft_prune_jax.pipeline.traced import training_phase
 from soft_prune_jax.training.loop import fit
 from soft_prune_jax.training.parallel import Parallel
 from soft_prune_jax.training.steps import AXIS, eval_step
@@ -113,7 +113,7 @@ for KIND in KINDS:
     ckpt_lib.ensure_workdir_config(WORKDIR, config)
     data = ShardedData()
     ShardedData.served_rows = 0
-    phase = training_phase(config)
+    phase = training_phase(config, SHAPE)
     result = fit(config, WORKDIR, phase, dataset=data)
     parallel = Parallel(KIND)
     model = phase.model.clone(axis_name=AXIS)
@@ -288,7 +288,7 @@ def test_pipeline_prunes_once_and_evaluates_across_processes(all_runs):
         assert evaluation["compact_accuracy_before_finetune"] == pytest.approx(
             single["compact_accuracy_before_finetune"]
         )
-    assert sorted(os.listdir(os.path.join(workdir, "compact"))) == ["arrays", "model.json"]
+    assert sorted(os.listdir(os.path.join(workdir, "compact"))) == ["apply.jax_export", "arrays.npz", "model.json"]
     assert not [e for e in os.listdir(workdir) if ".tmp" in e or e.endswith(".old")]
 
 
