@@ -235,11 +235,6 @@ def test_masks_inserted_by_replay_evaluate_as_the_hard_masks(name):
     assert np.max(np.abs(np.asarray(out) - np.asarray(_xla(model.apply)(variables, x)))) > 1e-3  # the masks act
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: pipeline.traced.cut passes keep=None when the method returns no masks (SCP without a "
-    "budget), so prune_traced cuts the keep_whole groups by their own units' hard masks",
-)
 def test_pipeline_cut_keeps_the_shared_groups_whole():
     """``pipeline.traced.cut`` of a tiny ResNet-56 config (SCP's hard masks). Channels that SCP drops are
     alive (scale 0.5, bias -1), in the paper's units and in the shared BN-ReLUs of the projecting first

@@ -190,8 +190,8 @@ def cut(config, variables, input_shape: Sequence[int], keep=None, record: Option
                 keep = units.group_keep(masks)
             elif method.mask_config(config) is None:  # trained without masks and no masks chosen: nothing is cut
                 keep = {grp.name: np.ones(grp.size, bool) for grp in units.analysis.groups if grp.prunable}
-            else:
-                keep = None
+            else:  # every group by its units' hard masks, but those the model keeps whole (keep_whole)
+                keep = units.group_keep({}) or None
             return _latency_keep(config, units, trained.analysis, consts, variables, keep) if by_latency else keep
 
         if latency.latency_target(config) is not None and units.units:
