@@ -343,17 +343,27 @@ def test_cpu_formulations_equal_xla_convs(name):
     assert groups(cpu) == groups(xla) and groups(xla)
 
 
-@pytest.mark.xfail(
-    ON_CPU,
-    strict=True,
-    reason="library bug (ops): jax.jit(jax.grad) through fast_conv.Conv -> BN (batch statistics) -> ReLU -> "
-    "pooling.max_pool_2x2 gives the first conv's kernel a different gradient than XLA's conv and Flax's "
-    "max-pool (eagerly they agree)",
+@pytest.mark.parametrize(
+    "batch",
+    [
+        8,
+        pytest.param(
+            2,
+            marks=pytest.mark.xfail(
+                ON_CPU,
+                strict=False,
+                reason="open bug (ops, found in issue 22): at batch 2 only, jax.jit(jax.grad) through "
+                "fast_conv.Conv -> BN (batch statistics) -> ReLU -> pooling.max_pool_2x2 gives the first "
+                "conv's kernel a gradient 0.19 off XLA's (eagerly they agree; batch 3, 4, 8 and the demo's "
+                "network agree to 1e-6; weight_grad='autodiff' or Flax's max-pool agree)",
+            ),
+        ),
+    ],
 )
-def test_cpu_formulations_train_with_xla_gradients():
+def test_cpu_formulations_train_with_xla_gradients(batch):
     """The CPU defaults (``fast_conv.Conv``, ``max_pool_2x2``) in a training step -- jitted, batch
     statistics -- give every parameter the gradient XLA's conv and Flax's max-pool give."""
-    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 12, 12, 1)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(batch, 12, 12, 1)), jnp.float32)
     grads = []
     for conv, pool in ((fast_conv.Conv, pooling.max_pool_2x2), (nn.Conv, common.max_pool_2x2)):
         model = get_model("fmnist_cnn", 10, widths=(8, "M", 12), conv=conv, pool=pool, norm=nn.BatchNorm)
