@@ -80,7 +80,8 @@ def test_layer_formulas_for_strides_padding_groups_and_positions():
     assert rows["strided"].macs == 7 * 7 * 9 * 3 * 8
     assert rows["valid"].macs == 5 * 7 * 3 * 8 * 8 and rows["valid"].params == 3 * 8 * 8 + 8
     assert rows["grouped"].macs == 3 * 5 * 9 * (8 // 4) * 12  # each output reads C_in / groups inputs
-    assert rows["per_position"].macs == 3 * 5 * 12 * 5  # (user.macs gives a dense layer no output_spatial)
+    assert rows["per_position"].macs == 3 * 5 * 12 * 5
+    assert rows["per_position"].output_spatial == (3, 5)  # a dense layer over extra positions names them
 
 
 def test_drop_in_conv_modules_count_like_nn_conv():

@@ -69,7 +69,9 @@ def count(analysis: G.Analysis, kept: Optional[Mapping] = None, plans: Optional[
             kernel_size = tuple(int(w[a]) for a in dn.rhs_spec[2:])
             kind = CONV
         else:
-            out_c, in_c, spatial, kernel_size, kind = y[-1], x[-1], (), (), DENSE
+            # a dense layer over extra axes (per position): those axes, batch aside; () on flat inputs
+            out_c, in_c, kernel_size, kind = y[-1], x[-1], (), DENSE
+            spatial = tuple(int(d) for d in y[1:-1])
         positions = math.prod(y) // max(batch, 1) // max(out_c, 1) if out_c else 0
         macs = int(positions * math.prod(w)) if out_c else 0
         module = path[1:-1]
