@@ -242,7 +242,7 @@ def test_network_slimming_through_the_pipeline(tmp_path):
     details = results["report"]["method_details"]
     assert details == {
         "label": "Network Slimming",
-        "keep_one_rule": "the largest |BN scale|",
+        "keep_one_rule": "the lowest z = (eps - beta) / |gamma|",  # the cut ranks by z for every method
         "settings": {"l1": 1e-4, "scale_init": 0.5, "cut": "global |scale| threshold keeping 0.5 of the channels"},
     }
     compact, _ = load_model_dir(os.path.join(workdir, "compact"))
