@@ -40,7 +40,7 @@ def get_config() -> config_dict.ConfigDict:
     # What to train on.
     # A name from soft_prune_jax.models.model_names(), or a user's own linen/NNX model as "package.module:attribute"
     # (a class or factory called with num_classes and **model_kwargs, imported from the working directory or
-    # PYTHONPATH; its masks are inserted from outside, soft_prune_jax/user/masked.py).
+    # PYTHONPATH; its masks are inserted from outside, soft_prune_jax/traced/masked.py).
     config.model = "resnet56"
     # Constructor overrides of the registry model, e.g. {'widths': (4, 'M', 8)} for a tiny VGG; empty = the
     # architecture as published. A dict literal on the command line: --config.model_kwargs="{'widths': (8, 'M')}".
@@ -82,7 +82,7 @@ def get_config() -> config_dict.ConfigDict:
     config.weight_decay = CIFAR_PAPER_WEIGHT_DECAY
 
     # Pruning method and its knobs.
-    config.method = "scp"  # a name from soft_prune_jax.methods.method_names(): 'scp' | 'dense' | 'slimming'
+    config.method = "scp"  # a name from soft_prune_jax.pruners.method_names(): 'scp' | 'dense' | 'slimming'
     config.mask = config_dict.ConfigDict(dict(eps=0.05, delta=0.05, k=20.0, tau=0.5))  # SCP's mask
     config.sparsity_lambda = 5e-5  # SCP: the paper's ResNet-56 value; the only knob that sets the FLOPs cut
     config.sparsity_s = 2.0  # SCP: penalty per channel is beta + s * |gamma|
@@ -93,14 +93,14 @@ def get_config() -> config_dict.ConfigDict:
     config.target_macs_ratio = placeholder(float)
     # SCP at a latency budget instead (docs/method.md, "Latency budget"): a fraction in (0, 1] of the dense
     # model's latency measured on this device at benchmark_batch_sizes[0], or an absolute target in ms;
-    # the controller drives the latency the per-device tables estimate (soft_prune_jax/method/latency.py).
+    # the controller drives the latency the per-device tables estimate (soft_prune_jax/scp/latency_model.py).
     # At most one of target_macs_ratio, target_latency_ratio and target_latency_ms.
     config.target_latency_ratio = placeholder(float)
     config.target_latency_ms = placeholder(float)
     # SCP's penalty with each channel weighted by the MACs removing it would save (normalised to a mean of
     # 1), so early high-resolution channels are dearer to keep; False = the paper's penalty.
     config.cost_aware_penalty = False
-    # The controller of target_macs_ratio (soft_prune_jax/method/controller.py), on e = hard-masked MACs /
+    # The controller of target_macs_ratio (soft_prune_jax/scp/controller.py), on e = hard-masked MACs /
     # dense - target_t: log lambda = I + kp * e, I += ki * e every step; target_t falls linearly from 1 to
     # the budget over the first ramp_fraction of training; lambda stays in [lambda_min, lambda_max]; both
     # gains are multiplied by undershoot_boost while the MACs are below the target (dead channels rarely revive).
@@ -138,7 +138,7 @@ def get_config() -> config_dict.ConfigDict:
     config.finetune_epochs = 0  # 0 = none (the reference CIFAR pipeline does not fine-tune)
     config.finetune_learning_rate = 0.01  # the paper's optional fine-tuning LR
     # Keep channel counts multiples of this (1 = no alignment), or 'latency': per channel group the width
-    # >= the kept count that the latency model of this device says runs fastest (pipeline/latency.py).
+    # >= the kept count that the latency model of this device says runs fastest (pipeline/latency_setup.py).
     # Typed `object` so that --config.round_to takes an int or the string 'latency' alike.
     config.round_to = config_dict.FieldReference(1, field_type=object)
 

@@ -9,9 +9,9 @@ Three ways to name the models:
     # a registry model (or a user's 'package.module:attribute') without a config
     python launch/benchmark.py --model=vgg16 --num_classes=10 --input_shape=32,32,3 --random_prune=0.5
 
-Every model takes the pipeline's own road (``pipeline.traced``): the dense model as written, the cut
-``traced.cut`` makes from its units' hard masks (random BN parameters: a fraction of every unit's
-channels dead), MACs read off the graph (``user.macs``). Per batch size (--batch_sizes, default
+Every model takes the pipeline's own road (``pipeline.model_path``): the dense model as written, the cut
+``model_path.cut`` makes from its units' hard masks (random BN parameters: a fraction of every unit's
+channels dead), MACs read off the graph (``traced.macs``). Per batch size (--batch_sizes, default
 1,64,256) it prints median latency with p10-p90, MACs, the MAC-reduction ratio, the speed-up and
 speed-up / MAC ratio, and each model's GFLOP/s against the machine's sgemm rate (a jitted 2048^3
 float32 matmul, measured in the same run). --json=- writes the same numbers as JSON to stdout (the
@@ -58,7 +58,7 @@ flags.DEFINE_string(
     "round_to",
     None,
     "Kept widths padded to multiples of an int >= 1, or 'latency' (the widths whose layers are fastest at the "
-    "first batch size, pipeline/latency.py); default: the config's round_to, else 1.",
+    "first batch size, pipeline/latency_setup.py); default: the config's round_to, else 1.",
 )
 flags.DEFINE_list("batch_sizes", ["1", "64", "256"], "Batch sizes to time.")
 flags.DEFINE_integer("runs", 50, "Timed runs per measurement (the median is reported).")
@@ -182,7 +182,7 @@ class Models(NamedTuple):
     dense_vars: Any
     compact: Optional[Any]
     compact_vars: Optional[Any]
-    macs: dict  # {'dense'|'compact': {'macs', 'params'}} from the graph (user.macs)
+    macs: dict  # {'dense'|'compact': {'macs', 'params'}} from the graph (traced.macs)
     input_shape: tuple
     description: str
     cut: Optional[Any]  # the prune_traced result the compact model is (or was saved from)
@@ -197,9 +197,9 @@ def _from_workdir() -> Models:
     """A finished run: its trained network as written against its final compact artifact."""
     from ml_collections import ConfigDict
 
-    from soft_prune_jax.pipeline import traced, workdir
+    from soft_prune_jax.pipeline import model_path, workdir
+    from soft_prune_jax.traced import macs
     from soft_prune_jax.training import checkpoint, data
-    from soft_prune_jax.user import macs
 
     try:
         config = ConfigDict(checkpoint.load_workdir_config(FLAGS.workdir))
@@ -215,13 +215,13 @@ def _from_workdir() -> Models:
     try:  # an unfinished run, or a compact model of the format before: one line naming it
         compact, compact_vars, which = workdir.final_compact(FLAGS.workdir)
         variables = workdir.trained_variables(config, FLAGS.workdir)
-        kept = traced.kept_of(FLAGS.workdir, "benchmark")
+        kept = model_path.kept_of(FLAGS.workdir, "benchmark")
     except (OSError, ValueError) as e:
         raise app.UsageError(str(e).splitlines()[0]) from None
     saved = compact.spec.get("input_shape")  # the artifact's own images: no dataset to resolve for them
     input_shape = tuple(saved) if saved and not FLAGS.input_shape else _input_shape(config, True)
-    dense = traced.dense_model(config, input_shape)
-    cut, _ = traced.cut(config, variables, input_shape, keep=kept)
+    dense = model_path.dense_model(config, input_shape)
+    cut, _ = model_path.cut(config, variables, input_shape, keep=kept)
     counts = _macs(macs.count(cut.program.analysis), macs.of_compact(cut))
     description = f"workdir {FLAGS.workdir} ({config.model}, compact: {which})"
     return Models(config, dense, variables, compact, compact_vars, counts, input_shape, description, cut)
@@ -229,27 +229,27 @@ def _from_workdir() -> Models:
 
 def _random_cut(config, input_shape):
     """(dense, dense_vars, compact|None, compact_vars|None, macs): random BN parameters, then the
-    pipeline's own cut (``traced.cut``: the units' hard masks, config.round_to)."""
+    pipeline's own cut (``model_path.cut``: the units' hard masks, config.round_to)."""
     import jax
 
-    from soft_prune_jax.pipeline import traced
-    from soft_prune_jax.user import macs
-    from soft_prune_jax.user.masked import describe
+    from soft_prune_jax.pipeline import model_path
+    from soft_prune_jax.traced import macs
+    from soft_prune_jax.traced.masked import describe
 
     if not 0.0 <= FLAGS.random_prune < 1.0:
         raise app.UsageError(f"--random_prune={FLAGS.random_prune} is invalid: expected a number in [0, 1)")
     try:
-        user, units = traced.setup(config, input_shape)
+        user, units = model_path.setup(config, input_shape)
     except ValueError as e:  # an unknown model or a constructor that refuses the overrides: one line
         raise app.UsageError(str(e).splitlines()[0]) from None
-    x = jax.numpy.zeros((traced.SAMPLE_BATCH,) + tuple(input_shape), jax.numpy.float32)
+    x = jax.numpy.zeros((model_path.SAMPLE_BATCH,) + tuple(input_shape), jax.numpy.float32)
     variables = _random_bn(user.init(jax.random.PRNGKey(FLAGS.seed), x), units, FLAGS.seed, FLAGS.random_prune)
-    dense = traced.dense_model(config, input_shape)
+    dense = model_path.dense_model(config, input_shape)
     if FLAGS.random_prune == 0.0 or not units.units:
         if not units.units:
             print(describe(units, config.model), file=sys.stderr)
         return dense, variables, None, None, _macs(macs.count(units.analysis), None)
-    compact, compact_vars = traced.cut(config, variables, input_shape)
+    compact, compact_vars = model_path.cut(config, variables, input_shape)
     counts = macs.count(compact.program.analysis), macs.of_compact(compact)
     return dense, variables, compact, compact_vars, _macs(*counts)
 
@@ -278,8 +278,8 @@ def _graph_layers(analysis, kept, batch: int) -> list:
     leaves ((slot, axis) -> indices; {} = dense), at ``batch``: a compact model is a replay of its
     graph, not linen modules, so its layers are read off the graph for both models alike."""
     from soft_prune_jax.compact import interpret as I
-    from soft_prune_jax.measure.benchmark import LayerShape
-    from soft_prune_jax.user import macs
+    from soft_prune_jax.measure.timing import LayerShape
+    from soft_prune_jax.traced import macs
 
     def shape(e, j):
         return tuple(int(d) for d in I.compact_shape(analysis, kept, analysis.split_uses.get((e.index, j), e.ins[j])))
@@ -301,8 +301,8 @@ def _graph_layers(analysis, kept, batch: int) -> list:
 
 
 def _time_layers(layers, runs: int) -> list:
-    """``measure.benchmark.time_layers``' rows for layers read off a graph: shapes timed once each."""
-    from soft_prune_jax.measure import benchmark as B
+    """``measure.timing.time_layers``' rows for layers read off a graph: shapes timed once each."""
+    from soft_prune_jax.measure import timing as B
     from soft_prune_jax.ops import fast_conv
 
     for f in FLAGS.formulations:
@@ -330,7 +330,7 @@ def _time_layers(layers, runs: int) -> list:
 
 
 def _per_layer(cut, batch: int, result: dict, human) -> None:
-    from soft_prune_jax.measure import benchmark as B
+    from soft_prune_jax.measure import timing as B
 
     analysis, kept, _ = next(iter(cut.program.cache.values()))
     result["per_layer"] = {"batch_size": batch, "formulations": list(FLAGS.formulations)}
@@ -344,20 +344,20 @@ def _per_layer(cut, batch: int, result: dict, human) -> None:
 def _train_steps(config, variables, batch_size: int, input_shape):
     """(forward, {'plain', 'scp', ...}) as (fn, args): the jitted inference forward of the dense model
     and the training package's own ``train_step`` (SGD + Nesterov, weight decay) of the model as the
-    train phase builds it (``traced.training_phase``: methods dense and scp), on one random batch,
+    train phase builds it (``model_path.training_phase``: methods dense and scp), on one random batch,
     mapped over one device as the loop runs on one CPU (BN is synchronised over the trainer's axis),
     and for SCP also over every local device where there are several."""
     import jax
     import numpy as np
 
-    from soft_prune_jax.measure import benchmark as B
-    from soft_prune_jax.pipeline import traced
+    from soft_prune_jax.measure import timing as B
+    from soft_prune_jax.pipeline import model_path
     from soft_prune_jax.training import state as S
     from soft_prune_jax.training.parallel import Parallel
     from soft_prune_jax.training.steps import train_step
 
     x = B.random_inputs(batch_size, input_shape, FLAGS.seed)
-    classes = int(jax.eval_shape(lambda: traced.dense_model(config, input_shape).apply(variables, x[:1])).shape[-1])
+    classes = int(jax.eval_shape(lambda: model_path.dense_model(config, input_shape).apply(variables, x[:1])).shape[-1])
     labels = jax.random.randint(jax.random.key(FLAGS.seed + 1), (batch_size,), 0, classes)
     lr_fn = S.create_learning_rate_fn(float(config.learning_rate), (), 1.0, 1)
     tx = S.create_optimizer(config, lr_fn, variables["params"])
@@ -368,7 +368,7 @@ def _train_steps(config, variables, batch_size: int, input_shape):
     def step(method: str):
         with_method = config.copy_and_resolve_references()
         with_method.method = method
-        phase = traced.training_phase(with_method, input_shape)
+        phase = model_path.training_phase(with_method, input_shape)
         return functools.partial(
             train_step, model=phase.model, tx=tx, learning_rate_fn=lr_fn, regulariser=phase.regulariser
         )
@@ -384,13 +384,13 @@ def _train_steps(config, variables, batch_size: int, input_shape):
     n = jax.local_device_count()
     if n > 1 and batch_size % n == 0:  # the same global batch, data-parallel over every local device
         steps[f"scp_{n}_devices"] = mapped(step("scp"), jax.local_devices())
-    dense = traced.dense_model(config, input_shape)
+    dense = model_path.dense_model(config, input_shape)
     forward = (lambda v, x: dense.apply(v, x, train=False), (variables, x))
     return forward, steps
 
 
 def _report_train_step(config, variables, batch: int, input_shape, result: dict, human) -> None:
-    from soft_prune_jax.measure import benchmark as B
+    from soft_prune_jax.measure import timing as B
 
     forward, steps = _train_steps(config, variables, batch, input_shape)
     step = B.time_train_steps(forward, steps, runs=max(5, FLAGS.runs // 5), warmup=3)
@@ -417,7 +417,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from soft_prune_jax import host_memory
-    from soft_prune_jax.measure import benchmark as B
+    from soft_prune_jax.measure import timing as B
     from soft_prune_jax.training import cpu_devices
 
     # Before JAX starts: the malloc policy and a CPU-only host split as training does (timings use device 0).

@@ -31,9 +31,9 @@ from soft_prune_jax.compact.prune_model import prune_traced  # noqa: E402
 from soft_prune_jax.compact.trainable import TrainableCompact  # noqa: E402
 from soft_prune_jax.graph import ir  # noqa: E402
 from soft_prune_jax.models.user import UserModel  # noqa: E402
+from soft_prune_jax.traced import masked  # noqa: E402
 from soft_prune_jax.training.state import create_train_state  # noqa: E402
 from soft_prune_jax.training.steps import train_step  # noqa: E402
-from soft_prune_jax.user import masked  # noqa: E402
 
 
 def _step_fn(model, variables, tx):

@@ -10,7 +10,7 @@ model, ``compact.surgery.random_variables`` -- about half of every unit's channe
 ``surgery.prune``'s rebuilt class) writes its variables and outputs; ``artifact`` (this checkout) loads
 those variables into the plain model, cuts it with ``prune_model``, checks the outputs equal the
 class's, saves and reloads the artifact and times it. Both time a jitted apply with
-``measure.benchmark.time_compiled`` at every ``--batches``. Printed: medians over rounds of each
+``measure.timing.time_compiled`` at every ``--batches``. Printed: medians over rounds of each
 child's median, and their ratio (artifact / class: below 1 is faster).
 """
 
@@ -31,7 +31,7 @@ import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from flax import traverse_util
 from soft_prune_jax.compact import surgery
-from soft_prune_jax.measure import benchmark
+from soft_prune_jax.measure import timing as benchmark
 from soft_prune_jax.models import get_model
 name, shape, classes = sys.argv[1], tuple(json.loads(sys.argv[2])), int(sys.argv[3])
 batches, runs, out = json.loads(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
@@ -58,7 +58,7 @@ import jax, jax.numpy as jnp, numpy as np
 from flax import traverse_util
 from soft_prune_jax import prune_model
 from soft_prune_jax.compact import artifact
-from soft_prune_jax.measure import benchmark
+from soft_prune_jax.measure import timing as benchmark
 from soft_prune_jax.models import get_model
 name, shape, classes = sys.argv[1], tuple(json.loads(sys.argv[2])), int(sys.argv[3])
 batches, runs, out = json.loads(sys.argv[4]), int(sys.argv[5]), sys.argv[6]

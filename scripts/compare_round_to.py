@@ -5,10 +5,10 @@
 
 Per model: random variables killing ``--random_prune`` of every unit's channels (scripts/random_cut.py,
 the same seed for every value), one compact model per ``round_to`` (the prune phase's own cut,
-``pipeline.traced.cut``: an int pads kept widths to multiples, 'latency' picks the widths the latency
+``pipeline.model_path.cut``: an int pads kept widths to multiples, 'latency' picks the widths the latency
 model prices fastest at --batch_size, measuring this device's tables first if none are cached), then
 the dense model and every compact one timed in turns run by run (``benchmark.time_interleaved``), so
-their ratios share the machine's load. Prints per round_to: MACs (``user.macs``), kept channels,
+their ratios share the machine's load. Prints per round_to: MACs (``traced.macs``), kept channels,
 median ms, speed-up over dense and the MACs it adds over the first round_to.
 """
 
@@ -22,8 +22,8 @@ import os
 import jax
 import random_cut  # scripts/random_cut.py, next to this script
 
-from soft_prune_jax.measure import benchmark as B
-from soft_prune_jax.user import macs
+from soft_prune_jax.measure import timing as B
+from soft_prune_jax.traced import macs
 
 
 def _round_to(text: str):

@@ -8,7 +8,7 @@ The malloc policy (soft_prune_jax/host_memory.py) and the number of CPU devices
 fresh interpreter; the settings take turns for ``--rounds`` rounds and each child reports the median of
 ``--steps`` timed steps, its minor page faults and its kernel (system) time per step. Printed: the median
 over rounds per setting, and the inference forward of the same batch measured in every child. The step
-is the pipeline's own (``pipeline.traced.training_phase``: SCP masks by the traced replay).
+is the pipeline's own (``pipeline.model_path.training_phase``: SCP masks by the traced replay).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ batch, devices, steps = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5])
 jax.config.update("jax_num_cpu_devices", devices)
 import numpy as np
 from configs import default
-from soft_prune_jax.pipeline import traced
+from soft_prune_jax.pipeline import model_path
 from soft_prune_jax.training import state as S
 from soft_prune_jax.training.parallel import Parallel
 from soft_prune_jax.training.steps import train_step
@@ -46,8 +46,8 @@ from soft_prune_jax.training.steps import train_step
 input_shape = tuple(int(v) for v in shape.split(","))
 config = default.get_config()
 config.model, config.num_classes = model_name, 10
-phase = traced.training_phase(config, input_shape)  # the SCP model and regulariser the train phase builds
-dense = traced.dense_model(config, input_shape)
+phase = model_path.training_phase(config, input_shape)  # the SCP model and regulariser the train phase builds
+dense = model_path.dense_model(config, input_shape)
 variables = phase.model.init({"params": jax.random.PRNGKey(0)}, np.zeros((2,) + input_shape, np.float32))
 lr_fn = S.create_learning_rate_fn(0.1, (), 1.0, 1)
 tx = S.create_optimizer(config, lr_fn, variables["params"])
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     sys.path.insert(0, ROOT)
-    from soft_prune_jax.measure.benchmark import device_description
+    from soft_prune_jax.measure.timing import device_description
 
     runs: dict[str, list] = {name: [] for name in SETTINGS}
     load_before = list(os.getloadavg())

@@ -23,7 +23,7 @@ import random_cut  # scripts/random_cut.py, next to this script
 from soft_prune_jax.compact import verify
 from soft_prune_jax.compact.prune_model import program_of, prune_model
 from soft_prune_jax.graph import analyze, trace
-from soft_prune_jax.measure import benchmark
+from soft_prune_jax.measure import timing as benchmark
 from soft_prune_jax.models import get_model
 from soft_prune_jax.ops import fast_conv
 

@@ -1,10 +1,10 @@
-"""How well the latency model (method/latency.py) predicts whole compact models, and what widths
+"""How well the latency model (scp/latency_model.py) predicts whole compact models, and what widths
 chosen by latency gain over fixed rounding, on this machine.
 
 For each model: its latency model at --batch (tables from the per-device cache, measured on first
 use, plus the dense model's median), then --cuts random cuts (random BN parameters dropping a random
 fraction of each unit's channels, scripts/random_cut.py), each cut as the prune phase cuts
-(``pipeline.traced.cut``) at round_to=1, 8 and 'latency'. The dense model and the three compact ones
+(``pipeline.model_path.cut``) at round_to=1, 8 and 'latency'. The dense model and the three compact ones
 are timed taking turns (medians); each compact model's estimate is set beside its measurement. Raw
 records go to --out.
 
@@ -28,13 +28,13 @@ host_memory.retain_freed_memory()  # as the launchers: before JAX's backend star
 import numpy as np  # noqa: E402
 import random_cut  # noqa: E402  (scripts/random_cut.py, next to this script)
 
-from soft_prune_jax.compact import latency as CL  # noqa: E402
+from soft_prune_jax.compact import layer_timings as CL  # noqa: E402
 from soft_prune_jax.measure import benchmark  # noqa: E402
-from soft_prune_jax.method import latency as L  # noqa: E402
-from soft_prune_jax.pipeline import latency as PL  # noqa: E402
+from soft_prune_jax.pipeline import latency_setup as PL  # noqa: E402
 from soft_prune_jax.pipeline import traced  # noqa: E402
-from soft_prune_jax.user import cost as C  # noqa: E402
-from soft_prune_jax.user.latency import graph_ops  # noqa: E402
+from soft_prune_jax.scp import latency_model as L  # noqa: E402
+from soft_prune_jax.traced import graph_cost as C  # noqa: E402
+from soft_prune_jax.traced.graph_ops import graph_ops  # noqa: E402
 
 SHAPES = {"fmnist_cnn": (28, 28, 1), "resnet56": (32, 32, 3)}
 ARMS = (("r1", 1), ("r8", 8), ("latency", "latency"))

@@ -278,14 +278,14 @@ def compare(
 
 def _macs(widths: Sequence) -> int:
     """MACs per example of the demo network with ``widths``, read off its graph as the pipeline's report
-    counts them (``user.macs``), from shapes alone (nothing is computed)."""
+    counts them (``traced.macs``), from shapes alone (nothing is computed)."""
     import jax
     import jax.numpy as jnp
 
     from soft_prune_jax.graph import groups, ir
     from soft_prune_jax.models import get_model
     from soft_prune_jax.ops import fast_conv
-    from soft_prune_jax.user import macs
+    from soft_prune_jax.traced import macs
 
     model = get_model("fmnist_cnn", 10, widths=tuple(widths))
     x = jax.ShapeDtypeStruct((1,) + DEMO_INPUT, jnp.float32)
@@ -414,7 +414,7 @@ def command(run: Run, plan: Plan, workdir: str, widths: Optional[Sequence] = Non
 
 def schedule_of(config: dict) -> dict:
     """The schedule per phase of a run, from its resolved config (the fine-tune phase's boundaries
-    are the train phase's scaled to its epochs, as soft_prune_jax/pipeline/finetune.py does)."""
+    are the train phase's scaled to its epochs, as soft_prune_jax/pipeline/phases/finetune.py does)."""
     epochs, fine = int(config["num_epochs"]), int(config.get("finetune_epochs") or 0)
     optimiser = {
         "momentum": config.get("momentum"),
@@ -493,7 +493,7 @@ def library_versions() -> dict:
 
 def machine_of(device: str) -> dict:
     return {
-        "device": device,  # soft_prune_jax.measure.benchmark.device_description(), in the snapshot
+        "device": device,  # soft_prune_jax.measure.timing.device_description(), in the snapshot
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -561,7 +561,7 @@ def probe(code: str) -> dict:
     """Imports the package in a fresh process the way the runs do: its path (must be the snapshot's)
     and the device description."""
     script = (
-        "import json, soft_prune_jax; from soft_prune_jax.measure.benchmark import device_description; "
+        "import json, soft_prune_jax; from soft_prune_jax.measure.timing import device_description; "
         "print(json.dumps({'package': soft_prune_jax.__file__, 'device': device_description()}))"
     )
     out = subprocess.run(

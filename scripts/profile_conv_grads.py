@@ -20,7 +20,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from soft_prune_jax.measure import benchmark as B
+from soft_prune_jax.measure import timing as B
 from soft_prune_jax.models import get_model
 from soft_prune_jax.ops import conv_grad, fast_conv
 

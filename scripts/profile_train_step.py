@@ -6,7 +6,7 @@
 Per-layer timings of convs in isolation (scripts/profile_conv_grads.py) do not add up to the
 compiled step: XLA fuses producers and consumers into each op, runs the whole inference forward as
 one library fusion, and adds copies of its own. This script compiles the step that trains
-(``training.steps.train_step`` with the model the train phase builds, ``pipeline.traced``: SCP's
+(``training.steps.train_step`` with the model the train phase builds, ``pipeline.model_path``: SCP's
 masks by the traced replay, or the plain one; BN unsynchronised, one device unmapped), runs it
 under ``jax.profiler.trace`` and sums the duration of every executed HLO op (thunk) over
 ``--steps`` steps. Each op is attributed from its HLO metadata to a
@@ -39,7 +39,7 @@ from configs import default  # noqa: E402
 from soft_prune_jax import host_memory  # noqa: E402
 
 host_memory.retain_freed_memory()  # as launch/train.py does, before JAX's backend starts
-from soft_prune_jax.measure import benchmark as B  # noqa: E402
+from soft_prune_jax.measure import timing as B  # noqa: E402
 from soft_prune_jax.pipeline import traced  # noqa: E402
 from soft_prune_jax.training import state as S  # noqa: E402
 from soft_prune_jax.training.steps import train_step  # noqa: E402

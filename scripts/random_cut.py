@@ -1,8 +1,8 @@
 """Random pruning without training, for the scripts that time or count compact models.
 
-A model is cut exactly as the pipeline's prune phase cuts a trained one (``pipeline.traced.cut``: the
+A model is cut exactly as the pipeline's prune phase cuts a trained one (``pipeline.model_path.cut``: the
 units' SCP hard masks, the model's ``keep_whole``, ``config.round_to``); only the variables are random:
-kernels He-normal, and in every unit (``user.masked.UnitSet``) a random fraction of channels dead (BN
+kernels He-normal, and in every unit (``traced.masked.UnitSet``) a random fraction of channels dead (BN
 bias -10, so the unit's output is zero there for any input). launch/benchmark.py --random_prune does
 the same from initialised weights.
 

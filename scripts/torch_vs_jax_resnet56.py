@@ -25,9 +25,9 @@ import jax
 import numpy as np
 
 from soft_prune_jax import channel_groups, get_model, prune_model
-from soft_prune_jax.measure import benchmark as B
+from soft_prune_jax.measure import timing as B
 from soft_prune_jax.ops import fast_conv
-from soft_prune_jax.user import macs as M
+from soft_prune_jax.traced import macs as M
 
 
 def torch_resnet56(inner_widths, stage_widths=(16, 32, 64), stage_sizes=(9, 9, 9)):

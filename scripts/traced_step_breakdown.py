@@ -9,13 +9,13 @@ unsynchronised, as one process without a mapped axis):
 * ``dense``: applied as written (no masks: the convs' own weight-gradient rule kept);
 * ``dense_autodiff_wgrad``: the same with ``fast_conv.Conv(weight_grad='autodiff')``: the convs'
   weight gradients as the replay gets them, no masks;
-* ``scp_replay``: the model behind ``user.masked.MaskedModel`` (SCP masks by the traced replay, which
+* ``scp_replay``: the model behind ``traced.masked.MaskedModel`` (SCP masks by the traced replay, which
   inlines every custom_vjp body, so the convs' weight gradients are autodiff of the forward): the
   pipeline's SCP train step.
 
 So ``scp_replay / dense`` is what SCP costs, and ``dense_autodiff_wgrad / dense`` the part of it that
 comes from losing the custom weight gradients. All on the same batch, timed by
-``measure.benchmark.time_interleaved`` (loaded-machine medians).
+``measure.timing.time_interleaved`` (loaded-machine medians).
 """
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ def main() -> None:
     import optax
 
     from configs import default
-    from soft_prune_jax.measure import benchmark
-    from soft_prune_jax.method.masks import GUMBEL_RNG
-    from soft_prune_jax.methods import get_method
+    from soft_prune_jax.measure import timing as benchmark
     from soft_prune_jax.models import user
     from soft_prune_jax.ops import fast_conv
-    from soft_prune_jax.user import masked
+    from soft_prune_jax.pruners import get_method
+    from soft_prune_jax.scp.masks import GUMBEL_RNG
+    from soft_prune_jax.traced import masked
 
     shape = tuple(int(v) for v in args.input_shape.split(","))
     config = default.get_config()

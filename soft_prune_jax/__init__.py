@@ -5,13 +5,13 @@ path: its computation is traced, SCP's masks are inserted by replaying it, the c
 replay on sliced arrays, MACs are read off the graph, and the compact model is a ``jax.export`` artifact.
 
 Subpackages, lowest layer first (each imports only the ones before it; its ``__init__`` says which):
-``ops`` (convolution formulations and their gradients), ``method`` (SCP mask math, MAC-budget
+``ops`` (convolution formulations and their gradients), ``scp`` (SCP mask math, MAC-budget
 arithmetic, the lambda controller, latency arithmetic), ``models`` (the built-in architectures as plain
 Flax modules, and user models by name), ``graph`` (channel groups and BN-ReLU units of any Flax model,
 from its jaxpr), ``compact`` (``prune_model`` and its replay, the cut's self-check, the trainable
 compact model, per-layer latency tables, jax.export artifacts), ``measure`` (the MAC convention,
-latency benchmarks, reports), ``user`` (SCP's masks inserted by replay, MACs and the budget's cost
-model from the graph), ``methods`` (pruning methods as plug-ins), ``training`` (steps, parallel
+latency benchmarks, reports), ``traced`` (SCP's masks inserted by replay, MACs and the budget's cost
+model from the graph), ``pruners`` (pruning methods as plug-ins), ``training`` (steps, parallel
 drivers, loop, data, checkpoints) and ``pipeline`` (the phases of an experiment). The names below are
 the public API; everything else is reachable through its subpackage.
 
@@ -24,11 +24,11 @@ your own calls them before its first JAX computation.
 from soft_prune_jax.compact.artifact import load as load_artifact
 from soft_prune_jax.compact.artifact import save as save_artifact
 from soft_prune_jax.compact.prune_model import channel_groups, prune_model
-from soft_prune_jax.method.masks import MaskConfig
-from soft_prune_jax.methods import Method, get_method, method_names
-from soft_prune_jax.methods import register as register_method
 from soft_prune_jax.models import get_model, model_names
 from soft_prune_jax.pipeline import PHASES, parse_phases, run
+from soft_prune_jax.pruners import Method, get_method, method_names
+from soft_prune_jax.pruners import register as register_method
+from soft_prune_jax.scp.masks import MaskConfig
 
 __version__ = "0.1.0"
 

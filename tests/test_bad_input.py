@@ -21,7 +21,7 @@ import pytest
 from configs import default
 from soft_prune_jax import pipeline
 from soft_prune_jax.compact import artifact
-from soft_prune_jax.pipeline import traced, workdir
+from soft_prune_jax.pipeline import model_path, workdir
 from soft_prune_jax.training import checkpoint as ckpt_lib
 from soft_prune_jax.training import config_validation
 from soft_prune_jax.training.loop import fit
@@ -34,7 +34,7 @@ SHAPE = SyntheticData().shape
 
 def training_phase(config):
     """The train phase of the traced path (the tiny fmnist_cnn behind its SCP masks)."""
-    return traced.training_phase(config, SHAPE)
+    return model_path.training_phase(config, SHAPE)
 
 
 def _snapshot(root) -> dict:
@@ -265,9 +265,9 @@ def test_checkpoint_of_another_model_is_refused_naming_the_first_difference(trai
 def compact_export(tmp_path_factory):
     """A workdir's compact/ artifact: the traced cut of the fresh tiny model (dense: nothing cut)."""
     config = tiny_config(method="dense")
-    dense = traced.dense_model(config, SHAPE)
+    dense = model_path.dense_model(config, SHAPE)
     variables = dense.init(jax.random.PRNGKey(0), jnp.zeros((1,) + SHAPE))
-    compact, compact_vars = traced.cut(config, variables, SHAPE)
+    compact, compact_vars = model_path.cut(config, variables, SHAPE)
     run = tmp_path_factory.mktemp("export")
     directory = str(run / workdir.COMPACT_DIR)
     artifact.save(directory, compact, compact_vars, jax.ShapeDtypeStruct((1,) + SHAPE, jnp.float32))

@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from soft_prune_jax.measure import benchmark as B
+from soft_prune_jax.measure import timing as B
 from soft_prune_jax.models import get_model
 from soft_prune_jax.models.user import UserModel
 from soft_prune_jax.ops import fast_conv as F
-from soft_prune_jax.user import macs, masked
+from soft_prune_jax.traced import macs, masked
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RESNET = dict(stage_sizes=(1, 1, 1), stage_widths=(4, 8, 8), stem_width=4)

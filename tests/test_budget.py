@@ -16,13 +16,14 @@ import pytest
 
 from soft_prune_jax.compact import interpret as I
 from soft_prune_jax.measure import markdown
-from soft_prune_jax.method import budget as B
-from soft_prune_jax.method import controller as C
-from soft_prune_jax.method import masks as M
 from soft_prune_jax.models.user import UserModel
+from soft_prune_jax.scp import controller as C
+from soft_prune_jax.scp import cost as B
+from soft_prune_jax.scp import masks as M
+from soft_prune_jax.traced import graph_cost as cost
+from soft_prune_jax.traced import macs, masked
 from soft_prune_jax.training import config_validation
 from soft_prune_jax.training.progress import format_progress
-from soft_prune_jax.user import cost, macs, masked
 
 from conftest import tiny, tiny_config
 
@@ -33,7 +34,7 @@ MASK = M.MaskConfig()
 
 def analysed(name, seed=0, fraction=0.5):
     """(units, cost model, view params, compact-MAC ratio of group keep masks) of the tiny built-in
-    ``name`` on the traced path: the ratio is the cut's own (``user.macs.macs_ratio_fn``)."""
+    ``name`` on the traced path: the ratio is the cut's own (``traced.macs.macs_ratio_fn``)."""
     model, variables, x = tiny(name, seed, fraction)
     user = UserModel(name, "linen", lambda _: model, model, keep_whole=tuple(getattr(model, "keep_whole", ())))
     units = masked.UnitSet.analyze(user, variables, x)
@@ -178,7 +179,7 @@ def test_controller_update_is_jittable_and_pytree():
 
 @pytest.mark.parametrize("target", [0.3, 0.6])
 def test_land_on_budget_hits_the_target_with_the_least_alive_channels(target):
-    """Landing the units' hard masks with the cut's own MAC count, as ``pipeline.traced.cut`` does."""
+    """Landing the units' hard masks with the cut's own MAC count, as ``pipeline.model_path.cut`` does."""
     units, model, view, group_ratio = analysed("fmnist_cnn", seed=2, fraction=0.1)
     masks = {n: np.asarray(p["hard_mask"]) for n, p in M.layer_probabilities(view, MASK).items()}
     z = {n: np.asarray(M.deactivation_z(v["scale"], v["bias"], MASK.eps)) for n, v in view.items()}

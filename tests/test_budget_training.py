@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from soft_prune_jax.method import controller as C
-from soft_prune_jax.pipeline import run, traced
+from soft_prune_jax.pipeline import model_path, run
+from soft_prune_jax.scp import controller as C
 from soft_prune_jax.training.loop import fit
 
 from conftest import SyntheticData, tiny_config
@@ -55,7 +55,7 @@ def test_controller_reaches_the_budget_on_synthetic_data(tmp_path):
 
 
 def _budget_phase(config):
-    return traced.training_phase(config, (8, 8, 1))
+    return model_path.training_phase(config, (8, 8, 1))
 
 
 @pytest.mark.slow

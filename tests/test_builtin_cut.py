@@ -1,5 +1,5 @@
 """The built-in architectures on the one traced path: ``models.user.build(name, ...)`` wraps them as it
-wraps a user's model, ``user.masked`` finds their units and ``compact.prune_model`` cuts them.
+wraps a user's model, ``traced.masked`` finds their units and ``compact.prune_model`` cuts them.
 
 - the traced analysis finds units exactly where the paper puts masks (docs/method.md, "Where the
   masks sit": the ``masked_bn*`` BNs), each the only unit of its group, and each group holds exactly
@@ -8,7 +8,7 @@ wraps a user's model, ``user.masked`` finds their units and ``compact.prune_mode
 - SCP's masks inserted by the replay (``MaskedModel``) evaluate as the hard masks applied by hand;
 - the cut is exact: on random keep masks it equals the hard-masked network (``masked_reference``);
   where the dropped channels are dead it equals the dense network, with fewer MACs; the pipeline's
-  cut (``pipeline.traced.cut``) keeps the shared groups whole and equals the fixed-mask replay;
+  cut (``pipeline.model_path.cut``) keeps the shared groups whole and equals the fixed-mask replay;
 - the keep-one fallback and ``round_to`` padding pick the most alive channels (lowest z).
 """
 
@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 
 from soft_prune_jax import prune_model
 from soft_prune_jax.compact.prune_model import masked_reference
-from soft_prune_jax.method import masks as M
 from soft_prune_jax.models import DenseNet, PreActResNet, ResNet, common, model_names, user
 from soft_prune_jax.ops import fast_conv
-from soft_prune_jax.pipeline import traced
-from soft_prune_jax.user import macs, masked
+from soft_prune_jax.pipeline import model_path
+from soft_prune_jax.scp import masks as M
+from soft_prune_jax.traced import macs, masked
 
 from conftest import TINY, tiny_config, tiny_model
 
@@ -236,7 +236,7 @@ def test_masks_inserted_by_replay_evaluate_as_the_hard_masks(name):
 
 
 def test_pipeline_cut_keeps_the_shared_groups_whole():
-    """``pipeline.traced.cut`` of a tiny ResNet-56 config (SCP's hard masks). Channels that SCP drops are
+    """``pipeline.model_path.cut`` of a tiny ResNet-56 config (SCP's hard masks). Channels that SCP drops are
     alive (scale 0.5, bias -1), in the paper's units and in the shared BN-ReLUs of the projecting first
     blocks alike; the shared groups keep every channel, and the compact model equals the SCP model at
     evaluation and the fixed-mask replay of the kept channels."""
@@ -246,8 +246,8 @@ def test_pipeline_cut_keeps_the_shared_groups_whole():
     assert shared == {"block2/bn1", "block4/bn1"}
     config = tiny_config(model="resnet56")
     config.model_kwargs = dict(kwargs)  # tiny_config(model_kwargs=...) would merge into fmnist_cnn's widths
-    compact, compact_vars = traced.cut(config, variables, shape[1:])
-    um, units = traced.setup(config, shape[1:])
+    compact, compact_vars = model_path.cut(config, variables, shape[1:])
+    um, units = model_path.setup(config, shape[1:])
     plans = compact.program.plans
     assert set(units.whole) == shared
     assert all(len(plans[name].kept) == plans[name].total for name in shared)

@@ -1,8 +1,8 @@
-"""Fine-tuning a user model's compact model (compact/trainable.py, pipeline/traced.py's finetune).
+"""Fine-tuning a user model's compact model (compact/trainable.py, pipeline/model_path.py's finetune).
 
 The claim: one SGD step of the compact model (the sliced replay of the model's training computation)
 equals, on every kept parameter and running statistic, one step of the dense network under the same
-fixed cut (0/1 masks at the units: ``user.masked.MaskedModel`` in 'fixed' mode), on linen and NNX
+fixed cut (0/1 masks at the units: ``traced.masked.MaskedModel`` in 'fixed' mode), on linen and NNX
 models with a residual, a concatenation, read groups and dropout -- and the pipeline fine-tunes the
 compact variables, resumes a killed fine-tune exactly and refuses a dense-layout checkpoint.
 """
@@ -31,11 +31,11 @@ from soft_prune_jax.compact.prune_model import prune_traced
 from soft_prune_jax.compact.trainable import TrainableCompact, variable_kept
 from soft_prune_jax.graph import ir
 from soft_prune_jax.models.user import UserModel
-from soft_prune_jax.pipeline import traced
+from soft_prune_jax.pipeline import model_path
+from soft_prune_jax.traced import masked
 from soft_prune_jax.training import checkpoint as ckpt_lib
 from soft_prune_jax.training.state import create_train_state
 from soft_prune_jax.training.steps import train_step
-from soft_prune_jax.user import masked
 
 from conftest import SyntheticData, run_child, tiny_config
 
@@ -190,7 +190,7 @@ def test_finetune_trains_the_compact_variables_and_saves_them(pruned, tmp_path):
     dense = jax.tree_util.tree_leaves(pipeline.trained_variables(config, workdir)["params"])
     tuned = _finetune_params(workdir)
     assert sum(np.size(a) for a in tuned) < sum(np.size(a) for a in dense)  # the compact layout was trained
-    model, compact_vars = traced.compact_for_finetune(config, workdir, (8, 8, 1))
+    model, compact_vars = model_path.compact_for_finetune(config, workdir, (8, 8, 1))
     assert [np.shape(a) for a in tuned] == [np.shape(a) for a in jax.tree_util.tree_leaves(compact_vars["params"])]
     assert any(not np.allclose(a, b) for a, b in zip(tuned, jax.tree_util.tree_leaves(compact_vars["params"])))
     # the artifact holds the fine-tuned variables and computes what the trainable model evaluates
@@ -254,7 +254,7 @@ import jax, numpy as np
 sys.path[:0] = [TESTS_DIR, REPO]
 from conftest import SyntheticData, run_child, tiny_config
 from soft_prune_jax import pipeline
-from soft_prune_jax.pipeline import traced
+from soft_prune_jax.pipeline import model_path
 from soft_prune_jax.training.loop import fit
 
 config = tiny_config(model="user_zoo:resnet_tiny", num_classes=10, num_epochs=1, lr_boundaries=(),
@@ -266,7 +266,7 @@ dense = pipeline.trained_variables(config, workdir)
 out = {}
 for name, parallel, devices in (("single", "pmap", 1), ("pmap", "pmap", 2), ("shard_map", "shard_map", 2)):
     config.parallel = parallel
-    phase = traced.finetune_phase(config, workdir, (8, 8, 1), dense, 1)
+    phase = model_path.finetune_phase(config, workdir, (8, 8, 1), dense, 1)
     result = fit(config, tempfile.mkdtemp(), phase, dataset=SyntheticData(), devices=jax.devices()[:devices])
     out[name] = jax.tree_util.tree_leaves(result.state.variables)
 errors = {k: max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(out["single"], out[k]))

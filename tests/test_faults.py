@@ -198,7 +198,7 @@ import json, os, resource, signal, sys
 sys.path.insert(0, TESTS_DIR)
 from conftest import SyntheticData, tiny_config
 from soft_prune_jax.training import checkpoint as ckpt_lib
-from soft_prune_jax.pipeline.traced import training_phase
+from soft_prune_jax.pipeline.model_path import training_phase
 from soft_prune_jax.training.loop import fit
 
 workdir = sys.argv[1]

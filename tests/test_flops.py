@@ -1,4 +1,4 @@
-"""The MAC/parameter count every phase reports (``user.macs.count`` off the traced graph, as a
+"""The MAC/parameter count every phase reports (``traced.macs.count`` off the traced graph, as a
 ``flops.FlopCount``) and ``flops.reduction``: hand arithmetic, full-size models, XLA cross-check."""
 
 import json
@@ -15,10 +15,10 @@ from soft_prune_jax import prune_model
 from soft_prune_jax.graph import groups as G
 from soft_prune_jax.graph import ir
 from soft_prune_jax.measure import flops
-from soft_prune_jax.method import masks as M
 from soft_prune_jax.models import get_model
 from soft_prune_jax.ops import fast_conv
-from soft_prune_jax.user import macs
+from soft_prune_jax.scp import masks as M
+from soft_prune_jax.traced import macs
 
 TINY_VGG = (4, "M", 6)
 

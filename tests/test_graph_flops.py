@@ -4,14 +4,14 @@ from graph_support import linen, nnx_module, randomize_linen
 
 from soft_prune_jax import prune_model
 from soft_prune_jax.measure import flops
-from soft_prune_jax.user import macs
+from soft_prune_jax.traced import macs
 
 from conftest import tiny
 
 
 def test_jaxpr_macs_equal_the_graph_count_on_a_builtin_model():
     """Two counters of one convention agree: the jaxpr of the model as it runs (``fast_conv`` may emit
-    im2col matmuls) and the per-layer count of the graph every phase reports (``user.macs``)."""
+    im2col matmuls) and the per-layer count of the graph every phase reports (``traced.macs``)."""
     model, variables, x = tiny("resnet56")
     compact, compact_vars = prune_model(model, variables, x, train=False)
     assert flops.model_macs(model, variables, x, train=False) == macs.count(compact.program.analysis).macs

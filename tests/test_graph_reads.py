@@ -18,10 +18,11 @@ from test_prune_zoo import draw_bn
 from soft_prune_jax import prune_model
 from soft_prune_jax.compact.prune_model import channel_groups, masked_reference
 from soft_prune_jax.measure import flops
-from soft_prune_jax.method import budget as B
-from soft_prune_jax.method import masks as M
 from soft_prune_jax.models import user
-from soft_prune_jax.user import cost, macs, masked
+from soft_prune_jax.scp import cost as B
+from soft_prune_jax.scp import masks as M
+from soft_prune_jax.traced import graph_cost as cost
+from soft_prune_jax.traced import macs, masked
 
 from conftest import TINY, tiny
 

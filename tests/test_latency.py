@@ -1,5 +1,6 @@
-"""Latency as a cost (method/latency.py, compact/latency.py, user/latency.py, pipeline/latency.py): the
-interpolated tables, the differentiable estimate, the graph's ops, widths chosen by latency, the
+"""Latency as a cost (scp/latency_model.py, compact/layer_timings.py, traced/graph_ops.py,
+pipeline/latency_setup.py): the interpolated tables, the differentiable estimate, the graph's ops,
+widths chosen by latency, the
 per-device cache and its refusal of damaged or foreign files. Timings are injected: these tests are
 about the logic."""
 
@@ -11,14 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from soft_prune_jax.compact import latency as CL
-from soft_prune_jax.method import budget as B
-from soft_prune_jax.method import latency as L
+from soft_prune_jax.compact import layer_timings as CL
 from soft_prune_jax.models.user import UserModel
-from soft_prune_jax.pipeline import latency as PL
-from soft_prune_jax.user import cost as UC
-from soft_prune_jax.user import masked
-from soft_prune_jax.user.latency import graph_ops
+from soft_prune_jax.pipeline import latency_setup as PL
+from soft_prune_jax.scp import cost as B
+from soft_prune_jax.scp import latency_model as L
+from soft_prune_jax.traced import graph_cost as UC
+from soft_prune_jax.traced import masked
+from soft_prune_jax.traced.graph_ops import graph_ops
 
 from conftest import tiny_model
 
@@ -196,7 +197,7 @@ def test_config_latency_targets_are_checked_before_training():
 
 
 def test_unreachable_latency_target_names_the_nearest_reachable():
-    from soft_prune_jax.pipeline import budget
+    from soft_prune_jax.pipeline import budget_setup as budget
 
     from conftest import tiny_config
 
@@ -215,9 +216,9 @@ def test_unreachable_latency_target_names_the_nearest_reachable():
 
 
 def test_the_controller_steers_the_latency_estimate_under_a_latency_budget():
-    from soft_prune_jax.method import controller as C
-    from soft_prune_jax.method import masks as M
-    from soft_prune_jax.training.budget import Budget
+    from soft_prune_jax.scp import controller as C
+    from soft_prune_jax.scp import masks as M
+    from soft_prune_jax.training.budget_control import Budget
 
     cost = chain_cost(f"{M.MASKED_PREFIX}a", f"{M.MASKED_PREFIX}b")
     model = fake_model(cost, rest=0.0)
@@ -237,7 +238,7 @@ def test_the_controller_steers_the_latency_estimate_under_a_latency_budget():
 
 
 def test_landing_tightens_the_aim_until_the_measured_latency_meets_the_target():
-    from soft_prune_jax.method import budget as Bm
+    from soft_prune_jax.scp import cost as Bm
 
     from conftest import tiny_config
 
@@ -269,7 +270,7 @@ def test_landing_tightens_the_aim_until_the_measured_latency_meets_the_target():
 def _fake_device(monkeypatch, tmp_path, dense_ms: float, compact_share: float):
     """Timings from a closed form, a dense model of ``dense_ms`` and compact models measured at
     ``compact_share`` of it, so that a pipeline run exercises the latency budget without timing."""
-    from soft_prune_jax.compact import latency as CLm
+    from soft_prune_jax.compact import layer_timings as CLm
 
     monkeypatch.setattr(CLm, "CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(CLm, "time_op", lambda op, a, b, batch, dtype: 1e-4 * op.spatial[0] * op.spatial[1] * a * b)

@@ -28,16 +28,16 @@ PLANTED = {
         "ops/__init__.py",
         "from soft_prune_jax.pipeline import runner",
     ),
-    "methods imports method only": ("methods/__init__.py", "from soft_prune_jax.compact import prune_model"),
+    "methods imports method only": ("pruners/__init__.py", "from soft_prune_jax.compact import prune_model"),
     "training imports method, models, methods and host_memory only": (
         "training/__init__.py",
         "from soft_prune_jax.measure import flops",
     ),
     "measure never imports compact": ("measure/__init__.py", "from soft_prune_jax.compact import artifact"),
     "graph imports method only": ("graph/__init__.py", "from soft_prune_jax.ops import fast_conv"),
-    "models imports ops only": ("models/__init__.py", "from soft_prune_jax.method import masks"),
+    "models imports ops only": ("models/__init__.py", "from soft_prune_jax.scp import masks"),
     "method imports nothing of the package outside method": (
-        "method/__init__.py",
+        "scp/__init__.py",
         "from soft_prune_jax.ops import conv_geometry",
     ),
     "Only measure, training and the pipeline import host_memory": (

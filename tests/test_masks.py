@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from soft_prune_jax.method import masks as M
+from soft_prune_jax.scp import masks as M
 
 
 def q_reference(scale, bias, eps=0.05):

@@ -14,7 +14,6 @@ import pytest
 from graph_support import close
 
 from soft_prune_jax.compact.prune_model import channel_groups
-from soft_prune_jax.method import masks as M
 from soft_prune_jax.models import (
     AXIS_NAME,
     VGG,
@@ -25,6 +24,7 @@ from soft_prune_jax.models import (
     model_names,
 )
 from soft_prune_jax.ops import fast_conv, pooling
+from soft_prune_jax.scp import masks as M
 
 from conftest import TINY, tiny_model
 

@@ -44,8 +44,8 @@ if ROLE != "single":
 sys.path.insert(0, TESTS_DIR)
 from conftest import tiny_config
 from soft_prune_jax.training import checkpoint as ckpt_lib
-from soft_prune_jax.training.evaluate import evaluate
-from soft_prune_jax.pipeline.traced import training_phase
+from soft_prune_jax.training.eval_loop import evaluate
+from soft_prune_jax.pipeline.model_path import training_phase
 from soft_prune_jax.training.loop import fit
 from soft_prune_jax.training.parallel import Parallel
 from soft_prune_jax.training.steps import AXIS, eval_step

@@ -20,7 +20,7 @@ import functools, json, sys
 import jax, numpy as np
 sys.path.insert(0, TESTS_DIR)
 from conftest import SyntheticData, tiny_config
-from soft_prune_jax.pipeline.traced import training_phase
+from soft_prune_jax.pipeline.model_path import training_phase
 from soft_prune_jax.training.loop import fit
 from soft_prune_jax.training.parallel import Parallel, check_global_batch
 from soft_prune_jax.training.state import create_learning_rate_fn, create_optimizer, create_train_state, init_variables

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from soft_prune_jax import pipeline
-from soft_prune_jax.methods import slimming
 from soft_prune_jax.pipeline.workdir import load_model_dir
+from soft_prune_jax.pruners import slimming
 from soft_prune_jax.training import config_validation
 
 from conftest import SyntheticData, tiny_config

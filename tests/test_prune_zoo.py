@@ -28,9 +28,9 @@ from soft_prune_jax.compact import interpret as I
 from soft_prune_jax.compact import verify
 from soft_prune_jax.compact.prune_model import decide, masked_reference, program_of
 from soft_prune_jax.graph import rules
-from soft_prune_jax.method.masks import MaskConfig
 from soft_prune_jax.models.user import UserModel
-from soft_prune_jax.user import masked
+from soft_prune_jax.scp.masks import MaskConfig
+from soft_prune_jax.traced import masked
 
 ZOO = settings(max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=[HealthCheck.too_slow])
 DRAWS = dict(seed=st.integers(0, 2**16), fraction=st.sampled_from([0.25, 0.5]))
@@ -290,7 +290,7 @@ def test_self_check_refuses_a_cut_that_drops_what_a_unit_keeps():
 
 @pytest.mark.parametrize("name", sorted(zoo_user_more.LINEN))
 def test_scp_training_masks_the_units_the_cut_prunes(name):
-    """SCP training of a user model (``user.masked``) puts masks on exactly the units of the groups
+    """SCP training of a user model (``traced.masked``) puts masks on exactly the units of the groups
     the cut may prune, and its group keep masks (a channel stays if any unit keeps it) are the
     cut's, before keep-one: a unit whose channels the graph splits over several groups included."""
     model, variables, x, _, _, _ = linen_case(name, 0, 0.4)

@@ -1,4 +1,4 @@
-"""The dense-vs-compact per-layer report (report.py) of two counts of the traced graph (user.macs):
+"""The dense-vs-compact per-layer report (report.py) of two counts of the traced graph (traced.macs):
 table, JSON, PNG plot."""
 
 import json
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from soft_prune_jax import prune_model
-from soft_prune_jax.measure import report
+from soft_prune_jax.measure import width_report as report
 from soft_prune_jax.measure.flops import FlopCount, LayerCount
-from soft_prune_jax.user import macs
+from soft_prune_jax.traced import macs
 
 from conftest import tiny_model
 

@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from soft_prune_jax.pipeline import traced
+from soft_prune_jax.pipeline import model_path
 from soft_prune_jax.training import checkpoint as ckpt_lib
-from soft_prune_jax.training.evaluate import evaluate
+from soft_prune_jax.training.eval_loop import evaluate
 from soft_prune_jax.training.loop import fit
 from soft_prune_jax.training.parallel import Parallel
 from soft_prune_jax.training.steps import AXIS, eval_step
@@ -23,7 +23,7 @@ EPOCHS, STEPS_PER_EPOCH = 3, 16  # 256 examples / batch 16
 
 def training_phase(config):
     """The train phase of the traced path (the tiny fmnist_cnn behind its SCP masks)."""
-    return traced.training_phase(config, SyntheticData().shape)
+    return model_path.training_phase(config, SyntheticData().shape)
 
 
 def _checkpoint_steps(workdir) -> list[int]:

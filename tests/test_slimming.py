@@ -5,10 +5,10 @@ import jax
 import pytest
 
 from soft_prune_jax.compact import interpret as I
-from soft_prune_jax.method import masks as M
-from soft_prune_jax.methods import get_method, slimming
 from soft_prune_jax.models.user import UserModel
-from soft_prune_jax.user import macs, masked
+from soft_prune_jax.pruners import get_method, slimming
+from soft_prune_jax.scp import masks as M
+from soft_prune_jax.traced import macs, masked
 
 from conftest import tiny, tiny_config
 
@@ -43,7 +43,7 @@ def test_global_threshold_keeps_the_largest_scales(dense):
 
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
 def test_masks_for_a_mac_budget_meet_it_closely(dense, target):
-    """The cut's MACs (``user.macs``) of slimming's masks, as ``pipeline.traced.cut`` prices them."""
+    """The cut's MACs (``traced.macs``) of slimming's masks, as ``pipeline.model_path.cut`` prices them."""
     _, view, ratio = dense
     masks = get_method("slimming").surgery_masks(slimming_config(target_macs_ratio=target), view, ratio)
     assert ratio(masks) <= target + 1e-9

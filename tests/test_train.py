@@ -1,5 +1,5 @@
 """Tests of soft_prune_jax.training: schedule, optimiser, the methods' loss terms, steps and the loop,
-with the train phase of the traced path (``pipeline.traced.training_phase``) on the tiny fmnist_cnn.
+with the train phase of the traced path (``pipeline.model_path.training_phase``) on the tiny fmnist_cnn.
 
 The synthetic dataset and the tiny config live in conftest.py.
 """
@@ -14,9 +14,9 @@ import numpy as np
 import optax
 import pytest
 
-from soft_prune_jax.method import masks as M
-from soft_prune_jax.methods import get_method
-from soft_prune_jax.pipeline import traced
+from soft_prune_jax.pipeline import model_path
+from soft_prune_jax.pruners import get_method
+from soft_prune_jax.scp import masks as M
 from soft_prune_jax.training.loop import fit
 from soft_prune_jax.training.parallel import check_global_batch
 from soft_prune_jax.training.state import create_learning_rate_fn, create_optimizer, steps_per_epoch, weight_decay_mask
@@ -28,7 +28,7 @@ SHAPE = SyntheticData().shape
 
 
 def training_phase(config):
-    return traced.training_phase(config, SHAPE)
+    return model_path.training_phase(config, SHAPE)
 
 
 @pytest.fixture(scope="module")
@@ -127,31 +127,31 @@ def test_validation_masks_keep_one_channel_as_the_cut_does(tiny_model_and_variab
     assert not np.any(M.hard_masks(model.units.unit_view(variables["params"]), model.mask)["masked_bn:masked_bn1"])
     x = jax.random.normal(jax.random.PRNGKey(1), (5,) + SHAPE)
     validated = model.apply(variables, x, train=False)
-    compact, compact_vars = traced.cut(config, variables, SHAPE)
+    compact, compact_vars = model_path.cut(config, variables, SHAPE)
     assert compact.program.plans["masked_bn1"].kept.tolist() == [7]  # the lowest z: the largest scale
     assert_close(validated, compact.apply(compact_vars, x))
     assert float(jnp.max(jnp.std(validated, axis=0))) > 1e-3  # not constant
 
 
 def test_progress_macs_are_the_cut_of_the_hard_masks(tiny_model_and_variables):
-    """The progress line's kept-MACs ratio (``traced.progress_macs``) is the MACs of the compact model
+    """The progress line's kept-MACs ratio (``model_path.progress_macs``) is the MACs of the compact model
     the cut of the same variables gives (keep-one included); dense and slimming training have none."""
-    from soft_prune_jax.user import macs
+    from soft_prune_jax.traced import macs
 
     _, variables = tiny_model_and_variables
     config = tiny_config()
     phase = training_phase(config)
-    macs_fn = traced.progress_macs(config, SHAPE, phase)
+    macs_fn = model_path.progress_macs(config, SHAPE, phase)
     dense = macs.count(phase.model.units.analysis).macs
     assert macs_fn(variables) == {"macs": dense, "ratio": 1.0}  # fresh: every channel alive
     dropped = _all_dropped(variables)
-    compact, _ = traced.cut(config, dropped, SHAPE)
+    compact, _ = model_path.cut(config, dropped, SHAPE)
     got = macs_fn(dropped)
     assert got["ratio"] == pytest.approx(macs.of_compact(compact).macs / dense) and got["ratio"] < 0.5
     assert got["macs"] == pytest.approx(got["ratio"] * dense)
     for method in ("dense", "slimming"):
         unmasked = tiny_config(method=method)
-        assert traced.progress_macs(unmasked, SHAPE, training_phase(unmasked)) is None
+        assert model_path.progress_macs(unmasked, SHAPE, training_phase(unmasked)) is None
 
 
 def test_eval_step_ignores_padding_and_counts_top5(tiny_model_and_variables):

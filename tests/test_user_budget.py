@@ -1,6 +1,6 @@
 """A MAC budget and the cost-aware penalty on a user's own model (``config.model = "module:attr"``).
 
-The cost model read off the graph (soft_prune_jax/user/cost.py) counts the dense MACs of the graph
+The cost model read off the graph (soft_prune_jax/traced/graph_cost.py) counts the dense MACs of the graph
 and, under any masks, the MACs of the compact model ``prune_model`` cuts with them -- through a
 flatten head, a depthwise conv between two units of one group, and DenseNet's concatenations (a
 run that lands on a budget: test_budget_training.py, the same traced path); the controller and the
@@ -22,12 +22,13 @@ from graph_support import random_linen_variables
 
 from soft_prune_jax import prune_model
 from soft_prune_jax.measure import flops
-from soft_prune_jax.method import budget as B
-from soft_prune_jax.method import masks as M
 from soft_prune_jax.models.user import UserModel
-from soft_prune_jax.pipeline import traced
+from soft_prune_jax.pipeline import model_path
+from soft_prune_jax.scp import cost as B
+from soft_prune_jax.scp import masks as M
+from soft_prune_jax.traced import graph_cost as cost
+from soft_prune_jax.traced import macs, masked
 from soft_prune_jax.training import config_validation
-from soft_prune_jax.user import cost, macs, masked
 
 from conftest import run_child, tiny_config
 
@@ -129,7 +130,7 @@ import functools, json, sys
 import jax, numpy as np
 sys.path[:0] = [TESTS_DIR, REPO]
 from conftest import SyntheticData, tiny_config
-from soft_prune_jax.pipeline import traced
+from soft_prune_jax.pipeline import model_path
 from soft_prune_jax.training.parallel import Parallel
 from soft_prune_jax.training.state import create_learning_rate_fn, create_optimizer, create_train_state, init_variables
 from soft_prune_jax.training.steps import train_step
@@ -137,7 +138,7 @@ from soft_prune_jax.training.steps import train_step
 config = tiny_config(model="test_user_budget:SyncBNNet", num_classes=10, sparsity_lambda=0.1, target_macs_ratio=0.5,
                      cost_aware_penalty=True)
 config.model_kwargs = {}
-phase = traced.training_phase(config, (8, 8, 1))
+phase = model_path.training_phase(config, (8, 8, 1))
 budget = phase.budget.bind(10)
 data = SyntheticData()
 variables = init_variables(phase.model, jax.random.PRNGKey(0), data.shape)
@@ -195,7 +196,7 @@ def test_target_on_a_model_with_nothing_to_prune_is_one_line():
     config = user_config("user_zoo:NoUnits", target_macs_ratio=0.5)
     config_validation.validate(config, num_devices=1)  # the model itself is fine
     with pytest.raises(ValueError) as info:
-        traced.training_phase(config, (8, 8, 1))
+        model_path.training_phase(config, (8, 8, 1))
     message = str(info.value)
     assert "\n" not in message and "config.target_macs_ratio=0.5 cannot be reached" in message, message
     assert "user_zoo:NoUnits" in message

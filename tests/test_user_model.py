@@ -24,11 +24,11 @@ from soft_prune_jax import pipeline
 from soft_prune_jax.compact import artifact
 from soft_prune_jax.compact.artifact import ExportError
 from soft_prune_jax.measure import flops
-from soft_prune_jax.method import masks as M
 from soft_prune_jax.models import user
-from soft_prune_jax.pipeline import traced
+from soft_prune_jax.pipeline import model_path
+from soft_prune_jax.scp import masks as M
+from soft_prune_jax.traced import macs, masked
 from soft_prune_jax.training import config_validation
-from soft_prune_jax.user import macs, masked
 
 from conftest import SyntheticData, run_child, tiny_config
 
@@ -105,7 +105,7 @@ def test_masked_train_step_equals_the_step_by_hand():
 
 def test_penalty_covers_exactly_the_units_of_prunable_groups():
     config = user_config("user_zoo:resnet_tiny")
-    phase = traced.training_phase(config, (8, 8, 1))
+    phase = model_path.training_phase(config, (8, 8, 1))
     units = phase.model.units
     # ResNet blocks: the first BN-ReLU of each block; the stem BN feeds the residual stream (kept whole)
     assert [u.name for u in units.units] == ["ResNetBlock_0/BatchNorm_0", "ResNetBlock_1/BatchNorm_0"]
@@ -261,7 +261,7 @@ import json, sys, tempfile
 import jax, numpy as np
 sys.path[:0] = [TESTS_DIR, REPO]
 from conftest import SyntheticData, tiny_config
-from soft_prune_jax.pipeline import traced
+from soft_prune_jax.pipeline import model_path
 from soft_prune_jax.training.loop import fit
 
 config = tiny_config(model="user_zoo:resnet_tiny", num_classes=10, num_epochs=1, lr_boundaries=(),
@@ -270,7 +270,7 @@ config.model_kwargs = {}
 out = {}
 for name, parallel, devices in (("single", "pmap", 1), ("pmap", "pmap", 2), ("shard_map", "shard_map", 2)):
     config.parallel = parallel
-    phase = traced.training_phase(config, (8, 8, 1))
+    phase = model_path.training_phase(config, (8, 8, 1))
     result = fit(config, tempfile.mkdtemp(), phase, dataset=SyntheticData(), devices=jax.devices()[:devices])
     out[name] = jax.tree_util.tree_leaves(result.state.variables)
 errors = {k: max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(out["single"], out[k]))
@@ -293,7 +293,7 @@ def test_macs_from_the_graph_are_the_hand_count_and_the_jaxpr_count():
     """The per-layer count of the graph (what every phase reports) against arithmetic by hand: a 3x3
     conv 1 -> 6 (SAME, with bias) on 8x8 maps, then a dense layer 6 -> 10; and against the jaxpr count."""
     config = user_config("user_zoo:Deterministic", model_call="not deterministic")  # evaluates by default
-    model, units = traced.setup(config, (8, 8, 1))
+    model, units = model_path.setup(config, (8, 8, 1))
     x = jnp.zeros((1, 8, 8, 1))
     variables = model.init(jax.random.PRNGKey(0), x)
     got = macs.count(units.analysis)

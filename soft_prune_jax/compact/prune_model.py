@@ -38,8 +38,8 @@ from soft_prune_jax.compact.interpret import alive_of
 from soft_prune_jax.graph import groups as G
 from soft_prune_jax.graph import ir
 from soft_prune_jax.graph import units as U
-from soft_prune_jax.method import masks as M
 from soft_prune_jax.ops import fast_conv
+from soft_prune_jax.scp import masks as M
 
 
 class PruneError(ValueError):

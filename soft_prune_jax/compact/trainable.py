@@ -5,7 +5,7 @@
 drawn from a key -- which is another graph: the units of the evaluation graph are not recognisable
 in it (the mean and variance come from the batch), so its channel groups cannot be decided again.
 They need not be: the cut is already decided, as kept channels of the variables. So the training
-graph (traced once per input shape, inside the step like ``user.masked``) gets its channel
+graph (traced once per input shape, inside the step like ``traced.masked``) gets its channel
 components from the same rules (``graph.groups``), every component holding a dropped channel of a
 variable is dropped, and the equations are replayed on the sliced variables (``compact.interpret``):
 
@@ -36,10 +36,10 @@ from soft_prune_jax.compact import interpret as I
 from soft_prune_jax.compact.prune_model import CompactLinen, Program, _abstract, check_refold
 from soft_prune_jax.graph import groups as G
 from soft_prune_jax.graph import ir
-from soft_prune_jax.method.masks import GUMBEL_RNG
+from soft_prune_jax.scp.masks import GUMBEL_RNG
 
 STATS = "batch_stats"
-DROPOUT_SALT = 1 << 20  # the dropout key is fold_in(step key, DROPOUT_SALT), as user.masked draws it
+DROPOUT_SALT = 1 << 20  # the dropout key is fold_in(step key, DROPOUT_SALT), as traced.masked draws it
 
 
 def variable_kept(program: Program) -> dict:

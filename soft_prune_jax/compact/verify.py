@@ -32,7 +32,7 @@ import numpy as np
 from soft_prune_jax.compact import interpret as I
 from soft_prune_jax.graph import units as U
 from soft_prune_jax.graph.groups import Analysis
-from soft_prune_jax.method import masks as M
+from soft_prune_jax.scp import masks as M
 
 TOLERANCE = 1e-4  # largest |compact - dense with zeros| over max(1, |dense|): float32 rounding is ~1e-6
 # What jax_disable_most_optimizations sets, scoped to the check's one compile: cheaper to compile

@@ -4,7 +4,7 @@
 to its path); ``rules`` is the one table of per-primitive channel rules; ``units`` recognises
 BN -> ReLU units from their algebra and which values are exactly zero on dropped channels;
 ``groups`` joins channels with a union-find (connected components) and decides which groups can
-lose channels, recording the equation that stopped the others. May import ``method`` only;
+lose channels, recording the equation that stopped the others. May import ``scp`` only;
 ``compact.prune_model`` builds on it.
 """
 

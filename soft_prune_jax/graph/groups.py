@@ -414,7 +414,7 @@ def _two_zero_axes(g: Graph, groups: list, zero: set):
 
 def _split_unit(grp_units, L: _Linker, labels, sig, s) -> str:
     """A unit whose channels lie in several groups (``jnp.split`` or a slice sends them different
-    ways) gets one SCP mask over all its channels in training (``user.masked``), which no single
+    ways) gets one SCP mask over all its channels in training (``traced.masked``), which no single
     group's keep mask can follow: every group holding part of it is left whole."""
     for u in grp_units:
         off, n = L.slot_axes[(u.out, u.axis)]

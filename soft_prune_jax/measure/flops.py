@@ -10,7 +10,7 @@ Convention (the one pruning papers use; docs/method.md, "Conventions"):
   * Parameters are all leaves of the ``params`` collection (BN scale/bias included; BN running
     statistics excluded), plus a per-layer split for the conv/dense layers.
 
-The per-layer count of a model, dense or cut, is ``user.macs.count``: it reads the traced graph every
+The per-layer count of a model, dense or cut, is ``traced.macs.count``: it reads the traced graph every
 phase works on and returns the ``FlopCount`` defined here (``report.compare`` takes two of them).
 ``model_macs`` counts the same convention off the jaxpr of any model ``prune_model`` accepts or
 returns, for checks that have the model but not its analysis. XLA's ``cost_analysis()`` is only a
@@ -52,7 +52,7 @@ class LayerCount:
 class FlopCount:
     """Per-layer rows and totals for one model at one input shape (per example).
 
-    masked_channels: {prunable channel group: its width}, the widths a cut prunes (``user.macs``:
+    masked_channels: {prunable channel group: its width}, the widths a cut prunes (``traced.macs``:
       the dense widths, or the kept ones of a cut). Both counts of one graph name the same groups
       and layers, so comparing them gives the kept channels (see ``reduction``).
     """

@@ -2,12 +2,12 @@
 
 Owns VGG and the Fashion-MNIST CNN (``vgg``), pre-activation CIFAR ResNets (``resnet_cifar``),
 DenseNet (``densenet``), ImageNet ResNets (``resnet_imagenet``), what they share (``common``) and a
-user's own model named by a config (``user``). May import ``ops`` only.
+user's own model named by a config (``traced``). May import ``ops`` only.
 
 The architectures are plain Flax modules, written the way Flax's examples/imagenet writes a ResNet
 (``nn.Conv``, ``nn.BatchNorm``, ``nn.relu``, with ``conv`` / ``norm`` module attributes as swap
 points) and without masks: they train, cut, export and fine-tune through exactly the path a user's
-model takes (``user.masked``, ``compact.prune_model``). ``model.apply(v, x, train=False)`` evaluates;
+model takes (``traced.masked``, ``compact.prune_model``). ``model.apply(v, x, train=False)`` evaluates;
 ``train=True`` with ``mutable=['batch_stats']`` trains.
 
 ``get_model`` builds them with the registry's defaults for the backend in use: BN synchronised

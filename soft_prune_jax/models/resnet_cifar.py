@@ -5,7 +5,7 @@ shortcut. SCP masks every BN-ReLU that only feeds a conv of the branch (docs/met
 masks sit"); the residual stream stays whole. The first block of a stage has one BN-ReLU (``bn1``)
 shared by its branch and its shortcut (a 1x1 projection where the stride or the width changes,
 else that BN-ReLU's output itself). The paper has no mask there, so ``PreActResNet.keep_whole``
-names it: the traced path leaves its group whole (``user.masked.UnitSet``).
+names it: the traced path leaves its group whole (``traced.masked.UnitSet``).
 """
 
 from __future__ import annotations

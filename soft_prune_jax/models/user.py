@@ -23,7 +23,7 @@ statistics under pmap and shard_map alike; outside a mapped step only evaluation
 
 A module may declare ``keep_whole`` (a class attribute: fnmatch patterns of unit names, the BN's
 module path): the units matching it get no mask and their groups are never cut
-(``user.masked.UnitSet``). The built-in pre-activation ResNets declare ``("block*/bn1",)``, the BN-ReLU a
+(``traced.masked.UnitSet``). The built-in pre-activation ResNets declare ``("block*/bn1",)``, the BN-ReLU a
 stage's first block shares with its shortcut, which the paper leaves unmasked.
 """
 

@@ -8,13 +8,13 @@ from typing import Optional, Sequence
 import jax
 from absl import logging
 
-from soft_prune_jax.pipeline.benchmark import benchmark_phase
-from soft_prune_jax.pipeline.evaluate import evaluate_phase
-from soft_prune_jax.pipeline.finetune import finetune_phase
-from soft_prune_jax.pipeline.prune import prune_phase
+from soft_prune_jax.pipeline.phases.benchmark import benchmark_phase
+from soft_prune_jax.pipeline.phases.evaluate import evaluate_phase
+from soft_prune_jax.pipeline.phases.finetune import finetune_phase
+from soft_prune_jax.pipeline.phases.prune import prune_phase
+from soft_prune_jax.pipeline.phases.report import report_phase
+from soft_prune_jax.pipeline.phases.train import train_phase
 from soft_prune_jax.pipeline.records import record_seconds
-from soft_prune_jax.pipeline.report import report_phase
-from soft_prune_jax.pipeline.train import train_phase
 from soft_prune_jax.training import config_validation
 from soft_prune_jax.training import data as default_dataset
 from soft_prune_jax.training.checkpoint import ensure_workdir_config

@@ -6,8 +6,8 @@ step written with an axis name), ``parallel`` (pmap and jit(shard_map) drivers o
 (TensorBoard), ``progress`` (log lines), ``loop`` (``fit`` of one ``Phase``, resumable),
 ``checkpoint`` (orbax), ``distributed``, ``data`` (the input pipelines, a package: tfds, folders,
 user pipelines), ``cpu_devices`` (a CPU-only host split into XLA devices) and ``config_validation``.
-The model and training phase of a config are the pipeline's (``pipeline.traced.training_phase``).
-May import ``method``, ``models``, ``methods`` and the package-level ``host_memory``; never ``compact``,
+The model and training phase of a config are the pipeline's (``pipeline.model_path.training_phase``).
+May import ``scp``, ``models``, ``pruners`` and the package-level ``host_memory``; never ``compact``,
 ``measure`` or the pipeline (what the loop needs from them, e.g. MACs for the progress line, is passed
 in as a function).
 """

@@ -16,9 +16,9 @@ from typing import Optional
 
 import jax
 
-from soft_prune_jax.method.masks import MaskConfig
-from soft_prune_jax.methods import method_names
 from soft_prune_jax.models import is_builtin, model_names, user
+from soft_prune_jax.pruners import method_names
+from soft_prune_jax.scp.masks import MaskConfig
 from soft_prune_jax.training import cpu_devices, data, distributed
 from soft_prune_jax.training.parallel import PARALLEL_KINDS, check_global_batch
 
@@ -262,7 +262,7 @@ def _validate_method(config) -> None:
 
 
 def _validate_budget(config) -> None:
-    """SCP at a MAC budget and the cost-aware penalty (soft_prune_jax/method/budget.py): SCP's options only."""
+    """SCP at a MAC budget and the cost-aware penalty (soft_prune_jax/scp/cost.py): SCP's options only."""
     _number_in(config, "target_macs_ratio", 0.0, 1.0, low_open=True, high_open=True, optional=True)
     if "target_latency_ratio" in config:  # a config recorded before latency budgets has neither field
         _number_in(config, "target_latency_ratio", 0.0, 1.0, low_open=True, optional=True)

@@ -18,13 +18,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from soft_prune_jax.method.masks import MaskConfig
-from soft_prune_jax.methods.base import zero_penalty
+from soft_prune_jax.pruners.base import zero_penalty
+from soft_prune_jax.scp.masks import MaskConfig
 from soft_prune_jax.training import checkpoint as ckpt_lib
 from soft_prune_jax.training import data as default_dataset
 from soft_prune_jax.training import state as S
-from soft_prune_jax.training.budget import Budget
-from soft_prune_jax.training.evaluate import evaluate
+from soft_prune_jax.training.budget_control import Budget
+from soft_prune_jax.training.eval_loop import evaluate
 from soft_prune_jax.training.parallel import Parallel, check_global_batch
 from soft_prune_jax.training.progress import Progress
 from soft_prune_jax.training.steps import AXIS, eval_step, train_step
@@ -41,7 +41,7 @@ class Phase:
     view: params -> the masked BN layers those counts read (``UnitSet.unit_view``; None: the params).
     variables: initial variables, or None to initialise from ``config.seed``.
     init_transform: applied to freshly initialised variables (e.g. a method's own BN scale init).
-    budget: a MAC budget or the cost-aware penalty (training/budget.py): replaces ``regulariser``.
+    budget: a MAC budget or the cost-aware penalty (training/budget_control.py): replaces ``regulariser``.
     """
 
     name: str

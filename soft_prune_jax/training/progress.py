@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from absl import logging
 
-from soft_prune_jax.method import masks as M
+from soft_prune_jax.scp import masks as M
 from soft_prune_jax.training.checkpoint import TrainCheckpointer
 from soft_prune_jax.training.parallel import Parallel
 from soft_prune_jax.training.summaries import Summaries
@@ -41,7 +41,7 @@ def format_progress(name, step, total, rate, metrics, channels, macs) -> str:
         line += f" | kept channels {channels['kept']}/{channels['total']} ({100 * channels['ratio']:.1f}%)"
     if macs is not None:
         line += f" | MACs {macs['macs'] / 1e6:.2f}M ({100 * macs['ratio']:.1f}% of dense)"
-    if "lambda" in metrics:  # a MAC budget or the cost-aware penalty (training/budget.py)
+    if "lambda" in metrics:  # a MAC budget or the cost-aware penalty (training/budget_control.py)
         line += (
             f" | lambda {metrics['lambda']:.3g} | MACs expected {100 * metrics['macs_expected_ratio']:.1f}%"
             f" hard-masked {100 * metrics['macs_hard_ratio']:.1f}%"

@@ -21,7 +21,7 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     rng: jax.Array  # replicated base key; the step's Gumbel key is fold_in(rng, step)
-    controller: Any = None  # the MAC-budget controller's state (training.budget), None without a budget
+    controller: Any = None  # the MAC-budget controller's state (training.budget_control), None without a budget
 
     @property
     def variables(self) -> dict:

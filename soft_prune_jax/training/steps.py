@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from soft_prune_jax.method.masks import GUMBEL_RNG
-from soft_prune_jax.training.budget import Budget
+from soft_prune_jax.scp.masks import GUMBEL_RNG
+from soft_prune_jax.training.budget_control import Budget
 from soft_prune_jax.training.state import TrainState
 
 AXIS = "batch"  # the mapped axis name used by every step, pmap and shard_map alike
@@ -42,7 +42,7 @@ def train_step(
     """One SGD step on this device's shard of the global batch (``model`` built with ``axis_name``).
 
     budget: replaces ``regulariser`` by lambda_t * penalty and updates the controller in the state
-    (training/budget.py); its MAC ratios and lambda join the metrics.
+    (training/budget_control.py); its MAC ratios and lambda join the metrics.
     """
     gumbel_key = jax.random.fold_in(state.rng, state.step)
     params = state.params

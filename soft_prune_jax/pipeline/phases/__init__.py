@@ -1,0 +1,1 @@
+"""The pipeline's phases, one module each (the order and the runner: ``pipeline.runner``)."""
