@@ -147,6 +147,22 @@ def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(shape):
         max_pool_2x2(x[0])
 
 
+def test_max_pool_2x2_sends_each_windows_gradient_to_exactly_one_entry():
+    """On ties the whole cotangent goes to the window's first maximum (as ``select_and_scatter`` picks),
+    jitted or not: never split, never lost."""
+    from soft_prune_jax.ops.pooling import max_pool_2x2
+
+    x = jnp.zeros((2, 5, 4, 3), jnp.float32).at[0, 2, 1, 0].set(1.0)  # ties everywhere but one window
+    g = jax.random.normal(jax.random.key(1), (2, 2, 2, 3), jnp.float32)
+    for grad in (jax.vjp(max_pool_2x2, x)[1], jax.jit(jax.vjp(max_pool_2x2, x)[1])):
+        (dx,) = grad(g)
+        windows = np.asarray(dx)[:, :4, :4].reshape(2, 2, 2, 2, 2, 3)
+        np.testing.assert_allclose(windows.sum(axis=(2, 4)), np.asarray(g), rtol=1e-6)  # nothing lost
+        assert (np.count_nonzero(windows, axis=(2, 4)) <= 1).all()  # one entry per window
+        assert dx[0, 2, 1, 0] == g[0, 1, 0, 0] and dx[0, 0, 0, 1] == g[0, 0, 0, 1]  # the max; else the first
+        assert not np.asarray(dx)[:, 4].any()  # the cropped row gets nothing
+
+
 def _primitives(fn, *args):
     """Every primitive of ``fn``'s jaxpr, nested jaxprs (jit, custom_vjp) included."""
     names, todo = set(), [jax.make_jaxpr(lambda *a: fn(*a))(*args).jaxpr]  # a new function: no cached trace
