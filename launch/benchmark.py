@@ -301,32 +301,13 @@ def _graph_layers(analysis, kept, batch: int) -> list:
 
 
 def _time_layers(layers, runs: int) -> list:
-    """``measure.timing.time_layers``' rows for layers read off a graph: shapes timed once each."""
+    """``measure.timing.time_layer_shapes``' rows for layers read off a graph: shapes timed once each."""
     from soft_prune_jax.measure import timing as B
-    from soft_prune_jax.ops import fast_conv
 
-    for f in FLAGS.formulations:
-        if f not in fast_conv.FORMULATIONS:
-            raise app.UsageError(f"--formulations={f!r} is invalid: expected {', '.join(fast_conv.FORMULATIONS)}")
-    groups: dict = {}
-    for layer in layers:
-        groups.setdefault(layer.key(), []).append(layer)
-    rows = []
-    for same in groups.values():
-        first = same[0]
-        row = {
-            "paths": [layer.path for layer in same],
-            "count": len(same),
-            "kind": first.kind,
-            "input_shape": list(first.input_shape),
-            "kernel_shape": list(first.kernel_shape),
-            "strides": list(first.strides),
-            "macs": first.macs,
-        }
-        for f in FLAGS.formulations:
-            row[f] = B.time_layer(first, formulation=f, runs=runs, warmup=2, seed=FLAGS.seed)
-        rows.append(row)
-    return rows
+    try:
+        return B.time_layer_shapes(layers, formulations=FLAGS.formulations, runs=runs, warmup=2, seed=FLAGS.seed)
+    except ValueError as e:
+        raise app.UsageError(f"--formulations: {e}") from None
 
 
 def _per_layer(cut, batch: int, result: dict, human) -> None:

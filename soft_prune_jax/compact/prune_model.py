@@ -339,6 +339,7 @@ def prune_model(
     check: verify every group's cut on this model before returning (``compact.verify``); a group that
       fails is left whole with the reason in its plan. On by default.
     """
+    whole = tuple(getattr(model, "keep_whole", ()) or ())  # the module's own groups to keep whole
     if isinstance(model, nnx.Module):
         if not args:
             raise PruneError("prune_model(module, sample_input, ...): a sample input is needed to trace the module")
@@ -356,7 +357,7 @@ def prune_model(
             round_to,
             _mask_config(model, mask_config),
             check,
-            tuple(getattr(model, "keep_whole", ()) or ()),
+            whole,
         )
         flat = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
         variables = []
@@ -382,7 +383,7 @@ def prune_model(
             round_to,
             _mask_config(model, mask_config),
             check,
-            tuple(getattr(model, "keep_whole", ()) or ()),
+            whole,
         )
         compact_vars = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in sliced])
         return CompactLinen(program, treedef, kwargs), compact_vars

@@ -299,18 +299,31 @@ def time_layers(
     Returns one row per distinct shape: {paths, count, kind, input_shape, kernel_shape, strides,
     macs, <formulation>: {median_ms, gflops, formulation, ...}} in first-call order.
     """
+    layers = layer_shapes(model, variables, batch_size, input_shape)
+    return time_layer_shapes(layers, formulations=formulations, runs=runs, warmup=warmup, seed=seed)
+
+
+def time_layer_shapes(
+    layers: Sequence[LayerShape],
+    *,
+    formulations: Sequence[str] = ("xla",),
+    runs: int = 10,
+    warmup: int = 2,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """``time_layers``' rows for ``layers`` however they were found (e.g. read off a traced graph)."""
     for f in formulations:
         if f not in fast_conv.FORMULATIONS:
             raise ValueError(f"formulation={f!r} is invalid: expected one of {', '.join(fast_conv.FORMULATIONS)}")
     groups: dict[tuple, list[LayerShape]] = {}
-    for layer in layer_shapes(model, variables, batch_size, input_shape):
+    for layer in layers:
         groups.setdefault(layer.key(), []).append(layer)
     rows = []
-    for layers in groups.values():
-        layer = layers[0]
+    for same in groups.values():
+        layer = same[0]
         row = {
-            "paths": [layer.path for layer in layers],
-            "count": len(layers),
+            "paths": [each.path for each in same],
+            "count": len(same),
             "kind": layer.kind,
             "input_shape": list(layer.input_shape),
             "kernel_shape": list(layer.kernel_shape),
