@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 import random_cut  # noqa: E402  (scripts/random_cut.py, next to this script)
 
 from soft_prune_jax.compact import layer_timings as CL  # noqa: E402
-from soft_prune_jax.measure import benchmark  # noqa: E402
+from soft_prune_jax.measure import timing as benchmark  # noqa: E402
 from soft_prune_jax.pipeline import latency_setup as PL  # noqa: E402
-from soft_prune_jax.pipeline import traced  # noqa: E402
+from soft_prune_jax.pipeline import model_path as traced  # noqa: E402
 from soft_prune_jax.scp import latency_model as L  # noqa: E402
 from soft_prune_jax.traced import graph_cost as C  # noqa: E402
 from soft_prune_jax.traced.graph_ops import graph_ops  # noqa: E402

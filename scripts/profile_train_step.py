@@ -40,7 +40,7 @@ from soft_prune_jax import host_memory  # noqa: E402
 
 host_memory.retain_freed_memory()  # as launch/train.py does, before JAX's backend starts
 from soft_prune_jax.measure import timing as B  # noqa: E402
-from soft_prune_jax.pipeline import traced  # noqa: E402
+from soft_prune_jax.pipeline import model_path as traced  # noqa: E402
 from soft_prune_jax.training import state as S  # noqa: E402
 from soft_prune_jax.training.steps import train_step  # noqa: E402
 

@@ -27,7 +27,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # the ``configs`` package
 
 from configs import default  # noqa: E402
-from soft_prune_jax.pipeline import traced  # noqa: E402
+from soft_prune_jax.pipeline import model_path as traced  # noqa: E402
 
 
 def config_for(model: str, num_classes: int = 10, round_to=1, **model_kwargs):
