@@ -23,12 +23,13 @@ your own calls them before its first JAX computation.
 
 from soft_prune_jax.compact.artifact import load as load_artifact
 from soft_prune_jax.compact.artifact import save as save_artifact
-from soft_prune_jax.compact.prune_model import channel_groups, prune_model
+from soft_prune_jax.compact.prune_model import channel_groups
 from soft_prune_jax.models import get_model, model_names
 from soft_prune_jax.pipeline import PHASES, parse_phases, run
 from soft_prune_jax.pruners import Method, get_method, method_names
 from soft_prune_jax.pruners import register as register_method
 from soft_prune_jax.scp.masks import MaskConfig
+from soft_prune_jax.traced.prune_to_latency import prune_model
 
 __version__ = "0.1.0"
 

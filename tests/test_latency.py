@@ -124,12 +124,25 @@ def test_timings_are_cached_per_device_and_damaged_or_foreign_files_are_rebuilt(
             f.write(damage)
         with pytest.warns(UserWarning, match="is damaged"):
             CL.Timings(path, measure, device="dev B")
+    with open(path, "w") as f:  # timings of an older rule are measured again, never mixed in
+        json.dump({"format": CL.FORMAT - 1, "device": "dev B", "entries": {"k": 1.0}}, f)
+    with pytest.warns(UserWarning, match=f"older rule \\(format {CL.FORMAT - 1}, now {CL.FORMAT}\\)"):
+        assert CL.Timings(path, measure, device="dev B").entries == {}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CL.Timings(str(tmp_path / "absent.json"), measure, device="dev B")  # no file: no warning
     model = L.LatencyModel((), 1.0, 1.0, 64, "float32", "dev A")
     with pytest.raises(ValueError, match="measured on 'dev A' cannot price this device"):
         CL.check_device(model, "dev B")
+
+
+def test_a_layer_is_timed_with_its_bn_relu_and_its_output_consumed():
+    x, w, scale = jnp.arange(6.0).reshape(2, 3) - 2.0, jnp.ones((3, 2)), jnp.asarray([1.0, -1.0])
+    y = x @ w
+    expected = jnp.sum(jnp.maximum(y * scale + scale, 0.0))
+    assert float(CL.in_context(jnp.dot)(x, w, scale)) == pytest.approx(float(expected))
+    op = CL.LayerOp(CL.CONV, (6, 6), (3, 3), (1, 1), ((1, 1), (1, 1)))
+    assert CL.time_op(op, 2, 3, 2, "float32") > 0 and CL.time_op(op, 0, 3, 2, "float32") == 0.0
 
 
 def _vgg_units():

@@ -1,10 +1,16 @@
 """Measuring a network's latency tables on this device (``scp.latency_model.LatencyModel``), cached.
 
 Each conv / dense layer of a ``CostModel`` is described by a ``LayerOp`` (its geometry per example:
-input spatial size, kernel, strides, padding; or a dense layer's positions) and timed alone at a
-grid of (input width, output width) pairs, at the benchmark's batch size and dtype, with the conv
+input spatial size, kernel, strides, padding; or a dense layer's positions) and timed at a grid of
+(input width, output width) pairs, at the benchmark's batch size and dtype, with the conv
 formulation the models use (``fast_conv.conv2d``, 'auto'). The dense model itself is timed once; what
 its tables do not cover is the model's constant rest.
+
+A layer is timed as it runs inside a network (``in_context``): followed by a per-channel affine and
+a ReLU (its BN-ReLU), its output consumed inside the same computation. Timed as the computation's
+result instead, a conv costs up to twice as much on XLA:CPU (the returned buffer is written out
+whole rather than consumed as it is produced), and the tables of a network summed to more than the
+network itself (docs/RESULTS.md, "Latency as the budget").
 
 Timings are cached in one JSON file per device (``Timings``: under ``~/.cache/soft_prune_jax``, keyed
 by device description and jax version in the file, by batch, dtype, layer signature and widths per
@@ -36,7 +42,7 @@ from soft_prune_jax.scp import cost as B
 from soft_prune_jax.scp import latency_model as L
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "soft_prune_jax")
-FORMAT = 2  # 2: entries are the fastest run (1: a low percentile)
+FORMAT = 3  # 3: layers timed in context (2: alone, as the result; 1: a low percentile)
 CONV, DENSE = "conv", "dense"
 
 
@@ -78,19 +84,32 @@ def low_ms(fn: Callable, args: Sequence[Any], runs: int = 15, warmup: int = 2) -
     return float(np.min(seconds) * 1e3)
 
 
+def in_context(layer: Callable) -> Callable:
+    """``layer(x, w)`` followed by a per-channel affine and a ReLU, its output consumed by a sum: the
+    layer as a network runs it (module docstring), not as a computation's returned result."""
+
+    def run(x, w, scale):
+        return jnp.sum(jax.nn.relu(layer(x, w) * scale + scale))
+
+    return run
+
+
 def time_op(op: LayerOp, n_in: int, n_out: int, batch: int, dtype: str) -> float:
-    """Milliseconds (``low_ms``) of ``op`` with ``n_in`` input and ``n_out`` output channels (0 for an empty one)."""
+    """Milliseconds (``low_ms``) of ``op`` with ``n_in`` input and ``n_out`` output channels (0 for an
+    empty one), timed ``in_context``."""
     if n_in <= 0 or n_out <= 0:
         return 0.0
-    kx, kk = jax.random.split(jax.random.key(0))
-    dt = jnp.dtype(dtype)
+    rng = np.random.default_rng(0)  # NumPy draws: no compile per shape, unlike jax.random
+
+    def normal(*shape):
+        return jnp.asarray(rng.standard_normal(shape), jnp.dtype(dtype))
+
+    scale = normal(n_out)
     if op.kind == DENSE:
-        x = jax.random.normal(kx, (batch * op.positions, n_in), dt)
-        w = jax.random.normal(kk, (n_in, n_out), dt)
-        return low_ms(jnp.dot, (x, w))
+        x, w = normal(batch * op.positions, n_in), normal(n_in, n_out)
+        return low_ms(in_context(jnp.dot), (x, w, scale))
     if op.depthwise:  # one group per output channel: the input has the output's channels
-        x = jax.random.normal(kx, (batch, *op.spatial, n_out), dt)
-        w = jax.random.normal(kk, (*op.kernel, 1, n_out), dt)
+        x, w = normal(batch, *op.spatial, n_out), normal(*op.kernel, 1, n_out)
         conv = functools.partial(
             jax.lax.conv_general_dilated,
             window_strides=op.strides,
@@ -98,10 +117,10 @@ def time_op(op: LayerOp, n_in: int, n_out: int, batch: int, dtype: str) -> float
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=n_out,
         )
-        return low_ms(conv, (x, w))
-    x = jax.random.normal(kx, (batch, *op.spatial, n_in), dt)
-    w = jax.random.normal(kk, (*op.kernel, n_in, n_out), dt)
-    return low_ms(functools.partial(fast_conv.conv2d, strides=op.strides, padding=op.padding), (x, w))
+        return low_ms(in_context(conv), (x, w, scale))
+    x, w = normal(batch, *op.spatial, n_in), normal(*op.kernel, n_in, n_out)
+    conv = functools.partial(fast_conv.conv2d, strides=op.strides, padding=op.padding)
+    return low_ms(in_context(conv), (x, w, scale))
 
 
 def device_key() -> str:
@@ -140,6 +159,13 @@ class Timings:
             warnings.warn(f"latency cache {self.path} is damaged ({e}): measuring again", stacklevel=3)
             return {}
         entries = data.get("entries") if isinstance(data, dict) else None
+        if isinstance(data, dict) and isinstance(data.get("format"), int) and data["format"] < FORMAT:
+            warnings.warn(
+                f"latency cache {self.path} holds timings of an older rule (format {data['format']}, "
+                f"now {FORMAT}): measuring again",
+                stacklevel=3,
+            )
+            return {}
         if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(entries, dict):
             warnings.warn(f"latency cache {self.path} is damaged (not format {FORMAT}): measuring again", stacklevel=3)
             return {}

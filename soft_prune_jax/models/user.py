@@ -180,6 +180,12 @@ class UserModel:
         return nnx.merge(graphdef, state)
 
 
+def pure_state(module) -> dict:
+    """An NNX module's variables as nested dicts by collection ({'params': ..., 'batch_stats': ...}), the
+    form ``UserModel.apply`` takes."""
+    return _pure(nnx.state(module))
+
+
 def _pure(state) -> dict:
     """An NNX state as nested dicts: {'params': {...}, 'batch_stats': {...}, ...} by Variable type."""
     out: dict = {}

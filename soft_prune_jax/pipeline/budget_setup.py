@@ -13,6 +13,7 @@ from soft_prune_jax.pruners import get_method
 from soft_prune_jax.scp import cost as B
 from soft_prune_jax.scp import latency_model as L
 from soft_prune_jax.scp.controller import ControllerConfig
+from soft_prune_jax.traced.latency_landing import floor_ratio
 from soft_prune_jax.training.budget_control import Budget
 
 
@@ -27,7 +28,7 @@ def uses_budget(config) -> bool:
 def check_reachable(config, cost: B.CostModel, latency: L.LatencyModel) -> None:
     """A one-line error when even one channel per group is estimated slower than the latency budget."""
     field, value = latency_target(config)
-    floor = float(L.latency_of_widths(cost, latency, {g: 1 for g in cost.groups})) / latency.dense_ms
+    floor = floor_ratio(cost, latency)
     if latency_ratio(config, latency) < floor:
         nearest = floor if field == "target_latency_ratio" else floor * latency.dense_ms
         raise ValueError(

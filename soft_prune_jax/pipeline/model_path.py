@@ -241,7 +241,9 @@ def _latency_landing(config, user, units, analysed, variables, view, final_keep,
         return latency.measure_pair(dense_apply, variables, compact.apply, compact_vars, input_shape, batch)
 
     method = get_method(config.method)
-    return latency.land(config, cost_model, lm, lambda fn: method.surgery_masks(config, view, fn), widths_of, measure)
+    layer_ms = CL.layer_ms(cost_model, graph_ops(units.analysis), CL.Timings(), batch, "float32")
+    masks_for = functools.partial(method.surgery_masks, config, view)
+    return latency.land(config, cost_model, lm, masks_for, widths_of, measure, layer_ms)
 
 
 def _sample(input_shape: Sequence[int]) -> jax.ShapeDtypeStruct:

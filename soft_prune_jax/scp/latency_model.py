@@ -100,6 +100,17 @@ def latency_of_widths(cost: B.CostModel, model: LatencyModel, group_widths: Mapp
     return total
 
 
+def latency_at(cost: B.CostModel, model: LatencyModel, group_widths: Mapping[str, int], layer_ms: LayerMs) -> float:
+    """As ``latency_of_widths``, each tabled layer read from ``layer_ms`` at its exact widths instead
+    of between grid points: a width off the grid (an odd count) can run at a fraction of the speed of
+    its aligned neighbours, which no interpolation sees. Not differentiable: for landing a cut."""
+    tabled = {t.path for t in model.tables}
+    rows = B.layer_widths(cost, group_widths)
+    return model.rest_ms + sum(
+        layer_ms(layer.path, int(n_in), int(n_out)) for layer, n_in, n_out in rows if layer.path in tabled
+    )
+
+
 def latency(cost: B.CostModel, model: LatencyModel, keep: B.Keep) -> jax.Array:
     """Estimated ms of the network whose groups keep ``keep`` (0/1: hard-masked; 1 - pi: expected)."""
     return latency_of_widths(cost, model, B.widths(keep))

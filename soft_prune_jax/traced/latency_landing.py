@@ -1,0 +1,112 @@
+"""Landing a cut on a latency budget, for the pipeline's prune phase and ``prune_model`` alike.
+
+The latency model of a traced network (``compact.layer_timings.latency_model`` over the graph's cost
+model and ops) estimates a compact model's latency from its group widths; widths are padded to the
+fastest width at or above what is kept (``graph_chooser``, ``pad_keep``); ``land`` removes channels
+until the estimate meets the budget, then *measures* the compact model against the dense one and,
+where the measurement misses, lands again lower by the miss.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from soft_prune_jax.compact import layer_timings as CL
+from soft_prune_jax.measure import timing
+from soft_prune_jax.scp import cost as B
+from soft_prune_jax.scp import latency_model as L
+
+DENSE_RUNS = 30  # whole-model runs behind the dense latency (its fastest run)
+LANDING_TRIES = 3  # estimate-landings, each tighter by what the last measurement missed by
+LANDING_RUNS = 20  # interleaved dense / compact runs behind each measured ratio
+
+
+def dense_ms(apply: Callable, variables, input_shape: Sequence[int], batch: int, runs: int = DENSE_RUNS) -> float:
+    """Fastest-run ms of ``apply(variables, x)`` on a batch of random images: the estimator of the
+    table entries (``compact.layer_timings.low_ms``), so that the rest (dense less its tables) compares like
+    with like; a median under another process's load can fall below the sum of the layers' best runs."""
+    x = timing.random_inputs(batch, input_shape, 0)
+    return timing.time_compiled(apply, (variables, x), runs=runs)["min_ms"]
+
+
+def measure_pair(dense_apply: Callable, dense_vars, compact_apply: Callable, compact_vars, input_shape, batch: int):
+    """(dense ms, compact ms): medians of ``LANDING_RUNS`` runs taking turns on one random batch."""
+    x = timing.random_inputs(batch, input_shape, 0)
+    timed = timing.time_interleaved(
+        {"dense": (dense_apply, (dense_vars, x)), "compact": (compact_apply, (compact_vars, x))}, runs=LANDING_RUNS
+    )
+    return timed["dense"]["median_ms"], timed["compact"]["median_ms"]
+
+
+def pad_keep(keep: Mapping[str, np.ndarray], widths: Mapping[str, int], z: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``keep`` with each group padded to ``widths[group]`` by its most alive dropped channels (lowest z)."""
+    out = {}
+    for name, mask in keep.items():
+        mask = np.asarray(mask).reshape(-1) > 0
+        extra = int(widths.get(name, mask.sum())) - int(mask.sum())
+        if extra > 0:
+            order = [i for i in np.argsort(np.asarray(z[name], np.float64).reshape(-1), kind="stable") if not mask[i]]
+            mask = mask.copy()
+            mask[order[:extra]] = True
+        out[name] = mask
+    return out
+
+
+def graph_chooser(cost: B.CostModel, ops, batch: int, timings: Optional[CL.Timings] = None):
+    """counts -> widths for the graph cut, each group's width by the layers it governs."""
+    ms = CL.layer_ms(cost, ops, timings or CL.Timings(), batch, "float32")
+    return lambda counts: L.choose_widths(cost, counts, ms)
+
+
+def floor_ratio(cost: B.CostModel, latency: L.LatencyModel) -> float:
+    """The estimated latency ratio with one channel left per group: no budget below it can be met."""
+    return float(L.latency_of_widths(cost, latency, {g: 1 for g in cost.groups})) / latency.dense_ms
+
+
+def land(
+    target: float,
+    cost: B.CostModel,
+    latency: L.LatencyModel,
+    masks_for: Callable[[Callable[[Any], float]], Any],
+    widths_of: Callable[[Any], Mapping[str, int]],
+    measure: Callable[[Any], tuple[float, float]],
+    layer_ms: Optional[L.LayerMs] = None,
+) -> tuple[Any, dict]:
+    """(masks, record): a cut whose *measured* latency is at most ``target`` of the dense model's.
+
+    masks_for(cost_fn): masks landed so that ``cost_fn(masks) <= 1`` (the least alive channels removed
+    first, ``scp.cost.land_on_budget``); cost_fn is the estimated latency ratio of the compact widths
+    (``widths_of(masks)``, rounding included) over the aim: each layer timed at its exact widths where
+    ``layer_ms`` is given (``scp.latency_model.latency_at``), else read off the interpolated tables.
+    measure(masks): (dense ms, compact ms), timed taking turns. Where the measurement misses the target
+    the aim is the last estimate lowered by the miss and the cut landed again, at most ``LANDING_TRIES`` times. The
+    record: target, the last estimate and measurement, every try."""
+
+    def estimate(masks) -> float:
+        widths = widths_of(masks)
+        ms = L.latency_at(cost, latency, widths, layer_ms) if layer_ms else L.latency_of_widths(cost, latency, widths)
+        return float(ms) / latency.dense_ms
+
+    aim, tries = target, []
+    for _ in range(LANDING_TRIES):
+        masks = masks_for(lambda m, a=aim: estimate(m) / a)
+        dense, compact = measure(masks)
+        estimated = estimate(masks)
+        tries.append({"aim": aim, "estimated_ratio": estimated, "dense_ms": dense, "compact_ms": compact})
+        if compact <= target * dense:
+            break
+        # the next estimate must be lower by the measured miss: scaling the aim instead could admit the same cut
+        aim = estimated * target * dense / compact
+    last = tries[-1]
+    return masks, {
+        "target_latency_ratio_of_dense": target,
+        "estimated_latency_ratio": last["estimated_ratio"],
+        "measured_latency_ratio": last["compact_ms"] / last["dense_ms"],
+        "dense_ms": last["dense_ms"],
+        "compact_ms": last["compact_ms"],
+        "batch_size": latency.batch_size,
+        "device": latency.device,
+        "landing_tries": tries,
+    }
