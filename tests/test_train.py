@@ -186,3 +186,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         fit(config, str(tmp_path), training_phase(config), dataset=data)
     steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints" / "train") if d.isdigit())
     assert steps == [16]
+
+
+def test_summary_tags_are_legal_tensorboard_names(tmp_path, caplog):
+    from soft_prune_jax.training.summaries import Summaries, tag
+
+    assert tag("kept_channels/masked_bn:masked_bn0") == "kept_channels/masked_bn_masked_bn0"
+    assert tag("train/loss-1.5") == "train/loss-1.5"
+    writer = Summaries(str(tmp_path))
+    with caplog.at_level("INFO"):
+        writer.scalars(0, {"kept_channels/masked_bn:masked_bn0": 3.0})
+    writer.close()
+    assert not [r for r in caplog.records if "illegal" in r.getMessage()]

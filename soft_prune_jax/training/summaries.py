@@ -9,6 +9,7 @@ events written between two flushes so that a put never blocks first.
 
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 import jax
@@ -17,6 +18,12 @@ from absl import logging
 from tensorboardX import SummaryWriter
 
 _MAX_QUEUE = 10_000
+
+
+def tag(name: str) -> str:
+    """``name`` as a legal TensorBoard tag (letters, digits, ``_ . / -``): a traced unit's name such as
+    ``masked_bn:masked_bn0`` would otherwise be renamed by tensorboardX with one log line per step."""
+    return re.sub(r"[^A-Za-z0-9_./-]", "_", name)
 
 
 class Summaries:
@@ -36,13 +43,13 @@ class Summaries:
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if self._writer is not None:
             for name, value in values.items():
-                self._writer.add_scalar(name, float(value), step)
+                self._writer.add_scalar(tag(name), float(value), step)
             self._flush()
 
     def histograms(self, step: int, values: Mapping[str, np.ndarray]) -> None:
         if self._writer is not None:
             for name, value in values.items():
-                self._writer.add_histogram(name, np.asarray(value), step)
+                self._writer.add_histogram(tag(name), np.asarray(value), step)
             self._flush()
 
     def close(self) -> None:
