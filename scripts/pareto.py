@@ -3,12 +3,13 @@ under one code version, several seeds, and a stated test.
 
     nohup nice -n 19 python scripts/pareto.py --plan=main > workdirs/pareto/main.out 2>&1 &
     nohup nice -n 19 python scripts/pareto.py --plan=main,long > workdirs/pareto/all.out 2>&1 &
+    nohup nice -n 19 python scripts/pareto.py --plan=latency > workdirs/pareto/latency.out 2>&1 &  # alone
     python scripts/pareto.py --list                  # planned / done / missing per plan, time estimate
     python scripts/pareto.py --render_only           # re-render the page from the records alone
     python scripts/pareto.py --pin=COMMIT            # the code version the runs train with (see below)
     kill PID                                         # stops the runner and its training run (resumable)
 
-Running. Each run is one demo pipeline (configs/fashion_mnist.py, phases train, prune, finetune,
+Running. Each run is one demo pipeline (configs/fashion_mnist.py:lambda, phases train, prune, finetune,
 evaluate, report) in its own workdir, WORKROOT/<commit[:12]>/<plan>/<arm>_<budget>_s<seed>. A run
 whose record exists is skipped; an interrupted run resumes from its checkpoints (the same command
 again); a failed run is logged and the others go on (exit status 1 at the end). The runner lowers
@@ -50,10 +51,34 @@ Plan long: budget 0.3, seeds 0-2, 15 epochs (SCP 12 + 3, LR x0.1 after 8; from s
 after 12): scp, scp_widths_scratch, uniform; its own table. Plan cost (not in the default): SCP with
 config.cost_aware_penalty at main's budgets and schedule, shown in main's table when it has records.
 
-The test (``compare``), per table (one code version, one schedule): for each budget, SCP against
-every other arm there. The within-group variance is pooled over every group of the table (dense
-included): s_p^2 = sum (n_g - 1) s_g^2 / sum (n_g - 1), df = sum (n_g - 1). Difference d = mean(SCP)
-- mean(arm) in points, SE = s_p sqrt(1/n_1 + 1/n_2), two-sided pooled t test (scipy.stats.t).
+Plan latency (issue 23 item 4; not in the default: --plan=main,long,latency): budgets 0.5 and 0.7 of
+the full demo network's MEASURED latency at batch 64, seeds 0-2, main's schedule; its own table
+("4-epoch, latency budget") whose reference is scp_latency:
+  scp_latency         SCP with config.target_latency_ratio = budget (the pipeline lands the cut on
+                      latency measured at benchmark_batch_sizes[0] = 64 during prune): 3 + 1 epochs
+  scp_macs_latency    SCP with config.target_macs_ratio = the macs_ratio of the scp_latency record of
+                      the same budget and seed (so it runs after it): "SCP, MAC budget at the latency
+                      arm's MACs". The pipeline cannot land a MAC-budget run on a latency, so this arm
+                      sits at the latency arm's MACs, and its own measured latency is what it is.
+  uniform_latency     every width scaled by one factor, trained from scratch for 4 epochs; the factor
+                      chosen before the first run of each budget, once for every seed (saved in
+                      WORKROOT/<commit[:12]>/latency/uniform_latency_<budget>_search.json), by
+                      bisection over the factor: each step times the network at random init against
+                      the full one (batch 64, time_interleaved, medians, SEARCH_RUNS runs); the
+                      measured widths nearest the budget are kept, the trials go into the record.
+Every run of this plan then has its final model (the workdir's finetuned/ artifact, else compact/)
+timed by the runner against the full demo network at random init (input 28x28x1, batch 64,
+time_interleaved, LATENCY_RUNS runs, medians), with the pinned code in a child process
+(``--measure_latency``); the record's ``latency`` holds batch, dense_ms, model_ms, ratio, runs and the
+load average, and the table shows that ratio (one rule for every arm; prune.json's own landing stays
+in ``budget_record``). The runs do no benchmark phase. Other runners on the machine (other plans,
+other sessions) add noise to these timings: run this plan alone.
+
+The test (``compare``), per table (one code version, one schedule): for each budget, the table's
+reference (``Plan.reference``: scp, or scp_latency in the latency table) against every other arm
+there. The within-group variance is pooled over every group of the table (dense included):
+s_p^2 = sum (n_g - 1) s_g^2 / sum (n_g - 1), df = sum (n_g - 1). Difference d = mean(reference) -
+mean(arm) in points, SE = s_p sqrt(1/n_1 + 1/n_2), two-sided pooled t test (scipy.stats.t).
 Family-wise level 95% over the table's planned comparisons, Holm-Bonferroni step-down (missing
 comparisons count, as p = 1). Each interval is at the level of its Holm step, 1 - alpha / (m - i + 1)
 for the i-th smallest p, frozen at the first step that fails, so an interval excludes 0 exactly
@@ -105,10 +130,18 @@ RANDOM_STREAM = 24  # random arm: the generator is seeded by (RANDOM_STREAM, see
 CONFIDENCE = 0.95
 POWER = 0.80
 
-ARMS = ("scp", "scp_widths_scratch", "uniform", "random", "slimming", "scp_cost", "dense")
-FROM_SCRATCH = ("scp_widths_scratch", "uniform", "random", "dense")
-REFERENCE = "scp"  # every comparison is SCP against another arm at the same budget
-NOT_COMPARED = ("dense",)  # at another budget (1.0): shown, never tested against SCP
+# The latency plan's timings (the runner's own, after each run; and the uniform factor's search).
+LATENCY_BATCH = 64
+LATENCY_RUNS = 50  # each run's final model against the dense network
+SEARCH_RUNS = 30  # each step of the uniform_latency factor's bisection
+SEARCH_STEPS = 6  # the factor to within 1/64
+
+ARMS = ("scp", "scp_widths_scratch", "uniform", "random", "slimming", "scp_cost", "dense",
+        "scp_latency", "scp_macs_latency", "uniform_latency")  # fmt: skip
+FROM_SCRATCH = ("scp_widths_scratch", "uniform", "random", "dense", "uniform_latency")
+NOT_COMPARED = ("dense",)  # at another budget (1.0): shown, never tested against the reference
+# Arms that need another arm's record of the same plan, budget and seed (run after it).
+SOURCE_ARM = {"scp_widths_scratch": "scp", "scp_macs_latency": "scp_latency"}
 
 
 class Plan(NamedTuple):
@@ -123,6 +156,8 @@ class Plan(NamedTuple):
     train_epochs: int  # SCP and Slimming: trained this long, then pruned
     train_boundaries: tuple  # LR x lr_decay after these epochs of the train phase
     finetune_epochs: int  # then fine-tuned this long (boundaries scaled by the pipeline)
+    reference: str = "scp"  # every comparison of the table: this arm against another at the same budget
+    measures_latency: bool = False  # the runner times each run's final model (the record's ``latency``)
 
     @property
     def total_epochs(self) -> int:
@@ -140,6 +175,8 @@ PLANS = {
                  (0.3, 0.5), 3, 3, (2,), 1),
     "long": Plan("long", "15-epoch", ("scp", "scp_widths_scratch", "uniform"), (0.3,), 3, 12, (8,), 3),
     "cost": Plan("cost", "4-epoch", ("scp_cost",), (0.3, 0.5), 3, 3, (2,), 1),
+    "latency": Plan("latency", "4-epoch, latency budget", ("scp_latency", "scp_macs_latency", "uniform_latency"),
+                    (0.5, 0.7), 3, 3, (2,), 1, reference="scp_latency", measures_latency=True),
 }  # fmt: skip
 DEFAULT_PLANS = ("main", "long")
 
@@ -153,7 +190,15 @@ def label(arm: str, total_epochs: int) -> str:
         "random": "random widths, from scratch",
         "slimming": f"Network Slimming, {total_epochs}-epoch budget",
         "dense": "dense",
+        "scp_latency": "SCP, latency budget",
+        "scp_macs_latency": "SCP, MAC budget at the latency arm's MACs",
+        "uniform_latency": "uniform widths at the measured latency, from scratch",
     }.get(arm, arm)
+
+
+def short_name(arm: str) -> str:
+    """The reference's name in the comparisons' rows and verdicts."""
+    return {"scp": "SCP", "scp_latency": "SCP (latency budget)"}.get(arm, arm)
 
 
 class Run(NamedTuple):
@@ -172,23 +217,34 @@ def run_name(arm: str, budget: float, seed: int) -> str:
 
 
 def plan_runs(plan: Plan, seeds: Optional[int] = None) -> list[Run]:
-    """Every run of ``plan``, seed by seed (so that a partial plan holds whole seeds), SCP first at
-    each budget (SCP's widths from scratch need its record)."""
+    """Every run of ``plan``, seed by seed (so that a partial plan holds whole seeds), at each budget
+    in the plan's arm order, which puts the arms another arm reads (``SOURCE_ARM``: scp, scp_latency)
+    before the arms that read them."""
+    arms = [a for a in plan.arms if a != "dense"]
     runs = []
     for seed in range(plan.seeds if seeds is None else seeds):
         for budget in plan.budgets:
-            runs += [Run(plan.name, a, float(budget), seed) for a in plan.arms if a != "dense"]
+            runs += [Run(plan.name, a, float(budget), seed) for a in arms]
         if "dense" in plan.arms:
             runs.append(Run(plan.name, "dense", 1.0, seed))
     return runs
 
 
+def table_reference(plans: Sequence[Plan]) -> str:
+    """The one reference arm of a table made of ``plans`` (plans sharing a table must agree)."""
+    references = {p.reference for p in plans}
+    if len(references) != 1:
+        raise ValueError(f"plans {[p.name for p in plans]} share a table but not a reference: {sorted(references)}")
+    return references.pop()
+
+
 def planned_comparisons(plans: Sequence[Plan]) -> list[tuple[float, str]]:
-    """(budget, arm) of every planned comparison SCP vs arm in a table made of ``plans``."""
+    """(budget, arm) of every planned comparison reference vs arm in a table made of ``plans``."""
+    reference = table_reference(plans)
     out = []
     for plan in plans:
         for budget in plan.budgets:
-            out += [(float(budget), a) for a in plan.arms if a not in (REFERENCE, *NOT_COMPARED)]
+            out += [(float(budget), a) for a in plan.arms if a not in (reference, *NOT_COMPARED)]
     return sorted(set(out), key=lambda c: (c[0], ARMS.index(c[1])))
 
 
@@ -363,19 +419,138 @@ def kept_widths(report: dict) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Measured latency (plan latency): run with the pinned code, in a child process (``--measure_latency``).
+# ---------------------------------------------------------------------------------------------
+
+
+def uniform_latency_search(budget: float, timer, steps: int = SEARCH_STEPS) -> dict:
+    """The uniformly scaled widths whose MEASURED latency ratio is nearest ``budget``: bisection over
+    the factor in (0, 1], one timing per new widths (``timer(widths)`` -> {'ratio', ...}); latency
+    grows with the factor only roughly (noise, slow odd widths), so the widths kept are the measured
+    ones nearest the budget, not the last midpoint. Returns the choice and every trial."""
+    low, high, trials = 0.0, 1.0, {}
+    for _ in range(steps):
+        mid = (low + high) / 2
+        widths = scaled_widths(mid)
+        if widths not in trials:
+            trials[widths] = {"factor": mid, "widths": list(widths), **timer(widths)}
+        low, high = (mid, high) if trials[widths]["ratio"] < budget else (low, mid)
+    best = min(trials.values(), key=lambda t: abs(t["ratio"] - budget))
+    return {
+        "budget": budget,
+        "widths": best["widths"],
+        "factor": best["factor"],
+        "ratio": best["ratio"],
+        "steps": steps,
+        "trials": list(trials.values()),
+    }
+
+
+def search_source(search: dict) -> str:
+    return (
+        f"uniform at the measured latency: factor {search['factor']:.4f} on every width, measured latency "
+        f"{search['ratio']:.3f} of the full demo network (budget {search['budget']:g}), chosen by bisection over "
+        f"the factor before the runs ({len(search['trials'])} timings, each random init, batch {LATENCY_BATCH}, "
+        f"{search.get('runs', SEARCH_RUNS)} interleaved runs, medians; trials in widths_search)"
+    )
+
+
+def _demo_model(widths: Sequence):
+    """The demo network at ``widths`` with random weights (only its speed is measured)."""
+    import jax
+    import jax.numpy as jnp
+
+    from soft_prune_jax.models import get_model
+
+    model = get_model("fmnist_cnn", 10, widths=tuple(widths))
+    return model, model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + DEMO_INPUT), train=False)
+
+
+def time_against_dense(model, variables, runs: int) -> dict:
+    """Median latency of ``model`` and of the full demo network at random init, taking turns run by
+    run (``time_interleaved``), at batch ``LATENCY_BATCH``."""
+    from soft_prune_jax.measure import timing
+
+    x = timing.random_inputs(LATENCY_BATCH, DEMO_INPUT, 0)
+    dense, dense_variables = _demo_model(DEMO_WIDTHS)
+    before = load_average()
+    result = timing.time_interleaved(
+        {
+            "dense": (lambda v, x: dense.apply(v, x, train=False), (dense_variables, x)),
+            "model": (lambda v, x: model.apply(v, x, train=False), (variables, x)),
+        },
+        runs=runs,
+    )
+    dense_ms, model_ms = result["dense"]["median_ms"], result["model"]["median_ms"]
+    return {
+        "batch": LATENCY_BATCH,
+        "dense_ms": dense_ms,
+        "model_ms": model_ms,
+        "ratio": model_ms / dense_ms,
+        "runs": runs,
+        "load_average": {"before": before, "after": load_average()},
+        "device": timing.device_description(),
+        "measured_at": utc_now(),
+    }
+
+
+def measure_latency(spec: dict) -> dict:
+    """What ``--measure_latency=JSON`` prints: {'artifact': workdir} times the workdir's final model
+    (finetuned/, else compact/) against the dense network; {'search_uniform': budget} runs the uniform
+    factor's search. Run with the pinned code on PYTHONPATH (``snapshot_latency``)."""
+    import soft_prune_jax
+
+    if "artifact" in spec:
+        which = "finetuned" if os.path.isdir(os.path.join(spec["artifact"], "finetuned")) else "compact"
+        model, variables = soft_prune_jax.load_artifact(os.path.join(spec["artifact"], which))
+        result = {**time_against_dense(model, variables, LATENCY_RUNS), "model": which}
+    elif "search_uniform" in spec:
+        timer = lambda widths: time_against_dense(*_demo_model(widths), SEARCH_RUNS)  # noqa: E731
+        result = {**uniform_latency_search(float(spec["search_uniform"]), timer), "runs": SEARCH_RUNS}
+    else:
+        raise ValueError(f"--measure_latency={json.dumps(spec)}: expected 'artifact' or 'search_uniform'")
+    return {**result, "package": soft_prune_jax.__file__}
+
+
+def snapshot_latency(code: str):
+    """``measure_latency`` in a child process that imports the pinned code (checked, as ``probe``)."""
+
+    def measure(spec: dict) -> dict:
+        done = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), f"--measure_latency={json.dumps(spec)}"],
+            cwd=code,
+            env=snapshot_env(code),
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"--measure_latency={json.dumps(spec)} exited {done.returncode}: {done.stderr[-2000:]}")
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+        if not os.path.realpath(found.pop("package")).startswith(os.path.realpath(code) + os.sep):
+            raise RuntimeError(f"the latency was measured with code outside the snapshot {code}")
+        return found
+
+    return measure
+
+
+# ---------------------------------------------------------------------------------------------
 # Commands.
 # ---------------------------------------------------------------------------------------------
 
 
-def command(run: Run, plan: Plan, workdir: str, widths: Optional[Sequence] = None) -> list[str]:
-    """launch/train.py's command line for ``run`` (relative to the code snapshot it runs in)."""
+def command(
+    run: Run, plan: Plan, workdir: str, widths: Optional[Sequence] = None, target_macs: Optional[float] = None
+) -> list[str]:
+    """launch/train.py's command line for ``run`` (relative to the code snapshot it runs in).
+    ``widths``: a from-scratch arm's; ``target_macs``: scp_macs_latency's MAC budget."""
     cmd = [
         sys.executable,
         "launch/train.py",
-        "--config=configs/fashion_mnist.py",
+        "--config=configs/fashion_mnist.py:lambda",  # SCP's fixed lambda; each arm sets its own budget
         f"--workdir={workdir}",
         f"--config.seed={run.seed}",
-        "--phases=train,prune,finetune,evaluate,report",  # accuracy and MACs only: no latency here
+        # Accuracy and MACs; a latency budget is landed during prune; the runner times the final model itself.
+        "--phases=train,prune,finetune,evaluate,report",
     ]
     pruned = [
         f"--config.num_epochs={plan.train_epochs}",
@@ -386,6 +561,12 @@ def command(run: Run, plan: Plan, workdir: str, widths: Optional[Sequence] = Non
         cmd += [f"--config.target_macs_ratio={run.budget}"] + pruned
         if run.arm == "scp_cost":
             cmd.append("--config.cost_aware_penalty=True")
+    elif run.arm == "scp_latency":
+        cmd += [f"--config.target_latency_ratio={run.budget}"] + pruned
+    elif run.arm == "scp_macs_latency":
+        if target_macs is None:
+            raise ValueError(f"{run.name}: needs the scp_latency record's MACs ratio")
+        cmd += [f"--config.target_macs_ratio={target_macs:.6g}"] + pruned
     elif run.arm == "slimming":  # Network Slimming's settings, cut at the budget, on the same epochs
         cmd += [
             "--config.method=slimming",
@@ -604,9 +785,13 @@ def make_record(
     device: str,
     attempts: Sequence[dict],
     full_macs: int,
+    latency: Optional[dict] = None,
+    extra: Optional[dict] = None,
 ) -> dict:
     """The record of one finished run, from its workdir's report.json and config.json. ``full_macs``:
-    the demo network's MACs at full widths (a from-scratch arm's report counts its own widths as dense)."""
+    the demo network's MACs at full widths (a from-scratch arm's report counts its own widths as dense).
+    ``latency``: the runner's timing of the final model (plan latency); ``extra``: the arm's inputs
+    (the uniform factor's search, the MACs target's source)."""
     summary = report["pruning"]["summary"]
     evaluate = report.get("evaluate") or {}
     accuracy = evaluate.get("final_accuracy")
@@ -648,6 +833,8 @@ def make_record(
         "attempts": list(attempts),
         "machine": machine_of(device),
         "libraries": library_versions(),
+        **({"latency": latency} if latency is not None else {}),
+        **(extra or {}),
     }
 
 
@@ -673,6 +860,54 @@ def load_json(path: str) -> Optional[dict]:
         return None
     with open(path) as f:
         return json.load(f)
+
+
+class Inputs(NamedTuple):
+    """What a run needs besides its plan: a from-scratch arm's widths, scp_macs_latency's MACs target,
+    where they came from, record fields about them; ``waits``: a source record is missing."""
+
+    widths: Optional[tuple] = None
+    target_macs: Optional[float] = None
+    source: str = "pruned by the run itself"
+    extra: Optional[dict] = None
+    waits: bool = False
+
+
+def uniform_search(budget: float, search_dir: str, latency) -> dict:
+    """The uniform_latency widths of ``budget``: searched once (``latency({'search_uniform': budget})``)
+    and saved under ``search_dir``, so every seed, and a resumed run, trains the same widths."""
+    path = os.path.join(search_dir, f"uniform_latency_{budget:g}_search.json")
+    search = load_json(path)
+    if search is None:
+        search = latency({"search_uniform": budget})
+        os.makedirs(search_dir, exist_ok=True)
+        _write_json(path, search)
+    return search
+
+
+def inputs_for(run: Run, raw_dir: str, search_dir: str, latency) -> Inputs:
+    """The inputs of ``run`` (``latency``: the measuring function, called only by uniform_latency)."""
+    if run.arm == "dense":
+        return Inputs(source="the full demo network")
+    if run.arm == "uniform_latency":
+        search = uniform_search(run.budget, search_dir, latency)
+        return Inputs(widths=tuple(search["widths"]), source=search_source(search), extra={"widths_search": search})
+    if run.arm == "scp_macs_latency":
+        source = Run(run.plan, SOURCE_ARM[run.arm], run.budget, run.seed)
+        rel = os.path.relpath(record_path(raw_dir, source), raw_dir)
+        record = load_json(record_path(raw_dir, source))
+        if record is None:
+            return Inputs(source=f"waits for {rel}", waits=True)
+        target = float(record["macs_ratio"])
+        return Inputs(
+            target_macs=target,
+            source=f"pruned by the run itself at config.target_macs_ratio = {target:.6g}, the MACs / dense of {rel}",
+            extra={"macs_target": {"ratio": target, "from": rel}},
+        )
+    if run.arm in FROM_SCRATCH:
+        widths, source = widths_for(run, raw_dir)
+        return Inputs(widths=widths, source=source, waits=widths is None)
+    return Inputs()
 
 
 def widths_for(run: Run, raw_dir: str) -> tuple[Optional[tuple], str]:
@@ -707,11 +942,16 @@ def run_plan(
     overrides: Sequence[str] = (),
     only: Optional[set] = None,
     seeds: Optional[int] = None,
+    latency=None,
 ) -> int:
-    """Runs (or resumes) every run of ``plan`` without a record; returns the number that failed."""
+    """Runs (or resumes) every run of ``plan`` without a record; returns the number that failed.
+    ``latency``: spec -> dict, ``measure_latency`` with the pinned code (``snapshot_latency(code)``
+    unless given; only plan latency uses it)."""
     failed = 0
     runner = checkout_state()
     full_macs = macs_of(DEMO_WIDTHS)
+    latency = latency or snapshot_latency(code)
+    plan_dir = os.path.join(workroot, code_version[:12], plan.name)
     for run in plan_runs(plan, seeds):
         if only and run.name not in only:
             continue
@@ -725,16 +965,17 @@ def run_plan(
                     flush=True,
                 )
             continue
-        widths, source = (None, "pruned by the run itself")
-        if run.arm in FROM_SCRATCH and run.arm != "dense":
-            widths, source = widths_for(run, raw_dir)
-            if widths is None:
-                print(f"skip {run.plan}/{run.name}: {source}", flush=True)
-                continue
-        elif run.arm == "dense":
-            source = "the full demo network"
-        workdir = os.path.join(workroot, code_version[:12], run.plan, run.name)
-        cmd = command(run, plan, workdir, widths) + [f"--config.{o}" for o in overrides]
+        try:
+            inputs = inputs_for(run, raw_dir, plan_dir, latency)
+        except (OSError, ValueError, RuntimeError, subprocess.CalledProcessError) as e:
+            failed += 1
+            print(f"FAILED {run.plan}/{run.name}: its inputs: {e}; going on", flush=True)
+            continue
+        if inputs.waits:
+            print(f"skip {run.plan}/{run.name}: {inputs.source}", flush=True)
+            continue
+        workdir = os.path.join(plan_dir, run.name)
+        cmd = command(run, plan, workdir, inputs.widths, inputs.target_macs) + [f"--config.{o}" for o in overrides]
         os.makedirs(workdir, exist_ok=True)
         state_path = os.path.join(workdir, "runner_attempts.json")
         attempts = load_json(state_path) or []
@@ -764,6 +1005,14 @@ def run_plan(
             failed += 1
             print(f"FAILED {run.plan}/{run.name} (exit {rc}; see {log}); going on", flush=True)
             continue
+        measured = None
+        if plan.measures_latency:  # the final model, timed by the runner: the number the table shows
+            try:
+                measured = latency({"artifact": workdir})
+            except (OSError, ValueError, RuntimeError, subprocess.CalledProcessError) as e:
+                failed += 1
+                print(f"FAILED {run.plan}/{run.name}: timing its final model: {e}; going on", flush=True)
+                continue
         record = make_record(
             run,
             plan,
@@ -773,15 +1022,18 @@ def run_plan(
             runner=runner,
             cmd=cmd,
             overrides=overrides,
-            widths_source=source,
+            widths_source=inputs.source,
             device=device,
             attempts=attempts,
             full_macs=full_macs,
+            latency=measured,
+            extra=inputs.extra,
         )
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _write_json(path, record)
+        timed = f", latency {measured['ratio']:.3f}" if measured else ""
         print(f"{record['ended_at']} wrote {path}: {100 * record['test_accuracy']:.2f}%, "
-              f"MACs {record['macs_ratio']:.3f}, {record['wall_seconds']:.0f} s", flush=True)  # fmt: skip
+              f"MACs {record['macs_ratio']:.3f}{timed}, {record['wall_seconds']:.0f} s", flush=True)  # fmt: skip
     return failed
 
 
@@ -834,16 +1086,22 @@ def group(records: Sequence[dict]) -> dict[tuple[str, float], list[dict]]:
     return groups
 
 
-def table_comparisons(table: str, records: Sequence[dict]) -> tuple[list[tuple], dict]:
-    """The family of a table (the planned comparisons of its plans; the optional cost plan only when
-    it has records) and {(arm, budget): accuracies}."""
-    plans = [
+def table_plans(table: str, records: Sequence[dict]) -> list[Plan]:
+    """The plans of a table: the default ones, and the optional ones (cost, latency) with records."""
+    return [
         p
         for p in PLANS.values()
         if p.table == table and (p.name in DEFAULT_PLANS or any(r["plan"] == p.name for r in records))
     ]
+
+
+def table_comparisons(table: str, records: Sequence[dict]) -> tuple[list[tuple], dict]:
+    """The family of a table (the planned comparisons of its plans, each the table's reference against
+    another arm) and {(arm, budget): accuracies}."""
+    plans = table_plans(table, records)
+    reference = table_reference(plans)
     groups = {key: [r["test_accuracy"] for r in rows] for key, rows in group(records).items()}
-    pairs = [((REFERENCE, b), (arm, b)) for b, arm in planned_comparisons(plans)]
+    pairs = [((reference, b), (arm, b)) for b, arm in planned_comparisons(plans)]
     return pairs, groups
 
 
@@ -890,14 +1148,18 @@ def _phase(phase: dict) -> str:
     )
 
 
+def latency_ratio(rows: Sequence[dict]) -> Optional[float]:
+    """Mean over ``rows`` of the runner's measured latency ratio (None where none was measured)."""
+    ratios = [r["latency"]["ratio"] for r in rows if r.get("latency")]
+    return _mean(ratios) if ratios else None
+
+
 def table_section(table: str, records: Sequence[dict], counts: dict, version: str) -> list[str]:
-    plans = [
-        p
-        for p in PLANS.values()
-        if p.table == table and (p.name in DEFAULT_PLANS or any(r["plan"] == p.name for r in records))
-    ]
+    plans = table_plans(table, records)
     total = plans[0].total_epochs
     names = {a: label(a, total) for a in ARMS}
+    reference = short_name(table_reference(plans))
+    timed = any(p.measures_latency for p in plans)
     status = "; ".join(f"plan {p.name}: {counts[p.name][0]} of {counts[p.name][1]} planned runs" for p in plans)
     pinned = f"code version `{version[:12]}`" if version else "code version not pinned yet"
     lines = [f"### {table} schedule", "", f"{status} ({pinned})."]
@@ -914,8 +1176,20 @@ def table_section(table: str, records: Sequence[dict], counts: dict, version: st
         f"started {times[0]} to {times[-1]}. Test accuracy of the final network on the test images (mean "
         "over seeds, SD over seeds); MACs of the final network over the dense network's.",
         "",
-        "| budget | arm | seeds | test accuracy | SD (points) | MACs / dense | mean wall |",
-        "|---|---|---|---|---|---|---|",
+    ]
+    if timed:
+        lines[-1:-1] = [
+            "",
+            "Budgets here are fractions of the full network's measured latency at batch "
+            f"{LATENCY_BATCH}. Latency / dense: the final network (its finetuned/ artifact, else compact/) timed by "
+            f"the runner after its run against the full demo network at random init, batch {LATENCY_BATCH}, "
+            "interleaved runs, medians, mean over seeds (`latency` in each record); the same rule for every arm.",
+        ]
+    lines += [
+        "| budget | arm | seeds | test accuracy | SD (points) | MACs / dense |"
+        + (" latency / dense (measured) |" if timed else "")
+        + " mean wall |",
+        "|---|---|---|---|---|---|" + ("---|" if timed else "") + "---|",
     ]
     order = {a: i for i, a in enumerate(ARMS)}
     groups = group(records)
@@ -925,7 +1199,9 @@ def table_section(table: str, records: Sequence[dict], counts: dict, version: st
         lines.append(
             f"| {budget:g} | {names.get(arm, arm)} | {len(rows)} ({', '.join(str(r['seed']) for r in rows)}) "
             f"| {_pct(_mean(acc))} | {'-' if sd is None else f'{100 * sd:.2f}'} "
-            f"| {_pct(_mean([r['macs_ratio'] for r in rows]))} | {_mean([r['wall_seconds'] for r in rows]):.0f} s |"
+            f"| {_pct(_mean([r['macs_ratio'] for r in rows]))} "
+            + (f"| {'-' if latency_ratio(rows) is None else _pct(latency_ratio(rows))} " if timed else "")
+            + f"| {_mean([r['wall_seconds'] for r in rows]):.0f} s |"
         )
     pairs, accs = table_comparisons(table, records)
     results = compare(accs, pairs)
@@ -933,7 +1209,7 @@ def table_section(table: str, records: Sequence[dict], counts: dict, version: st
     lines += [
         "",
         f"The test (scripts/pareto.py, `compare`): pooled within-group SD {100 * sd:.3f} points over the "
-        f"{len(accs)} groups above (df = {df}); two-sided pooled t test of SCP against each other arm at "
+        f"{len(accs)} groups above (df = {df}); two-sided pooled t test of {reference} against each other arm at "
         f"the same budget; {int(100 * CONFIDENCE)}% family-wise over the {len(pairs)} planned comparisons "
         "(Holm-Bonferroni); intervals at the level of each comparison's Holm step."
         if df
@@ -941,24 +1217,27 @@ def table_section(table: str, records: Sequence[dict], counts: dict, version: st
         "",
     ]
     lines += [
-        "| budget | comparison | difference, points (SCP - arm) | interval | Holm verdict | detectable (80% power) |",
+        f"| budget | comparison | difference, points ({reference} - arm) | interval | Holm verdict "
+        "| detectable (80% power) |",
         "|---|---|---|---|---|---|",
     ]
     for row in results:
         budget, other = row["b"][1], names.get(row["b"][0], row["b"][0])
         if row["diff"] is None:
-            lines.append(f"| {budget:g} | SCP vs {other} | not run yet | | | |")
+            lines.append(f"| {budget:g} | {reference} vs {other} | not run yet | | | |")
             continue
-        verdict = ("SCP better" if row["diff"] > 0 else "SCP worse") if row["rejected"] else "no difference shown"
+        verdict = (
+            f"{reference} {'better' if row['diff'] > 0 else 'worse'}" if row["rejected"] else "no difference shown"
+        )
         lines.append(
-            f"| {budget:g} | SCP vs {other} | {_pts(row['diff'])} (n = {row['n_a']}, {row['n_b']}) "
+            f"| {budget:g} | {reference} vs {other} | {_pts(row['diff'])} (n = {row['n_a']}, {row['n_b']}) "
             f"| {_pts(row['low'])} to {_pts(row['high'])} ({100 * (1 - row['level']):.2f}%) | {verdict} "
             f"| {100 * row['mde']:.2f} |"
         )
     lines += [
         "",
-        "SCP better / worse: the test resolves the difference at the family-wise level. No difference shown: it "
-        "cannot; the last column is the smallest difference (points) these runs could have detected with "
+        f"{reference} better / worse: the test resolves the difference at the family-wise level. No difference "
+        "shown: it cannot; the last column is the smallest difference (points) these runs could have detected with "
         f"{int(100 * POWER)}% power at that comparison's level, so a true difference below it may exist.",
     ]
     lines += ["", "Schedules as recorded (first record of each arm):", "",
@@ -1038,6 +1317,11 @@ def render_section(current: Sequence[dict], archived: Sequence[dict], pin: Optio
         "schedule per phase, machine, library versions and times. The script's docstring states the arms "
         "and the test.",
         "",
+        "Latency budgets (issue 23): plan latency (`--plan=latency`, not in the default; run it alone on the "
+        "machine, since the runner times every final model) has SCP with a latency budget, SCP with a MAC budget "
+        "at the latency arm's MACs and the uniformly thinner network at the same measured latency, at 0.5 and 0.7 "
+        "of the dense network's measured latency; its table appears below once it has records.",
+        "",
         f"**Status:** {done} of {planned} planned runs exist under code version "
         f"{f'`{version[:12]}`' if version else '(not pinned yet)'} ("
         + ", ".join(f"plan {p}: {counts[p][0]} of {counts[p][1]}" for p in DEFAULT_PLANS)
@@ -1053,7 +1337,7 @@ def render_section(current: Sequence[dict], archived: Sequence[dict], pin: Optio
             "are not evidence for one.",
             "",
         ]
-    for table in sorted({p.table for p in PLANS.values()}, key=lambda t: int(t.split("-")[0])):
+    for table in sorted({p.table for p in PLANS.values()}, key=lambda t: (int(t.split("-")[0]), t)):
         rows = [r for r in usable_records if r.get("table") == table]
         if rows or any(counts[p.name][1] for p in PLANS.values() if p.table == table and p.name in DEFAULT_PLANS):
             lines += table_section(table, rows, counts, version or "")
@@ -1066,7 +1350,7 @@ def render_section(current: Sequence[dict], archived: Sequence[dict], pin: Optio
             "",
         ]
     if plot:
-        lines += [f"![test accuracy against MACs](results/{os.path.basename(plot)})", ""]
+        lines += [f"![test accuracy against MACs (and measured latency)](results/{os.path.basename(plot)})", ""]
     lines += archive_section(archived)
     return "\n".join(lines).rstrip("\n") + "\n\n" + END + "\n"
 
@@ -1077,7 +1361,9 @@ def plot_records(records: Sequence[dict], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    timed = [r for r in records if r.get("latency") and r.get("table") == PLANS["latency"].table]
+    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(13.0 if timed else 6.5, 4.0), squeeze=False)
+    ax = axes[0][0]
     try:
         for table, marker in (("4-epoch", "o"), ("15-epoch", "s")):
             groups = group([r for r in records if r.get("table") == table])
@@ -1094,12 +1380,33 @@ def plot_records(records: Sequence[dict], path: str) -> str:
         ax.set_ylabel("test accuracy (%), mean and SD over seeds")
         ax.set_title("Fashion-MNIST, demo network: accuracy against MACs")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        if timed:
+            plot_latency(axes[0][1], timed)
         fig.tight_layout()
         fig.savefig(path, format="png", dpi=120)
     finally:
         plt.close(fig)
     return path
+
+
+def plot_latency(ax, records: Sequence[dict]) -> None:
+    """Accuracy against the runner's measured latency ratio (means over seeds, SD bars both ways)."""
+    groups = group(records)
+    for arm in ARMS:
+        points = sorted((b, rows) for (a, b), rows in groups.items() if a == arm)
+        if not points:
+            continue
+        ratios = [[r["latency"]["ratio"] for r in rows] for _, rows in points]
+        accs = [[100 * r["test_accuracy"] for r in rows] for _, rows in points]
+        ax.errorbar([_mean(x) for x in ratios], [_mean(y) for y in accs], xerr=[_sd(x) or 0.0 for x in ratios],
+                    yerr=[_sd(y) or 0.0 for y in accs], marker="^", capsize=3, label=label(arm, 4))  # fmt: skip
+    ax.set_xlabel(f"measured latency / dense latency (batch {LATENCY_BATCH})")
+    ax.set_ylabel("test accuracy (%), mean and SD over seeds")
+    ax.set_title("latency budgets: accuracy against measured latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def write_page(section: str, page: str = PAGE) -> None:
@@ -1134,7 +1441,8 @@ def render(raw_dir: str = RAW_DIR, page: str = PAGE, plot: Optional[str] = PLOT)
 
 # Arms without an archived record of their own are timed like one that trains the same way.
 DEFAULT_SECONDS = 400.0  # without any record to go by
-TIMED_LIKE = {"scp": "scp_cost", "scp_widths_scratch": "uniform", "random": "uniform"}
+TIMED_LIKE = {"scp": "scp_cost", "scp_widths_scratch": "uniform", "random": "uniform", "scp_latency": "scp_cost",
+              "scp_macs_latency": "scp_cost", "uniform_latency": "uniform"}  # fmt: skip
 
 
 def seconds_per_run(archived: Sequence[dict], current: Sequence[dict] = ()) -> dict[str, float]:
@@ -1198,7 +1506,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--raw_dir", default=RAW_DIR)
     parser.add_argument("--page", default=PAGE)
     parser.add_argument("--no_render", action="store_true", help="do not re-render the page when the runs end")
+    parser.add_argument("--measure_latency", default=None, help=argparse.SUPPRESS)  # the runner's child process
     args = parser.parse_args(argv)
+    if args.measure_latency:
+        print(json.dumps(measure_latency(json.loads(args.measure_latency))))
+        return 0
     names = [p for p in args.plan.split(",") if p]
     unknown = [p for p in names if p not in PLANS]
     if unknown:

@@ -56,7 +56,7 @@ def test_every_arm_gets_the_same_total_epochs_and_its_seed(plan):
     widths = (8, 8, "M", 16, 16, "M", 32)
     for arm in pareto.ARMS:
         budget = 1.0 if arm == "dense" else 0.3
-        cmd = pareto.command(pareto.Run(plan.name, arm, budget, 2), plan, "/tmp/w", widths)
+        cmd = pareto.command(pareto.Run(plan.name, arm, budget, 2), plan, "/tmp/w", widths, target_macs=0.3)
         assert int(_flag(cmd, "num_epochs")) + int(_flag(cmd, "finetune_epochs")) == plan.total_epochs, arm
         assert _flag(cmd, "seed") == "2" and "--workdir=/tmp/w" in cmd
         if arm in pareto.FROM_SCRATCH:
@@ -428,3 +428,254 @@ def test_script_help_runs():
         check=True,
     ).stdout
     assert "--render_only" in out and "--plan" in out and "--list" in out
+
+
+# ----------------------------------------------------------------------------- plan latency (issue 23 item 4)
+
+LATENCY = pareto.PLANS["latency"]
+LATENCY_TABLE = LATENCY.table
+
+
+def test_latency_plan_runs_scp_latency_before_its_mac_twin_at_each_budget_and_seed():
+    runs = pareto.plan_runs(LATENCY)
+    assert len(set(runs)) == len(runs) == 18
+    for arm in ("scp_latency", "scp_macs_latency", "uniform_latency"):
+        assert sorted((r.budget, r.seed) for r in runs if r.arm == arm) == [
+            (b, s) for b in (0.5, 0.7) for s in range(3)
+        ]
+    for r in runs:
+        if r.arm == "scp_macs_latency":
+            assert runs.index(pareto.Run("latency", "scp_latency", r.budget, r.seed)) < runs.index(r)
+    assert {r.seed for r in runs[:6]} == {0}  # seed by seed
+    assert "latency" not in pareto.DEFAULT_PLANS and LATENCY.table not in (MAIN.table, LONG.table)
+    assert LATENCY.reference == "scp_latency" and MAIN.reference == LONG.reference == "scp"
+    assert LATENCY.measures_latency and not MAIN.measures_latency
+    assert LATENCY.total_epochs == 4 and LATENCY.train_boundaries == (2,)
+
+
+def test_latency_arms_command_lines():
+    scp = pareto.command(pareto.Run("latency", "scp_latency", 0.5, 1), LATENCY, "/w")
+    assert "--config=configs/fashion_mnist.py:lambda" in scp and _flag(scp, "seed") == "1"
+    assert _flag(scp, "target_latency_ratio") == "0.5" and _flag(scp, "target_macs_ratio") is None
+    assert (_flag(scp, "num_epochs"), _flag(scp, "finetune_epochs"), _flag(scp, "lr_boundaries")) == ("3", "1", "(2,)")
+    assert _flag(scp, "method") is None and not any("benchmark" in c for c in scp)
+    twin = pareto.command(pareto.Run("latency", "scp_macs_latency", 0.5, 1), LATENCY, "/w", target_macs=0.412345678)
+    assert _flag(twin, "target_macs_ratio") == "0.412346" and _flag(twin, "target_latency_ratio") is None
+    assert (_flag(twin, "num_epochs"), _flag(twin, "finetune_epochs")) == ("3", "1")
+    with pytest.raises(ValueError, match="scp_latency record"):
+        pareto.command(pareto.Run("latency", "scp_macs_latency", 0.5, 1), LATENCY, "/w")
+    widths = (24, 24, "M", 48, 48, "M", 96)
+    uniform = pareto.command(pareto.Run("latency", "uniform_latency", 0.7, 2), LATENCY, "/w", widths)
+    assert _flag(uniform, "method") == "dense" and _flag(uniform, "num_epochs") == "4"
+    assert _flag(uniform, "finetune_epochs") == "0" and _flag(uniform, "lr_boundaries") == "(3,)"
+    assert (
+        _flag(uniform, "model_kwargs") == f"{{'widths': {widths!r}}}" and _flag(uniform, "target_latency_ratio") is None
+    )
+    assert pareto.label("scp_macs_latency", 4) == "SCP, MAC budget at the latency arm's MACs"
+
+
+def test_scp_macs_latency_waits_for_the_scp_latency_record_and_takes_its_macs(tmp_path):
+    raw = tmp_path / "raw"
+
+    def no_timing(spec):
+        raise AssertionError(f"no timing expected: {spec}")
+
+    run = pareto.Run("latency", "scp_macs_latency", 0.5, 1)
+    waits = pareto.inputs_for(run, str(raw), str(tmp_path / "search"), no_timing)
+    assert waits.waits and waits.source == "waits for latency/scp_latency_0.5_s1.json"
+    _write(raw, "latency", [{"arm": "scp_latency", "budget": 0.5, "seed": 1, "macs_ratio": 0.4213}])
+    _write(raw, "latency", [{"arm": "scp_latency", "budget": 0.7, "seed": 1, "macs_ratio": 0.61}])  # not its own
+    ready = pareto.inputs_for(run, str(raw), str(tmp_path / "search"), no_timing)
+    assert not ready.waits and ready.target_macs == 0.4213 and ready.widths is None
+    assert ready.extra == {"macs_target": {"ratio": 0.4213, "from": "latency/scp_latency_0.5_s1.json"}}
+    assert "0.4213" in ready.source
+
+
+def _fake_ratio(widths):
+    """A latency ratio without timing: conv-to-conv products over the full network's (roughly MACs)."""
+    convs = [w for w in widths if w != "M"]
+    full = [w for w in pareto.DEMO_WIDTHS if w != "M"]
+
+    def cost(ws):
+        return ws[0] + sum(a * b for a, b in zip(ws, ws[1:]))
+
+    return cost(convs) / cost(full)
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.7])
+def test_uniform_factor_search_lands_on_the_measured_widths_nearest_the_budget(budget):
+    calls = []
+
+    def timer(widths):
+        calls.append(widths)
+        return {"ratio": _fake_ratio(widths), "dense_ms": 10.0, "model_ms": 10.0 * _fake_ratio(widths)}
+
+    search = pareto.uniform_latency_search(budget, timer)
+    assert len(calls) == len(set(calls)) == len(search["trials"]) <= pareto.SEARCH_STEPS
+    assert search["ratio"] == pytest.approx(budget, abs=0.03)
+    assert abs(search["ratio"] - budget) == min(abs(t["ratio"] - budget) for t in search["trials"])
+    assert tuple(search["widths"]) == pareto.scaled_widths(search["factor"])
+    # Over every factor at the search's resolution, nothing is much nearer than the widths chosen.
+    grid = min(abs(_fake_ratio(pareto.scaled_widths(k / 64)) - budget) for k in range(1, 65))
+    assert abs(search["ratio"] - budget) <= grid + 0.02
+    assert "factor" in pareto.search_source(search) and f"budget {budget:g}" in pareto.search_source(search)
+
+
+def test_uniform_factor_search_keeps_the_nearest_trial_under_noise():
+    # A slow odd width: the bisection goes past it, yet the widths kept are the trial nearest the budget.
+    def timer(widths):
+        return {"ratio": _fake_ratio(widths) + (0.3 if widths[0] % 2 else 0.0)}
+
+    search = pareto.uniform_latency_search(0.5, timer)
+    nearest = min(search["trials"], key=lambda t: abs(t["ratio"] - 0.5))
+    assert search["widths"] == nearest["widths"] and search["ratio"] == nearest["ratio"]
+
+
+def test_uniform_search_is_made_once_per_budget_and_reused(tmp_path):
+    specs = []
+
+    def latency(spec):
+        specs.append(spec)
+        return pareto.uniform_latency_search(spec["search_uniform"], lambda w: {"ratio": _fake_ratio(w)})
+
+    seeds = [
+        pareto.inputs_for(pareto.Run("latency", "uniform_latency", 0.5, s), str(tmp_path), str(tmp_path / "s"), latency)
+        for s in range(3)
+    ]
+    assert specs == [{"search_uniform": 0.5}] and (tmp_path / "s" / "uniform_latency_0.5_search.json").exists()
+    assert len({i.widths for i in seeds}) == 1 and seeds[0].widths.count("M") == 2
+    assert seeds[0].extra["widths_search"]["widths"] == list(seeds[0].widths)
+
+
+def test_comparisons_use_each_tables_reference():
+    records = [_record(a, b, s, 0.9, 0.5, plan="latency") for a in LATENCY.arms for b in (0.5, 0.7) for s in range(2)]
+    pairs, groups = pareto.table_comparisons(LATENCY_TABLE, records)
+    assert pairs == [
+        (("scp_latency", 0.5), ("scp_macs_latency", 0.5)),
+        (("scp_latency", 0.5), ("uniform_latency", 0.5)),
+        (("scp_latency", 0.7), ("scp_macs_latency", 0.7)),
+        (("scp_latency", 0.7), ("uniform_latency", 0.7)),
+    ]
+    assert groups[("uniform_latency", 0.7)] == [0.9, 0.9]
+    main_pairs, _ = pareto.table_comparisons("4-epoch", [_record("scp", 0.3, 0, 0.9, 0.3)])
+    assert {a for a, _ in main_pairs} == {("scp", 0.3), ("scp", 0.5)} and len(main_pairs) == 8
+    mixed = [MAIN, LATENCY._replace(table=MAIN.table)]
+    with pytest.raises(ValueError, match="not a reference"):
+        pareto.planned_comparisons(mixed)
+
+
+def _fake_latency(ratios, calls):
+    """The runner's measuring function without timing: the final model's ratio by the run's folder."""
+
+    def latency(spec):
+        calls.append(spec)
+        if "search_uniform" in spec:
+            return pareto.uniform_latency_search(spec["search_uniform"], lambda w: {"ratio": _fake_ratio(w)})
+        name = os.path.basename(spec["artifact"])
+        if name not in ratios:
+            raise RuntimeError("timing failed")
+        ratio = ratios[name]
+        load = {"before": [0.1, 0.1, 0.1], "after": [0.2, 0.1, 0.1]}
+        return {
+            "batch": 64,
+            "dense_ms": 20.0,
+            "model_ms": 20.0 * ratio,
+            "ratio": ratio,
+            "runs": 50,
+            "load_average": load,
+        }
+
+    return latency
+
+
+def test_runner_records_the_measured_latency_of_every_latency_run(tmp_path):
+    code, raw, work = tmp_path / "code", tmp_path / "raw", tmp_path / "work"
+    (code / "launch").mkdir(parents=True)
+    (code / "launch" / "train.py").write_text(FAKE_TRAINER)
+    version = "f" * 40
+    calls = []
+    latency = _fake_latency({"scp_latency_0.5_s0": 0.52, "scp_macs_latency_0.5_s0": 0.61}, calls)
+
+    def run(only):
+        paths = {"workroot": str(work), "raw_dir": str(raw), "log": str(tmp_path / "log")}
+        return pareto.run_plan(
+            LATENCY, code=str(code), code_version=version, device="cpu: fake", only=set(only), latency=latency, **paths
+        )
+
+    # The MAC twin waits for scp_latency; a run whose final model cannot be timed has no record.
+    assert run({"scp_macs_latency_0.5_s0", "uniform_latency_0.5_s0"}) == 1
+    assert not (raw / "latency").exists()
+    assert run({"scp_latency_0.5_s0", "scp_macs_latency_0.5_s0"}) == 0
+    scp = json.loads((raw / "latency" / "scp_latency_0.5_s0.json").read_text())
+    twin = json.loads((raw / "latency" / "scp_macs_latency_0.5_s0.json").read_text())
+    assert scp["latency"]["ratio"] == 0.52 and twin["latency"]["ratio"] == 0.61
+    assert set(scp["latency"]) >= {"batch", "dense_ms", "model_ms", "ratio", "runs", "load_average"}
+    assert scp["latency"]["batch"] == 64 and scp["table"] == LATENCY_TABLE
+    assert _flag(scp["command"], "target_latency_ratio") == "0.5"
+    assert _flag(twin["command"], "target_macs_ratio") == f"{scp['macs_ratio']:.6g}"
+    assert twin["macs_target"]["from"] == "latency/scp_latency_0.5_s0.json"
+    timed = [os.path.basename(c["artifact"]) for c in calls if "artifact" in c]
+    assert timed == ["uniform_latency_0.5_s0", "scp_latency_0.5_s0", "scp_macs_latency_0.5_s0"]
+    assert [c for c in calls if "search_uniform" in c] == [{"search_uniform": 0.5}]
+    # The uniform arm trains the searched widths (searched once, before its first run).
+    config = json.loads((work / version[:12] / "latency" / "uniform_latency_0.5_s0" / "config.json").read_text())
+    search = json.loads((work / version[:12] / "latency" / "uniform_latency_0.5_search.json").read_text())
+    assert config["model_kwargs"]["widths"] == search["widths"] and config["method"] == "dense"
+    # A MAC-budget plan is not timed.
+    report = json.loads((work / version[:12] / "latency" / "scp_latency_0.5_s0" / "report.json").read_text())
+    provenance = {"code_version": version, "runner": {}, "cmd": [], "overrides": [], "device": "cpu"}
+    plain = pareto.make_record(
+        pareto.Run("main", "scp", 0.3, 0),
+        MAIN,
+        report=report,
+        config=scp["config"],
+        widths_source="",
+        attempts=scp["attempts"],
+        full_macs=1,
+        **provenance,
+    )
+    assert "latency" not in plain and plain["test_accuracy"] == scp["test_accuracy"]
+
+
+def test_render_latency_table_from_fake_records(tmp_path):
+    raw = tmp_path / "raw"
+    records = []
+    for seed in range(3):
+        d = 0.001 * (seed - 1)
+        for budget in (0.5, 0.7):
+            lat = {"batch": 64, "runs": 50}
+            records += [
+                _record("scp_latency", budget, seed, 0.915 + d, 0.4, plan="latency", latency={**lat, "ratio": budget}),
+                _record("scp_macs_latency", budget, seed, 0.914 + d, 0.4, plan="latency",
+                        latency={**lat, "ratio": budget + 0.1 + d}),
+                _record("uniform_latency", budget, seed, 0.905 + d, 0.3, plan="latency",
+                        latency={**lat, "ratio": budget - 0.01}),
+            ]  # fmt: skip
+    _write(raw, "latency", records)
+    (raw / pareto.PIN_FILE).write_text(json.dumps({"commit": VERSION}))
+    section = pareto.render(str(raw), str(tmp_path / "RESULTS.md"), str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    assert "### 4-epoch, latency budget schedule" in section and "plan latency: 18 of 18 planned runs" in section
+    assert "**Status:** 0 of 42 planned runs" in section  # the default plans' status, as before
+    assert "| latency / dense (measured) | mean wall |" in section
+    assert "| 0.5 | SCP, MAC budget at the latency arm's MACs | 3 (0, 1, 2) | 91.40% | 0.10 | 40.00% | 60.00% |" in (
+        section
+    )
+    assert (
+        "| 0.7 | uniform widths at the measured latency, from scratch | 3 (0, 1, 2) | 90.50% | 0.10 | 30.00% | 69.00% |"
+        in (section)
+    )
+    assert "95% family-wise over the 4 planned comparisons" in section
+    assert "two-sided pooled t test of SCP (latency budget) against each other arm" in section
+    rows = {
+        line.split(" | ")[1]: line
+        for line in section.splitlines()
+        if line.startswith("| 0.5 | SCP (latency budget) vs ")
+    }
+    assert (
+        "| SCP (latency budget) better |"
+        in rows["SCP (latency budget) vs uniform widths at the measured latency, from scratch"]
+    )
+    assert "| no difference shown |" in rows["SCP (latency budget) vs SCP, MAC budget at the latency arm's MACs"]
+    assert "| 4-epoch schedule" not in section and "### 4-epoch schedule" in section  # main's table: no records
+    assert "fractions of the full network's measured latency" in section
