@@ -137,10 +137,11 @@ def get_config() -> config_dict.ConfigDict:
     # keeps the schedule's shape: lr_boundaries scaled by finetune_epochs / num_epochs.
     config.finetune_epochs = 0  # 0 = none (the reference CIFAR pipeline does not fine-tune)
     config.finetune_learning_rate = 0.01  # the paper's optional fine-tuning LR
-    # Keep channel counts multiples of this (1 = no alignment), or 'latency': per channel group the width
-    # >= the kept count that the latency model of this device says runs fastest (pipeline/latency_setup.py).
+    # 'latency' (the default): per channel group the width >= the kept count whose layers run fastest on
+    # this device at benchmark_batch_sizes[0], timed once and cached (soft_prune_jax/traced/latency_landing.py);
+    # or an int: keep channel counts multiples of it (1 = no alignment). Padding keeps the most alive channels.
     # Typed `object` so that --config.round_to takes an int or the string 'latency' alike.
-    config.round_to = config_dict.FieldReference(1, field_type=object)
+    config.round_to = config_dict.FieldReference("latency", field_type=object)
 
     # Running.
     config.parallel = "pmap"  # data parallelism over the local devices: 'pmap' | 'shard_map' (jit + shard_map)

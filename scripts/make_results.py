@@ -96,7 +96,7 @@ def train_fashion_mnist(root: str, skip: bool, log: str) -> dict[str, dict]:
             cmd = [
                 sys.executable,
                 "launch/train.py",
-                "--config=configs/fashion_mnist.py",
+                "--config=configs/fashion_mnist.py:lambda",
                 f"--workdir={workdir}",
                 f"--config.method={method}",
             ]

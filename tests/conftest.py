@@ -142,6 +142,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
             num_train_examples=256,
             benchmark_batch_sizes=(8,),
             benchmark_runs=3,
+            round_to=1,  # no timing in the tests' cuts (test_latency.py runs round_to='latency' on a fake device)
         )
     )
     c.update(overrides)

@@ -106,6 +106,10 @@ def test_auto_rule():
     assert F.choose_formulation((64, 32, 32, 16), (3, 3, 16, 16), 1) == "xla"
     assert F.choose_formulation((1, 4, 4, 512), (3, 3, 512, 512), 1) == "im2col"  # a 16-row GEMM
     assert F.choose_formulation((1, 16, 16, 64), (3, 3, 64, 64), 1) == "xla"
+    # one example of a computation run at any batch size (an exported artifact): no whole-batch rule
+    assert F.choose_formulation((1, 7, 7, 64), (3, 3, 64, 64), 1) == "im2col"
+    assert F.choose_formulation((1, 7, 7, 64), (3, 3, 64, 64), 1, any_batch=True) == "xla"
+    assert F.choose_formulation((1, 2, 2, 64), (3, 3, 64, 64), 1, any_batch=True) == "im2col"
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ from configs import fashion_mnist  # importable: launch/train.py puts the checko
 
 
 def get_config():
-    c = fashion_mnist.get_config()
+    c = fashion_mnist.get_config("lambda")
     c.model_kwargs = config_dict.ConfigDict({{"widths": (4, "M", 8)}})
     c.num_train_examples = 64
     c.num_eval_examples = 64

@@ -41,6 +41,22 @@ def test_linen_export_runs_without_the_model_code(tmp_path):
     close(np.load(tmp_path / "got.npy"), np.load(tmp_path / "want.npy"))
 
 
+def test_an_artifact_is_exported_with_convs_for_any_batch_size(tmp_path, monkeypatch):
+    # the export traces one example; 'auto' would choose im2col for batch-1 shapes, slow at batch 64
+    model, variables, x = tiny("fmnist_cnn")
+    compact, compact_vars = prune_model(model, variables, x, train=False)
+    chosen = []
+    choose = artifact.fast_conv.choose_formulation
+    monkeypatch.setattr(
+        artifact.fast_conv, "choose_formulation", lambda *a, **k: chosen.append(k or a[4:]) or choose(*a, **k)
+    )
+    save_artifact(str(tmp_path / "m"), compact, compact_vars, x)
+    assert chosen and all(c in ((True,), {"any_batch": True}) for c in chosen)
+    assert compact.program.formulation == "auto"  # restored after the export
+    loaded, loaded_vars = load_artifact(str(tmp_path / "m"))
+    close(loaded.apply(loaded_vars, x), compact.apply(compact_vars, x, train=False))
+
+
 def test_nnx_export_roundtrip(tmp_path):
     module, x = nnx_module("cnn")
     compact = prune_model(module, x)

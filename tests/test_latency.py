@@ -354,3 +354,28 @@ def test_progress_line_shows_the_latency_estimate_under_a_latency_budget():
     line = format_progress("train", 10, 100, 1.0, {**metrics, "latency_target_ratio": 0.6}, None, None)
     assert line.endswith("| latency est. expected 90.0% hard-masked 75.0% early 70.0% (target now 60.0%)")
     assert "latency est." not in format_progress("train", 10, 100, 1.0, metrics, None, None)
+
+
+@pytest.mark.slow
+def test_a_mac_budget_counts_the_widths_latency_pads(monkeypatch, tmp_path):
+    from soft_prune_jax.compact import layer_timings as CLm
+    from soft_prune_jax.pipeline import run
+
+    from conftest import SyntheticData, tiny_config
+
+    _fake_device(monkeypatch, tmp_path, dense_ms=1.0, compact_share=0.5)
+    monkeypatch.setattr(CLm, "time_op", lambda op, a, b, batch, dtype: 1e-4 * aligned(a) * aligned(b))
+    config = tiny_config(
+        model_kwargs={"widths": (16, "M", 32)},
+        num_train_examples=256,
+        num_epochs=2,
+        lr_boundaries=(2,),
+        sparsity_lambda=1e-4,  # the trained masks drop little: landing must remove channels
+        target_macs_ratio=0.4,
+        finetune_epochs=0,
+        round_to="latency",
+    )
+    out = run(config, str(tmp_path / "w"), phases="train,prune", dataset=SyntheticData(num_train=256))
+    landing = out["prune"]["budget"]
+    assert landing["target_macs_ratio"] == 0.4 and landing["reached_macs_ratio"] <= 0.4 + 1e-9
+    assert landing["hard_masked_macs_ratio"] > 0.4  # so landing, with the padding counted, did the cutting

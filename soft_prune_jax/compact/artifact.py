@@ -24,6 +24,7 @@ sibling and renames it into place. Artifacts of the earlier user-model format
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ import numpy as np
 from jax import export as jax_export
 
 from soft_prune_jax.compact.prune_model import CompactLinen, CompactModule, _hashable
+from soft_prune_jax.ops import fast_conv
 
 
 class ExportError(ValueError):
@@ -106,6 +108,23 @@ def _forward(compact, variables, kwargs):
     return names, [leaf for _, leaf in flat], run
 
 
+@contextlib.contextmanager
+def _any_batch_formulation(compact):
+    """The convs of ``compact`` formulated for any batch size while it is exported per example:
+    'auto' would pick, from the batch-1 shapes it traces, formulations that are slow at batch 64."""
+    program = getattr(compact, "program", None)
+    if program is None:  # a linen module of its own: its fast_conv.Conv layers
+        with fast_conv.flax_conv_formulation("auto_any_batch"):
+            yield
+        return
+    before = program.formulation
+    program.formulation = "auto_any_batch" if before == "auto" else before
+    try:
+        yield
+    finally:
+        program.formulation = before
+
+
 def save(
     directory: str,
     compact,
@@ -142,7 +161,8 @@ def save(
     (batch,) = jax_export.symbolic_shape("batch")
     specs = _unflat({n: jax.ShapeDtypeStruct(a.shape, a.dtype) for n, a in arrays.items()})
     x_spec = jax.ShapeDtypeStruct((batch,) + shape[1:], dtype)
-    exported = jax_export.export(jax.jit(jax.vmap(per_example, in_axes=(None, 0))))(specs, x_spec)
+    with _any_batch_formulation(compact):  # the replay sees batch-1 shapes; the artifact runs at any batch
+        exported = jax_export.export(jax.jit(jax.vmap(per_example, in_axes=(None, 0))))(specs, x_spec)
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp_export_", dir=parent)

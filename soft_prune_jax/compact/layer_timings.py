@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from soft_prune_jax.ops import fast_conv
 from soft_prune_jax.scp import cost as B
@@ -228,14 +229,29 @@ def latency_model(
     axis no group governs only at its full width), and the rest of the measured ``dense_ms``."""
     timings = timings or Timings()
     ms = layer_ms(cost, ops, timings, batch, dtype)
+    grids = [
+        (
+            layer.path,
+            L.grid(layer.in_channels) if layer.in_terms else (layer.in_channels,),
+            L.grid(layer.out_channels) if layer.out_terms else (layer.out_channels,),
+        )
+        for layer in cost.layers
+        if layer.path in ops and _timeable(layer, ops[layer.path])
+    ]
+    entries = len(timings.entries)
+    start = time.perf_counter()
+    logging.info(
+        "latency tables: %d layers at batch %d (%s), cached in %s", len(grids), batch, timings.device, timings.path
+    )
     tables = []
-    for layer in cost.layers:
-        if layer.path not in ops or not _timeable(layer, ops[layer.path]):
-            continue
-        in_grid = L.grid(layer.in_channels) if layer.in_terms else (layer.in_channels,)
-        out_grid = L.grid(layer.out_channels) if layer.out_terms else (layer.out_channels,)
-        table = tuple(tuple(ms(layer.path, a, b) for b in out_grid) for a in in_grid)
-        tables.append(L.LayerTable(layer.path, in_grid, out_grid, table))
+    for path, in_grid, out_grid in grids:
+        table = tuple(tuple(ms(path, a, b) for b in out_grid) for a in in_grid)
+        tables.append(L.LayerTable(path, in_grid, out_grid, table))
+    logging.info(
+        "latency tables: %d widths timed, the rest from the cache, in %.1f s",
+        len(timings.entries) - entries,
+        time.perf_counter() - start,
+    )
     full = sum(t.ms[-1][-1] for t in tables)
     return L.LatencyModel(tuple(tables), float(dense_ms) - full, float(dense_ms), batch, dtype, timings.device)
 

@@ -53,7 +53,7 @@ from jax import lax
 from soft_prune_jax.ops import conv_grad
 from soft_prune_jax.ops.conv_geometry import Padding, explicit_padding, output_spatial, pair, shifted_views
 
-FORMULATIONS = ("auto", "xla", "im2col", "matmul")
+FORMULATIONS = ("auto", "auto_any_batch", "xla", "im2col", "matmul")
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # im2col wins by 10-100x when the output has at most this many spatial positions (2x2); at 3x3 it
 # is a wash and from 4x4 up XLA's own conv is faster (it avoids the kh*kw patch copy)...
@@ -63,13 +63,20 @@ IM2COL_MAX_OUTPUT_ROWS = 64
 
 
 def choose_formulation(
-    input_shape: Sequence[int], kernel_shape: Sequence[int], strides=1, padding: Padding = "SAME"
+    input_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    strides=1,
+    padding: Padding = "SAME",
+    any_batch: bool = False,
 ) -> str:
     """The formulation ``'auto'`` uses for these shapes (NHWC input, HWIO kernel).
 
     The rule (measured, module docstring): 1x1 kernel -> 'matmul'; an output of at most
     ``IM2COL_MAX_OUTPUT_POSITIONS`` spatial positions, or of at most ``IM2COL_MAX_OUTPUT_ROWS``
-    positions in the whole batch -> 'im2col'; otherwise 'xla'.
+    positions in the whole batch -> 'im2col'; otherwise 'xla'. ``any_batch`` (the formulation
+    'auto_any_batch'): the shapes are one example's of a computation run at any batch size (a
+    per-example function under ``jax.vmap``, as an exported artifact), so the whole-batch rule is left
+    out: at batch 64 an im2col chosen for batch 1 runs slower than XLA's conv.
     """
     strides = pair(strides, "strides")
     kh, kw = kernel_shape[:2]
@@ -77,7 +84,8 @@ def choose_formulation(
         return "matmul"
     pads = explicit_padding(input_shape[1:3], (kh, kw), strides, padding)
     ho, wo = output_spatial(input_shape[1:3], (kh, kw), strides, pads)
-    if ho * wo <= IM2COL_MAX_OUTPUT_POSITIONS or input_shape[0] * ho * wo <= IM2COL_MAX_OUTPUT_ROWS:
+    small_batch = not any_batch and input_shape[0] * ho * wo <= IM2COL_MAX_OUTPUT_ROWS
+    if ho * wo <= IM2COL_MAX_OUTPUT_POSITIONS or small_batch:
         return "im2col"
     return "xla"
 
@@ -141,10 +149,11 @@ def conv2d(x, kernel, strides=1, padding: Padding = "SAME", formulation: str = "
     dtype = jnp.result_type(x, kernel)
     if x.shape[-1] == 0 or kernel.shape[-1] == 0 or 0 in out_hw or x.shape[0] == 0:
         return jnp.zeros((x.shape[0],) + out_hw + (kernel.shape[-1],), dtype)
-    if formulation == "auto" and jax.default_backend() != "cpu":  # the shape rules are XLA:CPU's (docstring)
+    automatic = formulation in ("auto", "auto_any_batch")
+    if automatic and jax.default_backend() != "cpu":  # the shape rules are XLA:CPU's (docstring)
         formulation, weight_grad = "xla", ("autodiff" if weight_grad == "auto" else weight_grad)
-    if formulation == "auto":
-        formulation = choose_formulation(x.shape, kernel.shape, strides, pads)
+    if automatic:
+        formulation = choose_formulation(x.shape, kernel.shape, strides, pads, formulation == "auto_any_batch")
     if formulation == "matmul" and window != (1, 1):
         raise ValueError(f"formulation='matmul' needs a 1x1 kernel, got {window[0]}x{window[1]}")
     conv_grad.check_weight_grad(weight_grad)

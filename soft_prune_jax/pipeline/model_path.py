@@ -205,7 +205,8 @@ def cut(config, variables, input_shape: Sequence[int], keep=None, record: Option
                 record.update(landed)
         else:
             ratio = macs.macs_ratio_fn(trained.analysis, consts, mask, round_to)
-            masks = method.surgery_masks(config, view, lambda m: ratio(units.group_keep(m))) if units.units else None
+            # a MAC budget counts the widths after padding (round_to='latency' pads in final_keep)
+            masks = method.surgery_masks(config, view, lambda m: ratio(final_keep(m))) if units.units else None
         keep = final_keep(masks)
     return prune_traced(
         _trace_fn(user),
@@ -293,7 +294,8 @@ def _landing_record(config, variables, input_shape: Sequence[int], compact) -> d
     x = jnp.zeros((SAMPLE_BATCH,) + tuple(input_shape), jnp.float32)
     analysis = masked.UnitSet.analyze(user, variables, x).analysis
     consts = I.constant_values(analysis, jax.tree_util.tree_leaves(dict(variables)))
-    mask, round_to = mask_config(config), int(config.round_to)
+    # the hard masks' own widths (round_to='latency' pads only the landed cut)
+    mask, round_to = mask_config(config), 1 if config.round_to == latency.LATENCY else int(config.round_to)
     hard = decide(analysis, consts, round_to=round_to, mask_config=mask)
     dense = macs.count(analysis).macs
     return budget.budget_record(

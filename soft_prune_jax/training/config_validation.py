@@ -273,7 +273,7 @@ def _validate_budget(config) -> None:
     if len(targets) > 1:
         raise ValueError(
             f"config.{targets[0]}={config[targets[0]]!r} and config.{targets[1]}={config[targets[1]]!r} are both set: "
-            "expected one budget (MACs or latency)"
+            "expected one budget (MACs or latency; configs/fashion_mnist.py:lambda starts without one)"
         )
     _bool(config, "cost_aware_penalty")
     for field in (*targets, "cost_aware_penalty"):
@@ -281,7 +281,7 @@ def _validate_budget(config) -> None:
             raise ValueError(
                 f"config.{field}={config[field]!r} needs config.method='scp', got {config.method!r}: "
                 f"expected the default ({'False' if field == 'cost_aware_penalty' else 'None'}) "
-                f"for other methods"
+                f"for other methods (configs/fashion_mnist.py:lambda has no budget)"
             )
     for name in ("kp", "ki", "ramp_fraction"):
         _number_in(
