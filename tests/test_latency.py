@@ -172,6 +172,22 @@ def test_graph_ops_and_latency_model_cover_every_layer(tmp_path):
     )
 
 
+def test_tables_cached_at_another_speed_are_scaled_to_the_machine_now(tmp_path):
+    units = _vgg_units()
+    cost = UC.cost_model(units)
+    ops = graph_ops(units.analysis)
+    path = str(tmp_path / "t.json")
+    CL.latency_model(cost, ops, 10.0, CL.Timings(path, lambda *a: 2.0 * blocky(*a), "fake"), batch=4)
+    lm = CL.latency_model(cost, ops, 10.0, CL.Timings(path, blocky, "fake"), batch=4)  # cache from a 2x slower day
+    assert lm.scale == pytest.approx(0.5)
+    now = sum(blocky(None, t.in_grid[-1], t.out_grid[-1], 4, "") for t in lm.tables)
+    assert lm.rest_ms == pytest.approx(10.0 - now)
+    assert float(L.latency_of_widths(cost, lm, {})) == pytest.approx(10.0, rel=1e-5)
+    layer_ms = CL.layer_ms(cost, ops, CL.Timings(path, blocky, "fake"), 4, "float32")  # the cache, unscaled
+    full = {g: n for g, n in cost.group_sizes}
+    assert L.latency_at(cost, lm, full, layer_ms) == pytest.approx(10.0, rel=1e-5)
+
+
 def test_graph_chooser_pads_odd_counts_to_the_fastest_width(tmp_path):
     units = _vgg_units()
     cost = UC.cost_model(units)

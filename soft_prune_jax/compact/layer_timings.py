@@ -226,7 +226,12 @@ def latency_model(
     dtype: str = "float32",
 ) -> L.LatencyModel:
     """The ``LatencyModel`` of a network: a table per timed layer over ``L.grid`` of each axis (an
-    axis no group governs only at its full width), and the rest of the measured ``dense_ms``."""
+    axis no group governs only at its full width), and the rest of the measured ``dense_ms``.
+
+    The cached entries may have been timed at another moment than ``dense_ms`` (a quiet machine then,
+    a loaded one now, or the reverse), and the rest must compare like with like: so each layer is
+    timed again now at its full widths, the tables are scaled by (sum now) / (sum cached) and the rest
+    is ``dense_ms`` less the layers timed now (``LatencyModel.scale`` keeps the factor)."""
     timings = timings or Timings()
     ms = layer_ms(cost, ops, timings, batch, dtype)
     grids = [
@@ -252,8 +257,15 @@ def latency_model(
         len(timings.entries) - entries,
         time.perf_counter() - start,
     )
-    full = sum(t.ms[-1][-1] for t in tables)
-    return L.LatencyModel(tuple(tables), float(dense_ms) - full, float(dense_ms), batch, dtype, timings.device)
+    cached = sum(t.ms[-1][-1] for t in tables)
+    now = sum(timings.measure(ops[t.path], t.in_grid[-1], t.out_grid[-1], batch, dtype) for t in tables)
+    scale = now / cached if cached > 0 and now > 0 else 1.0
+    tables = [dataclasses.replace(t, ms=tuple(tuple(v * scale for v in row) for row in t.ms)) for t in tables]
+    if abs(scale - 1.0) > 0.1:
+        logging.info("latency tables: the machine runs at %.2fx the cached timings now; tables scaled", 1 / scale)
+    return L.LatencyModel(
+        tuple(tables), float(dense_ms) - now, float(dense_ms), batch, dtype, timings.device, scale=scale
+    )
 
 
 def check_device(model: L.LatencyModel, device: Optional[str] = None) -> None:

@@ -67,6 +67,7 @@ class LatencyModel:
     batch_size: int
     dtype: str
     device: str
+    scale: float = 1.0  # the tables' cached timings times this = the machine's speed when dense_ms was timed
 
     def table(self, path: str) -> Optional[LayerTable]:
         return {t.path: t for t in self.tables}.get(path)
@@ -101,12 +102,13 @@ def latency_of_widths(cost: B.CostModel, model: LatencyModel, group_widths: Mapp
 
 
 def latency_at(cost: B.CostModel, model: LatencyModel, group_widths: Mapping[str, int], layer_ms: LayerMs) -> float:
-    """As ``latency_of_widths``, each tabled layer read from ``layer_ms`` at its exact widths instead
-    of between grid points: a width off the grid (an odd count) can run at a fraction of the speed of
-    its aligned neighbours, which no interpolation sees. Not differentiable: for landing a cut."""
+    """As ``latency_of_widths``, each tabled layer read from ``layer_ms`` (the cached timings, times the
+    model's ``scale``) at its exact widths instead of between grid points: a width off the grid (an
+    odd count) can run at a fraction of the speed of its aligned neighbours, which no interpolation
+    sees. Not differentiable: for landing a cut."""
     tabled = {t.path for t in model.tables}
     rows = B.layer_widths(cost, group_widths)
-    return model.rest_ms + sum(
+    return model.rest_ms + model.scale * sum(
         layer_ms(layer.path, int(n_in), int(n_out)) for layer, n_in, n_out in rows if layer.path in tabled
     )
 
@@ -128,12 +130,6 @@ def latency_ratios(
     if early_q is not None:
         out["early"] = latency(cost, model, B.early_keep(params, mask, early_q, cost.keep_one, cost.units)) / dense
     return out
-
-
-def table_ms(cost: B.CostModel, model: LatencyModel) -> LayerMs:
-    """A ``LayerMs`` reading the interpolated tables (a layer without one costs nothing extra)."""
-    tables = {t.path: t for t in model.tables}
-    return lambda path, n_in, n_out: float(interpolate(tables[path], n_in, n_out)) if path in tables else 0.0
 
 
 def candidates(k: int, total: int, step: int = 4, align: int = 16) -> list[int]:
