@@ -5,8 +5,9 @@ For each model: its latency model at --batch (tables from the per-device cache, 
 use, plus the dense model's median), then --cuts random cuts (random BN parameters dropping a random
 fraction of each unit's channels, scripts/random_cut.py), each cut as the prune phase cuts
 (``pipeline.model_path.cut``) at round_to=1, 8 and 'latency'. The dense model and the three compact ones
-are timed taking turns (medians); each compact model's estimate is set beside its measurement. Raw
-records go to --out.
+are timed taking turns (medians); each compact model's estimates are set beside its measurement: the
+interpolated tables' (what the controller steers during training) and the exact widths' (what landing
+reads). Raw records go to --out.
 
     python scripts/latency_model_error.py --models=fmnist_cnn,resnet56 --cuts=12
 """
@@ -41,11 +42,14 @@ ARMS = (("r1", 1), ("r8", 8), ("latency", "latency"))
 
 
 def latency_model(config, input_shape, variables, batch: int):
-    """(cost model, latency model) of the graph, as the pipeline builds them under a latency budget."""
+    """(cost model, latency model, exact per-layer timing) of the graph, as the pipeline builds them
+    under a latency budget (the landing reads each layer at its exact widths)."""
     _, units = traced.setup(config, input_shape)
     cost = C.cost_model(units)
+    ops = graph_ops(units.analysis)
     dense_ms = PL.dense_ms(random_cut.dense_apply(config, input_shape), variables, input_shape, batch)
-    return cost, CL.latency_model(cost, graph_ops(units.analysis), dense_ms, batch=batch)
+    lm = CL.latency_model(cost, ops, dense_ms, batch=batch)
+    return cost, lm, CL.layer_ms(cost, ops, CL.Timings(), batch, "float32")
 
 
 def measure_cut(config, input_shape, variables, cut: int, batch: int, runs: int) -> tuple[dict, dict]:
@@ -80,7 +84,7 @@ def main() -> None:
         config = random_cut.config_for(name)
         config.benchmark_batch_sizes = (args.batch,)  # the batch round_to='latency' prices
         start = time.time()
-        cost, lm = latency_model(
+        cost, lm, layer_ms = latency_model(
             config, input_shape, random_cut.random_variables(config, input_shape, 0, 0.0), args.batch
         )
         rows = []
@@ -95,12 +99,16 @@ def main() -> None:
                 row["compact"][label] = {
                     "widths": widths[label],
                     "measured_ms": timed[label]["median_ms"],
-                    "estimated_ms": estimate,
+                    "estimated_ms": estimate,  # interpolated tables: what the controller steers in training
+                    "estimated_exact_ms": L.latency_at(cost, lm, widths[label], layer_ms),  # what landing reads
                 }
             rows.append(row)
             print(name, cut, json.dumps({k: round(v["measured_ms"], 2) for k, v in row["compact"].items()}), flush=True)
         errors = [
             (c["estimated_ms"] - c["measured_ms"]) / c["measured_ms"] for r in rows for c in r["compact"].values()
+        ]
+        exact = [
+            (c["estimated_exact_ms"] - c["measured_ms"]) / c["measured_ms"] for r in rows for c in r["compact"].values()
         ]
         speedups = {
             label: float(np.median([r["dense_ms"] / r["compact"][label]["measured_ms"] for r in rows]))
@@ -112,6 +120,9 @@ def main() -> None:
             "build_s": time.time() - start,
             "median_abs_error": float(np.median(np.abs(errors))),
             "max_abs_error": float(np.max(np.abs(errors))),
+            "median_abs_error_exact": float(np.median(np.abs(exact))),
+            "max_abs_error_exact": float(np.max(np.abs(exact))),
+            "table_scale": lm.scale,
             "median_speedup": speedups,
             "cuts": rows,
         }

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -317,3 +318,21 @@ def test_every_phase_on_mocked_cifar10(tmp_path):
         "finetune",
         [32, 32, 3],
     )
+
+
+def test_the_benchmark_times_in_a_fresh_process_under_the_malloc_policy(e2e, tmp_path, monkeypatch):
+    from soft_prune_jax.pipeline import fresh_timing
+
+    source, _, _, _ = e2e
+    workdir = str(tmp_path / "w")
+    shutil.copytree(source, workdir)  # the module's e2e results stay as they are
+    shape = SyntheticData().get_dataset_info(e2e_config()).input_shape
+    timed = fresh_timing.time_pair(workdir, os.path.join(workdir, "finetuned"), shape, [2, 4], runs=3)
+    assert set(timed) == {2, 4}
+    assert all(timed[b][name]["median_ms"] > 0 for b in timed for name in ("dense", "compact"))
+    with pytest.raises(RuntimeError, match="in a fresh process failed: .*missing"):
+        fresh_timing.time_pair(workdir, str(tmp_path / "missing"), shape, [2], runs=1)
+    monkeypatch.setattr(fresh_timing, "needed", lambda: True)
+    again = pipeline.run(e2e_config(), workdir, "benchmark", dataset=SyntheticData())
+    assert again["benchmark"]["timed_in"] == "a fresh process (pipeline/fresh_timing.py)"
+    assert [row["batch_size"] for row in again["benchmark"]["rows"]] == [8]

@@ -387,6 +387,7 @@ def compare(
     conv_formulation: Optional[str] = None,
     seed: int = 0,
     macs: Mapping[str, Mapping[str, int]],
+    timer: Optional[Callable[[int], Mapping[str, Mapping[str, Any]]]] = None,
 ) -> dict[str, Any]:
     """Latency, MACs and FLOP rates of a dense model and (optionally) its compact version.
 
@@ -397,7 +398,8 @@ def compare(
     the MAC ratio (dense MACs / compact MACs), their
     quotient (1.0 = the speed-up is all the MAC cut promises) and each model's GFLOP/s over the
     sgemm rate. The sgemm rate is measured before and after the model timings (a gap between the
-    two means the machine's load changed meanwhile); rates use the mean of the two.
+    two means the machine's load changed meanwhile); rates use the mean of the two. ``timer(batch)``,
+    if given, times instead ({'dense': timing, 'compact': timing}, e.g. in a fresh process).
     """
     if (compact is None) != (compact_variables is None):
         raise ValueError("compact and compact_variables must be given together (or neither)")
@@ -432,7 +434,8 @@ def compare(
             name: (with_formulation(functools.partial(_apply_eval, model), conv_formulation), (variables, x))
             for name, (model, variables) in models.items()
         }
-        timings = time_interleaved(calls, runs=runs, warmup=warmup)  # dense and compact take turns
+        # dense and compact take turns
+        timings = dict(timer(b)) if timer is not None else time_interleaved(calls, runs=runs, warmup=warmup)
         rows.append(
             {"batch_size": b, **{name: {**t, "batch_size": b, "device": device} for name, t in timings.items()}}
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -43,6 +44,7 @@ from soft_prune_jax.graph import ir
 from soft_prune_jax.models import user as U
 from soft_prune_jax.ops import fast_conv
 from soft_prune_jax.pipeline import budget_setup as budget
+from soft_prune_jax.pipeline import fresh_timing
 from soft_prune_jax.pipeline import latency_setup as latency
 from soft_prune_jax.pipeline.records import read_json
 from soft_prune_jax.pipeline.workdir import trained_variables
@@ -51,6 +53,7 @@ from soft_prune_jax.scp import cost as B
 from soft_prune_jax.scp import masks as M
 from soft_prune_jax.scp.masks import MaskConfig
 from soft_prune_jax.traced import graph_cost as cost
+from soft_prune_jax.traced import latency_landing as landing
 from soft_prune_jax.traced import macs, masked
 from soft_prune_jax.traced.graph_ops import graph_ops
 from soft_prune_jax.training import checkpoint as ckpt_lib
@@ -172,9 +175,17 @@ def _trace_fn(user: U.UserModel):
     return trace_fn
 
 
-def cut(config, variables, input_shape: Sequence[int], keep=None, record: Optional[dict] = None):
+def cut(
+    config,
+    variables,
+    input_shape: Sequence[int],
+    keep=None,
+    record: Optional[dict] = None,
+    workdir: Optional[str] = None,
+):
     """(compact, compact_variables) of the trained ``variables`` by the method's masks (or ``keep``).
-    Under a latency budget ``record`` (if given) receives prune.json's "budget" record."""
+    Under a latency budget ``record`` (if given) receives prune.json's "budget" record; ``workdir``
+    (the run's, whose train checkpoint holds ``variables``) lets landing time in a fresh process."""
     user, units = setup(config, input_shape)
     x = jnp.zeros((SAMPLE_BATCH,) + tuple(input_shape), jnp.float32)
     mask = mask_config(config)
@@ -199,7 +210,16 @@ def cut(config, variables, input_shape: Sequence[int], keep=None, record: Option
         if latency.latency_target(config) is not None and units.units:
             traced = functools.partial(prune_traced, _trace_fn(user), dict(variables), [x], round_to=round_to)
             masks, landed = _latency_landing(
-                config, user, units, (trained.analysis, consts, mask), variables, view, final_keep, traced, input_shape
+                config,
+                user,
+                units,
+                (trained.analysis, consts, mask),
+                variables,
+                view,
+                final_keep,
+                traced,
+                input_shape,
+                workdir,
             )
             if record is not None:
                 record.update(landed)
@@ -219,7 +239,7 @@ def cut(config, variables, input_shape: Sequence[int], keep=None, record: Option
     )
 
 
-def _latency_landing(config, user, units, analysed, variables, view, final_keep, traced, input_shape):
+def _latency_landing(config, user, units, analysed, variables, view, final_keep, traced, input_shape, workdir):
     """(masks, record) of ``latency.land`` for a user's model: the graph cut's widths, its compact model
     timed against the user's model as written."""
     analysis, consts, mask = analysed
@@ -239,7 +259,12 @@ def _latency_landing(config, user, units, analysed, variables, view, final_keep,
 
     def measure(masks):
         compact, compact_vars = traced(keep=final_keep(masks), mask_config=mask, call_kwargs={"train": False})
-        return latency.measure_pair(dense_apply, variables, compact.apply, compact_vars, input_shape, batch)
+        if workdir is None or not fresh_timing.needed():
+            return latency.measure_pair(dense_apply, variables, compact.apply, compact_vars, input_shape, batch)
+        with tempfile.TemporaryDirectory() as tmp:  # the compact model as saved, timed as the benchmark phase times it
+            artifact.save(tmp + "/compact", compact, compact_vars, _sample(input_shape))
+            timed = fresh_timing.time_pair(workdir, tmp + "/compact", input_shape, [batch], landing.LANDING_RUNS)
+        return timed[batch]["dense"]["median_ms"], timed[batch]["compact"]["median_ms"]
 
     method = get_method(config.method)
     layer_ms = CL.layer_ms(cost_model, graph_ops(units.analysis), CL.Timings(), batch, "float32")
@@ -263,7 +288,9 @@ def prune(config, variables, input_shape: Sequence[int], directory: str) -> dict
     """Cuts, saves the artifact in ``directory`` and returns prune.json's record."""
     user, units = setup(config, input_shape)
     latency_record: dict = {}
-    compact, compact_vars = cut(config, variables, input_shape, record=latency_record)
+    compact, compact_vars = cut(
+        config, variables, input_shape, record=latency_record, workdir=os.path.dirname(directory)
+    )
     plans = {name: p for name, p in compact.program.plans.items() if p.prunable}
     artifact.save(
         directory,
