@@ -29,6 +29,9 @@ from soft_prune_jax.models import get_model
 
 # As the launchers do, before JAX starts its backend: the tests train on the CPU too.
 host_memory.retain_freed_memory()
+# ...but time in their own process (and in every process they start): the fresh-process timing the
+# policy would switch on is tested on purpose (tests/test_pipeline.py), not by every benchmark phase.
+os.environ["SOFT_PRUNE_JAX_FRESH_TIMING"] = "never"
 
 # One XLA compilation cache for the whole run, shared by the xdist workers and by every process the
 # launcher, fault and multi-host tests start (they inherit the environment): most of the suite's time

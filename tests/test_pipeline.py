@@ -262,12 +262,13 @@ def test_phases_rerun_alone_and_workdir_guard(e2e):
 @pytest.mark.slow
 @pytest.mark.drift
 def test_launch_on_real_fashion_mnist(tmp_path):
-    """The absl entry point on real Fashion-MNIST (few examples) through shard_map: a report with real accuracy."""
+    """The absl entry point on real Fashion-MNIST (few examples) through shard_map: a report with real accuracy.
+    SCP's fixed lambda (the demo's latency budget would cut 32 steps' network to the bone; test_latency.py)."""
     workdir = tmp_path / "fmnist"
     args = [
         sys.executable,
         os.path.join(REPO, "launch", "train.py"),
-        "--config=configs/fashion_mnist.py",
+        "--config=configs/fashion_mnist.py:lambda",
         f"--workdir={workdir}",
         "--config.num_epochs=1",
         "--config.lr_boundaries=(1,)",
@@ -327,12 +328,15 @@ def test_the_benchmark_times_in_a_fresh_process_under_the_malloc_policy(e2e, tmp
     workdir = str(tmp_path / "w")
     shutil.copytree(source, workdir)  # the module's e2e results stay as they are
     shape = SyntheticData().get_dataset_info(e2e_config()).input_shape
-    timed = fresh_timing.time_pair(workdir, os.path.join(workdir, "finetuned"), shape, [2, 4], runs=3)
+    timed = fresh_timing.time_pair(workdir, os.path.join(workdir, "finetuned"), shape, 10, [2, 4], runs=3)
     assert set(timed) == {2, 4}
     assert all(timed[b][name]["median_ms"] > 0 for b in timed for name in ("dense", "compact"))
     with pytest.raises(RuntimeError, match="in a fresh process failed: .*missing"):
-        fresh_timing.time_pair(workdir, str(tmp_path / "missing"), shape, [2], runs=1)
-    monkeypatch.setattr(fresh_timing, "needed", lambda: True)
+        fresh_timing.time_pair(workdir, str(tmp_path / "missing"), shape, 10, [2], runs=1)
+    assert not fresh_timing.needed({fresh_timing.ENV: "never"}) and fresh_timing.needed({fresh_timing.ENV: "always"})
+    with pytest.raises(ValueError, match="SOFT_PRUNE_JAX_FRESH_TIMING='sometimes' is invalid"):
+        fresh_timing.needed({fresh_timing.ENV: "sometimes"})
+    monkeypatch.setenv(fresh_timing.ENV, "always")
     again = pipeline.run(e2e_config(), workdir, "benchmark", dataset=SyntheticData())
     assert again["benchmark"]["timed_in"] == "a fresh process (pipeline/fresh_timing.py)"
     assert [row["batch_size"] for row in again["benchmark"]["rows"]] == [8]

@@ -149,10 +149,9 @@ def conv2d(x, kernel, strides=1, padding: Padding = "SAME", formulation: str = "
     dtype = jnp.result_type(x, kernel)
     if x.shape[-1] == 0 or kernel.shape[-1] == 0 or 0 in out_hw or x.shape[0] == 0:
         return jnp.zeros((x.shape[0],) + out_hw + (kernel.shape[-1],), dtype)
-    automatic = formulation in ("auto", "auto_any_batch")
-    if automatic and jax.default_backend() != "cpu":  # the shape rules are XLA:CPU's (docstring)
+    if formulation in ("auto", "auto_any_batch") and jax.default_backend() != "cpu":  # XLA:CPU's rules (docstring)
         formulation, weight_grad = "xla", ("autodiff" if weight_grad == "auto" else weight_grad)
-    if automatic:
+    if formulation in ("auto", "auto_any_batch"):
         formulation = choose_formulation(x.shape, kernel.shape, strides, pads, formulation == "auto_any_batch")
     if formulation == "matmul" and window != (1, 1):
         raise ValueError(f"formulation='matmul' needs a 1x1 kernel, got {window[0]}x{window[1]}")

@@ -24,25 +24,43 @@ RESULT = "RESULT "
 TIMEOUT_S = 900
 
 
-def needed() -> bool:
-    """Whether this process runs under the malloc policy that slows inference after training."""
-    return bool(host_memory.state().get("applied"))
+ENV = "SOFT_PRUNE_JAX_FRESH_TIMING"  # 'auto' (default: where the malloc policy is applied), 'always', 'never'
+CHOICES = ("auto", "always", "never")
+
+
+def needed(environ=None) -> bool:
+    """Whether to time in a fresh process: ``$SOFT_PRUNE_JAX_FRESH_TIMING``, by default ('auto') where
+    this process runs under the malloc policy that slows inference after training."""
+    choice = (environ if environ is not None else os.environ).get(ENV, "auto").strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise ValueError(f"{ENV}={choice!r} is invalid: expected one of {', '.join(CHOICES)}")
+    return choice == "always" or (choice == "auto" and bool(host_memory.state().get("applied")))
 
 
 def time_pair(
-    workdir: str, compact_dir: str, input_shape: Sequence[int], batch_sizes: Sequence[int], runs: int, warmup: int = 3
+    workdir: str,
+    compact_dir: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    batch_sizes: Sequence[int],
+    runs: int,
+    warmup: int = 3,
 ) -> dict:
     """{batch size: {'dense': timing, 'compact': timing}} in a fresh process: the workdir's trained
-    network as written against the artifact in ``compact_dir``, on random inputs."""
+    network as written (``num_classes`` outputs: the child never opens the dataset) against the
+    artifact in ``compact_dir``, on random inputs. The child sees this process's ``sys.path``, so a
+    user's model imported from the working directory or a path added at run time imports there too."""
     request = {
         "workdir": workdir,
         "compact_dir": compact_dir,
         "input_shape": [int(d) for d in input_shape],
+        "num_classes": int(num_classes),
         "batch_sizes": [int(b) for b in batch_sizes],
         "runs": int(runs),
         "warmup": int(warmup),
     }
     env = {k: v for k, v in os.environ.items() if k != host_memory.ENV}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     proc = subprocess.run(
         [sys.executable, "-m", "soft_prune_jax.pipeline.fresh_timing", json.dumps(request)],
         capture_output=True,
@@ -69,7 +87,7 @@ def _child(request: dict) -> dict:
     workdir, input_shape = request["workdir"], tuple(request["input_shape"])
     config = config_dict.ConfigDict(load_workdir_config(workdir))
     variables = trained_variables(config, workdir)
-    dense = model_path.dense_model(config, input_shape)
+    dense = model_path.dense_model(config, input_shape, num_classes=request["num_classes"])
     compact, compact_vars = artifact.load(request["compact_dir"])
     out = {}
     for batch in request["batch_sizes"]:

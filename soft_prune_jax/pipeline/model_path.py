@@ -73,12 +73,13 @@ def _setup(spec: str, num_classes: int, kwargs_items: tuple, call: str, seed: in
     return user, masked.UnitSet.analyze(user, variables, x)
 
 
-def setup(config, input_shape: Sequence[int]):
-    """(UserModel, UnitSet) of ``config.model``; analysed once per process."""
+def setup(config, input_shape: Sequence[int], num_classes: Optional[int] = None):
+    """(UserModel, UnitSet) of ``config.model``; analysed once per process. ``num_classes``: None = the
+    dataset's (``data.num_classes``)."""
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config.get("model_kwargs") or {}).items()}
     return _setup(
         config.model,
-        data.num_classes(config),
+        data.num_classes(config) if num_classes is None else int(num_classes),
         tuple(sorted(kwargs.items())),
         str(config.get("model_call") or "train"),
         int(config.seed),
@@ -263,7 +264,10 @@ def _latency_landing(config, user, units, analysed, variables, view, final_keep,
             return latency.measure_pair(dense_apply, variables, compact.apply, compact_vars, input_shape, batch)
         with tempfile.TemporaryDirectory() as tmp:  # the compact model as saved, timed as the benchmark phase times it
             artifact.save(tmp + "/compact", compact, compact_vars, _sample(input_shape))
-            timed = fresh_timing.time_pair(workdir, tmp + "/compact", input_shape, [batch], landing.LANDING_RUNS)
+            classes = data.num_classes(config)
+            timed = fresh_timing.time_pair(
+                workdir, tmp + "/compact", input_shape, classes, [batch], landing.LANDING_RUNS
+            )
         return timed[batch]["dense"]["median_ms"], timed[batch]["compact"]["median_ms"]
 
     method = get_method(config.method)
@@ -418,9 +422,9 @@ def evaluation_pair(config, workdir: str, input_shape: Sequence[int], compact_di
     return (lambda v, x: reference.apply(v, x, train=False)), compact, compact_vars
 
 
-def dense_model(config, input_shape: Sequence[int]) -> masked.MaskedModel:
+def dense_model(config, input_shape: Sequence[int], num_classes: Optional[int] = None) -> masked.MaskedModel:
     """The user's model as written (no masks): what pruning is measured against."""
-    user, units = setup(config, input_shape)
+    user, units = setup(config, input_shape, num_classes)
     return masked.MaskedModel(user, units, "none")
 
 

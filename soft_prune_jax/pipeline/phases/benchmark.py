@@ -33,7 +33,9 @@ def benchmark_phase(config, workdir, *, dataset, devices=None) -> dict:
     timer = None
     if fresh_timing.needed():  # this process's malloc policy slows inference after training: time elsewhere
         compact_dir = os.path.join(workdir, which)
-        timed = fresh_timing.time_pair(workdir, compact_dir, input_shape, batch_sizes, int(config.benchmark_runs))
+        classes = dataset.get_dataset_info(config).num_classes
+        runs = int(config.benchmark_runs)
+        timed = fresh_timing.time_pair(workdir, compact_dir, input_shape, classes, batch_sizes, runs)
         timer = timed.__getitem__
     result = benchmark.compare(
         dense,
