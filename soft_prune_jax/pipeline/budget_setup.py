@@ -13,7 +13,7 @@ from soft_prune_jax.pruners import get_method
 from soft_prune_jax.scp import cost as B
 from soft_prune_jax.scp import latency_model as L
 from soft_prune_jax.scp.controller import ControllerConfig
-from soft_prune_jax.traced.latency_landing import floor_ratio
+from soft_prune_jax.traced.latency_landing import unreachable
 from soft_prune_jax.training.budget_control import Budget
 
 
@@ -28,8 +28,8 @@ def uses_budget(config) -> bool:
 def check_reachable(config, cost: B.CostModel, latency: L.LatencyModel) -> None:
     """A one-line error when even one channel per group is estimated slower than the latency budget."""
     field, value = latency_target(config)
-    floor = floor_ratio(cost, latency)
-    if latency_ratio(config, latency) < floor:
+    floor = unreachable(cost, latency, latency_ratio(config, latency))
+    if floor is not None:
         nearest = floor if field == "target_latency_ratio" else floor * latency.dense_ms
         raise ValueError(
             f"config.{field}={value!r} cannot be reached on {latency.device}: one channel per group is estimated at "

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
+from absl import logging
 
 from soft_prune_jax.compact import layer_timings as CL
 from soft_prune_jax.measure import timing
@@ -63,6 +64,23 @@ def graph_chooser(cost: B.CostModel, ops, batch: int, timings: Optional[CL.Timin
 def floor_ratio(cost: B.CostModel, latency: L.LatencyModel) -> float:
     """The estimated latency ratio with one channel left per group: no budget below it can be met."""
     return float(L.latency_of_widths(cost, latency, {g: 1 for g in cost.groups})) / latency.dense_ms
+
+
+def unreachable(cost: B.CostModel, latency: L.LatencyModel, target: float) -> Optional[float]:
+    """The floor (``floor_ratio``) when ``target`` lies below it, else None. A floor at or above the
+    dense latency says the estimate cannot tell widths apart here (a network too small for its call
+    overhead, or timings taken under changing load): then nothing is refused, with a warning, and the
+    landing's measurements decide."""
+    floor = floor_ratio(cost, latency)
+    if floor >= 1.0:
+        logging.warning(
+            "latency estimate: one channel per group is estimated at %.3f of the dense %.3f ms, not below it; "
+            "the landing's measurements decide",
+            floor,
+            latency.dense_ms,
+        )
+        return None
+    return floor if target < floor else None
 
 
 def land(

@@ -165,8 +165,8 @@ def prune_model(
     dense_ms = latency_landing.dense_ms(traced.apply, variables, input_shape, latency_batch)
     latency = CL.latency_model(cost, graph_ops(units.analysis), dense_ms, timings, batch=latency_batch)
     target = value if field == "target_latency_ratio" else min(1.0, value / dense_ms)
-    floor = latency_landing.floor_ratio(cost, latency)
-    if target < floor:
+    floor = latency_landing.unreachable(cost, latency, target)
+    if floor is not None:
         nearest = floor if field == "target_latency_ratio" else floor * dense_ms
         raise P.PruneError(
             f"{field}={value!r} cannot be reached on {latency.device}: one channel per group is estimated at "
