@@ -11,7 +11,7 @@ absent).
 Sections 1-3, between MAIN_BEGIN and MAIN_END (their provenance line first: date, machine):
 1. Fashion-MNIST: dense vs SCP vs Network Slimming on the demo's 4-epoch budget (pruned to SCP's MACs;
    not Liu et al.'s full recipe, docs/method.md section 6) through the same pipeline
-   (configs/fashion_mnist.py, `--config.method=...`): accuracy, MACs, parameters, latency.
+   (configs/fashion_mnist.py:lambda, `--config.method=...`): accuracy, MACs, parameters, latency.
 2. Jitted latency of every architecture, dense vs compact, with random BN parameters pruning ~50% of
    each unit's channels (launch/benchmark.py --random_prune=0.5 --round_to=8): CIFAR-size
    models at batch 64, ImageNet ResNets at batch 1 (a 224x224 batch of 64 takes minutes per run on
@@ -164,7 +164,7 @@ def fashion_section(reports: dict[str, dict]) -> list[str]:
             "",
         ]
     lines += [
-        "Same pipeline and config (`configs/fashion_mnist.py`, `--config.method=` scp / dense / slimming; "
+        "Same pipeline and config (`configs/fashion_mnist.py:lambda`, `--config.method=` scp / dense / slimming; "
         "Network Slimming pruned to SCP's MACs with `--config.slimming.target_macs_ratio`, on the demo's 3 + 1 "
         "epochs: its 4-epoch budget, not Liu et al.'s full recipe, docs/method.md section 6). Test accuracy on "
         "the 10,000 test images: of the trained network under its hard masks, and of the compact network "
