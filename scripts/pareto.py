@@ -98,6 +98,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -438,6 +439,7 @@ def uniform_latency_search(budget: float, timer, steps: int = SEARCH_STEPS) -> d
     best = min(trials.values(), key=lambda t: abs(t["ratio"] - budget))
     return {
         "budget": budget,
+        "device": best.get("device"),
         "widths": best["widths"],
         "factor": best["factor"],
         "ratio": best["ratio"],
@@ -873,11 +875,29 @@ class Inputs(NamedTuple):
     waits: bool = False
 
 
-def uniform_search(budget: float, search_dir: str, latency) -> dict:
+def device_slug(device: str) -> str:
+    """A file-name-safe form of a device description ('cpu: AMD EPYC (2 cores)' -> 'cpu-amd-epyc-2-cores')."""
+    return "-".join(re.findall(r"[a-z0-9]+", device.lower())) or "unknown"
+
+
+def search_device(search: dict) -> Optional[str]:
+    """The device a width search timed on (older searches hold it only in their trials)."""
+    return search.get("device") or next((t.get("device") for t in search.get("trials", ()) if t.get("device")), None)
+
+
+def uniform_search(budget: float, search_dir: str, latency, device: Optional[str] = None) -> dict:
     """The uniform_latency widths of ``budget``: searched once (``latency({'search_uniform': budget})``)
-    and saved under ``search_dir``, so every seed, and a resumed run, trains the same widths."""
+    and saved under ``search_dir``, so every seed, and a resumed run, trains the same widths. A search
+    timed on another device than ``device`` says nothing about this one: it is set aside (its device in
+    its file name) and searched again."""
     path = os.path.join(search_dir, f"uniform_latency_{budget:g}_search.json")
     search = load_json(path)
+    found = search_device(search) if search is not None else None
+    if search is not None and device and found and found != device:
+        aside = path[: -len(".json")] + f".{device_slug(found)}.json"
+        os.replace(path, aside)
+        print(f"the width search {path} timed {found!r}, not this {device!r}: kept as {aside}; searching again")
+        search = None
     if search is None:
         search = latency({"search_uniform": budget})
         os.makedirs(search_dir, exist_ok=True)
@@ -885,12 +905,13 @@ def uniform_search(budget: float, search_dir: str, latency) -> dict:
     return search
 
 
-def inputs_for(run: Run, raw_dir: str, search_dir: str, latency) -> Inputs:
-    """The inputs of ``run`` (``latency``: the measuring function, called only by uniform_latency)."""
+def inputs_for(run: Run, raw_dir: str, search_dir: str, latency, device: Optional[str] = None) -> Inputs:
+    """The inputs of ``run`` (``latency``: the measuring function, called only by uniform_latency, whose
+    width search must have timed ``device``)."""
     if run.arm == "dense":
         return Inputs(source="the full demo network")
     if run.arm == "uniform_latency":
-        search = uniform_search(run.budget, search_dir, latency)
+        search = uniform_search(run.budget, search_dir, latency, device)
         return Inputs(widths=tuple(search["widths"]), source=search_source(search), extra={"widths_search": search})
     if run.arm == "scp_macs_latency":
         source = Run(run.plan, SOURCE_ARM[run.arm], run.budget, run.seed)
@@ -964,9 +985,16 @@ def run_plan(
                     f"not the pinned {code_version[:12]}; git mv it to {ARCHIVE}/ to rerun it",
                     flush=True,
                 )
+            elif plan.measures_latency and (existing.get("machine") or {}).get("device") != device:
+                print(
+                    f"skip {run.plan}/{run.name}: its latency was measured on "
+                    f"{(existing.get('machine') or {}).get('device')!r}, not this {device!r}; a table's ratios "
+                    f"must come from one device: git mv it to {ARCHIVE}/ to rerun it here",
+                    flush=True,
+                )
             continue
         try:
-            inputs = inputs_for(run, raw_dir, plan_dir, latency)
+            inputs = inputs_for(run, raw_dir, plan_dir, latency, device)
         except (OSError, ValueError, RuntimeError, subprocess.CalledProcessError) as e:
             failed += 1
             print(f"FAILED {run.plan}/{run.name}: its inputs: {e}; going on", flush=True)
@@ -1185,6 +1213,12 @@ def table_section(table: str, records: Sequence[dict], counts: dict, version: st
             f"the runner after its run against the full demo network at random init, batch {LATENCY_BATCH}, "
             "interleaved runs, medians, mean over seeds (`latency` in each record); the same rule for every arm.",
         ]
+        if len(machines) > 1:
+            lines[-1:-1] = [
+                "",
+                f"**Warning: these records were timed on {len(machines)} devices.** A latency ratio belongs to "
+                "the device that measured it; move the other device's records to archive/ and rerun them here.",
+            ]
     lines += [
         "| budget | arm | seeds | test accuracy | SD (points) | MACs / dense |"
         + (" latency / dense (measured) |" if timed else "")

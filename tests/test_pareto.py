@@ -547,6 +547,28 @@ def test_uniform_search_is_made_once_per_budget_and_reused(tmp_path):
     assert seeds[0].extra["widths_search"]["widths"] == list(seeds[0].widths)
 
 
+def test_uniform_search_of_another_device_is_set_aside_and_redone(tmp_path):
+    specs = []
+
+    def latency(spec, device="cpu: B (2 cores)"):
+        specs.append(spec)
+        timer = lambda w: {"ratio": _fake_ratio(w), "device": device}  # noqa: E731
+        return pareto.uniform_latency_search(spec["search_uniform"], timer)
+
+    run = pareto.Run("latency", "uniform_latency", 0.5, 0)
+    search_dir = tmp_path / "s"
+    pareto.inputs_for(run, str(tmp_path), str(search_dir), lambda s: latency(s, "cpu: A (2 cores)"), "cpu: A (2 cores)")
+    pareto.inputs_for(run, str(tmp_path), str(search_dir), latency, "cpu: A (2 cores)")  # same device: reused
+    assert len(specs) == 1
+    again = pareto.inputs_for(run, str(tmp_path), str(search_dir), latency, "cpu: B (2 cores)")
+    assert len(specs) == 2 and again.extra["widths_search"]["device"] == "cpu: B (2 cores)"
+    assert (search_dir / "uniform_latency_0.5_search.cpu-a-2-cores.json").exists()
+    assert (
+        pareto.search_device(pareto.load_json(str(search_dir / "uniform_latency_0.5_search.json")))
+        == "cpu: B (2 cores)"
+    )
+
+
 def test_comparisons_use_each_tables_reference():
     records = [_record(a, b, s, 0.9, 0.5, plan="latency") for a in LATENCY.arms for b in (0.5, 0.7) for s in range(2)]
     pairs, groups = pareto.table_comparisons(LATENCY_TABLE, records)
