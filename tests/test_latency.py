@@ -296,6 +296,50 @@ def test_landing_tightens_the_aim_until_the_measured_latency_meets_the_target():
     assert record["landing_tries"][1]["aim"] < record["landing_tries"][0]["aim"]
 
 
+def _landing_on(measure_share):
+    """PL.land at target 0.5 on a fake device whose compact models measure ``measure_share(estimate)``
+    of the dense model: (record, estimates measured)."""
+    from soft_prune_jax.scp import cost as Bm
+
+    from conftest import tiny_config
+
+    cost = chain_cost()
+    model = fake_model(cost, rest=0.0)
+    z = {"a": np.linspace(-1, 1, 24), "b": np.linspace(-1, 1, 40)}
+    full = {"a": np.ones(24, np.float32), "b": np.ones(40, np.float32)}
+
+    def widths_of(masks):
+        return {n: int(np.sum(m)) for n, m in masks.items()}
+
+    def measure(masks):
+        estimate = float(L.latency_of_widths(cost, model, widths_of(masks))) / model.dense_ms
+        return model.dense_ms, measure_share(estimate) * model.dense_ms
+
+    def masks_for(cost_fn):
+        return Bm.land_on_budget(full, z, cost_fn, 1.0)[0]
+
+    return PL.land(tiny_config(target_latency_ratio=0.5), cost, model, masks_for, widths_of, measure)[1]
+
+
+def test_landing_raises_the_aim_where_the_measurement_lands_far_below_the_target():
+    record = _landing_on(lambda estimate: 0.6 * estimate)  # compact models run faster than the tables say
+    tries = record["landing_tries"]
+    assert len(tries) >= 2 and tries[1]["aim"] > tries[0]["aim"]  # the first landed at ~0.3: too many channels gone
+    assert (1 - PL.landing.LANDING_SLACK) * 0.5 <= record["measured_latency_ratio"] <= 0.5 + 1e-9
+    assert record["kept_try"] == len(tries) - 1
+
+
+def test_landing_keeps_the_slowest_cut_within_the_target_when_a_raised_aim_overshoots():
+    # fast below an estimate of 0.45, then much slower: the raised aim lands above the target
+    record = _landing_on(lambda estimate: 0.5 * estimate if estimate < 0.45 else 1.3 * estimate)
+    tries = record["landing_tries"]
+    ratios = [t["compact_ms"] / t["dense_ms"] for t in tries]
+    within = [r for r in ratios if r <= 0.5]
+    assert any(r > 0.5 for r in ratios) and within  # some try overshot, some met it
+    assert record["measured_latency_ratio"] == max(within)
+    assert ratios[record["kept_try"]] == max(within)
+
+
 def _fake_device(monkeypatch, tmp_path, dense_ms: float, compact_share: float):
     """Timings from a closed form, a dense model of ``dense_ms`` and compact models measured at
     ``compact_share`` of it, so that a pipeline run exercises the latency budget without timing."""

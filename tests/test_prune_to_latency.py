@@ -29,11 +29,12 @@ def fake_layer_ms(op, n_in, n_out, batch, dtype) -> float:
 
 
 def fake_model_ms(variables) -> float:
-    """The fake device's latency of a network: its conv and dense kernels' costs summed."""
+    """The fake device's latency of a network: its conv and dense kernels' costs summed (the 4-d and
+    2-d leaves: a compact NNX module holds its arrays in a list, without their names)."""
     total = 0.0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
-        if "kernel" in jax.tree_util.keystr(path):
-            shape = np.shape(leaf)
+    for leaf in jax.tree_util.tree_leaves(variables):
+        shape = np.shape(leaf)
+        if len(shape) in (2, 4):
             kh, kw = shape[:2] if len(shape) == 4 else (1, 1)
             n_in, n_out = shape[-2], shape[-1]
             total += fake_layer_ms(type("Op", (), {"kernel": (kh, kw)}), n_in, n_out, 0, "")
@@ -104,7 +105,7 @@ def test_an_nnx_module_takes_a_latency_target(fake_device):
     compact = prune_model(
         module, x, target_latency_ratio=0.6, criterion="magnitude", timings=fake_device, latency_batch=4
     )
-    assert compact.budget["measured_latency_ratio"] <= 0.6 + 1e-9
+    assert 0 < compact.budget["measured_latency_ratio"] <= 0.6 + 1e-9  # the compact module was measured
     assert compact(x).shape == (2, 5)
 
 

@@ -14,12 +14,10 @@ from typing import Any, Optional
 from soft_prune_jax.scp import cost as B
 from soft_prune_jax.scp import latency_model as L
 from soft_prune_jax.traced import latency_landing as landing
-from soft_prune_jax.traced.latency_landing import dense_ms, graph_chooser, measure_pair, pad_keep
+from soft_prune_jax.traced.latency_landing import LATENCY, dense_ms, graph_chooser, measure_pair, pad_keep
 
 __all__ = ["LATENCY", "batch_size", "dense_ms", "graph_chooser", "land", "latency_ratio", "latency_target"]
 __all__ += ["measure_pair", "pad_keep"]  # the shared pieces, called through this module (tests replace them here)
-
-LATENCY = "latency"
 
 
 def latency_target(config) -> Optional[tuple[str, float]]:

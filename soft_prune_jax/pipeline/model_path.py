@@ -153,19 +153,24 @@ def _latency_model(config, user: U.UserModel, units: masked.UnitSet, input_shape
     return CL.latency_model(cost.cost_model(units), graph_ops(units.analysis), ms, batch=batch)
 
 
-def _latency_keep(config, units: masked.UnitSet, analysis, consts, variables, keep):
-    """``keep`` (None: the hard masks) padded to the widths ``round_to='latency'`` chooses: the chooser
-    of the built-in models (``pipeline.latency_setup``) over the graph's cost model and ops."""
+def _latency_padder(config, units: masked.UnitSet, analysis, consts, variables):
+    """keep (None: the hard masks) -> keep padded to the widths ``round_to='latency'`` chooses: the
+    chooser of the built-in models (``pipeline.latency_setup``) over the graph's cost model and ops.
+    Built once per cut: a MAC budget's search pads every candidate, and the chooser reads the timing
+    cache."""
     mask = mask_config(config)
-    plans = {n: p for n, p in decide(analysis, consts, keep=keep, mask_config=mask).items() if p.prunable}
     cost_model = cost.cost_model(units)
-    chosen = latency.graph_chooser(cost_model, graph_ops(units.analysis), latency.batch_size(config))(
-        {n: len(p.kept) for n, p in plans.items()}
-    )
+    chooser = latency.graph_chooser(cost_model, graph_ops(units.analysis), latency.batch_size(config))
     view = M.masked_layers(jax.tree_util.tree_map(np.asarray, units.unit_view(variables["params"])))
     z = B.group_z(cost_model.units, {n: M.deactivation_z(v["scale"], v["bias"], mask.eps) for n, v in view.items()})
-    kept = {n: np.isin(np.arange(p.total), p.kept) for n, p in plans.items()}
-    return latency.pad_keep(kept, chosen, z)
+
+    def pad(keep):
+        plans = {n: p for n, p in decide(analysis, consts, keep=keep, mask_config=mask).items() if p.prunable}
+        chosen = chooser({n: len(p.kept) for n, p in plans.items()})
+        kept = {n: np.isin(np.arange(p.total), p.kept) for n, p in plans.items()}
+        return latency.pad_keep(kept, chosen, z)
+
+    return pad
 
 
 def _trace_fn(user: U.UserModel):
@@ -198,6 +203,7 @@ def cut(
         trained = masked.UnitSet.analyze(user, variables, x)
         consts = I.constant_values(trained.analysis, jax.tree_util.tree_leaves(dict(variables)))
         view = {"params": jax.tree_util.tree_map(np.asarray, units.unit_view(variables["params"]))}
+        pad = _latency_padder(config, units, trained.analysis, consts, variables) if by_latency else None
 
         def final_keep(masks):  # the method's masks as group keep masks, padded where round_to='latency'
             if masks is not None:
@@ -206,7 +212,7 @@ def cut(
                 keep = {grp.name: np.ones(grp.size, bool) for grp in units.analysis.groups if grp.prunable}
             else:  # every group by its units' hard masks, but those the model keeps whole (keep_whole)
                 keep = units.group_keep({}) or None
-            return _latency_keep(config, units, trained.analysis, consts, variables, keep) if by_latency else keep
+            return pad(keep) if pad else keep
 
         if latency.latency_target(config) is not None and units.units:
             traced = functools.partial(prune_traced, _trace_fn(user), dict(variables), [x], round_to=round_to)

@@ -32,6 +32,7 @@ import numpy as np
 from soft_prune_jax.scp import cost as B
 from soft_prune_jax.scp import masks as M
 
+LATENCY = "latency"  # round_to='latency': each width the fastest at or above what is kept (choose_widths)
 GRID_STEP = 8  # table widths are multiples of this (CPU vectors: 4/8/16 floats; GPUs: 8 for half precision)
 GRID_POINTS = 4  # ...at most about this many per axis, so wide layers get a coarser step
 TIE = 0.01  # widths whose latencies differ by less than this fraction are a tie (the smaller one wins)

@@ -4,7 +4,7 @@ The latency model of a traced network (``compact.layer_timings.latency_model`` o
 model and ops) estimates a compact model's latency from its group widths; widths are padded to the
 fastest width at or above what is kept (``graph_chooser``, ``pad_keep``); ``land`` removes channels
 until the estimate meets the budget, then *measures* the compact model against the dense one and,
-where the measurement misses, lands again lower by the miss.
+where the measurement misses (or lands far below the budget), lands again by the miss.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from soft_prune_jax.measure import timing
 from soft_prune_jax.scp import cost as B
 from soft_prune_jax.scp import latency_model as L
 
+LATENCY = L.LATENCY
 DENSE_RUNS = 30  # whole-model runs behind the dense latency (its fastest run)
 LANDING_TRIES = 3  # estimate-landings, each tighter by what the last measurement missed by
 LANDING_RUNS = 20  # interleaved dense / compact runs behind each measured ratio
+LANDING_SLACK = 0.1  # a measurement this far below the target lands again higher (more channels kept)
 
 
 def dense_ms(apply: Callable, variables, input_shape: Sequence[int], batch: int, runs: int = DENSE_RUNS) -> float:
@@ -98,33 +100,42 @@ def land(
     first, ``scp.cost.land_on_budget``); cost_fn is the estimated latency ratio of the compact widths
     (``widths_of(masks)``, rounding included) over the aim: each layer timed at its exact widths where
     ``layer_ms`` is given (``scp.latency_model.latency_at``), else read off the interpolated tables.
-    measure(masks): (dense ms, compact ms), timed taking turns. Where the measurement misses the target
-    the aim is the last estimate lowered by the miss and the cut landed again, at most ``LANDING_TRIES`` times. The
-    record: target, the last estimate and measurement, every try."""
+    measure(masks): (dense ms, compact ms), timed taking turns.
+
+    Where the measurement misses the target, the next aim is the last estimate scaled by the miss, and
+    the cut is landed again; where it lands more than ``LANDING_SLACK`` below the target (channels
+    removed for nothing), the aim is raised the same way. At most ``LANDING_TRIES`` landings; the cut
+    kept is the slowest one measured within the target (else the last). The record: target, the kept
+    cut's estimate and measurement, every try."""
 
     def estimate(masks) -> float:
         widths = widths_of(masks)
         ms = L.latency_at(cost, latency, widths, layer_ms) if layer_ms else L.latency_of_widths(cost, latency, widths)
         return float(ms) / latency.dense_ms
 
-    aim, tries = target, []
+    aim, tries, landed = target, [], []
     for _ in range(LANDING_TRIES):
         masks = masks_for(lambda m, a=aim: estimate(m) / a)
         dense, compact = measure(masks)
         estimated = estimate(masks)
         tries.append({"aim": aim, "estimated_ratio": estimated, "dense_ms": dense, "compact_ms": compact})
-        if compact <= target * dense:
-            break
-        # the next estimate must be lower by the measured miss: scaling the aim instead could admit the same cut
-        aim = estimated * target * dense / compact
-    last = tries[-1]
-    return masks, {
+        landed.append(masks)
+        measured = compact / dense
+        if measured <= target and (measured >= (1.0 - LANDING_SLACK) * target or measured <= 0.0):
+            break  # within the target and close to it (a zero measurement gives nothing to steer by)
+        # the next estimate must move by the measured miss: scaling the aim instead could admit the same cut
+        aim = min(1.0, estimated * target / measured)
+    within = [i for i, t in enumerate(tries) if t["compact_ms"] <= target * t["dense_ms"]]
+    kept = max(within, key=lambda i: tries[i]["compact_ms"] / tries[i]["dense_ms"]) if within else len(tries) - 1
+    best = tries[kept]
+    return landed[kept], {
         "target_latency_ratio_of_dense": target,
-        "estimated_latency_ratio": last["estimated_ratio"],
-        "measured_latency_ratio": last["compact_ms"] / last["dense_ms"],
-        "dense_ms": last["dense_ms"],
-        "compact_ms": last["compact_ms"],
+        "estimated_latency_ratio": best["estimated_ratio"],
+        "measured_latency_ratio": best["compact_ms"] / best["dense_ms"],
+        "dense_ms": best["dense_ms"],
+        "compact_ms": best["compact_ms"],
         "batch_size": latency.batch_size,
         "device": latency.device,
         "landing_tries": tries,
+        "kept_try": kept,
     }

@@ -35,7 +35,7 @@ from soft_prune_jax.traced.graph_ops import graph_ops
 from soft_prune_jax.traced.masked import UnitSet
 
 CRITERIA = ("scp", "magnitude")
-LATENCY = "latency"
+LATENCY = latency_landing.LATENCY
 
 
 class _Traced:

@@ -18,6 +18,7 @@ import jax
 
 from soft_prune_jax.models import is_builtin, model_names, user
 from soft_prune_jax.pruners import method_names
+from soft_prune_jax.scp.latency_model import LATENCY
 from soft_prune_jax.scp.masks import MaskConfig
 from soft_prune_jax.training import cpu_devices, data, distributed
 from soft_prune_jax.training.parallel import PARALLEL_KINDS, check_global_batch
@@ -255,9 +256,9 @@ def _validate_method(config) -> None:
     _int_at_least(config, "finetune_epochs", 0)
     _number_in(config, "finetune_learning_rate", 0.0, math.inf, low_open=True, high_open=True)
     round_to = _get(config, "round_to")
-    if round_to != "latency" and (not _is_int(round_to) or round_to < 1):
+    if round_to != LATENCY and (not _is_int(round_to) or round_to < 1):
         raise ValueError(
-            f"config.round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment) or 'latency'"
+            f"config.round_to={round_to!r} is invalid: expected an int >= 1 (1 = no alignment) or {LATENCY!r}"
         )
 
 
