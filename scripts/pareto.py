@@ -72,7 +72,11 @@ time_interleaved, LATENCY_RUNS runs, medians), with the pinned code in a child p
 (``--measure_latency``); the record's ``latency`` holds batch, dense_ms, model_ms, ratio, runs and the
 load average, and the table shows that ratio (one rule for every arm; prune.json's own landing stays
 in ``budget_record``). The runs do no benchmark phase. Other runners on the machine (other plans,
-other sessions) add noise to these timings: run this plan alone.
+other sessions) add noise to these timings: run this plan alone. A latency ratio belongs to the
+machine that measured it: the arms of one block (budget and seed) run on one device (the runner skips
+the rest of a block timed elsewhere; a width search timed elsewhere is set aside and redone), blocks
+may run on different machines (each session may get another one), and the table names the device of
+each block.
 
 The test (``compare``), per table (one code version, one schedule): for each budget, the table's
 reference (``Plan.reference``: scp, or scp_latency in the latency table) against every other arm
@@ -951,6 +955,18 @@ def widths_for(run: Run, raw_dir: str) -> tuple[Optional[tuple], str]:
     return None, "pruned by the run itself"
 
 
+def block_device(plan: Plan, run: Run, raw_dir: str) -> Optional[str]:
+    """The device that timed the records of ``run``'s block (its budget and seed, every arm) in a plan
+    that measures latency; None while the block has no record. A latency ratio belongs to the device
+    that measured it, so the arms compared within a block run on one device (the blocks of a plan may
+    differ: each session may get another machine)."""
+    for arm in plan.arms:
+        record = load_json(record_path(raw_dir, Run(plan.name, arm, run.budget, run.seed)))
+        if record is not None:
+            return (record.get("machine") or {}).get("device")
+    return None
+
+
 def run_plan(
     plan: Plan,
     *,
@@ -985,13 +1001,15 @@ def run_plan(
                     f"not the pinned {code_version[:12]}; git mv it to {ARCHIVE}/ to rerun it",
                     flush=True,
                 )
-            elif plan.measures_latency and (existing.get("machine") or {}).get("device") != device:
-                print(
-                    f"skip {run.plan}/{run.name}: its latency was measured on "
-                    f"{(existing.get('machine') or {}).get('device')!r}, not this {device!r}; a table's ratios "
-                    f"must come from one device: git mv it to {ARCHIVE}/ to rerun it here",
-                    flush=True,
-                )
+            continue
+        elsewhere = block_device(plan, run, raw_dir) if plan.measures_latency else None
+        if elsewhere not in (None, device):
+            print(
+                f"skip {run.plan}/{run.name}: its block (budget {run.budget:g}, seed {run.seed}) was timed on "
+                f"{elsewhere!r}, not this {device!r}; the arms of a block share one device (git mv the block's "
+                f"records to {ARCHIVE}/ to run it here)",
+                flush=True,
+            )
             continue
         try:
             inputs = inputs_for(run, raw_dir, plan_dir, latency, device)
@@ -1182,6 +1200,27 @@ def latency_ratio(rows: Sequence[dict]) -> Optional[float]:
     return _mean(ratios) if ratios else None
 
 
+def device_lines(records: Sequence[dict]) -> list[str]:
+    """Which device timed which block (budget, seed) of a latency table, and a warning where a block mixes
+    devices (its arms then stand at ratios of different machines)."""
+    blocks: dict = {}
+    for r in records:
+        blocks.setdefault((float(r["budget"]), r["seed"]), set()).add((r.get("machine") or {}).get("device", "?"))
+    by_device: dict = {}
+    for (budget, seed), devices in sorted(blocks.items()):
+        if len(devices) == 1:
+            by_device.setdefault(next(iter(devices)), []).append(f"{budget:g}/s{seed}")
+    mixed = [f"{b:g}/s{s}" for (b, s), devices in sorted(blocks.items()) if len(devices) > 1]
+    lines = [
+        "",
+        "Devices: each block (budget/seed) ran all its arms on one machine, its ratios that machine's; the "
+        "blocks ran on " + "; ".join(f"{d}: {', '.join(bs)}" for d, bs in sorted(by_device.items())) + ".",
+    ]
+    if mixed:
+        lines[-1] += f" **Warning: blocks {', '.join(mixed)} mix devices; their arms are not at comparable ratios.**"
+    return lines
+
+
 def table_section(table: str, records: Sequence[dict], counts: dict, version: str) -> list[str]:
     plans = table_plans(table, records)
     total = plans[0].total_epochs
@@ -1213,12 +1252,7 @@ def table_section(table: str, records: Sequence[dict], counts: dict, version: st
             f"the runner after its run against the full demo network at random init, batch {LATENCY_BATCH}, "
             "interleaved runs, medians, mean over seeds (`latency` in each record); the same rule for every arm.",
         ]
-        if len(machines) > 1:
-            lines[-1:-1] = [
-                "",
-                f"**Warning: these records were timed on {len(machines)} devices.** A latency ratio belongs to "
-                "the device that measured it; move the other device's records to archive/ and rerun them here.",
-            ]
+        lines[-1:-1] = device_lines(records) if len(machines) > 1 else []
     lines += [
         "| budget | arm | seeds | test accuracy | SD (points) | MACs / dense |"
         + (" latency / dense (measured) |" if timed else "")
@@ -1289,6 +1323,36 @@ def table_section(table: str, records: Sequence[dict], counts: dict, version: st
 
 
 def archive_section(archived: Sequence[dict]) -> list[str]:
+    """The archived records: those of the first version of this script (no ``code_version``), then
+    those set aside for another reason (a latency plan's records timed on another device)."""
+    legacy = [r for r in archived if not r.get("code_version")]
+    return legacy_section(legacy) + set_aside_section([r for r in archived if r.get("code_version")])
+
+
+def set_aside_section(records: Sequence[dict]) -> list[str]:
+    if not records:
+        return []
+    lines = [
+        "### Archived records: set aside, no verdicts",
+        "",
+        f"{len(records)} records in `docs/results/pareto/{ARCHIVE}/` made by this runner and set aside: a "
+        "latency plan's ratios belong to the device that timed them, and a table's records must come from one "
+        "device, so records timed on a device other than the one the plan was finished on are kept here.",
+        "",
+        "| record | code | device | test accuracy | MACs / dense | latency / dense |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(records, key=lambda r: r["_file"]):
+        timed = r.get("latency") or {}
+        ratio = f"{timed['ratio']:.3f}" if timed.get("ratio") is not None else "-"
+        lines.append(
+            f"| `{r['_file']}` | `{str(r.get('code_version'))[:12]}` | {(r.get('machine') or {}).get('device', '?')} "
+            f"| {_pct(r['test_accuracy'])} | {_pct(r['macs_ratio'])} | {ratio} |"
+        )
+    return lines + [""]
+
+
+def legacy_section(archived: Sequence[dict]) -> list[str]:
     if not archived:
         return []
     old = sorted(r["_file"].split("/", 1)[1][:-5] for r in archived if "data_order" not in r)

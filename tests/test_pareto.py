@@ -701,3 +701,34 @@ def test_render_latency_table_from_fake_records(tmp_path):
     assert "| no difference shown |" in rows["SCP (latency budget) vs SCP, MAC budget at the latency arm's MACs"]
     assert "| 4-epoch schedule" not in section and "### 4-epoch schedule" in section  # main's table: no records
     assert "fractions of the full network's measured latency" in section
+
+
+def test_a_latency_block_runs_on_one_device_and_mixed_blocks_are_flagged(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    lat = {"batch": 64, "runs": 50, "ratio": 0.49}
+    other = _record("scp_latency", 0.5, 0, 0.9137, 0.28, plan="latency", latency=lat)
+    other["machine"] = {"device": "cpu: other CPU (2 cores)"}
+    _write(raw, "latency", [other, _record("uniform_latency", 0.5, 1, 0.9167, 0.25, plan="latency", latency=lat)])
+    (raw / pareto.PIN_FILE).write_text(json.dumps({"commit": VERSION}))
+    section = pareto.render(str(raw), str(tmp_path / "RESULTS.md"), None)
+    assert "cpu: fake CPU (2 cores): 0.5/s1; cpu: other CPU (2 cores): 0.5/s0." in section and "Warning" not in section
+    # the runner leaves the rest of a block timed on another device alone
+    started = []
+    capsys.readouterr()
+    pareto.run_plan(
+        pareto.PLANS["latency"], code=str(tmp_path), code_version=VERSION, device="cpu: fake CPU (2 cores)",
+        workroot=str(tmp_path / "work"), raw_dir=str(raw), log=str(tmp_path / "log"),
+        only={"uniform_latency_0.5_s0"}, latency=lambda spec: started.append(spec),
+    )  # fmt: skip
+    assert "its block (budget 0.5, seed 0) was timed on 'cpu: other CPU (2 cores)'" in capsys.readouterr().out
+    assert not started and not (tmp_path / "work" / VERSION[:12] / "latency" / "uniform_latency_0.5_s0").exists()
+    # a block that mixes devices is flagged
+    _write(raw, "latency", [_record("uniform_latency", 0.5, 0, 0.9167, 0.25, plan="latency", latency=lat)])
+    assert "**Warning: blocks 0.5/s0 mix devices" in pareto.render(str(raw), str(tmp_path / "RESULTS.md"), None)
+    # archived, a record is listed apart and enters no table
+    (raw / "archive").mkdir()
+    (raw / "latency" / "scp_latency_0.5_s0.json").rename(raw / "archive" / "other-cpu_scp_latency_0.5_s0.json")
+    section = pareto.render(str(raw), str(tmp_path / "RESULTS.md"), None)
+    assert "Warning" not in section and "### Archived records: set aside, no verdicts" in section
+    row = f"| `archive/other-cpu_scp_latency_0.5_s0.json` | `{VERSION[:12]}` | cpu: other CPU (2 cores) |"
+    assert row in section
