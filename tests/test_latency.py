@@ -338,6 +338,10 @@ def test_landing_keeps_the_slowest_cut_within_the_target_when_a_raised_aim_overs
     assert any(r > 0.5 for r in ratios) and within  # some try overshot, some met it
     assert record["measured_latency_ratio"] == max(within)
     assert ratios[record["kept_try"]] == max(within)
+    # a try measured above the target bounds the next aims: never past it, halfway where asked to jump
+    first, second, third = tries[:3]
+    assert ratios[0] > 0.5 and ratios[1] < 0.45 * 0.9 and len(tries) >= 3
+    assert third["aim"] == pytest.approx((first["estimated_ratio"] + second["estimated_ratio"]) / 2)
 
 
 def _fake_device(monkeypatch, tmp_path, dense_ms: float, compact_share: float):

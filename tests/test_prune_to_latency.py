@@ -130,7 +130,8 @@ def test_real_timing_on_this_machine_returns_a_measured_record(tmp_path):
         model, variables, x, target_latency_ratio=1.0, timings=timings, latency_batch=16, train=False
     )
     record = compact.budget
-    assert record["dense_ms"] > 0 and record["compact_ms"] > 0 and 1 <= len(record["landing_tries"]) <= 3
+    assert record["dense_ms"] > 0 and record["compact_ms"] > 0
+    assert 1 <= len(record["landing_tries"]) <= latency_landing.LANDING_TRIES
     assert record["device"] == CL.device_key() and record["batch_size"] == 16
     assert any(len(p.kept) < p.total for p in compact.program.plans.values() if p.prunable)
     assert_close(compact.apply(compact_vars, x, train=False), masked_reference(compact, variables, x, train=False))

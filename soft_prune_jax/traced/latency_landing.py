@@ -21,7 +21,7 @@ from soft_prune_jax.scp import latency_model as L
 
 LATENCY = L.LATENCY
 DENSE_RUNS = 30  # whole-model runs behind the dense latency (its fastest run)
-LANDING_TRIES = 3  # estimate-landings, each tighter by what the last measurement missed by
+LANDING_TRIES = 4  # estimate-landings, each moved by what the last measurement missed by
 LANDING_RUNS = 20  # interleaved dense / compact runs behind each measured ratio
 LANDING_SLACK = 0.1  # a measurement this far below the target lands again higher (more channels kept)
 
@@ -85,6 +85,18 @@ def unreachable(cost: B.CostModel, latency: L.LatencyModel, target: float) -> Op
     return floor if target < floor else None
 
 
+def _bracketed(aim: float, tries: Sequence[dict], target: float) -> float:
+    """``aim``, or the middle of the estimates that bracket the target (the highest estimate measured
+    within it, the lowest measured above it) where ``aim`` falls outside them: a noisy measurement can
+    call for a jump past a cut already measured too slow."""
+    within = [t["estimated_ratio"] for t in tries if t["compact_ms"] <= target * t["dense_ms"]]
+    above = [t["estimated_ratio"] for t in tries if t["compact_ms"] > target * t["dense_ms"]]
+    if not within or not above:
+        return aim
+    low, high = max(within), min(above)
+    return aim if low < aim < high else (low + high) / 2
+
+
 def land(
     target: float,
     cost: B.CostModel,
@@ -104,7 +116,8 @@ def land(
 
     Where the measurement misses the target, the next aim is the last estimate scaled by the miss, and
     the cut is landed again; where it lands more than ``LANDING_SLACK`` below the target (channels
-    removed for nothing), the aim is raised the same way. At most ``LANDING_TRIES`` landings; the cut
+    removed for nothing), the aim is raised the same way, never past a cut measured above the target
+    (``_bracketed``). At most ``LANDING_TRIES`` landings; the cut
     kept is the slowest one measured within the target (else the last). The record: target, the kept
     cut's estimate and measurement, every try."""
 
@@ -124,7 +137,7 @@ def land(
         if measured <= target and (measured >= (1.0 - LANDING_SLACK) * target or measured <= 0.0):
             break  # within the target and close to it (a zero measurement gives nothing to steer by)
         # the next estimate must move by the measured miss: scaling the aim instead could admit the same cut
-        aim = min(1.0, estimated * target / measured)
+        aim = _bracketed(min(1.0, estimated * target / measured), tries, target)
     within = [i for i, t in enumerate(tries) if t["compact_ms"] <= target * t["dense_ms"]]
     kept = max(within, key=lambda i: tries[i]["compact_ms"] / tries[i]["dense_ms"]) if within else len(tries) - 1
     best = tries[kept]
