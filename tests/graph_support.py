@@ -9,6 +9,8 @@ import zoo_linen
 import zoo_nnx
 from flax import nnx, traverse_util
 
+from conftest import normal
+
 _BN_SCALE = ("scale", "gamma")
 _BN_BIAS = ("bias", "beta")
 
@@ -81,7 +83,7 @@ def linen(name):
     if name not in _LINEN:
         ctor, shape = zoo_linen.ZOO[name]
         model = ctor()
-        x = jax.random.normal(jax.random.PRNGKey(1), shape)
+        x = normal(1, shape)
         abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
         flat = _from_shapes(traverse_util.flatten_dict(abstract), 0)
         _LINEN[name] = (model, jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat)), x)
@@ -104,7 +106,7 @@ def nnx_module(name, seed: int = 0, fraction: float = 0.5):
     leaves = [v if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key) else jnp.asarray(v) for v in leaves]
     nnx.update(module, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), leaves))
     module.eval()
-    return module, jax.random.normal(jax.random.PRNGKey(1), shape)
+    return module, normal(1, shape)
 
 
 def close(a, b, tol: float = 1e-4):

@@ -23,6 +23,8 @@ from soft_prune_jax.models.user import UserModel
 from soft_prune_jax.ops import fast_conv as F
 from soft_prune_jax.traced import macs, masked
 
+from conftest import normal
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RESNET = dict(stage_sizes=(1, 1, 1), stage_widths=(4, 8, 8), stem_width=4)
 TINY_VGG = dict(widths=(8, "M", 8))
@@ -33,8 +35,7 @@ def reference_conv(x, kernel, strides, padding):
 
 
 def random_pair(seed, x_shape, k_shape):
-    kx, kk = jax.random.split(jax.random.key(seed))
-    return jax.random.normal(kx, x_shape, jnp.float32), jax.random.normal(kk, k_shape, jnp.float32)
+    return normal(2 * seed, x_shape), normal(2 * seed + 1, k_shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,10 +130,10 @@ def test_errors_name_the_bad_value(call, match):
 
 
 def test_conv_module_restores_nn_conv_parameters():
-    x = jax.random.normal(jax.random.key(0), (2, 2, 2, 3))
+    x = normal(0, (2, 2, 2, 3))
     dense_conv = nn.Conv(4, (3, 3), use_bias=True)
     variables = dense_conv.init(jax.random.key(1), x)
-    variables = jax.tree.map(lambda v: v + jax.random.normal(jax.random.key(2), v.shape), variables)  # non-zero bias
+    variables = jax.tree.map(lambda v: v + normal(2, v.shape), variables)  # non-zero bias
     fast = F.Conv(4, (3, 3), use_bias=True, formulation="im2col")
     initial = dense_conv.init(jax.random.key(1), x)
     # Same names, shapes and even the same initial values for the same key: a transparent swap.
@@ -146,7 +147,7 @@ def test_conv_module_restores_nn_conv_parameters():
 
 def test_flax_conv_formulation_swaps_the_convs_of_a_model():
     model = get_model("vgg16", 10, widths=(4, "M", 8, "M", 8))  # 8x8 input: the last conv sees 2x2
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    x = normal(0, (2, 8, 8, 3))
     variables = model.init(jax.random.key(1), x)
 
     def apply(v, x):

@@ -37,7 +37,7 @@ from soft_prune_jax.training import checkpoint as ckpt_lib
 from soft_prune_jax.training.state import create_train_state
 from soft_prune_jax.training.steps import train_step
 
-from conftest import SyntheticData, run_child, tiny_config
+from conftest import SyntheticData, normal, run_child, tiny_config
 
 BATCH = 4
 
@@ -54,8 +54,7 @@ def _user(name: str) -> tuple[UserModel, tuple]:
 def _perturbed(variables, seed: int, spread: float):
     """Drawn BN parameters and statistics (variances kept positive), so channels differ."""
     leaves, tree = jax.tree_util.tree_flatten(variables)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    out = [a + spread * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)]
+    out = [a + spread * normal(seed * 1000 + i, a.shape) for i, a in enumerate(leaves)]
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(variables)[0]]
     out = [jnp.abs(a) + 0.5 if "var" in p else a for a, p in zip(out, paths)]
     return jax.tree_util.tree_unflatten(tree, out)
@@ -77,7 +76,7 @@ def _one_step(model, variables, batch):
 
 def _compare(name: str, seed: int, fraction: float, spread: float):
     user, shape = _user(name)
-    x = jax.random.normal(jax.random.PRNGKey(seed + 1), (BATCH,) + tuple(shape))
+    x = normal(seed + 1, (BATCH,) + tuple(shape))
     init = user.init(jax.random.PRNGKey(0), x)
     variables = _perturbed({k: init[k] for k in ("params", "batch_stats")}, seed, spread)
     units = masked.UnitSet.analyze(user, variables, x)
@@ -233,7 +232,7 @@ def test_variable_only_reduction_over_cut_channels_is_refused_in_one_line():
     the compact model cannot recompute it from the kept ones, so fine-tuning it compact is refused."""
     module = zoo_user.Body(zoo_user_more._weight_standardized)
     user = UserModel("ws", "linen", lambda _: module, module, None, False)
-    x = jax.random.normal(jax.random.PRNGKey(0), zoo_user_more.SHAPE)
+    x = normal(0, zoo_user_more.SHAPE)
     variables = user.init(jax.random.PRNGKey(1), x)
 
     def trace_eval(v, inputs, _):

@@ -16,6 +16,8 @@ from soft_prune_jax.ops import conv_grad as G
 from soft_prune_jax.ops import fast_conv as F
 from soft_prune_jax.ops.conv_geometry import explicit_padding, output_spatial
 
+from conftest import normal
+
 
 def reference_grads(x, kernel, strides, padding, cotangent):
     conv = functools.partial(
@@ -52,10 +54,9 @@ def test_every_gradient_formulation_equals_xla(batch, height, width, cin, cout, 
     out_hw = output_spatial((height, width), (kh, kw), strides, pads)
     if 0 in out_hw:
         return  # the window does not fit: conv2d returns zeros without a VJP of its own
-    kx, kk, kc = jax.random.split(jax.random.key(seed), 3)
-    x = jax.random.normal(kx, (batch, height, width, cin), jnp.float32)
-    kernel = jax.random.normal(kk, (kh, kw, cin, cout), jnp.float32)
-    cotangent = jax.random.normal(kc, (batch,) + out_hw + (cout,), jnp.float32)
+    x = normal(3 * seed, (batch, height, width, cin))
+    kernel = normal(3 * seed + 1, (kh, kw, cin, cout))
+    cotangent = normal(3 * seed + 2, (batch,) + out_hw + (cout,))
     forwards = ("xla", "im2col", "auto") + (("matmul",) if (kh, kw) == (1, 1) else ())
     grads = ("auto", "autodiff", "chunked_im2col") + (("matmul",) if (kh, kw) == (1, 1) else ())
     combos = tuple((f, g) for f in forwards for g in grads)
@@ -68,11 +69,9 @@ def test_every_gradient_formulation_equals_xla(batch, height, width, cin, cout, 
 @pytest.mark.parametrize("chunk_bytes", [1, 700, 10**9])
 def test_chunked_weight_grad_equals_xla_for_every_chunking(chunk_bytes):
     # 1 byte: one example per chunk (a scan over 6); 700: 2 examples (3*3 positions * 18 * 4 bytes each); 1e9: no scan.
-    kx, kk, kc = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (6, 5, 5, 2), jnp.float32)
-    kernel = jax.random.normal(kk, (3, 3, 2, 3), jnp.float32)
+    x, kernel = normal(0, (6, 5, 5, 2)), normal(1, (3, 3, 2, 3))
     pads = explicit_padding((5, 5), (3, 3), (2, 2), "SAME")
-    dy = jax.random.normal(kc, (6, 3, 3, 3), jnp.float32)
+    dy = normal(2, (6, 3, 3, 3))
     expected = reference_grads(x, kernel, (2, 2), pads, dy)[1]
     got = G.chunked_im2col_weight_grad(x, dy, (3, 3), (2, 2), pads, chunk_bytes)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
@@ -113,7 +112,7 @@ def test_model_gradients_equal_xla_gradients(monkeypatch):
     from soft_prune_jax.models import get_model
 
     model = get_model("resnet56", 10, stage_sizes=(1, 1, 1), stage_widths=(4, 8, 8), stem_width=4, norm=nn.BatchNorm)
-    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3), jnp.float32)
+    x = normal(0, (4, 8, 8, 3))
     variables = model.init(jax.random.key(1), x)
 
     def loss(params):
@@ -135,7 +134,7 @@ def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(shape):
 
     from soft_prune_jax.ops.pooling import max_pool_2x2
 
-    x = jax.random.normal(jax.random.key(0), shape, jnp.float32)  # no ties: the gradients agree exactly
+    x = normal(0, shape)  # no ties: the gradients agree exactly
 
     def reference(x):
         return nn.max_pool(x, (2, 2), strides=(2, 2))
@@ -153,7 +152,7 @@ def test_max_pool_2x2_sends_each_windows_gradient_to_exactly_one_entry():
     from soft_prune_jax.ops.pooling import max_pool_2x2
 
     x = jnp.zeros((2, 5, 4, 3), jnp.float32).at[0, 2, 1, 0].set(1.0)  # ties everywhere but one window
-    g = jax.random.normal(jax.random.key(1), (2, 2, 2, 3), jnp.float32)
+    g = normal(1, (2, 2, 2, 3))
     for grad in (jax.vjp(max_pool_2x2, x)[1], jax.jit(jax.vjp(max_pool_2x2, x)[1])):
         (dx,) = grad(g)
         windows = np.asarray(dx)[:, :4, :4].reshape(2, 2, 2, 2, 2, 3)

@@ -20,6 +20,8 @@ from soft_prune_jax.ops import fast_conv
 from soft_prune_jax.scp import masks as M
 from soft_prune_jax.traced import macs
 
+from conftest import normal
+
 TINY_VGG = (4, "M", 6)
 
 
@@ -184,7 +186,7 @@ def test_dict_round_trip_through_json():
 def _vgg_with_dead_channels():
     """A tiny VGG whose masked BNs drop channels through their parameters: 5 of 8, then 6 of 16."""
     model = get_model("vgg16", 10, widths=(8, "M", 16), norm=nn.BatchNorm)
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+    x = normal(0, (2, 8, 8, 3))
     variables = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(1), x, train=False))
     flat = traverse_util.flatten_dict(variables)
     flat[("params", "masked_bn0", "bias")] = np.array([-5.0] * 5 + [1.0] * 3, np.float32)

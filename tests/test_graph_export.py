@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from graph_support import close, linen, nnx_module, param_count, randomize_linen
@@ -16,7 +15,7 @@ from soft_prune_jax import load_artifact, prune_model, save_artifact
 from soft_prune_jax.compact import artifact
 from soft_prune_jax.compact.artifact import ExportError
 
-from conftest import tiny
+from conftest import normal, tiny
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,7 +111,7 @@ def test_earlier_user_model_artifacts_still_load(tmp_path):
     with open(spec_path, "w") as f:
         json.dump({**spec, "format": "soft_prune_jax.user_compact/1"}, f)
     model, variables = load_artifact(directory)
-    x = jax.random.normal(jax.random.PRNGKey(2), (1,) + tuple(spec["input_shape"]))
+    x = normal(2, (1,) + tuple(spec["input_shape"]))
     assert model.apply(variables, x).shape[0] == 1
 
 

@@ -17,7 +17,7 @@ from soft_prune_jax import prune_model
 from soft_prune_jax.compact.prune_model import PruneError, channel_groups, masked_reference, program_of
 from soft_prune_jax.measure import flops
 
-from conftest import tiny
+from conftest import normal, tiny
 
 PROPERTY = settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # One of each kind of coupling for the (slower) property test; every network runs the exactness test.
@@ -44,7 +44,7 @@ def test_another_batch_size_retraces_with_the_same_decisions(name):
     model, variables, x = linen(name)
     variables = randomize_linen(variables, 0, 0.5)
     compact, compact_vars = prune_model(model, variables, x, train=False)
-    x5 = jax.random.normal(jax.random.PRNGKey(7), (5,) + x.shape[1:])
+    x5 = normal(7, (5,) + x.shape[1:])
     close(_jit_apply(compact)(compact_vars, x5), _jit_apply(model)(variables, x5))
 
 
@@ -182,7 +182,7 @@ def test_nested_calls_are_followed():
             return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
 
     model = Net()
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 2))
+    x = normal(0, (2, 5, 5, 2))
     variables = random_linen_variables(model, x, 5, 0.5)
     compact, compact_vars = prune_model(model, variables, x)
     assert {g.name for g in program_of(compact).analysis.groups if g.prunable} == {"CheckpointUnit_0", "Unit_0"}
@@ -202,7 +202,7 @@ def test_broadcast_sum_of_two_unit_outputs_is_left_whole():
             return nn.Dense(2)(outer.reshape((x.shape[0], -1)))
 
     model = Bilinear()
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 2))
+    x = normal(0, (2, 4, 4, 2))
     variables = random_linen_variables(model, x, 1, 0.5)
     compact, compact_vars = prune_model(model, variables, x)
     for grp in program_of(compact).analysis.groups:

@@ -18,7 +18,7 @@ from soft_prune_jax.compact import layer_timings as CL
 from soft_prune_jax.compact.prune_model import PruneError, masked_reference
 from soft_prune_jax.traced import latency_landing
 
-from conftest import assert_close, tiny
+from conftest import assert_close, normal, tiny
 
 SLOWER = 1.2  # compact models measure this much above their estimate on the fake device
 
@@ -101,7 +101,7 @@ def test_magnitude_keeps_the_largest_gammas(fake_device):
 
 def test_an_nnx_module_takes_a_latency_target(fake_device):
     module = CNN(nnx.Rngs(0))
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 6, 3))
+    x = normal(1, (2, 6, 6, 3))
     compact = prune_model(
         module, x, target_latency_ratio=0.6, criterion="magnitude", timings=fake_device, latency_batch=4
     )

@@ -22,7 +22,7 @@ from soft_prune_jax.training.parallel import check_global_batch
 from soft_prune_jax.training.state import create_learning_rate_fn, create_optimizer, steps_per_epoch, weight_decay_mask
 from soft_prune_jax.training.steps import eval_step
 
-from conftest import SyntheticData, assert_close, tiny_config
+from conftest import SyntheticData, assert_close, normal, tiny_config
 
 SHAPE = SyntheticData().shape
 
@@ -125,7 +125,7 @@ def test_validation_masks_keep_one_channel_as_the_cut_does(tiny_model_and_variab
     config = tiny_config()
     variables = _all_dropped(variables)
     assert not np.any(M.hard_masks(model.units.unit_view(variables["params"]), model.mask)["masked_bn:masked_bn1"])
-    x = jax.random.normal(jax.random.PRNGKey(1), (5,) + SHAPE)
+    x = normal(1, (5,) + SHAPE)
     validated = model.apply(variables, x, train=False)
     compact, compact_vars = model_path.cut(config, variables, SHAPE)
     assert compact.program.plans["masked_bn1"].kept.tolist() == [7]  # the lowest z: the largest scale
@@ -198,3 +198,23 @@ def test_summary_tags_are_legal_tensorboard_names(tmp_path, caplog):
         writer.scalars(0, {"kept_channels/masked_bn:masked_bn0": 3.0})
     writer.close()
     assert not [r for r in caplog.records if "illegal" in r.getMessage()]
+
+
+def test_init_compiled_cheaply_draws_the_weights_of_the_optimised_compile():
+    """init_variables compiles the init at XLA's cheapest CPU optimisation (it runs once): the weights
+    must be the fully optimised compile's, up to float32 rounding, and differ between keys."""
+    from soft_prune_jax.models import get_model
+    from soft_prune_jax.training.state import init_variables
+
+    model = get_model("fmnist_cnn", num_classes=10, widths=(8, "M", 16))
+    cheap = init_variables(model, jax.random.key(3), (12, 12, 1))
+    full = jax.jit(lambda k, x: model.init({"params": k}, x, train=False))(jax.random.key(3), jnp.zeros((1, 12, 12, 1)))
+    other = init_variables(model, jax.random.key(4), (12, 12, 1))
+    for (path, a), b, c in zip(
+        *(jax.tree_util.tree_leaves_with_path(cheap),),
+        jax.tree_util.tree_leaves(full),
+        jax.tree_util.tree_leaves(other),
+    ):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+        if np.ndim(a) == 4:  # conv kernels: a fresh draw per key
+            assert not np.allclose(a, c), jax.tree_util.keystr(path)

@@ -30,7 +30,7 @@ from soft_prune_jax.scp import masks as M
 from soft_prune_jax.traced import macs, masked
 from soft_prune_jax.training import config_validation
 
-from conftest import SyntheticData, run_child, tiny_config
+from conftest import SyntheticData, normal, run_child, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -51,7 +51,7 @@ def user_config(spec: str, **overrides):
 
 def _tiny(scale, bias):
     model = user.build("user_zoo:Tiny", 4, {})
-    x = jax.random.normal(jax.random.PRNGKey(0), (6, 5, 5, 2))
+    x = normal(0, (6, 5, 5, 2))
     variables = model.init(jax.random.PRNGKey(1), x)
     variables["params"]["BatchNorm_0"] = {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}
     variables["batch_stats"]["BatchNorm_0"] = {
@@ -309,7 +309,7 @@ def test_nnx_model_called_with_rngs_gets_its_dropout_streams():
     """Flax's NNX MNIST CNN (``__call__(self, x, rngs)``): the pipeline supplies ``rngs``; dropout
     draws from the trainer's key in training and nothing in evaluation."""
     model = user.build("user_zoo:MnistCNN", 10, {})
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 28, 28, 1))
+    x = normal(0, (2, 28, 28, 1))
     variables = model.init(jax.random.PRNGKey(1), x)
     train = [model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(k)})[0] for k in (2, 3)]
     assert not np.allclose(train[0], train[1])

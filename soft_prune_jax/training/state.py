@@ -30,9 +30,13 @@ class TrainState:
 
 @functools.lru_cache(maxsize=16)
 def _jitted_init(model: nn.Module) -> Callable:
-    # One jitted init per model (modules are frozen dataclasses, hence hashable): compiling the
-    # initialisers' random number generation is the slow part on CPU, and is then done once.
-    return jax.jit(functools.partial(model.init, train=False))
+    # One jitted init per model (modules are frozen dataclasses, hence hashable). Init runs once, and
+    # on the CPU compiling it costs far more than running it: LLVM's optimisation of every weight's
+    # threefry-and-erfinv kernel. XLA's cheapest backend optimisation compiles it several times faster
+    # and draws the same weights up to float32 rounding (tests/test_train.py). Only the init: the
+    # training steps keep the full optimisation they are run thousands of times with.
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    return jax.jit(functools.partial(model.init, train=False), compiler_options=options)
 
 
 def init_variables(model: nn.Module, key, input_shape: Sequence[int]) -> dict:
