@@ -5,6 +5,7 @@ per-device cache and its refusal of damaged or foreign files. Timings are inject
 about the logic."""
 
 import json
+import logging
 import warnings
 
 import jax
@@ -296,15 +297,15 @@ def test_landing_tightens_the_aim_until_the_measured_latency_meets_the_target():
     assert record["landing_tries"][1]["aim"] < record["landing_tries"][0]["aim"]
 
 
-def _landing_on(measure_share):
+def _landing_on(measure_share, rest: float = 0.0):
     """PL.land at target 0.5 on a fake device whose compact models measure ``measure_share(estimate)``
-    of the dense model: (record, estimates measured)."""
+    of the dense model, ``rest`` ms of it outside the groups' layers: the record."""
     from soft_prune_jax.scp import cost as Bm
 
     from conftest import tiny_config
 
     cost = chain_cost()
-    model = fake_model(cost, rest=0.0)
+    model = fake_model(cost, rest=rest)
     z = {"a": np.linspace(-1, 1, 24), "b": np.linspace(-1, 1, 40)}
     full = {"a": np.ones(24, np.float32), "b": np.ones(40, np.float32)}
 
@@ -327,6 +328,16 @@ def test_landing_raises_the_aim_where_the_measurement_lands_far_below_the_target
     assert len(tries) >= 2 and tries[1]["aim"] > tries[0]["aim"]  # the first landed at ~0.3: too many channels gone
     assert (1 - PL.landing.LANDING_SLACK) * 0.5 <= record["measured_latency_ratio"] <= 0.5 + 1e-9
     assert record["kept_try"] == len(tries) - 1
+    assert record["met"] and not record["at_floor"]
+
+
+def test_landing_says_so_where_it_cuts_to_the_bone_and_still_misses(caplog):
+    # the layers outside the groups take ~46% of the dense model and every compact model measures 0.12
+    # above its estimate: the landing runs down to one channel per group and still misses 0.5
+    with caplog.at_level(logging.WARNING):
+        record = _landing_on(lambda estimate: estimate + 0.12, rest=1.2)
+    assert record["at_floor"] and not record["met"] and record["measured_latency_ratio"] > 0.5
+    assert "latency budget 0.500 not met" in caplog.text and "one channel in every prunable group" in caplog.text
 
 
 def test_landing_keeps_the_slowest_cut_within_the_target_when_a_raised_aim_overshoots():

@@ -58,7 +58,10 @@ def render(out: Mapping[str, Any], table: str, plot: Optional[str]) -> str:
             f"{100 * landing['target_latency_ratio_of_dense']:.1f}%, estimated "
             f"{100 * landing['estimated_latency_ratio']:.1f}%, measured {100 * landing['measured_latency_ratio']:.1f}% "
             f"(dense {landing['dense_ms']:.2f} ms, compact {landing['compact_ms']:.2f} ms; "
-            f"{len(landing['landing_tries'])} landing tries) |"
+            f"{len(landing['landing_tries'])} landing tries)"
+            + ("; **not met**" if landing.get("met") is False else "")
+            + ("; **one channel left in every prunable group**" if landing.get("at_floor") else "")
+            + " |"
         )
     elif landing:  # config.target_macs_ratio: the budget, where training left the network, and the cut
         lines.append(

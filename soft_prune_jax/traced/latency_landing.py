@@ -141,10 +141,15 @@ def land(
     within = [i for i, t in enumerate(tries) if t["compact_ms"] <= target * t["dense_ms"]]
     kept = max(within, key=lambda i: tries[i]["compact_ms"] / tries[i]["dense_ms"]) if within else len(tries) - 1
     best = tries[kept]
+    measured = best["compact_ms"] / best["dense_ms"]
+    at_floor = all(int(w) <= 1 for w in widths_of(landed[kept]).values())
+    _warn_if_poor(target, measured, bool(within), at_floor, len(tries))
     return landed[kept], {
         "target_latency_ratio_of_dense": target,
+        "met": bool(within),
+        "at_floor": at_floor,
         "estimated_latency_ratio": best["estimated_ratio"],
-        "measured_latency_ratio": best["compact_ms"] / best["dense_ms"],
+        "measured_latency_ratio": measured,
         "dense_ms": best["dense_ms"],
         "compact_ms": best["compact_ms"],
         "batch_size": latency.batch_size,
@@ -152,3 +157,23 @@ def land(
         "landing_tries": tries,
         "kept_try": kept,
     }
+
+
+def _warn_if_poor(target: float, measured: float, met: bool, at_floor: bool, tries: int) -> None:
+    """A budget met only by the bone, or not met at all, is a result the user must hear about: the
+    estimate's floor (``unreachable``) let it pass before training, the measurements did not."""
+    if not met:
+        logging.warning(
+            "latency budget %.3f not met: the kept cut of %d landings measured %.3f of the dense model",
+            target,
+            tries,
+            measured,
+        )
+    if at_floor:
+        logging.warning(
+            "latency budget %.3f: the kept cut leaves one channel in every prunable group (measured %.3f). Most of "
+            "this network's latency is in what it cannot prune (the layers outside its channel groups): expect a "
+            "large loss of accuracy, or ask for a higher target",
+            target,
+            measured,
+        )
