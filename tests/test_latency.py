@@ -173,6 +173,26 @@ def test_graph_ops_and_latency_model_cover_every_layer(tmp_path):
     )
 
 
+def test_layers_timed_slower_than_the_whole_network_are_brought_down_to_it(tmp_path):
+    # a machine slowed down between timing the dense model (0.05 ms) and its layers: no negative rest
+    units = _vgg_units()
+    cost = UC.cost_model(units)
+    ops = graph_ops(units.analysis)
+    timings = CL.Timings(str(tmp_path / "t.json"), blocky, "fake")
+    layers = sum(
+        blocky(None, t.in_grid[-1], t.out_grid[-1], 4, "")
+        for t in CL.latency_model(cost, ops, 10.0, timings, batch=4).tables
+    )
+    assert layers > 0.05
+    lm = CL.latency_model(cost, ops, 0.05, timings, batch=4)
+    assert lm.rest_ms == 0.0 and lm.scale == pytest.approx(0.05 / layers)
+    full = {g: n for g, n in cost.group_sizes}
+    assert float(L.latency_of_widths(cost, lm, full)) == pytest.approx(0.05, rel=1e-5)
+    assert L.latency_at(cost, lm, full, CL.layer_ms(cost, ops, timings, 4, "float32")) == pytest.approx(0.05, rel=1e-5)
+    half = {g: n // 2 for g, n in cost.group_sizes}  # estimates keep the tables' proportions
+    assert 0.0 < float(L.latency_of_widths(cost, lm, half)) < 0.05
+
+
 def test_tables_cached_at_another_speed_are_scaled_to_the_machine_now(tmp_path):
     units = _vgg_units()
     cost = UC.cost_model(units)

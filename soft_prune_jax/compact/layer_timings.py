@@ -231,7 +231,7 @@ def latency_model(
     The cached entries may have been timed at another moment than ``dense_ms`` (a quiet machine then,
     a loaded one now, or the reverse), and the rest must compare like with like: so each layer is
     timed again now at its full widths, the tables are scaled by (sum now) / (sum cached) and the rest
-    is ``dense_ms`` less the layers timed now (``LatencyModel.scale`` keeps the factor)."""
+    is ``dense_ms`` less the layers timed now, never below 0 (``LatencyModel.scale`` keeps the factor)."""
     timings = timings or Timings()
     ms = layer_ms(cost, ops, timings, batch, dtype)
     grids = [
@@ -260,9 +260,16 @@ def latency_model(
     cached = sum(t.ms[-1][-1] for t in tables)
     now = sum(timings.measure(ops[t.path], t.in_grid[-1], t.out_grid[-1], batch, dtype) for t in tables)
     scale = now / cached if cached > 0 and now > 0 else 1.0
-    tables = [dataclasses.replace(t, ms=tuple(tuple(v * scale for v in row) for row in t.ms)) for t in tables]
     if abs(scale - 1.0) > 0.1:
         logging.info("latency tables: the machine runs at %.2fx the cached timings now; tables scaled", 1 / scale)
+    if now > dense_ms > 0:
+        # Each layer is timed with its consumer after it, so together they cannot take longer than the
+        # network that holds them; where they do, the machine's speed moved between the two timings (a
+        # shared VM's does, by tens of percent). A negative rest would shrink every compact estimate by
+        # the same milliseconds; the layers are brought down to the dense latency instead (rest 0).
+        logging.info("latency tables: layers %.2f ms, dense model %.2f ms: tables scaled to it", now, dense_ms)
+        scale, now = scale * dense_ms / now, float(dense_ms)
+    tables = [dataclasses.replace(t, ms=tuple(tuple(v * scale for v in row) for row in t.ms)) for t in tables]
     return L.LatencyModel(
         tuple(tables), float(dense_ms) - now, float(dense_ms), batch, dtype, timings.device, scale=scale
     )
