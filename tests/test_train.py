@@ -210,11 +210,8 @@ def test_init_compiled_cheaply_draws_the_weights_of_the_optimised_compile():
     cheap = init_variables(model, jax.random.key(3), (12, 12, 1))
     full = jax.jit(lambda k, x: model.init({"params": k}, x, train=False))(jax.random.key(3), jnp.zeros((1, 12, 12, 1)))
     other = init_variables(model, jax.random.key(4), (12, 12, 1))
-    for (path, a), b, c in zip(
-        *(jax.tree_util.tree_leaves_with_path(cheap),),
-        jax.tree_util.tree_leaves(full),
-        jax.tree_util.tree_leaves(other),
-    ):
+    leaves = jax.tree_util.tree_leaves
+    for (path, a), b, c in zip(jax.tree_util.tree_leaves_with_path(cheap), leaves(full), leaves(other)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6, err_msg=jax.tree_util.keystr(path))
         if np.ndim(a) == 4:  # conv kernels: a fresh draw per key
             assert not np.allclose(a, c), jax.tree_util.keystr(path)
